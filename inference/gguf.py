@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.gguf_format import GGUFFormatError, TensorInfo, read_header
+
 CONVERSION_VERSION = 1
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -100,20 +102,6 @@ def _check_header(path: Path) -> None:
         raise ModelFileError(path, f"GGUF version {version} is not supported (only 2 and 3)")
 
 
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
-def _string_array_bytes(reader, key: str) -> list[bytes]:
-    f = reader.fields.get(key)
-    if f is None:
-        return []
-    return [bytes(f.parts[i]) for i in f.data]
-
-
 @lru_cache(maxsize=8)
 def _read_cached(path: str, size: int, mtime_ns: int) -> GGUFInfo:
     return _read(Path(path))
@@ -127,27 +115,52 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     return _read_cached(str(p), st.st_size, st.st_mtime_ns)
 
 
-def _read(p: Path) -> GGUFInfo:
-    from gguf import GGUFReader
+def tensor_nbytes(t: TensorInfo) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
-        reader = GGUFReader(str(p))
-    except Exception as exc:  # the reader raises bare ValueErrors/IndexErrors on damaged files
-        raise ModelFileError(p, f"damaged or truncated GGUF file ({type(exc).__name__}: {exc})") from None
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
+    except (ValueError, KeyError):
+        raise ValueError(f"tensor {t.name!r} has an unknown ggml type {t.ggml_type}") from None
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n // block * type_size
 
-    size = p.stat().st_size
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
-            raise ModelFileError(p, f"truncated: tensor {t.name!r} ends at byte {end} but the file has {size}")
-        if int(t.tensor_type) > MAX_SUPPORTED_GGML_TYPE:
+
+def _type_name(ggml_type: int) -> str:
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
+
+
+def _read(p: Path) -> GGUFInfo:
+    try:
+        header = read_header(p)
+    except GGUFFormatError as exc:
+        raise ModelFileError(p, f"damaged or truncated GGUF file ({exc})") from None
+    fields = header.fields
+
+    for t in header.tensors:
+        if t.ggml_type > MAX_SUPPORTED_GGML_TYPE:
             raise ModelFileError(
                 p,
-                f"tensor {t.name!r} uses quantization {t.tensor_type.name}, which ctransformers 0.2.27 "
+                f"tensor {t.name!r} uses quantization {_type_name(t.ggml_type)}, which ctransformers 0.2.27 "
                 "cannot run (use F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or a K-quant)",
             )
+        try:
+            end = header.data_offset + t.offset + tensor_nbytes(t)
+        except ValueError as exc:
+            raise ModelFileError(p, str(exc)) from None
+        if end > header.file_size:
+            raise ModelFileError(
+                p, f"truncated: tensor {t.name!r} ends at byte {end} but the file has {header.file_size}"
+            )
 
-    arch = _field(reader, "general.architecture")
+    arch = fields.get("general.architecture")
     if arch is None:
         raise ModelFileError(p, "no general.architecture in the GGUF metadata")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -156,25 +169,27 @@ def _read(p: Path) -> GGUFInfo:
             f"architecture {arch!r} is not supported: ctransformers 0.2.27 runs only "
             f"{', '.join(SUPPORTED_ARCHITECTURES)} GGUF files here",
         )
-    vocab = _field(reader, "tokenizer.ggml.model")
+    vocab = fields.get("tokenizer.ggml.model")
     if vocab not in SUPPORTED_VOCABS:
         raise ModelFileError(p, f"tokenizer model {vocab!r} is not supported (only 'llama' and 'gpt2')")
-    raw_tokens = _string_array_bytes(reader, "tokenizer.ggml.tokens")
+    raw_tokens = fields.get("tokenizer.ggml.tokens") or []
     if not raw_tokens:
         raise ModelFileError(p, "no tokenizer.ggml.tokens in the GGUF metadata")
     tokens = [b.decode("utf-8", errors="replace") for b in raw_tokens]
-    types = _field(reader, "tokenizer.ggml.token_type")
+    types = fields.get("tokenizer.ggml.token_type")
     token_types = [int(x) for x in types] if types is not None else [TOKEN_TYPE_NORMAL] * len(tokens)
-    scores = _field(reader, "tokenizer.ggml.scores")
-    merges = [b.decode("utf-8", errors="replace") for b in _string_array_bytes(reader, "tokenizer.ggml.merges")]
+    if len(token_types) != len(tokens):
+        raise ModelFileError(p, f"{len(tokens)} tokens but {len(token_types)} token types")
+    scores = fields.get("tokenizer.ggml.scores")
+    merges = [b.decode("utf-8", errors="replace") for b in fields.get("tokenizer.ggml.merges") or []]
     if vocab == "gpt2" and not merges:
         raise ModelFileError(p, "a gpt2 (byte-level BPE) vocabulary without tokenizer.ggml.merges")
-    names = tuple(t.name for t in reader.tensors)
+    names = tuple(t.name for t in header.tensors)
     if "token_embd.weight" not in names:
         raise ModelFileError(p, "no token_embd.weight tensor")
 
     def _int(key: str) -> int | None:
-        v = _field(reader, key)
+        v = fields.get(key)
         return int(v) if v is not None else None
 
     context_length = _int(f"{arch}.context_length")
@@ -182,16 +197,17 @@ def _read(p: Path) -> GGUFInfo:
     n_embd = _int(f"{arch}.embedding_length")
     if not context_length or not n_layers or not n_embd:
         raise ModelFileError(p, f"missing {arch}.context_length, block_count or embedding_length")
+    template = fields.get("tokenizer.chat_template")
     return GGUFInfo(
         path=str(p),
-        version=int(_field(reader, "GGUF.version")),
+        version=header.version,
         architecture=arch,
-        name=str(_field(reader, "general.name", p.stem)),
+        name=str(fields.get("general.name", p.stem)),
         context_length=context_length,
         n_layers=n_layers,
         n_embd=n_embd,
         tokenizer_model=vocab,
-        tokenizer_pre=str(_field(reader, "tokenizer.ggml.pre", "default")),
+        tokenizer_pre=str(fields.get("tokenizer.ggml.pre", "default")),
         tokens=tokens,
         token_types=token_types,
         scores=[float(s) for s in scores] if scores is not None else None,
@@ -199,18 +215,29 @@ def _read(p: Path) -> GGUFInfo:
         bos_id=_int("tokenizer.ggml.bos_token_id"),
         eos_id=_int("tokenizer.ggml.eos_token_id"),
         unk_id=_int("tokenizer.ggml.unknown_token_id"),
-        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", vocab == "llama")),
-        add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", vocab == "llama")),
-        chat_template=_field(reader, "tokenizer.chat_template"),
+        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", vocab == "llama")),
+        add_space_prefix=bool(fields.get("tokenizer.ggml.add_space_prefix", vocab == "llama")),
+        chat_template=template if isinstance(template, str) else None,
         tensor_names=names,
         file_type=_int("general.file_type"),
     )
 
 
+def _string_array_bytes(reader, key: str) -> list[bytes]:
+    f = reader.fields.get(key)
+    if f is None:
+        return []
+    return [bytes(f.parts[i]) for i in f.data]
+
+
 @lru_cache(maxsize=1)
 def byte_decoder() -> dict[str, int]:
     """GPT-2's unicode-character → byte table (the inverse of ``bytes_to_unicode``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -218,7 +245,7 @@ def byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def unicode_to_bytes(text: str) -> bytes:
@@ -284,7 +311,8 @@ def _write_converted(info: GGUFInfo, out: Path) -> None:
         if key == "tokenizer.ggml.tokens" and gpt2:
             raw = _string_array_bytes(reader, key)
             converted = [
-                raw[i] if info.token_types[i] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
+                raw[i]
+                if info.token_types[i] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
                 else unicode_to_bytes(raw[i].decode("utf-8", errors="replace"))
                 for i in range(len(raw))
             ]
@@ -308,7 +336,10 @@ def _write_converted(info: GGUFInfo, out: Path) -> None:
             writer.add_key_value(key, f.parts[f.data[0]][0].item(), vtype)
     if "tokenizer.ggml.scores" not in reader.fields:
         writer.add_key_value(
-            "tokenizer.ggml.scores", [0.0] * info.vocab_size, GGUFValueType.ARRAY, sub_type=GGUFValueType.FLOAT32
+            "tokenizer.ggml.scores",
+            [0.0] * info.vocab_size,
+            GGUFValueType.ARRAY,
+            sub_type=GGUFValueType.FLOAT32,
         )
     tensors = list(reader.tensors)
     if "output.weight" not in info.tensor_names:
@@ -317,7 +348,9 @@ def _write_converted(info: GGUFInfo, out: Path) -> None:
     for t in tensors:
         # raw_dtype carries the real type; the dtype argument only has to be "not uint8" so that the
         # writer takes the logical shape as given.
-        writer.add_tensor_info(t.name, _logical_shape(t), np.dtype(np.float32), int(t.n_bytes), raw_dtype=t.tensor_type)
+        writer.add_tensor_info(
+            t.name, _logical_shape(t), np.dtype(np.float32), int(t.n_bytes), raw_dtype=t.tensor_type
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()

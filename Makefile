@@ -1,0 +1,35 @@
+# The two commands of the README, and a few helpers. The work is done in scripts/setup.sh.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test setup setup-dev lint format
+
+## run: set up (venv, requirements, model, database, static files, demo login) and serve the site
+run: setup
+	@scripts/setup.sh site "http://$(HOST):$(PORT)/"
+	@echo "==> Starting Daphne on http://$(HOST):$(PORT)/ (Ctrl+C stops it)"
+	@exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+
+## test: set up (venv, dev requirements, model) and run the whole test suite
+test: setup-dev
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
+	exit $$status
+
+setup:
+	@scripts/setup.sh deps runtime
+
+setup-dev:
+	@scripts/setup.sh deps dev
+
+lint: setup-dev
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: setup-dev
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .

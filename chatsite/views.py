@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_safe
+
+
+@require_safe
+def status(request: HttpRequest) -> HttpResponse:
+    """The front page until the chat pages exist: what the model and its scheduler are doing."""
+    from chatsite.runtime import get_runtime
+
+    runtime = get_runtime()
+    # Asking for the page is asking for the model: start loading it if nothing has yet
+    # (idempotent, in a background thread), so the page can show it becoming ready.
+    runtime.start_loading()
+    return render(request, "status.html", {"status": runtime.status()})
+
+
+@require_safe
+def health(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers HTTP. Says nothing about the model (see `/`)."""
+    return JsonResponse({"status": "ok"})

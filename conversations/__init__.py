@@ -1,0 +1,1 @@
+"""Teams, conversations and messages, and the ways people reach them (pages, websocket, API)."""

@@ -1,0 +1,132 @@
+"""The token loop of one job in one slot: prefill in chunks, then sample and stream token by token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+from inference.engine import EngineContext, EngineError
+from inference.jobs import Delta, Finished, FinishReason, Job, Started, Timings, Usage
+from inference.sampling import Sampler, StopMatcher
+from inference.threads import CoreBudget
+from inference.tokenizer import IncrementalDecoder, Tokenizer
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _eval(ctx: EngineContext, ids: list[int], budget: CoreBudget, batch_size: int) -> None:
+    threads = budget.acquire()
+    try:
+        ctx.eval(ids, threads=threads, batch_size=batch_size)
+    finally:
+        budget.release(threads)
+
+
+def run_job(
+    job: Job,
+    ctx: EngineContext,
+    *,
+    budget: CoreBudget,
+    tokenizer: Tokenizer,
+    stop_ids: Collection[int],
+    prefill_chunk: int,
+) -> Finished:
+    """Run ``job`` to its end in ``ctx`` and return (and emit) its ``Finished`` event."""
+    start = time.monotonic()
+    prompt = job.prompt_ids
+    # Reuse the cached prefix, but always evaluate the last prompt token on its own: a cold and a
+    # warm request then take the same path to the first logits, so a seed gives the same reply.
+    cached = common_prefix(ctx.tokens, prompt[:-1])
+    ctx.truncate(cached)
+    job.emit(Started(cached_tokens=cached))
+
+    generated: list[int] = []
+    emitted: list[str] = []
+    pending_ids: list[int] = []
+    reason: FinishReason = "stop"
+    error: str | None = None
+    cut_by_stop = False
+    first_token_at: float | None = None
+    prefill_done = start
+    try:
+        rest = prompt[cached:-1]
+        for i in range(0, len(rest), prefill_chunk):
+            if job.cancelled:
+                raise _Cancelled
+            _eval(ctx, rest[i : i + prefill_chunk], budget, prefill_chunk)
+        if job.cancelled:
+            raise _Cancelled
+        _eval(ctx, prompt[-1:], budget, 1)
+        prefill_done = time.monotonic()
+
+        sampler = Sampler(job.params, len(ctx.logits()), seed_offset=job.seed_offset)
+        decoder = IncrementalDecoder(tokenizer)
+        stopper = StopMatcher(job.params.stop)
+        while True:
+            if job.cancelled:
+                raise _Cancelled
+            token = sampler.sample(ctx.logits())
+            if first_token_at is None:
+                first_token_at = time.monotonic()
+            if token in stop_ids:
+                break
+            generated.append(token)
+            sampler.accept(token)
+            pending_ids.append(token)
+            text, stopped = stopper.push(decoder.push(token))
+            if text:
+                emitted.append(text)
+                job.emit(Delta(text, tuple(pending_ids)))
+                pending_ids = []
+            if stopped:
+                cut_by_stop = True
+                break
+            if len(generated) >= job.max_tokens:
+                reason = "length"
+                break
+            if job.cancelled:
+                raise _Cancelled
+            _eval(ctx, [token], budget, 1)
+    except _Cancelled:
+        reason = "cancelled"
+    except EngineError as exc:
+        reason, error = "error", str(exc)
+        ctx.truncate(0)  # the cache's state is unknown after a failed evaluation
+
+    if not cut_by_stop and reason != "error":
+        tail = stopper.push(decoder.flush())[0] + stopper.flush() if generated else ""
+        if tail:
+            emitted.append(tail)
+            job.emit(Delta(tail, tuple(pending_ids)))
+    end = time.monotonic()
+    decode_time = end - first_token_at if first_token_at is not None else 0.0
+    finished = Finished(
+        reason=reason,
+        usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
+        timings=Timings(
+            queue_wait=start - job.submitted_at,
+            ttft=(first_token_at - job.submitted_at) if first_token_at is not None else None,
+            prefill=prefill_done - start,
+            duration=end - job.submitted_at,
+            cached_tokens=cached,
+            evaluated_tokens=len(prompt) - cached,
+            decode_tokens_per_second=(len(generated) - 1) / decode_time
+            if len(generated) > 1 and decode_time > 0
+            else None,
+        ),
+        text="".join(emitted),
+        token_ids=None if cut_by_stop else tuple(generated),
+        error=error,
+    )
+    job.emit(finished)
+    return finished

