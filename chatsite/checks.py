@@ -1,7 +1,8 @@
 """System checks for the settings that only make sense together or need the filesystem.
 
-They run with every management command (migrate, check, …), so they stay cheap: the full
-validation of a model file (reading all of its metadata) is `manage.py checkmodel`.
+They run with every management command (migrate, check, …), so they stay cheap: the model check
+reads the GGUF header, metadata and tensor table (about 0.2 s) but does not load the weights;
+`manage.py checkmodel` also loads the model and evaluates a token.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
-
-GGUF_MAGIC = b"GGUF"
 
 
 def check_model_file(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -35,16 +34,16 @@ def check_model_file(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                 id="chatsite.E002",
             )
         ]
+    from inference.gguf import ModelFileError, read_gguf
+
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        return [checks.Error(f"The model file {path} cannot be read: {exc.strerror}.", id="chatsite.E003")]
-    if magic != GGUF_MAGIC:
+        read_gguf(path)  # the header, metadata and tensor table: about 0.2 s for the default model
+    except ModelFileError as exc:
         return [
             checks.Error(
-                f"The model file {path} is not a GGUF file (its first bytes are not 'GGUF').",
-                hint="`python manage.py checkmodel` validates a model file in full.",
+                f"The model file cannot be used: {exc}",
+                hint="Set CHAT_MODEL_PATH to a llama-architecture GGUF file; "
+                "`python manage.py checkmodel PATH` validates one in full, loading included.",
                 id="chatsite.E003",
             )
         ]

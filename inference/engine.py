@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from pathlib import Path
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -102,7 +102,7 @@ class CtransformersEngine:
 
         config = Config(context_length=self.context_length, gpu_layers=0, mmap=True, batch_size=64, threads=1)
         try:
-            llm = LLM(str(self.prepared_path), model_type="llama", config=config)
+            llm = LLM(str(self.prepared_path), model_type="llama", config=config, lib=_library_path())
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelFileError(
                 self.model_path, f"ctransformers could not load the prepared copy ({exc})"
@@ -120,5 +120,10 @@ class CtransformersEngine:
         return ctx
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CHAT_DATA_DIR", ".data")) / "models"
+@lru_cache(maxsize=1)
+def _library_path() -> str:
+    """ctransformers' shared library for this CPU. Found once: the lookup runs py-cpuinfo, which
+    costs about 1.3 s, on every model load otherwise."""
+    from ctransformers.lib import find_library
+
+    return find_library()

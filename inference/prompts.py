@@ -146,7 +146,7 @@ class ChatTemplate:
         if not isinstance(role, str) or not role:
             raise PromptError(f"message {index} has no role")
         out = dict(message)
-        out["content"] = _content_text(index, message.get("content"))
+        out["content"] = content_text(index, message.get("content"))
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise PromptError(f"message {index}: name must be a string")
@@ -158,7 +158,8 @@ class ChatTemplate:
         return out
 
 
-def _content_text(index: int, content: Any) -> str:
+def content_text(index: int, content: Any) -> str:
+    """A message's content as one string (a list of text parts is joined with newlines)."""
     if content is None:
         return ""
     if isinstance(content, str):

@@ -47,6 +47,16 @@ class Slot:
     thread: threading.Thread | None = None
 
 
+def _affinity(slot: Slot, job: Job) -> int:
+    """How many prompt tokens ``slot`` would save ``job``: its common prefix with the slot's cache,
+    counted only when it is at least half of that cache. A job that shares only a short preamble
+    (the system prompt, say) with another conversation's cache goes to the least recently used
+    slot instead of destroying that cache (llama.cpp's server uses the same 0.5 similarity rule).
+    Among equals, the least recently used slot wins."""
+    common = common_prefix(slot.ctx.tokens, job.prompt_ids)
+    return common if 2 * common >= len(slot.ctx.tokens) else 0
+
+
 class Scheduler:
     def __init__(
         self,
@@ -160,8 +170,7 @@ class Scheduler:
             if not idle:
                 break
             job = self._pop_next()
-            # Longest cached prefix first; among equals, the least recently used slot.
-            slot = max(idle, key=lambda s: (common_prefix(s.ctx.tokens, job.prompt_ids), -s.last_used))
+            slot = max(idle, key=lambda s: (_affinity(s, job), -s.last_used))
             slot.job = job
             self._last_ahead.pop(job.id, None)
             slot.wake.set()

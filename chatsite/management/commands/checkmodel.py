@@ -14,6 +14,8 @@ from inference.gguf import ModelFileError, prepare_model, prepared_path, read_gg
 
 class Command(BaseCommand):
     help = "Check that a GGUF model file can be served, and prepare its loadable copy (cached)."
+    # It reports a bad model file itself, with more detail than the system check would.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser):
         parser.add_argument("path", nargs="?", help="the GGUF file (default: CHAT_MODEL_PATH)")

@@ -1,0 +1,334 @@
+"""The scheduler on a tiny real GGUF model: admission, fairness, cancellation, prefix reuse, drain.
+
+The tiny model (tests/tiny_gguf.py) runs through the real ctransformers engine; only its weights are
+random. Generation lengths are fixed by banning the control tokens with logit_bias.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded, Queued, Started
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+from inference.threads import CoreBudget
+from tests.tiny_gguf import write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    return write_tiny_llama(folder / "tiny.gguf", vocab="gpt2", context_length=1024, n_layers=2, n_embd=64)
+
+
+@pytest.fixture
+def make_model(tiny_path: Path, tmp_path: Path) -> Iterator[Callable[..., ChatModel]]:
+    models: list[ChatModel] = []
+
+    def make(**kwargs) -> ChatModel:
+        kwargs.setdefault("threads", 2)
+        model = ChatModel.load(tiny_path, cache_dir=tmp_path / "cache", **kwargs)
+        models.append(model)
+        return model
+
+    yield make
+    for model in models:
+        model.close()
+
+
+def params(model: ChatModel, **kwargs) -> SamplingParams:
+    """Greedy, with the control tokens banned so that a job runs to its max_tokens."""
+    kwargs.setdefault("temperature", 0.0)
+    kwargs.setdefault("logit_bias", {i: -100 for i in model.tokenizer.special_ids})
+    return SamplingParams(**kwargs)
+
+
+def prompt(model: ChatModel, text: str) -> list[int]:
+    return model.prompt_ids([{"role": "user", "content": text}])
+
+
+def test_it_streams_deltas_that_add_up_to_the_text(make_model) -> None:
+    model = make_model()
+    job = model.scheduler.submit(prompt(model, "hello there"), params(model, max_tokens=20))
+    events = list(job.events(timeout=30))
+    assert isinstance(events[0], Started)
+    assert isinstance(events[-1], Finished)
+    finished = events[-1]
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert "".join(d.text for d in deltas) == finished.text
+    assert [t for d in deltas for t in d.token_ids] == list(finished.token_ids)
+    assert finished.reason == "length"
+    assert finished.usage.completion_tokens == 20
+    assert model.tokenizer.decode(finished.token_ids) == finished.text
+
+
+def test_it_refuses_work_beyond_the_queue_before_evaluating_anything(make_model) -> None:
+    model = make_model(slots=1, queue_max=1)
+    long = params(model, max_tokens=400)
+    first = model.scheduler.submit(prompt(model, "one"), long, user_key="a")
+    second = model.scheduler.submit(prompt(model, "two"), long, user_key="b")
+    depth = model.scheduler.queue_depth
+    with pytest.raises(Overloaded):
+        model.scheduler.submit(prompt(model, "three"), long, user_key="c")
+    assert model.scheduler.queue_depth == depth == 1
+    first.cancel()
+    second.cancel()
+    assert first.wait(10).reason == "cancelled"
+    assert second.wait(10).reason == "cancelled"
+
+
+def test_it_admits_n_choices_all_or_none(make_model) -> None:
+    model = make_model(slots=1, queue_max=2)
+    blocker = model.scheduler.submit(prompt(model, "busy"), params(model, max_tokens=400))
+    with pytest.raises(Overloaded):
+        model.scheduler.submit_n(prompt(model, "three choices"), params(model, max_tokens=5), 3)
+    assert model.scheduler.queue_depth == 0  # nothing of the refused request was queued
+    jobs = model.scheduler.submit_n(prompt(model, "two choices"), params(model, max_tokens=5), 2)
+    assert model.scheduler.queue_depth == 2
+    blocker.cancel()
+    assert [j.wait(30).reason for j in jobs] == ["length", "length"]
+
+
+def test_it_makes_n_choices_independent_but_reproducible(make_model) -> None:
+    model = make_model()
+    p = params(model, temperature=1.5, seed=7, max_tokens=12)
+    ids = prompt(model, "choices")
+    first = [j.wait(30).token_ids for j in model.scheduler.submit_n(ids, p, 2)]
+    again = [j.wait(30).token_ids for j in model.scheduler.submit_n(ids, p, 2)]
+    assert first == again
+    assert first[0] != first[1]
+
+
+def test_it_serves_users_round_robin(make_model) -> None:
+    model = make_model(slots=1, queue_max=10)
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def track(name: str):
+        def listener(event) -> None:
+            if isinstance(event, Started):
+                with lock:
+                    order.append(name)
+
+        return listener
+
+    jobs = []
+    for name, user in [("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob"), ("c1", "carol")]:
+        job = model.scheduler.submit(prompt(model, name), params(model, max_tokens=8), user_key=user)
+        job.subscribe(track(name))
+        jobs.append(job)
+    for job in jobs:
+        job.wait(30)
+    # a1 took the idle slot at once; then everyone else before alice's second turn.
+    assert order == ["a1", "b1", "c1", "a2", "a3"]
+
+
+def test_it_tells_queued_jobs_how_many_are_ahead(make_model) -> None:
+    model = make_model(slots=1, queue_max=5)
+    blocker = model.scheduler.submit(prompt(model, "busy"), params(model, max_tokens=400), user_key="x")
+    waiting = [
+        model.scheduler.submit(prompt(model, f"w{i}"), params(model, max_tokens=2), user_key=f"u{i}")
+        for i in range(3)
+    ]
+    firsts = [next(e for e in job.events(timeout=5) if isinstance(e, Queued)) for job in waiting]
+    assert [q.n_ahead for q in firsts] == [0, 1, 2]
+    blocker.cancel()
+    last = [e.n_ahead for e in waiting[2].events(timeout=30) if isinstance(e, Queued)]
+    assert last == [2, 1, 0]  # it is told as it moves up
+
+
+def test_it_cancels_with_at_most_one_more_token(make_model) -> None:
+    model = make_model()
+    job = model.scheduler.submit(prompt(model, "stream"), params(model, max_tokens=500))
+    tokens_at_cancel: list[int] = []
+    seen: list[int] = []
+
+    def listener(event) -> None:
+        if isinstance(event, Delta):
+            seen.extend(event.token_ids)
+            if len(seen) >= 5 and not tokens_at_cancel:
+                tokens_at_cancel.append(len(seen))
+                threading.Thread(target=job.cancel).start()  # from another thread, mid-stream
+
+    job.subscribe(listener)
+    result = job.wait(30)
+    assert result.reason == "cancelled"
+    assert result.usage.completion_tokens <= tokens_at_cancel[0] + 2  # the cancel thread's start + 1 token
+    assert result.text == model.tokenizer.decode(result.token_ids)
+
+
+def test_it_stops_within_one_token_of_a_cancel_seen_in_the_stream(make_model) -> None:
+    model = make_model()
+    job = model.scheduler.submit(prompt(model, "stream"), params(model, max_tokens=500))
+
+    def listener(event) -> None:
+        if isinstance(event, Delta) and len(event.token_ids) and not job.cancelled:
+            job.cancel()  # runs in the slot thread, between two tokens
+
+    job.subscribe(listener)
+    result = job.wait(30)
+    assert result.reason == "cancelled"
+    assert result.usage.completion_tokens <= 2
+
+
+def test_it_honours_a_cancel_during_a_long_prefill(make_model) -> None:
+    model = make_model(prefill_chunk=8)
+    ids = prompt(model, "word " * 300)
+    job = model.scheduler.submit(ids, params(model, max_tokens=5))
+    job.subscribe(lambda e: job.cancel() if isinstance(e, Started) else None)
+    result = job.wait(30)
+    assert result.reason == "cancelled"
+    assert result.usage.completion_tokens == 0
+    assert len(model.scheduler.slots[0].ctx.tokens) < len(ids) - 8
+
+
+def test_it_cancels_a_queued_job_without_running_it(make_model) -> None:
+    model = make_model(slots=1, queue_max=2)
+    blocker = model.scheduler.submit(prompt(model, "busy"), params(model, max_tokens=400))
+    queued = model.scheduler.submit(prompt(model, "later"), params(model, max_tokens=5))
+    queued.cancel()
+    result = queued.wait(5)
+    assert result.reason == "cancelled" and result.usage.completion_tokens == 0
+    assert model.scheduler.queue_depth == 0
+    assert not any(isinstance(e, Started) for e in queued.events(timeout=1))
+    blocker.cancel()
+
+
+def test_it_evaluates_only_the_new_tokens_of_the_next_turn(make_model) -> None:
+    model = make_model()
+    messages = [{"role": "user", "content": "first question"}]
+    first = model.scheduler.submit(
+        model.prompt_ids(messages), SamplingParams(temperature=0, max_tokens=10)
+    ).wait(30)
+    messages += [
+        {"role": "assistant", "content": first.text, "token_ids": first.token_ids},
+        {"role": "user", "content": "second question"},
+    ]
+    ids = model.prompt_ids(messages)
+    cached_before = list(model.scheduler.slots[0].ctx.tokens)
+    second = model.scheduler.submit(ids, SamplingParams(temperature=0, max_tokens=3)).wait(30)
+    reused = len(cached_before)
+    assert ids[:reused] == cached_before  # the slot held a prefix of the new prompt
+    assert second.timings.cached_tokens == reused
+    assert second.timings.evaluated_tokens == len(ids) - reused
+    # Only the new turn was evaluated: at most the closing of the reply and the new user message.
+    new_turn = model.tokenizer.encode(
+        "<|im_end|>\n<|im_start|>user\nsecond question<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert second.timings.evaluated_tokens <= len(new_turn) + 1
+
+
+def test_it_gives_a_job_to_the_slot_holding_its_prefix(make_model) -> None:
+    model = make_model(slots=2, threads=2)
+    a = prompt(model, "conversation A " * 10)
+    b = prompt(model, "conversation B " * 10)
+    p = params(model, max_tokens=2)
+    model.scheduler.submit(a, p).wait(30)
+    model.scheduler.submit(b, p).wait(30)
+    holders = {tuple(s.ctx.tokens[: len(a) - 1]) == tuple(a[:-1]): s.index for s in model.scheduler.slots}
+    assert True in holders
+    result = model.scheduler.submit(a + b[-5:], p).wait(30)
+    assert result.timings.cached_tokens >= len(a) - 1
+
+
+def test_it_never_runs_more_threads_than_cores(make_model) -> None:
+    model = make_model(slots=3, threads=2)
+    jobs = [
+        model.scheduler.submit(prompt(model, f"job {i}"), params(model, max_tokens=40), user_key=str(i))
+        for i in range(6)
+    ]
+    results = [j.wait(60) for j in jobs]
+    assert all(r.reason == "length" for r in results)
+    assert model.scheduler.budget.peak <= 2
+    assert model.scheduler.budget.in_use == 0
+
+
+def test_it_gives_a_lone_slot_every_core_and_shares_them_between_slots() -> None:
+    budget = CoreBudget(4)
+    budget.activate()
+    assert budget.acquire() == 4
+    budget.release(4)
+    budget.activate()
+    a, b = budget.acquire(), budget.acquire()
+    assert (a, b) == (2, 2)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(budget.acquire()))
+    t.start()
+    time.sleep(0.05)
+    assert got == []  # waits: no core is free
+    budget.release(a)
+    t.join(2)
+    assert got == [2] and budget.peak == 4
+
+
+def test_it_refuses_a_prompt_that_cannot_fit_in_the_context(make_model) -> None:
+    model = make_model(context_length=128)
+    ids = prompt(model, "fits")
+    with pytest.raises(ContextLengthExceeded) as info:
+        model.scheduler.submit(ids, params(model, max_tokens=128))
+    assert info.value.prompt_tokens == len(ids)
+    with pytest.raises(ContextLengthExceeded):
+        model.scheduler.submit(ids * 20, params(model))
+
+
+def test_it_defaults_max_tokens_to_the_rest_of_the_context(make_model) -> None:
+    model = make_model(context_length=96)
+    ids = prompt(model, "fill the context")
+    result = model.scheduler.submit(ids, params(model)).wait(60)
+    assert result.reason == "length"
+    assert result.usage.completion_tokens == 96 - len(ids)
+    assert len(model.scheduler.slots[0].ctx.tokens) <= 96
+
+
+def test_it_never_emits_a_stop_string(make_model) -> None:
+    model = make_model()
+    ids = prompt(model, "stop test")
+    free = model.scheduler.submit(ids, params(model, max_tokens=30)).wait(30)
+    stop = free.text[10:13]
+    assert len(stop) == 3
+    result = model.scheduler.submit(ids, params(model, max_tokens=30, stop=(stop,))).wait(30)
+    assert result.reason == "stop"
+    assert stop not in result.text
+    assert result.text == free.text[: free.text.index(stop)]
+    assert result.token_ids is None  # the ids no longer reproduce the cut text
+
+
+def test_it_drains_finishing_running_work_and_refusing_new(make_model) -> None:
+    model = make_model(slots=1, queue_max=3)
+    running = model.scheduler.submit(prompt(model, "run"), params(model, max_tokens=30))
+    queued = model.scheduler.submit(prompt(model, "wait"), params(model, max_tokens=30))
+    summary = model.scheduler.drain(timeout=30)
+    assert running.result.reason == "length"
+    assert queued.result.reason == "cancelled"
+    assert summary == {"queued_cancelled": 1, "finished": 1, "cancelled": 0}
+    with pytest.raises(Overloaded):
+        model.scheduler.submit(prompt(model, "late"), params(model, max_tokens=3))
+
+
+def test_it_cancels_what_outlives_the_drain_timeout(make_model) -> None:
+    model = make_model(slots=1)
+    running = model.scheduler.submit(prompt(model, "long"), params(model, max_tokens=900))
+    next(e for e in running.events(timeout=10) if isinstance(e, Delta))
+    summary = model.scheduler.drain(timeout=0.05)
+    assert summary["cancelled"] == 1
+    assert running.result.reason == "cancelled"
+    assert running.result.text  # the partial text is kept
+
+
+def test_it_holds_back_an_incomplete_utf8_character(make_model) -> None:
+    model = make_model()
+    # Force a lead byte of a 4-byte character at every step. The first is held back until the next
+    # token shows it can never complete; only then does it become a replacement character.
+    lead = next(i for i in range(model.tokenizer.vocab_size) if model.tokenizer.token_bytes(i) == b"\xf0")
+    bias = {i: -100 for i in model.tokenizer.special_ids} | {lead: 100}
+    job = model.scheduler.submit(
+        prompt(model, "emoji"), SamplingParams(temperature=0, max_tokens=4, logit_bias=bias)
+    )
+    deltas = [e for e in job.events(timeout=30) if isinstance(e, Delta)]
+    assert deltas[0].token_ids == (lead, lead)  # nothing was sent after the first byte alone
+    assert "".join(d.text for d in deltas) == "\ufffd" * 4
