@@ -185,6 +185,12 @@ CHAT_QUEUE_MAX = env_int("CHAT_QUEUE_MAX", 32, minimum=0)
 CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
 CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
 
+# --- The OpenAI-compatible API (/v1) ---------------------------------------------------------
+# Request bodies above this answer 413 (in OpenAI's error shape).
+CHAT_API_MAX_BODY = env_int("CHAT_API_MAX_BODY", 1024 * 1024, minimum=1024)
+# Test-only: caps every completion's max_tokens (the fuzzing run must not generate for minutes).
+CHAT_MAX_TOKENS_CAP = env_int("CHAT_MAX_TOKENS_CAP", None, minimum=1)
+
 # --- Passwords, language, time ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

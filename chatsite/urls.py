@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from chatsite import views
+from conversations.api import http as api_http
 
 urlpatterns = [
     path("", views.status, name="status"),
     path("health", views.health, name="health"),
     path("admin/", admin.site.urls),
+    path("v1", api_http.not_found),
+    path("v1/", include("conversations.api.urls")),
 ]

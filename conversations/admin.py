@@ -1,0 +1,115 @@
+"""A minimal admin: API keys (the new key is shown once; revoke), teams, and the conversation log.
+
+The full review admin (flags, audit) comes with its own issue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from conversations import services
+from conversations.models import ApiKey, Conversation, Membership, Message, Team
+
+
+class ApiKeyForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["user", "team", "name"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        user, team = data.get("user"), data.get("team")
+        if user and team and not Membership.objects.filter(user=user, team=team).exists():
+            raise forms.ValidationError(f"{user} is not a member of the team {team}.")
+        return data
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "user", "team", "created", "last_used_at", "revoked_at"]
+    list_filter = ["team"]
+    search_fields = ["name", "prefix", "user__username"]
+    list_select_related = ["user", "team"]
+    actions = ["revoke"]
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, **kwargs: Any) -> type:
+        if obj is None:
+            kwargs["form"] = ApiKeyForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["user", "team", "name"]
+        return ["name", "user", "team", "prefix", "created", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["user", "team", "prefix", "created", "last_used_at", "revoked_at"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        key, plain = services.create_api_key(obj.user, obj.team, obj.name)
+        obj.pk = key.pk
+        obj.refresh_from_db()
+        messages.warning(request, f"The new API key is {plain} — copy it now: it is not shown again.")
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            services.revoke_api_key(key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["name", "created"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    fields = [
+        "role",
+        "choice_index",
+        "content",
+        "status",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "queue_wait",
+        "ttft",
+        "duration",
+        "params",
+        "error",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "source", "owner", "team", "api_key", "request_user", "model_id", "created"]
+    list_filter = ["source", "team"]
+    search_fields = ["title", "request_user", "owner__username"]
+    list_select_related = ["owner", "team", "api_key"]
+    readonly_fields = ["api_key", "request_user", "source", "model_id", "created", "updated"]
+    inlines = [MessageInline]

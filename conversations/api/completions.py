@@ -1,0 +1,252 @@
+"""POST /v1/chat/completions.
+
+The order matters: authenticate, validate, build the prompt, then ask the scheduler to admit all n
+choices. Only an admitted call is written (conversation, messages, n streaming replies), so a 429
+leaves nothing behind for the SDK's automatic retry to duplicate. If that write fails, the jobs are
+cancelled. The runner owns the jobs from then on; this view only reads their events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+
+from conversations import runner, services
+from conversations.api.catalog import resolve_model
+from conversations.api.http import api_view, authenticate, json_response, read_json
+from conversations.models import ApiKey, Message
+from inference.jobs import ContextLengthExceeded, Delta, Event, Finished, Job, Overloaded
+from inference.model import ChatModel
+from inference.protocol import (
+    APIError,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    InvalidRequest,
+    RateLimited,
+    ResponseMessage,
+    Usage,
+    parse_chat_request,
+)
+from inference.sampling import SamplingError, SamplingParams
+from inference.streaming import DONE, sse
+
+RETRY_AFTER_SECONDS = 2
+
+
+@api_view("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    key = await authenticate(request)
+    body = parse_chat_request(read_json(request))
+    model = resolve_model(body.model)
+    messages = [_message_dict(m) for m in body.messages]
+    # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
+    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
+    params = sampling_params(body, model, len(prompt_ids))
+    n = body.n or 1
+    jobs = admit(model, prompt_ids, params, n, key)
+
+    completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
+    logged = {**_params_record(params), "n": n, "stream": bool(body.stream), "model": body.model}
+    logged["id"] = completion_id
+    try:
+        call = await database_sync_to_async(services.start_api_call)(
+            key,
+            model_id=model.model_id,
+            messages=messages,
+            params=logged,
+            n=n,
+            prompt_tokens=len(prompt_ids),
+            request_user=body.user or "",
+        )
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    run = runner.start(call.conversation.pk, jobs, call.replies)
+    reply = Reply(completion_id, model.model_id, len(prompt_ids), run)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        finished = await run.wait()
+    except asyncio.CancelledError:  # the client went away: stop generating for nobody
+        run.cancel(Message.Status.CANCELLED)
+        raise
+    return json_response(reply.completion(finished))
+
+
+def _message_dict(message: Any) -> dict[str, str]:
+    out = {"role": message.role, "content": message.text()}
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
+    """The request's sampling fields with OpenAI's defaults, checked against the model."""
+    try:
+        max_tokens = model.scheduler.resolve_max_tokens(n_prompt, body.completion_limit)
+    except ContextLengthExceeded as exc:
+        raise InvalidRequest(str(exc), param="messages", code="context_length_exceeded") from None
+    if settings.CHAT_MAX_TOKENS_CAP is not None:
+        max_tokens = min(max_tokens, settings.CHAT_MAX_TOKENS_CAP)
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = 1.0 if body.top_p is None else body.top_p
+    if top_p == 0:  # OpenAI accepts 0: a nucleus of the single most likely token, i.e. greedy
+        temperature, top_p = 0.0, 1.0
+    try:
+        params = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            logit_bias=body.logit_bias or {},
+            seed=body.seed,
+            stop=tuple(body.stop_list),
+            max_tokens=max_tokens,
+        )
+        params.validate(model.engine.vocab_size)
+    except SamplingError as exc:
+        raise InvalidRequest(str(exc), param=exc.param, code="invalid_value") from None
+    return params
+
+
+def admit(model: ChatModel, prompt_ids: list[int], params: SamplingParams, n: int, key: ApiKey) -> list[Job]:
+    """All n choices are admitted together, or the answer is 429 before anything is written."""
+    scheduler = model.scheduler
+    capacity = len(scheduler.slots) + scheduler.queue_max
+    if n > capacity:  # could never be admitted: a retry would not help, so this is not a 429
+        raise InvalidRequest(
+            f"n={n} is more than this server can run at once (at most {capacity}).", param="n"
+        )
+    try:
+        # An API key counts as its user for the scheduler's fairness.
+        return scheduler.submit_n(prompt_ids, params, n, user_key=f"user-{key.user_id}")
+    except Overloaded as exc:
+        raise RateLimited(
+            f"The model is busy ({exc}). Please retry after a short wait.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
+
+
+def _params_record(params: SamplingParams) -> dict[str, Any]:
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "logit_bias": {str(k): v for k, v in params.logit_bias},  # type: ignore[misc]
+        "seed": params.seed,
+        "stop": list(params.stop),
+        "max_tokens": params.max_tokens,
+    }
+
+
+def _failure(finished: Finished) -> APIError:
+    if finished.reason == "cancelled":  # not by this request: the server is draining
+        return APIError("The server is shutting down; the completion was cancelled.", code="cancelled")
+    return APIError(f"The model failed while generating: {finished.error or 'unknown error'}.")
+
+
+class Reply:
+    """The answer to one admitted call: a JSON completion or a stream of chunks."""
+
+    def __init__(self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run) -> None:
+        self.id = completion_id
+        self.model_id = model_id
+        self.prompt_tokens = prompt_tokens
+        self.run = run
+        self.created = int(time.time())
+
+    def usage(self, finished: list[Finished]) -> Usage:
+        completion = sum(f.usage.completion_tokens for f in finished)
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
+
+    def completion(self, finished: list[Finished]) -> ChatCompletion:
+        failed = next((f for f in finished if f.reason not in ("stop", "length")), None)
+        if failed is not None:
+            raise _failure(failed)
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model_id,
+            choices=[
+                Choice(index=i, message=ResponseMessage(content=f.text), finish_reason=f.reason)  # type: ignore[arg-type]
+                for i, f in enumerate(finished)
+            ],
+            usage=self.usage(finished),
+        )
+
+    def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        return sse(
+            ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model_id, choices=choices, usage=usage
+            )
+        )
+
+    async def stream(self, include_usage: bool) -> AsyncIterator[bytes]:
+        """Role chunks, content chunks tagged by choice index, a finish chunk per choice, [DONE].
+
+        If the client goes away (the task is cancelled) the jobs are cancelled, and the runner
+        saves the partial replies as 'cancelled'.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        listeners = []
+        for index, job in enumerate(self.run.jobs):
+
+            def listener(event: Event, index: int = index) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+            job.subscribe(listener)
+            listeners.append((job, listener))
+        complete = False
+        try:
+            for index in range(len(self.run.jobs)):
+                yield self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+            open_choices = len(self.run.jobs)
+            while open_choices:
+                index, event = await events.get()
+                if isinstance(event, Delta):
+                    yield self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
+                elif isinstance(event, Finished):
+                    open_choices -= 1
+                    if event.reason not in ("stop", "length"):
+                        # After the 200 has gone out, an error can only be told in-band.
+                        self.run.cancel(Message.Status.ERROR)
+                        complete = True
+                        yield sse(_failure(event).body())
+                        yield DONE
+                        return
+                    yield self._chunk(
+                        [ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=event.reason)]  # type: ignore[arg-type]
+                    )
+            finished = await self.run.wait()  # every reply is saved before [DONE]
+            complete = True
+            if include_usage:
+                yield self._chunk([], usage=self.usage(finished))
+            yield DONE
+        finally:
+            for job, listener in listeners:
+                job.unsubscribe(listener)
+            if not complete:
+                self.run.cancel(Message.Status.CANCELLED)

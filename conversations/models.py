@@ -1,0 +1,145 @@
+"""Teams, conversations, messages and API keys: one vocabulary for the browser chat, the API and review.
+
+Every write goes through ``conversations.services``; this module only declares the data.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        ADMIN = "admin"
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+
+class ApiKey(models.Model):
+    """A bearer key for /v1. Stored as a lookup prefix plus the SHA-256 of its secret part."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_keys")
+    team = models.ForeignKey(Team, models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)  # hex SHA-256
+    created = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'key'} ({self.prefix}…)"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class Conversation(models.Model):
+    class Source(models.TextChoices):
+        WEB = "web"
+        API = "api"
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private"
+        TEAM = "team"
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="conversations")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE)
+    title = models.CharField(max_length=200, blank=True)
+    # Per-conversation settings (the browser chat's; an API call records its request's values).
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    model_id = models.CharField(max_length=200, blank=True)
+    api_key = models.ForeignKey(ApiKey, models.SET_NULL, null=True, blank=True, related_name="conversations")
+    request_user = models.CharField(max_length=256, blank=True)  # the API request's `user` field
+    deleted_at = models.DateTimeField(null=True, blank=True)  # soft delete: hidden from the owner only
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated"]
+        indexes = [
+            models.Index(fields=["owner", "-updated"], name="conv_owner_updated"),
+            models.Index(fields=["team", "visibility", "-updated"], name="conv_team_updated"),
+            models.Index(fields=["source", "-created"], name="conv_source_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"  # by a person, in the page
+        CANCELLED = "cancelled"  # the API client disconnected
+        ERROR = "error"
+        INTERRUPTED = "interrupted"  # the owning process died (stale heartbeat) or shut down
+        UNANSWERED = "unanswered"  # the queue was full; the user message is kept
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    name = models.CharField(max_length=64, blank=True)
+    content = models.TextField(blank=True)
+    # An API request with n > 1 gets n assistant messages, numbered by choice_index.
+    choice_index = models.PositiveSmallIntegerField(default=0)
+    # The ids the model generated (the next turn splices them in to reuse the KV cache).
+    token_ids = models.JSONField(null=True, blank=True)
+    params = models.JSONField(default=dict, blank=True)  # the sampling parameters used
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    queue_wait = models.FloatField(null=True, blank=True)  # seconds
+    ttft = models.FloatField(null=True, blank=True)  # seconds
+    duration = models.FloatField(null=True, blank=True)  # seconds
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    error = models.TextField(blank=True)
+    owner_process = models.CharField(max_length=100, blank=True)  # "host:pid" while streaming
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["conversation", "id"], name="msg_conversation_id"),
+            models.Index(fields=["status", "heartbeat_at"], name="msg_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"

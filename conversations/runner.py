@@ -1,0 +1,195 @@
+"""Owns running generations: follows admitted jobs and keeps their assistant messages up to date.
+
+For each (job, message) pair a task on the event loop consumes the job's events and
+- publishes the new text to the group ``conversation-<id>`` at most ~10 times a second
+  (``{"type": "chat.delta", "message_id", "choice_index", "text"}``: the text added since the last one);
+- checkpoints the text so far, with a heartbeat, to the row at least every second;
+- at the end writes the final text, token ids, usage, timings and status in one transaction
+  (``services.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
+
+The job belongs to the runner, not to whoever started it: closing a browser tab or returning an
+HTTP response does not lose the reply. ``Run.cancel(status)`` stops it; the status says why
+(``cancelled`` for an API client that went away, ``stopped`` for a person pressing Stop). A job
+cancelled by anyone else (the scheduler draining at shutdown) ends as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import Message
+from inference.jobs import Delta, Event, Finished, Job
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = 30.0  # seconds without a heartbeat after which a 'streaming' row is interrupted
+PUBLISH_INTERVAL = 0.1  # seconds between delta broadcasts (renders) per reply
+CHECKPOINT_INTERVAL = 1.0  # seconds between text checkpoints (and heartbeats) per reply
+
+# Runs hold strong references to their tasks; this set holds the runs' tasks until they end.
+_tasks: set[asyncio.Task] = set()
+_swept = False
+
+
+def outcome_for(finished: Finished, cancel_status: str | None) -> services.Outcome:
+    """The row's final state for a job's Finished event."""
+    if finished.reason in ("stop", "length"):
+        status, finish_reason = Message.Status.COMPLETE, finished.reason
+    elif finished.reason == "cancelled":
+        status, finish_reason = cancel_status or Message.Status.INTERRUPTED, ""
+    else:
+        status, finish_reason = Message.Status.ERROR, ""
+    t = finished.timings
+    return services.Outcome(
+        status=status,
+        content=finished.text,
+        finish_reason=finish_reason,
+        token_ids=list(finished.token_ids) if finished.token_ids is not None else None,
+        prompt_tokens=finished.usage.prompt_tokens,
+        completion_tokens=finished.usage.completion_tokens,
+        queue_wait=t.queue_wait,
+        ttft=t.ttft,
+        duration=t.duration,
+        error=finished.error or "",
+    )
+
+
+class Run:
+    """The generations of one reply (n of them for an API call with n > 1)."""
+
+    def __init__(self, conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]) -> None:
+        if len(jobs) != len(messages):
+            raise ValueError("one message per job")
+        self.conversation_id = conversation_id
+        self.jobs = list(jobs)
+        self.message_ids = [m.pk for m in messages]
+        self.cancel_status: str | None = None
+        loop = asyncio.get_running_loop()
+        # A fresh context: the tasks outlive the request that started them, so they must not run
+        # their database calls in that request's (soon closed) thread-sensitive executor.
+        self.tasks = [
+            loop.create_task(self._follow(job, m.pk, m.choice_index), context=contextvars.Context())
+            for job, m in zip(self.jobs, messages, strict=True)
+        ]
+        for task in self.tasks:
+            _keep(task)
+
+    def cancel(self, status: str = Message.Status.CANCELLED) -> None:
+        """Stop every job (within one token); their rows end with ``status`` and the partial text."""
+        if self.cancel_status is None:
+            self.cancel_status = status
+        for job in self.jobs:
+            job.cancel()
+
+    async def wait(self) -> list[Finished]:
+        """The jobs' Finished events, once every row has its final state written.
+
+        Cancelling the waiter does not cancel the run (the caller decides that with ``cancel``).
+        """
+        return list(await asyncio.shield(asyncio.gather(*self.tasks)))
+
+    async def _follow(self, job: Job, message_id: int, choice_index: int) -> Finished:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def listener(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        job.subscribe(listener)
+        parts: list[str] = []
+        unsent: list[str] = []
+        last_publish = last_checkpoint = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                due = last_checkpoint + CHECKPOINT_INTERVAL
+                if unsent:
+                    due = min(due, last_publish + PUBLISH_INTERVAL)
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=max(0.0, due - now))
+                except TimeoutError:
+                    event = None
+                if isinstance(event, Finished):
+                    finished = event
+                    break
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    unsent.append(event.text)
+                now = time.monotonic()
+                if unsent and now - last_publish >= PUBLISH_INTERVAL:
+                    await self._publish(message_id, choice_index, unsent)
+                    unsent, last_publish = [], now
+                if now - last_checkpoint >= CHECKPOINT_INTERVAL:
+                    await self._checkpoint(message_id, "".join(parts))
+                    last_checkpoint = now
+        finally:
+            job.unsubscribe(listener)
+        if unsent:
+            await self._publish(message_id, choice_index, unsent)
+        try:
+            await database_sync_to_async(services.finish_assistant_message)(
+                message_id, outcome_for(finished, self.cancel_status)
+            )
+        except Exception:  # the row stays 'streaming' and is marked interrupted later
+            log.exception("could not save the end of message %s", message_id)
+        return finished
+
+    async def _publish(self, message_id: int, choice_index: int, texts: list[str]) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            await layer.group_send(
+                services.group_name(self.conversation_id),
+                {
+                    "type": "chat.delta",
+                    "message_id": message_id,
+                    "choice_index": choice_index,
+                    "text": "".join(texts),
+                },
+            )
+        except Exception:  # a full or broken channel layer must not stop the reply being saved
+            log.exception("could not publish a delta of message %s", message_id)
+
+    @staticmethod
+    async def _checkpoint(message_id: int, text: str) -> None:
+        try:
+            await database_sync_to_async(services.checkpoint_assistant_message)(message_id, text)
+        except Exception:
+            log.exception("could not checkpoint message %s", message_id)
+
+
+def start(conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]) -> Run:
+    """Follow admitted ``jobs`` into their ``messages`` (rows created by the services, status streaming)."""
+    global _swept
+    if not _swept:
+        # Once per process: replies left 'streaming' by a process that died are interrupted.
+        _swept = True
+        _keep(asyncio.get_running_loop().create_task(_sweep(), context=contextvars.Context()))
+    return Run(conversation_id, jobs, messages)
+
+
+async def _sweep() -> None:
+    older_than = timezone.now() - timedelta(seconds=STALE_AFTER)
+    try:
+        count = await database_sync_to_async(services.interrupt_stale_messages)(older_than)
+    except Exception:
+        log.exception("could not mark stale replies as interrupted")
+    else:
+        if count:
+            log.info("marked %d stale replies as interrupted", count)
+
+
+def _keep(task: asyncio.Task) -> None:
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

@@ -1,0 +1,364 @@
+"""Every write to the conversation data goes through here, and broadcasts after the commit.
+
+Views, the websocket consumer, the runner and the API call these (from async code through
+``database_sync_to_async``). The ``get_<object>_for_user`` helpers answer 404 for a forbidden
+object and a missing one alike, so there is no existence oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from conversations.models import ApiKey, Conversation, Membership, Message, Team
+
+KEY_PREFIX = "csk-"  # chatsite key
+PREFIX_CHARS = 12
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one last_used_at write per key per minute
+OWNER_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def group_name(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}"
+
+
+def broadcast(conversation_id: int, event: dict[str, Any]) -> None:
+    """Send ``event`` to the conversation's group once the current transaction commits."""
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(group_name(conversation_id), event)
+
+    transaction.on_commit(send)
+
+
+# --- Teams ---------------------------------------------------------------------------------------
+
+
+def create_team(name: str, *, admin: AbstractBaseUser | None = None) -> Team:
+    with transaction.atomic():
+        team = Team.objects.create(name=name)
+        if admin is not None:
+            Membership.objects.create(team=team, user=admin, role=Membership.Role.ADMIN)
+    return team
+
+
+def add_member(team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER) -> Membership:
+    membership, _ = Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+    return membership
+
+
+class NoDefaultTeam(Exception):
+    """The user belongs to several teams: the caller must name one."""
+
+
+def default_team(user: AbstractBaseUser) -> Team:
+    """The user's only team; a user with no team gets a personal one (as its admin)."""
+    teams = list(Team.objects.filter(memberships__user=user)[:2])
+    if len(teams) == 1:
+        return teams[0]
+    if teams:
+        raise NoDefaultTeam(f"{user} belongs to several teams; name one")
+    name = user.get_username()
+    while Team.objects.filter(name=name).exists():
+        name = f"{user.get_username()}-{secrets.token_hex(2)}"
+    return create_team(name, admin=user)
+
+
+def get_team_for_user(user: AbstractBaseUser, team_id: int) -> Team:
+    try:
+        return Team.objects.get(pk=team_id, memberships__user=user)
+    except Team.DoesNotExist:
+        raise Http404("No such team") from None
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(user: AbstractBaseUser, team: Team, name: str = "") -> tuple[ApiKey, str]:
+    """Make a key for ``user`` in ``team`` and return it with its plain text (shown once, never stored)."""
+    if not Membership.objects.filter(team=team, user=user).exists():
+        raise ValueError(f"{user} is not a member of {team}")
+    while True:
+        prefix = secrets.token_hex(PREFIX_CHARS // 2)
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    secret = secrets.token_urlsafe(32)  # 256 bits
+    key = ApiKey.objects.create(
+        user=user, team=team, name=name, prefix=prefix, secret_hash=_hash_secret(secret)
+    )
+    return key, f"{KEY_PREFIX}{prefix}-{secret}"
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+
+
+def authenticate_api_key(raw: str) -> ApiKey | None:
+    """The active key whose plain text is ``raw``, or None. Reads only."""
+    if not raw.startswith(KEY_PREFIX):
+        return None
+    prefix, dash, secret = raw[len(KEY_PREFIX) :].partition("-")
+    if len(prefix) != PREFIX_CHARS or not dash or not secret:
+        return None
+    key = ApiKey.objects.select_related("user", "team").filter(prefix=prefix).first()
+    # Hash and compare even when the prefix is unknown, so the timing says nothing about it.
+    expected = key.secret_hash if key is not None else "0" * 64
+    if not secrets.compare_digest(_hash_secret(secret), expected) or key is None:
+        return None
+    if key.revoked_at is not None or not key.user.is_active:
+        return None
+    return key
+
+
+def record_key_use(key: ApiKey) -> None:
+    """Note that ``key`` was used (kept apart from authentication, so a refused call writes nothing)."""
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def get_api_key_for_user(user: AbstractBaseUser, key_id: int) -> ApiKey:
+    try:
+        return ApiKey.objects.get(pk=key_id, user=user)
+    except ApiKey.DoesNotExist:
+        raise Http404("No such API key") from None
+
+
+# --- Conversations and messages ------------------------------------------------------------------
+
+
+def visible_conversations(user: AbstractBaseUser) -> QuerySet[Conversation]:
+    """The conversations ``user`` may read: their own, and their teams' shared ones (not deleted)."""
+    teams = Membership.objects.filter(user=user).values("team_id")
+    return Conversation.objects.filter(
+        Q(owner=user) | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
+        deleted_at__isnull=True,
+    )
+
+
+def get_conversation_for_user(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+    try:
+        return visible_conversations(user).get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation") from None
+
+
+def get_message_for_user(user: AbstractBaseUser, message_id: int) -> Message:
+    try:
+        return Message.objects.select_related("conversation").get(
+            pk=message_id, conversation__in=visible_conversations(user)
+        )
+    except Message.DoesNotExist:
+        raise Http404("No such message") from None
+
+
+def start_conversation(
+    owner: AbstractBaseUser,
+    team: Team,
+    *,
+    source: str = Conversation.Source.WEB,
+    title: str = "",
+    model_id: str = "",
+    **fields: Any,
+) -> Conversation:
+    """``fields``: the other Conversation fields (visibility, system_prompt, temperature, …)."""
+    return Conversation.objects.create(
+        owner=owner, team=team, source=source, title=title[:200], model_id=model_id, **fields
+    )
+
+
+def add_message(conversation: Conversation, role: str, content: str, *, name: str = "") -> Message:
+    message = Message.objects.create(
+        conversation=conversation, role=role, content=content, name=name, status=Message.Status.COMPLETE
+    )
+    broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    return message
+
+
+def add_user_message(conversation: Conversation, content: str) -> Message:
+    with transaction.atomic():
+        message = add_message(conversation, Message.Role.USER, content)
+        conversation.save(update_fields=["updated"])
+    return message
+
+
+def start_assistant_messages(
+    conversation: Conversation, n: int, *, params: dict[str, Any], prompt_tokens: int
+) -> list[Message]:
+    """Create the ``n`` assistant messages (status streaming) a generation will fill in."""
+    now = timezone.now()
+    messages = [
+        Message(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            choice_index=i,
+            params=params,
+            prompt_tokens=prompt_tokens,
+            status=Message.Status.STREAMING,
+            owner_process=OWNER_PROCESS,
+            heartbeat_at=now,
+        )
+        for i in range(n)
+    ]
+    with transaction.atomic():
+        for message in messages:  # one by one: bulk_create gives no ids on every backend
+            message.save()
+            broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    return messages
+
+
+def mark_unanswered(message: Message) -> None:
+    """The queue refused the reply to this user message: keep it, so the page can offer a retry."""
+    message.status = Message.Status.UNANSWERED
+    message.save(update_fields=["status"])
+    broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    conversation: Conversation
+    replies: list[Message]
+
+
+def start_api_call(
+    key: ApiKey,
+    *,
+    model_id: str,
+    messages: Sequence[dict[str, str]],
+    params: dict[str, Any],
+    n: int,
+    prompt_tokens: int,
+    request_user: str = "",
+) -> ApiCall:
+    """Log one admitted /v1/chat/completions call: the conversation, its messages, n replies."""
+    title = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    with transaction.atomic():
+        record_key_use(key)
+        conversation = start_conversation(
+            key.user,
+            key.team,
+            source=Conversation.Source.API,
+            title=" ".join(title.split())[:80],
+            model_id=model_id,
+            api_key=key,
+            request_user=request_user,
+            temperature=params.get("temperature"),
+            max_tokens=params.get("max_tokens"),
+        )
+        Message.objects.bulk_create(
+            Message(
+                conversation=conversation,
+                role=m["role"],
+                content=m["content"],
+                name=m.get("name", ""),
+                status=Message.Status.COMPLETE,
+            )
+            for m in messages
+        )
+        replies = start_assistant_messages(conversation, n, params=params, prompt_tokens=prompt_tokens)
+    return ApiCall(conversation, replies)
+
+
+def checkpoint_assistant_message(message_id: int, content: str) -> None:
+    """Save the text so far and the heartbeat of a streaming reply."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+        content=content, heartbeat_at=timezone.now(), owner_process=OWNER_PROCESS
+    )
+
+
+def heartbeat(message_ids: Iterable[int]) -> None:
+    Message.objects.filter(pk__in=list(message_ids), status=Message.Status.STREAMING).update(
+        heartbeat_at=timezone.now()
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended, in the terms the Message row records."""
+
+    status: str
+    content: str
+    finish_reason: str = ""
+    token_ids: list[int] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    queue_wait: float | None = None
+    ttft: float | None = None
+    duration: float | None = None
+    error: str = ""
+
+
+def finish_assistant_message(message_id: int, outcome: Outcome) -> None:
+    """Write the final text, token ids, usage, timings and status in one transaction."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().get(pk=message_id)
+        message.status = outcome.status
+        message.content = outcome.content
+        message.finish_reason = outcome.finish_reason
+        message.token_ids = outcome.token_ids
+        if outcome.prompt_tokens is not None:
+            message.prompt_tokens = outcome.prompt_tokens
+        message.completion_tokens = outcome.completion_tokens
+        message.queue_wait = outcome.queue_wait
+        message.ttft = outcome.ttft
+        message.duration = outcome.duration
+        message.error = outcome.error
+        message.heartbeat_at = timezone.now()
+        message.save(
+            update_fields=[
+                "status",
+                "content",
+                "finish_reason",
+                "token_ids",
+                "prompt_tokens",
+                "completion_tokens",
+                "queue_wait",
+                "ttft",
+                "duration",
+                "error",
+                "heartbeat_at",
+            ]
+        )
+        Conversation.objects.filter(pk=message.conversation_id).update(updated=timezone.now())
+        broadcast(
+            message.conversation_id,
+            {
+                "type": "chat.finished",
+                "message_id": message.pk,
+                "choice_index": message.choice_index,
+                "status": outcome.status,
+                "finish_reason": outcome.finish_reason,
+            },
+        )
+
+
+def interrupt_stale_messages(older_than: datetime) -> int:
+    """Mark replies still 'streaming' whose heartbeat stopped before ``older_than`` as interrupted.
+
+    Only a stale heartbeat counts, so a sibling process's live stream is never touched.
+    """
+    stale = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=older_than)
+    return stale.update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")

@@ -1,0 +1,384 @@
+"""The OpenAI Chat Completions shapes, declared once: request, response, chunk, models, error.
+
+Bounds and defaults are OpenAI's. ``parse_chat_request`` turns a JSON body into a
+``ChatCompletionRequest`` or raises an ``APIError`` subclass that names the offending ``param``;
+``APIError.body()`` is the ``{"error": {message, type, param, code}}`` every failure answers with.
+No Django here: the HTTP layer (conversations/api) maps these to responses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    model_serializer,
+)
+
+MODEL_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-0301")  # the ids the spec names
+MAX_N = 128
+MAX_STOP = 4
+INT64 = 2**63
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else type(self).code
+        self.headers = headers or {}
+
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "model_not_ready"
+
+
+# --- Request -----------------------------------------------------------------------------------
+
+_Strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TextPart(BaseModel):
+    model_config = _Strict
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = _Strict
+    role: Literal["system", "user", "assistant"]
+    content: str | Annotated[list[TextPart], Field(min_length=1)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = _Strict
+    include_usage: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. ``null`` means "not given" for every optional field, as in OpenAI."""
+
+    model_config = _Strict
+
+    model: NonEmpty
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[TokenId, Bias] | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+    seed: Annotated[int, Field(ge=-INT64, le=INT64 - 1)] | None = None
+    # Harmless metadata of the current API: accepted, and not used.
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=512)]] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    # Declared so that they get a precise answer: only their trivial values are supported.
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+
+    @property
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "top_logprobs")
+
+
+def check_supported(request: ChatCompletionRequest) -> None:
+    """Refuse, naming the param, the fields whose meaning this server cannot honour."""
+    for name in _UNSUPPORTED:
+        if getattr(request, name) is not None:
+            raise InvalidRequest(
+                f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter"
+            )
+    if request.logprobs:
+        raise InvalidRequest(
+            "'logprobs' is not supported by this server.", param="logprobs", code="unsupported_parameter"
+        )
+    if request.response_format is not None and request.response_format.type != "text":
+        raise InvalidRequest(
+            f"response_format of type '{request.response_format.type}' is not supported by this server; "
+            "only 'text' is.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    if (
+        request.max_tokens is not None
+        and request.max_completion_tokens is not None
+        and request.max_tokens != request.max_completion_tokens
+    ):
+        raise InvalidRequest(
+            "max_tokens and max_completion_tokens disagree: give one of them.",
+            param="max_tokens",
+            code="invalid_value",
+        )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+            "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+            "sent was not valid JSON.)",
+            code="invalid_json",
+        ) from None
+
+
+def parse_chat_request(data: Any) -> ChatCompletionRequest:
+    """Validate a decoded JSON body; raise ``InvalidRequest`` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    try:
+        request = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid_request(exc) from None
+    check_supported(request)
+    return request
+
+
+_FIELD_NAMES = frozenset(
+    name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions) for name in m.model_fields
+)
+
+
+def param_path(loc: tuple[int | str, ...]) -> str:
+    """``("messages", 0, "content", "str")`` -> ``"messages[0].content"``, stopping at union tags."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in _FIELD_NAMES and not path.endswith(("logit_bias", "metadata")):
+            path += f".{part}" if path else part
+        else:
+            break
+    return path
+
+
+_UNION_EXPECTED = {
+    "content": "a string or a non-empty array of text parts ({'type': 'text', 'text': ...})",
+    "stop": f"a non-empty string or an array of up to {MAX_STOP} non-empty strings",
+}
+
+
+def _invalid_request(exc: ValidationError) -> InvalidRequest:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if first["type"] == "extra_forbidden":
+        param = param_path(loc[:-1] + ("",))
+        name = loc[-1]
+        if len(loc) == 1:
+            return InvalidRequest(
+                f"Unrecognized request argument supplied: {name}", param=str(name), code="unknown_parameter"
+            )
+        return InvalidRequest(
+            f"Additional properties are not allowed ('{name}' was unexpected) in '{param}'.",
+            param=f"{param}.{name}",
+            code="unknown_parameter",
+        )
+    param = param_path(loc)
+    if first["type"] == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    # A union (content, stop) fails once per branch: describe the field, not each branch.
+    same_field = [e for e in errors if param_path(tuple(e["loc"])) == param]
+    if len(same_field) > 1:
+        expected = _UNION_EXPECTED.get(param.rpartition(".")[2], "a valid value")
+        return InvalidRequest(
+            f"Invalid value for '{param}': expected {expected}.", param=param, code="invalid_value"
+        )
+    return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
+
+
+# --- Responses ---------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ChunkDelta(BaseModel):
+    """Only what this chunk adds: the role (first chunk of a choice) or content; ``{}`` at the end."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
