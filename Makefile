@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup setup-dev lint format
+.PHONY: run test bench setup setup-dev lint format
 
 ## run: set up (venv, requirements, model, database, static files, demo login) and serve the site
 run: setup
@@ -19,6 +19,10 @@ test: setup-dev
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$status
+
+## bench: the benchmarks (run with nothing else on the machine); writes bench/results/latest.json
+bench: setup
+	@$(PY) -m bench.run $(BENCH_ARGS)
 
 setup:
 	@scripts/setup.sh deps runtime

@@ -115,13 +115,15 @@ def sched_decode(model: ChatModel, prompt: list[int], n: int) -> float:
     return result.timings.decode_tokens_per_second or 0.0
 
 
-def conversation_ttft(model: ChatModel, reuse: bool, max_tokens: int = 48) -> list[dict]:
+def conversation_ttft(
+    model: ChatModel, reuse: bool, max_tokens: int = 48, turns: int = len(TURNS)
+) -> list[dict]:
     messages: list[dict] = []
     rows = []
     for slot in model.scheduler.slots:
         slot.ctx.truncate(0)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    for turn in TURNS:
+    for turn in TURNS[:turns]:
         messages.append({"role": "user", "content": turn})
         if not reuse:
             for slot in model.scheduler.slots:
@@ -140,7 +142,7 @@ def conversation_ttft(model: ChatModel, reuse: bool, max_tokens: int = 48) -> li
     return rows
 
 
-def aggregate(model: ChatModel, concurrency: int, n: int) -> float:
+def aggregate(model: ChatModel, concurrency: int, n: int) -> dict:
     for slot in model.scheduler.slots:
         slot.ctx.truncate(0)
     bias = no_specials(model)
@@ -156,11 +158,13 @@ def aggregate(model: ChatModel, concurrency: int, n: int) -> float:
         for i, p in enumerate(prompts)
     ]
     tokens = 0
+    ttfts = []
     for job in jobs:
         result = job.wait()
         assert result is not None and result.reason == "length", result
         tokens += result.usage.completion_tokens
-    return tokens / (time.perf_counter() - start)
+        ttfts.append(result.timings.ttft)
+    return {"tok_s": round(tokens / (time.perf_counter() - start), 1), "ttft_max_s": round(max(ttfts), 3)}
 
 
 def greedy_parity(model: ChatModel) -> dict:
@@ -186,7 +190,8 @@ def greedy_parity(model: ChatModel) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=os.environ.get("CHAT_MODEL_PATH") or default_model_path())
-    parser.add_argument("--tokens", type=int, default=128, help="decode tokens per measurement")
+    parser.add_argument("--tokens", type=int, default=200, help="decode tokens per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved raw/scheduler decode runs")
     parser.add_argument("--prefill-chunk", type=int, default=int(os.environ.get("CHAT_PREFILL_CHUNK", "64")))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
@@ -214,15 +219,22 @@ def main() -> None:
     long_text = " ".join(TURNS * 12)
     long_ids = model.tokenizer.encode(long_text)[:512]
 
-    raw = [raw_decode(model, prompt, args.tokens, CORES) for _ in range(3)]
-    sched = [sched_decode(model, prompt, args.tokens) for _ in range(3)]
+    sched_decode(model, prompt, 16)  # warm-up: first-touch of the weight pages, allocator, caches
+    raw: list[float] = []
+    sched: list[float] = []
+    for _ in range(args.repeats):  # interleaved, so that drift in the machine hits both alike
+        raw.append(raw_decode(model, prompt, args.tokens, CORES))
+        sched.append(sched_decode(model, prompt, args.tokens))
     results["decode"] = {
         "raw_tok_s": round(statistics.median(raw), 1),
         "scheduler_tok_s": round(statistics.median(sched), 1),
         "ratio": round(statistics.median(sched) / statistics.median(raw), 3),
         "threads": CORES,
     }
-    show(f"raw engine decode, {CORES} threads (tok/s, median of 3)", f"{results['decode']['raw_tok_s']}")
+    show(
+        f"raw engine decode, {CORES} threads (tok/s, median of {args.repeats})",
+        f"{results['decode']['raw_tok_s']}",
+    )
     show("scheduler decode, same threads (tok/s)", f"{results['decode']['scheduler_tok_s']}")
     show("  scheduler / raw", f"{results['decode']['ratio']:.3f}")
 
@@ -232,6 +244,7 @@ def main() -> None:
         show(f"raw prefill of {len(long_ids)} tokens, batch {batch} (tok/s)", f"{prefill[batch]}")
     results["prefill_tok_s"] = prefill
 
+    conversation_ttft(model, reuse=True, turns=1)  # warm-up
     with_reuse = conversation_ttft(model, reuse=True)
     without = conversation_ttft(model, reuse=False)
     results["ttft_6_turns"] = {"with_reuse": with_reuse, "without_reuse": without}
@@ -260,11 +273,15 @@ def main() -> None:
         )
         key = f"{slots}x{threads}"
         agg[key] = {}
+        aggregate(model, 1, 16)  # warm-up
         for c in (1, 2, 4):
-            agg[key][c] = round(aggregate(model, c, 64), 1)
-            show(f"aggregate tok/s, {slots} slot(s) x {threads} thread(s), {c} concurrent", f"{agg[key][c]}")
-        agg[key]["2_over_1"] = round(agg[key][2] / agg[key][1], 3)
-        agg[key]["4_over_1"] = round(agg[key][4] / agg[key][1], 3)
+            agg[key][c] = aggregate(model, c, 128)
+            show(
+                f"aggregate tok/s, {slots} slot(s) x {threads} thread(s), {c} concurrent (slowest TTFT)",
+                f"{agg[key][c]['tok_s']} ({agg[key][c]['ttft_max_s']:.2f} s)",
+            )
+        agg[key]["2_over_1"] = round(agg[key][2]["tok_s"] / agg[key][1]["tok_s"], 3)
+        agg[key]["4_over_1"] = round(agg[key][4]["tok_s"] / agg[key][1]["tok_s"], 3)
         show(
             f"  {key}: 2 concurrent / 1, 4 concurrent / 1",
             f"{agg[key]['2_over_1']:.3f}, {agg[key]['4_over_1']:.3f}",
