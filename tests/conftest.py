@@ -27,3 +27,49 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_sep(
             "=", f"CI=true: {len(skipped)} test(s) skipped, and under CI nothing may be skipped", red=True
         )
+
+
+# --- Live API servers (tests/live_server.py), started once per session ------------------------
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory):
+    """Daphne serving the REAL default model: one slot, two threads, a queue of one (so that a
+    second request with n=2 during a stream is refused with 429)."""
+    from tests.fixtures_model import default_model_path
+    from tests.live_server import LiveServer
+
+    server = LiveServer(
+        tmp_path_factory.mktemp("api-server"),
+        {
+            "CHAT_MODEL_PATH": str(default_model_path()),
+            "CHAT_SLOTS": "1",
+            "CHAT_THREADS": "2",
+            "CHAT_QUEUE_MAX": "1",
+        },
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_api_server(tmp_path_factory: pytest.TempPathFactory):
+    """Daphne serving a tiny random model, with every completion capped at 8 tokens: for the
+    request-validation and fuzzing tests, where the real model would add only time."""
+    from tests.live_server import LiveServer
+    from tests.tiny_gguf import write_tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-api-server")
+    model = write_tiny_llama(folder / "tiny.gguf", context_length=2048)
+    server = LiveServer(
+        folder / "data",
+        {
+            "CHAT_MODEL_PATH": str(model),
+            "CHAT_SLOTS": "1",
+            "CHAT_THREADS": "1",
+            "CHAT_QUEUE_MAX": "16",
+            "CHAT_MAX_TOKENS_CAP": "8",
+        },
+    ).start()
+    yield server
+    server.stop()

@@ -1,0 +1,167 @@
+"""A real chatsite server for the API tests: Daphne in a subprocess, its own data folder and SQLite.
+
+The folder is migrated and given three users before the server starts: alice and bob share the
+team "alpha", charlie (an outsider) has his own. Their API keys are made by the ``createapikey``
+management command; alice also has a revoked key. Tests read the server's log of calls straight
+from its SQLite file (read-only), since the server is another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+SETUP = """
+import io, json, django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from conversations import services
+call_command("migrate", verbosity=0)
+User = get_user_model()
+users = {name: User.objects.create_user(name, password="x") for name in ("alice", "bob", "charlie")}
+alpha = services.create_team("alpha", admin=users["alice"])
+services.add_member(alpha, users["bob"])
+
+def key(*args):
+    out = io.StringIO()
+    call_command("createapikey", *args, stdout=out)
+    return out.getvalue().strip()
+
+keys = {"alice": key("alice", "--name", "tests"), "bob": key("bob"), "charlie": key("charlie")}
+keys["revoked"] = key("alice", "--team", "alpha", "--name", "old")
+services.revoke_api_key(services.authenticate_api_key(keys["revoked"]))
+print(json.dumps(keys))
+"""
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    keys: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "db.sqlite3"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
+        env.update({"CHAT_DATA_DIR": str(self.data_dir), "DJANGO_SETTINGS_MODULE": "chatsite.settings"})
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 120) -> LiveServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The converted model is content-addressed: share the project's cache, convert once.
+        cache = ROOT / ".data" / "models"
+        cache.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "models").exists():
+            (self.data_dir / "models").symlink_to(cache)
+        out = subprocess.run(
+            [PYTHON, "-c", SETUP], cwd=ROOT, env=self._env(), capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"setting up the server's database failed:\n{out.stderr}")
+        self.keys = json.loads(out.stdout.strip().splitlines()[-1])
+        self.log = open(self.data_dir / "server.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            cwd=ROOT,
+            env=self._env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait for the process, then for the model (a 1-token completion stops answering 503)."""
+        deadline = time.monotonic() + timeout
+        body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{self.server_log()}")
+            try:
+                status, _, _ = self.request("POST", "/v1/chat/completions", body, key="alice", timeout=30)
+            except (OSError, urllib.error.URLError):
+                status = None
+            if status == 200:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not become ready:\n{self.server_log()}")
+
+    def server_log(self) -> str:
+        path = self.data_dir / "server.log"
+        return path.read_text()[-5000:] if path.exists() else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = "alice",
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One raw HTTP request: (status, headers, body). ``body`` may be bytes or JSON-able."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        if key is not None:
+            all_headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
+        all_headers.update(headers or {})
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, dict(error.headers), error.read()
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with closing(self.db()) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log", None) is not None:
+            self.log.close()
