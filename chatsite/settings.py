@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "channels",
     "chatsite",
     "conversations",
+    "review",
 ]
 
 MIDDLEWARE = [

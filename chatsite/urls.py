@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.status, name="status"),
     path("health", views.health, name="health"),
     path("admin/", admin.site.urls),
+    path("review/", include("review.urls")),
     path("v1", api_http.not_found),
     path("v1/", include("conversations.api.urls")),
 ]

@@ -1,6 +1,6 @@
-"""A minimal admin: API keys (the new key is shown once; revoke), teams, and the conversation log.
+"""API keys in the admin (the new key is shown once; revoke).
 
-The full review admin (flags, audit) comes with its own issue.
+Teams, memberships, conversations and the audit trail are in the review admin (review/admin/).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from conversations import services
-from conversations.models import ApiKey, Conversation, Membership, Message, Team
+from conversations.models import ApiKey, Membership
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -66,50 +66,3 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             services.revoke_api_key(key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
-
-
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 1
-    autocomplete_fields = ["user"]
-
-
-@admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "created"]
-    search_fields = ["name"]
-    inlines = [MembershipInline]
-
-
-class MessageInline(admin.TabularInline):
-    model = Message
-    extra = 0
-    can_delete = False
-    fields = [
-        "role",
-        "choice_index",
-        "content",
-        "status",
-        "finish_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "queue_wait",
-        "ttft",
-        "duration",
-        "params",
-        "error",
-    ]
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "source", "owner", "team", "api_key", "request_user", "model_id", "created"]
-    list_filter = ["source", "team"]
-    search_fields = ["title", "request_user", "owner__username"]
-    list_select_related = ["owner", "team", "api_key"]
-    readonly_fields = ["api_key", "request_user", "source", "model_id", "created", "updated"]
-    inlines = [MessageInline]

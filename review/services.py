@@ -1,0 +1,184 @@
+"""Every review write: flags, audit entries, memberships managed from the admin, team policies.
+
+Each function that acts on someone's behalf writes its audit entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from conversations import services as conversation_services
+from conversations.models import ApiKey, Conversation, Membership, Team
+from review import access
+from review.models import AuditEntry, Flag, TeamReviewPolicy
+
+OPERATOR = "operator (manage.py)"
+
+
+def audit(
+    actor: AbstractBaseUser | None,
+    action: str,
+    *,
+    team: Team | None = None,
+    conversation: Conversation | None = None,
+    object_repr: str = "",
+    filters: dict[str, Any] | None = None,
+    detail: str = "",
+    actor_name: str | None = None,
+) -> AuditEntry:
+    if actor_name is None:
+        actor_name = actor.get_username() if actor is not None else OPERATOR
+    if conversation is not None:
+        team = team or conversation.team
+        object_repr = object_repr or f"conversation {conversation.pk}: {conversation}"[:300]
+    return AuditEntry.objects.create(
+        actor=actor,
+        actor_name=actor_name,
+        action=action,
+        team=team,
+        conversation=conversation,
+        object_repr=object_repr[:300],
+        filters=filters or {},
+        detail=detail,
+    )
+
+
+# --- Conversations -------------------------------------------------------------------------------
+
+
+def record_view(viewer: AbstractBaseUser, conversation: Conversation) -> AuditEntry | None:
+    """A transcript was shown to ``viewer``: audited unless it is the conversation's owner."""
+    if viewer.pk == conversation.owner_id:
+        return None
+    return audit(viewer, AuditEntry.Action.VIEW, conversation=conversation, filters={"id": conversation.pk})
+
+
+def flag(conversation: Conversation, by: AbstractBaseUser, note: str = "") -> Flag:
+    """Flag ``conversation`` (or replace the note of its flag)."""
+    with transaction.atomic():
+        the_flag, _ = Flag.objects.update_or_create(
+            conversation=conversation, defaults={"flagged_by": by, "note": note}
+        )
+        audit(
+            by,
+            AuditEntry.Action.FLAG,
+            conversation=conversation,
+            detail=note,
+            filters={"id": conversation.pk},
+        )
+    return the_flag
+
+
+def unflag(conversation: Conversation, by: AbstractBaseUser) -> bool:
+    with transaction.atomic():
+        deleted, _ = Flag.objects.filter(conversation=conversation).delete()
+        if deleted:
+            audit(by, AuditEntry.Action.UNFLAG, conversation=conversation, filters={"id": conversation.pk})
+    return bool(deleted)
+
+
+def record_export(
+    actor: AbstractBaseUser | None, *, fmt: str, filters: dict[str, Any], count: int, team: Team | None = None
+) -> AuditEntry:
+    return audit(
+        actor,
+        AuditEntry.Action.EXPORT,
+        team=team,
+        object_repr=f"{count} conversation(s) as {fmt.upper()}",
+        filters=filters,
+        detail=f"format={fmt} conversations={count}",
+    )
+
+
+# --- Teams and memberships -----------------------------------------------------------------------
+
+
+def create_team(name: str) -> Team:
+    return conversation_services.create_team(name)
+
+
+def policy_for(team: Team) -> TeamReviewPolicy:
+    """The team's policy; an unsaved default (private chats hidden) when none was set."""
+    return TeamReviewPolicy.objects.filter(team=team).first() or TeamReviewPolicy(team=team)
+
+
+def set_policy(team: Team, *, reviewers_see_private: bool, by: AbstractBaseUser | None) -> TeamReviewPolicy:
+    with transaction.atomic():
+        policy, _ = TeamReviewPolicy.objects.update_or_create(
+            team=team, defaults={"reviewers_see_private": reviewers_see_private}
+        )
+        audit(
+            by,
+            AuditEntry.Action.POLICY,
+            team=team,
+            object_repr=f"review policy of {team}",
+            detail=f"reviewers_see_private={reviewers_see_private}",
+        )
+    return policy
+
+
+def _door_to_the_admin(user: AbstractBaseUser, role: str) -> None:
+    # is_staff only lets a user into the admin; what they see there comes from their memberships.
+    if role == Membership.Role.ADMIN and not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+
+
+def add_member(
+    team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER, *, by: AbstractBaseUser | None
+) -> Membership:
+    """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership)."""
+    with transaction.atomic():
+        membership = conversation_services.add_member(team, user, role)
+        if membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+        _door_to_the_admin(user, role)
+        audit(
+            by,
+            AuditEntry.Action.MEMBERSHIP,
+            team=team,
+            object_repr=f"{user.get_username()} in {team}",
+            detail=f"added as {role}",
+        )
+    access.forget(user)
+    return membership
+
+
+def set_role(membership: Membership, role: str, *, by: AbstractBaseUser | None) -> Membership:
+    if membership.role == role:
+        return membership
+    with transaction.atomic():
+        membership.role = role
+        membership.save(update_fields=["role"])
+        _door_to_the_admin(membership.user, role)
+        audit(
+            by,
+            AuditEntry.Action.MEMBERSHIP,
+            team=membership.team,
+            object_repr=f"{membership.user.get_username()} in {membership.team}",
+            detail=f"role set to {role}",
+        )
+    return membership
+
+
+def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int:
+    """Remove a membership and revoke the member's API keys for that team. Returns the keys revoked."""
+    with transaction.atomic():
+        keys = list(
+            ApiKey.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None)
+        )
+        for key in keys:
+            conversation_services.revoke_api_key(key)
+        audit(
+            by,
+            AuditEntry.Action.MEMBERSHIP,
+            team=membership.team,
+            object_repr=f"{membership.user.get_username()} in {membership.team}",
+            detail=f"removed; {len(keys)} API key(s) revoked",
+        )
+        membership.delete()
+    return len(keys)
