@@ -11,8 +11,8 @@ PORT ?= 8000
 ## run: set up (venv, requirements, model, database, static files, demo login) and serve the site
 run: setup
 	@scripts/setup.sh site "http://$(HOST):$(PORT)/"
-	@echo "==> Starting Daphne on http://$(HOST):$(PORT)/ (Ctrl+C stops it)"
-	@exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	@echo "==> Starting Daphne on http://$(HOST):$(PORT)/ (Ctrl+C stops it, letting replies finish)"
+	@exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 ## test: set up (venv, dev requirements, model) and run the whole test suite
 test: setup-dev

@@ -38,6 +38,7 @@ class Runtime:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.model: ChatModel | None = None
+        self.shutting_down = False
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,7 +65,9 @@ class Runtime:
         return self.model
 
     def get(self) -> ChatModel:
-        """The loaded model, without waiting: ``ModelNotReady`` while it loads."""
+        """The loaded model, without waiting: ``ModelNotReady`` while it loads or shuts down."""
+        if self.shutting_down:
+            raise ModelNotReady("the server is shutting down")
         if self.model is None:
             self.start_loading()
             raise ModelNotReady(self.error or "the model is still loading")
@@ -105,7 +108,7 @@ class Runtime:
             "model_path": self.model_path,
             "model_name": model.engine.info.name if model else self.model_id,
             "model_id": self.model_id,
-            "state": self.state,
+            "state": "shutting down" if self.shutting_down else self.state,
             "error": self.error,
             "context_length": model.engine.context_length if model else self.context_length,
             "slots": self.slots,
@@ -115,6 +118,14 @@ class Runtime:
             "running": scheduler.running if scheduler else 0,
             "load_seconds": self.load_seconds,
         }
+
+    def drain(self, timeout: float) -> dict[str, int]:
+        """Stop admitting work (new requests get 503), let running generations finish for up to
+        ``timeout`` seconds, then cancel the rest (their replies end as interrupted)."""
+        self.shutting_down = True
+        if self.model is None:
+            return {"queued_cancelled": 0, "finished": 0, "cancelled": 0}
+        return self.model.scheduler.drain(timeout)
 
     def close(self) -> None:
         if self.model is not None:

@@ -185,6 +185,10 @@ CHAT_THREADS = env_int("CHAT_THREADS", CHAT_CORES, minimum=1, maximum=CHAT_CORES
 CHAT_QUEUE_MAX = env_int("CHAT_QUEUE_MAX", 32, minimum=0)
 CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
 CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
+# Seconds that running replies may take to finish when the server is asked to stop (SIGTERM).
+CHAT_DRAIN_TIMEOUT = env_int("CHAT_DRAIN_TIMEOUT", 30, minimum=0)
+# The largest websocket message Daphne accepts (bytes); larger frames close the connection.
+CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
 
 # --- The OpenAI-compatible API (/v1) ---------------------------------------------------------
 # Request bodies above this answer 413 (in OpenAI's error shape).

@@ -2,7 +2,10 @@
 
 For each (job, message) pair a task on the event loop consumes the job's events and
 - publishes the new text to the group ``conversation-<id>`` at most ~10 times a second
-  (``{"type": "chat.delta", "message_id", "choice_index", "text"}``: the text added since the last one);
+  (``{"type": "chat.delta", "message_id", "choice_index", "text", "content"}``: the text added since
+  the last one, and the whole text so far, for a viewer who joined mid-stream);
+- publishes the queue position and the start at once (``chat.queued`` with ``n_ahead``, ``chat.started``),
+  so a page can say "waiting, N ahead" instead of hanging;
 - checkpoints the text so far, with a heartbeat, to the row at least every second;
 - at the end writes the final text, token ids, usage, timings and status in one transaction
   (``services.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
@@ -28,7 +31,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Message
-from inference.jobs import Delta, Event, Finished, Job
+from inference.jobs import Delta, Event, Finished, Job, Queued, Started
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +128,14 @@ class Run:
                 if isinstance(event, Delta):
                     parts.append(event.text)
                     unsent.append(event.text)
+                elif isinstance(event, Queued):
+                    queued = {"type": "chat.queued", "message_id": message_id, "n_ahead": event.n_ahead}
+                    await self._send(queued)
+                elif isinstance(event, Started):
+                    await self._send({"type": "chat.started", "message_id": message_id})
                 now = time.monotonic()
                 if unsent and now - last_publish >= PUBLISH_INTERVAL:
-                    await self._publish(message_id, choice_index, unsent)
+                    await self._publish(message_id, choice_index, unsent, parts)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:
                     await self._checkpoint(message_id, "".join(parts))
@@ -135,7 +143,7 @@ class Run:
         finally:
             job.unsubscribe(listener)
         if unsent:
-            await self._publish(message_id, choice_index, unsent)
+            await self._publish(message_id, choice_index, unsent, parts)
         try:
             await database_sync_to_async(services.finish_assistant_message)(
                 message_id, outcome_for(finished, self.cancel_status)
@@ -144,22 +152,25 @@ class Run:
             log.exception("could not save the end of message %s", message_id)
         return finished
 
-    async def _publish(self, message_id: int, choice_index: int, texts: list[str]) -> None:
+    async def _publish(self, message_id: int, choice_index: int, texts: list[str], parts: list[str]) -> None:
+        await self._send(
+            {
+                "type": "chat.delta",
+                "message_id": message_id,
+                "choice_index": choice_index,
+                "text": "".join(texts),
+                "content": "".join(parts),
+            }
+        )
+
+    async def _send(self, event: dict) -> None:
         layer = get_channel_layer()
         if layer is None:
             return
         try:
-            await layer.group_send(
-                services.group_name(self.conversation_id),
-                {
-                    "type": "chat.delta",
-                    "message_id": message_id,
-                    "choice_index": choice_index,
-                    "text": "".join(texts),
-                },
-            )
+            await layer.group_send(services.group_name(self.conversation_id), event)
         except Exception:  # a full or broken channel layer must not stop the reply being saved
-            log.exception("could not publish a delta of message %s", message_id)
+            log.exception("could not publish %s of conversation %s", event["type"], self.conversation_id)
 
     @staticmethod
     async def _checkpoint(message_id: int, text: str) -> None:
@@ -193,3 +204,16 @@ async def _sweep() -> None:
 def _keep(task: asyncio.Task) -> None:
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def sweep_stale_sync() -> int:
+    """Mark replies whose heartbeat stopped STALE_AFTER seconds ago as interrupted (any process)."""
+    return services.interrupt_stale_messages(timezone.now() - timedelta(seconds=STALE_AFTER))
+
+
+async def wait_all(timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until every run's final state is written: for a clean shutdown."""
+    pending = [t for t in _tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+

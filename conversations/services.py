@@ -190,17 +190,31 @@ def start_conversation(
     )
 
 
-def add_message(conversation: Conversation, role: str, content: str, *, name: str = "") -> Message:
+def add_message(
+    conversation: Conversation,
+    role: str,
+    content: str,
+    *,
+    name: str = "",
+    author: AbstractBaseUser | None = None,
+) -> Message:
     message = Message.objects.create(
-        conversation=conversation, role=role, content=content, name=name, status=Message.Status.COMPLETE
+        conversation=conversation,
+        role=role,
+        content=content,
+        name=name,
+        author=author,
+        status=Message.Status.COMPLETE,
     )
     broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
     return message
 
 
-def add_user_message(conversation: Conversation, content: str) -> Message:
+def add_user_message(
+    conversation: Conversation, content: str, *, author: AbstractBaseUser | None = None
+) -> Message:
     with transaction.atomic():
-        message = add_message(conversation, Message.Role.USER, content)
+        message = add_message(conversation, Message.Role.USER, content, author=author)
         conversation.save(update_fields=["updated"])
     return message
 
@@ -362,3 +376,38 @@ def interrupt_stale_messages(older_than: datetime) -> int:
     """
     stale = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=older_than)
     return stale.update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")
+
+
+def interrupt_orphaned_messages() -> int:
+    """At start-up: mark as interrupted the replies still 'streaming' that belong to a process of
+    this host that no longer runs (after a kill -9 the heartbeat is still fresh for a while).
+
+    Rows of live processes, and of other hosts (left to the stale-heartbeat rule), are untouched.
+    """
+    host = socket.gethostname()
+    dead = []
+    owners = (
+        Message.objects.filter(status=Message.Status.STREAMING, owner_process__startswith=f"{host}:")
+        .values_list("owner_process", flat=True)
+        .distinct()
+    )
+    for owner in owners:
+        pid = owner.rpartition(":")[2]
+        if owner != OWNER_PROCESS and pid.isdigit() and not _process_alive(int(pid)):
+            dead.append(owner)
+    if not dead:
+        return 0
+    return Message.objects.filter(status=Message.Status.STREAMING, owner_process__in=dead).update(
+        status=Message.Status.INTERRUPTED, error="the server stopped during the reply"
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+

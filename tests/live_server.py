@@ -33,7 +33,7 @@ from django.core.management import call_command
 from conversations import services
 call_command("migrate", verbosity=0)
 User = get_user_model()
-users = {name: User.objects.create_user(name, password="x") for name in ("alice", "bob", "charlie")}
+users = {name: User.objects.create_user(name) for name in ("alice", "bob", "charlie")}
 alpha = services.create_team("alpha", admin=users["alice"])
 services.add_member(alpha, users["bob"])
 
@@ -62,6 +62,8 @@ class LiveServer:
     port: int = field(default_factory=free_port)
     keys: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    # The server command; None: plain Daphne. `["manage.py", "serve"]` runs the project's launcher.
+    command: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -77,7 +79,32 @@ class LiveServer:
         env.update(self.env)
         return env
 
-    def start(self, timeout: float = 120) -> LiveServer:
+    def start(self, timeout: float = 120, *, setup: bool = True) -> LiveServer:
+        """Set up the data folder (unless ``setup`` is false: a restart) and start the server."""
+        if setup:
+            self._setup()
+        self.log = open(self.data_dir / "server.log", "a")  # noqa: SIM115
+        daphne = [
+            PYTHON,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "chatsite.asgi:application",
+        ]
+        self.process = subprocess.Popen(
+            [PYTHON, *self.command, "--port", str(self.port)] if self.command else daphne,
+            cwd=ROOT,
+            env=self._env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _setup(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The converted model is content-addressed: share the project's cache, convert once.
         cache = ROOT / ".data" / "models"
@@ -90,16 +117,6 @@ class LiveServer:
         if out.returncode != 0:
             raise RuntimeError(f"setting up the server's database failed:\n{out.stderr}")
         self.keys = json.loads(out.stdout.strip().splitlines()[-1])
-        self.log = open(self.data_dir / "server.log", "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
-            cwd=ROOT,
-            env=self._env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready(timeout)
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait for the process, then for the model (a 1-token completion stops answering 503)."""

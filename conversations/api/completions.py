@@ -231,8 +231,11 @@ class Reply:
                 elif isinstance(event, Finished):
                     open_choices -= 1
                     if event.reason not in ("stop", "length"):
-                        # After the 200 has gone out, an error can only be told in-band.
-                        self.run.cancel(Message.Status.ERROR)
+                        # After the 200 has gone out, an error can only be told in-band. A job the
+                        # scheduler cancelled (draining at shutdown) leaves its siblings interrupted.
+                        self.run.cancel(
+                            Message.Status.ERROR if event.reason == "error" else Message.Status.INTERRUPTED
+                        )
                         complete = True
                         yield sse(_failure(event).body())
                         yield DONE

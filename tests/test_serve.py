@@ -1,0 +1,146 @@
+"""The launcher (`manage.py serve`): graceful drain on SIGTERM, and recovery after kill -9.
+
+A real server process with the real default model; replies are streamed over /v1 with raw HTTP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.model
+
+NO_EOS = {"0": -100, "1": -100, "2": -100}  # the control tokens: replies run to max_tokens
+
+
+class Stream:
+    """A streaming chat completion read chunk by chunk."""
+
+    def __init__(self, server: LiveServer, max_tokens: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {
+            "model": "gpt-3.5-turbo",
+            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+            "max_tokens": max_tokens,
+            "stream": True,
+            "logit_bias": NO_EOS,
+        }
+        headers = {"Authorization": f"Bearer {server.keys['alice']}", "Content-Type": "application/json"}
+        self.conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.done = False
+        self.error: dict | None = None
+
+    def read(self, until_chars: int | None = None) -> None:
+        while not self.done and (until_chars is None or len(self.text) < until_chars):
+            line = self.response.readline()
+            if not line:
+                return
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue
+            if line == b"data: [DONE]":
+                self.done = True
+                return
+            chunk = json.loads(line[6:])
+            if "error" in chunk:  # an error after the 200: delivered in the stream
+                self.error = chunk["error"]
+                continue
+            choice = chunk["choices"][0]
+            self.text += choice["delta"].get("content") or ""
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+
+
+def start(tmp_path: Path, drain: float) -> LiveServer:
+    server = LiveServer(
+        tmp_path / "site",
+        {"CHAT_THREADS": "2", "CHAT_SLOTS": "1"},
+        command=["manage.py", "serve", "--drain-timeout", str(drain)],
+    )
+    return server.start()
+
+
+def last_reply(server: LiveServer):
+    return server.query(
+        "SELECT * FROM conversations_message WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    )[0]
+
+
+def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
+    server = start(tmp_path, drain=300)
+    try:
+        stream = Stream(server, max_tokens=40)
+        stream.read(until_chars=20)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        status, _, body = server.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert status == 503
+        assert json.loads(body)["error"]["message"]
+        stream.read()
+        assert stream.done and stream.finish_reason == "length"
+        assert server.process.wait(30) == 0
+        row = last_reply(server)
+        assert row["status"] == "complete" and row["completion_tokens"] == 40
+        assert row["content"] == stream.text
+    finally:
+        server.stop()
+
+
+def test_it_interrupts_replies_that_outlive_the_drain(tmp_path: Path) -> None:
+    server = start(tmp_path, drain=1)
+    try:
+        stream = Stream(server, max_tokens=3000)
+        stream.read(until_chars=20)
+        server.process.send_signal(signal.SIGTERM)
+        stream.read()
+        assert stream.done and stream.error is not None  # the client is told the reply was cut
+        assert server.process.wait(30) == 0
+        row = last_reply(server)
+        assert row["status"] == "interrupted"
+        assert row["content"] and stream.text.startswith(row["content"])
+        assert not server.query("SELECT id FROM conversations_message WHERE status = 'streaming'")
+    finally:
+        server.stop()
+
+
+def test_it_recovers_every_message_after_kill_9(tmp_path: Path) -> None:
+    server = start(tmp_path, drain=30)
+    try:
+        stream = Stream(server, max_tokens=3000)
+        stream.read(until_chars=300)
+        time.sleep(1.5)  # at least one checkpoint after the text the client has
+        server.process.kill()
+        server.process.wait(10)
+        stream.read()  # everything the server sent before it died
+        seen = stream.text
+        assert last_reply(server)["status"] == "streaming"  # nobody marked it: the process died
+        server.log.close()
+        server.start(setup=False)  # the same data folder: the next start-up finds the orphaned reply
+        interrupted = server.query("SELECT * FROM conversations_message WHERE status = 'interrupted'")
+        assert len(interrupted) == 1
+        row = interrupted[0]
+        assert row["content"] and seen.startswith(row["content"])
+        # Checkpoints are at most ~1 s apart: the saved text is at most ~1 s of tokens behind.
+        assert len(seen) - len(row["content"]) < 400
+        users = server.query(
+            "SELECT content FROM conversations_message WHERE role = 'user' AND conversation_id = ?",
+            row["conversation_id"],
+        )
+        assert [u["content"] for u in users] == ["Tell me a long story about a lighthouse."]
+        assert not server.query("SELECT id FROM conversations_message WHERE status = 'streaming'")
+    finally:
+        server.stop()
