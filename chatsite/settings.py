@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
+    "chatsite.metrics.ResponseCodeMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -187,6 +188,9 @@ CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
 CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
 # Seconds that running replies may take to finish when the server is asked to stop (SIGTERM).
 CHAT_DRAIN_TIMEOUT = env_int("CHAT_DRAIN_TIMEOUT", 30, minimum=0)
+# /metrics answers these client addresses, or a request with "Authorization: Bearer <token>".
+CHAT_METRICS_ALLOW = env_list("CHAT_METRICS_ALLOW", ["127.0.0.1", "::1"])
+CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # The largest websocket message Daphne accepts (bytes); larger frames close the connection.
 CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
 

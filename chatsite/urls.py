@@ -3,12 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from chatsite import views
+from chatsite import ops, views
 from conversations.api import http as api_http
 
 urlpatterns = [
     path("", views.status, name="status"),
     path("health", views.health, name="health"),
+    path("ready", ops.ready, name="ready"),
+    path("metrics", ops.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("review/", include("review.urls")),
     path("v1", api_http.not_found),

@@ -29,6 +29,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from chatsite import metrics
 from conversations import services
 from conversations.models import Message
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
@@ -142,6 +143,7 @@ class Run:
                     last_checkpoint = now
         finally:
             job.unsubscribe(listener)
+        metrics.observe_generation(finished)
         if unsent:
             await self._publish(message_id, choice_index, unsent, parts)
         try:

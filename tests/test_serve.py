@@ -79,6 +79,12 @@ def last_reply(server: LiveServer):
 def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
     server = start(tmp_path, drain=300)
     try:
+        # The readiness probe's one-token completion went through the runner into the metrics.
+        status, _, body = server.request("GET", "/metrics", key=None)
+        assert status == 200
+        text = body.decode()
+        assert 'chatsite_generations_total{reason="length"}' in text
+        assert "chatsite_ttft_seconds_count" in text and 'chatsite_http_responses_total{code="200"}' in text
         stream = Stream(server, max_tokens=40)
         stream.read(until_chars=20)
         server.process.send_signal(signal.SIGTERM)
