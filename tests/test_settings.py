@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -121,12 +122,27 @@ def test_it_reports_a_file_that_is_not_gguf_in_a_system_check(tmp_path: Path) ->
     assert "chatsite.E003" in result.stderr
 
 
-def test_it_uses_the_bundled_model_and_sqlite_wal_by_default(settings) -> None:
-    assert settings.CHAT_MODEL_PATH.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert Path(settings.CHAT_MODEL_PATH).is_file()
-    database = settings.DATABASES["default"]
-    assert database["ENGINE"] == "django.db.backends.sqlite3"
-    assert "journal_mode=WAL" in database["OPTIONS"]["init_command"]
-    assert database["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
-    assert settings.INSTALLED_APPS[0] == "daphne"
+def test_it_uses_the_bundled_model_and_sqlite_wal_by_default(tmp_path: Path) -> None:
+    # In a fresh process without DATABASE_URL/REDIS_URL: this suite also runs on PostgreSQL.
+    script = (
+        "import json, django; django.setup(); from django.conf import settings as s; "
+        "db = s.DATABASES['default']; "
+        "print(json.dumps({'model': s.CHAT_MODEL_PATH, 'db': {k: str(v) for k, v in db.items()}, "
+        "'options': db['OPTIONS'], 'layer': s.CHANNEL_LAYERS['default']['BACKEND'], "
+        "'apps': s.INSTALLED_APPS}))"
+    )
+    child_env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_VARS}
+    child_env.update(DJANGO_SETTINGS_MODULE="chatsite.settings", CHAT_DATA_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=child_env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert Path(found["model"]).is_file()
+    assert found["db"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert found["db"]["NAME"] == str(tmp_path / "db.sqlite3")
+    assert "journal_mode=WAL" in found["options"]["init_command"]
+    assert found["options"]["transaction_mode"] == "IMMEDIATE"
+    assert found["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert found["apps"][0] == "daphne"
