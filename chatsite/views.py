@@ -7,7 +7,7 @@ from django.views.decorators.http import require_safe
 
 @require_safe
 def status(request: HttpRequest) -> HttpResponse:
-    """The front page until the chat pages exist: what the model and its scheduler are doing."""
+    """The status page (/status): what the model and its scheduler are doing."""
     from chatsite.runtime import get_runtime
 
     runtime = get_runtime()
@@ -19,5 +19,5 @@ def status(request: HttpRequest) -> HttpResponse:
 
 @require_safe
 def health(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers HTTP. Says nothing about the model (see `/`)."""
+    """Liveness: the process answers HTTP. Says nothing about the model (see `/status`)."""
     return JsonResponse({"status": "ok"})

@@ -115,6 +115,10 @@ class Message(models.Model):
 
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
+    # Who wrote a user message in the browser (a shared conversation has several writers).
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     name = models.CharField(max_length=64, blank=True)
     content = models.TextField(blank=True)
     # An API request with n > 1 gets n assistant messages, numbered by choice_index.
@@ -132,6 +136,9 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     owner_process = models.CharField(max_length=100, blank=True)  # "host:pid" while streaming
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Set when a regenerated answer or an edited user message replaced this one in the browser
+    # chat: hidden from the conversation (and from later prompts), kept for reviewers.
+    superseded_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

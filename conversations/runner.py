@@ -120,9 +120,12 @@ class Run:
                 if unsent:
                     due = min(due, last_publish + PUBLISH_INTERVAL)
                 try:
-                    event = await asyncio.wait_for(queue.get(), timeout=max(0.0, due - now))
-                except TimeoutError:
-                    event = None
+                    event: Event | None = queue.get_nowait()  # never starve behind a due timer
+                except asyncio.QueueEmpty:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=max(0.0, due - now))
+                    except TimeoutError:
+                        event = None
                 if isinstance(event, Finished):
                     finished = event
                     break
@@ -218,4 +221,3 @@ async def wait_all(timeout: float) -> None:
     pending = [t for t in _tasks if not t.done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
-

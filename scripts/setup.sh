@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set-up steps behind `make run` and `make test`; each is safe to repeat.
 #
-#   scripts/setup.sh deps runtime   .venv + requirements.txt + the default model
-#   scripts/setup.sh deps dev       .venv + requirements-dev.txt + the default model
+#   scripts/setup.sh deps runtime   .venv + requirements.txt + the default model + htmx (npm ci)
+#   scripts/setup.sh deps dev       the same with requirements-dev.txt, and Debian's chromium for
+#                                   the browser tests (apt-get, only when /usr/bin/chromium is missing)
 #   scripts/setup.sh site [URL]     migrate, collectstatic, demo login, prepare the model
 #
 # The pip step is skipped when a stamp in .venv shows the same requirements were installed
@@ -64,6 +65,42 @@ deps() {
     if [[ "$kind" == dev ]]; then echo "$want" >"$VENV/.chatsite-deps-runtime"; fi
 }
 
+# htmx and its websocket extension, from the npm registry at the versions package-lock.json pins,
+# copied into static/vendor/ (ignored by git; nothing third-party is committed, nothing is built).
+frontend() {
+    local stamp=node_modules/.chatsite-lock want
+    want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+        if ! command -v npm >/dev/null; then
+            echo "setup: npm (Node.js) is needed to install htmx (apt-get install nodejs npm)" >&2
+            exit 1
+        fi
+        step "Installing htmx from the npm registry (npm ci, exact versions from package-lock.json)"
+        npm ci --no-audit --no-fund --ignore-scripts
+        echo "$want" >"$stamp"
+        done_step
+    fi
+    mkdir -p static/vendor
+    cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+    cp node_modules/htmx-ext-ws/dist/ws.min.js static/vendor/htmx-ext-ws.js
+}
+
+# The browser tests drive Debian's chromium through Playwright (never Playwright's own download).
+browser() {
+    if [[ -x /usr/bin/chromium ]]; then
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "setup: warning: /usr/bin/chromium is missing; install Debian's chromium (apt-get install" \
+            "chromium) for the browser tests" >&2
+        return
+    fi
+    step "Installing Debian's chromium for the browser tests (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+    done_step
+}
+
 site() {
     local url="${1:-http://127.0.0.1:8000/}"
     step "Migrating the database"
@@ -79,7 +116,11 @@ site() {
 }
 
 case "${1:-}" in
-    deps) deps "${2:-runtime}" ;;
+    deps)
+        deps "${2:-runtime}"
+        frontend
+        if [[ "${2:-runtime}" == dev ]]; then browser; fi
+        ;;
     site) site "${2:-}" ;;
     *) echo "usage: scripts/setup.sh deps runtime|dev | site [URL]" >&2; exit 2 ;;
 esac

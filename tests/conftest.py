@@ -29,6 +29,40 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
 
 
+# --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------
+
+
+@pytest.fixture
+def alice(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("bob")
+
+
+@pytest.fixture
+def charlie(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("charlie")
+
+
+@pytest.fixture
+def alpha(alice, bob):
+    """The team alice administers and bob belongs to; charlie is not in it."""
+    from conversations import services
+
+    team = services.create_team("alpha", admin=alice)
+    services.add_member(team, bob)
+    return team
+
+
 # --- Live API servers (tests/live_server.py), started once per session ------------------------
 
 

@@ -1,4 +1,4 @@
-"""The status page at `/` and the liveness probe at `/health`."""
+"""The status page at `/status` and the liveness probe at `/health`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_it_answers_health(client) -> None:
 
 
 def test_it_shows_the_model_state_with_a_strict_csp(client) -> None:
-    response = client.get("/")
+    response = client.get("/status")
     assert response.status_code == 200
     assert response["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert "script-src" not in response["Content-Security-Policy"]  # default-src 'self' covers it

@@ -1,0 +1,237 @@
+"""The browser chat's websocket: receive actions, deliver the conversation's events as HTML.
+
+The page connects to ``/ws/c/<id>/`` through htmx's ws extension, which sends each form as a JSON
+object (``{"action": "send", "text": …, "HEADERS": {…}}``) and swaps every top-level element of a
+message received into the page by id (out of band). Actions:
+
+- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text}.
+
+A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
+fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
+``conversation-<id>`` become fragments: a new or changed message, a delta (the whole answer so far,
+rendered, at most ~10 a second: the runner coalesces them), the queue position, a superseded
+message removed, the title. Every viewer of the conversation gets them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+from django.template.loader import render_to_string
+
+from conversations import replies, services, webchat
+from conversations.models import Conversation, Message
+from conversations.render import render_markdown
+
+MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
+MAX_TEXT_CHARS = 32_000
+ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+
+# Close codes (4000–4999 are the application's).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class FrameError(Exception):
+    """A frame the consumer refuses: its message goes back to the page."""
+
+
+def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+    """Validate one frame; return ``{"action", "text"?, "message_id"?}`` or raise ``FrameError``."""
+    if text_data is None:
+        raise FrameError("Binary frames are not accepted.")
+    if len(text_data.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
+        raise FrameError(f"The message is too large (at most {MAX_FRAME_BYTES // 1024} KiB).")
+    try:
+        data = json.loads(text_data)
+    except ValueError:
+        raise FrameError("The frame is not JSON.") from None
+    if not isinstance(data, dict):
+        raise FrameError("The frame must be a JSON object.")
+    action = data.get("action")
+    if action not in ACTIONS:
+        raise FrameError("Unknown action.")
+    out: dict[str, Any] = {"action": action}
+    if action in ("send", "edit"):
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise FrameError("Write a message first.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).")
+        if "\x00" in text:
+            raise FrameError("The message contains a NUL character.")
+        out["text"] = text
+    if action in ("retry", "edit"):
+        raw = data.get("message_id")
+        if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+            raise FrameError("message_id must be a message's id.")
+        out["message_id"] = int(raw)
+    return out
+
+
+def error_fragment(text: str) -> str:
+    return render_to_string("chat/_error.html", {"error": text})
+
+
+def status_fragment(message_id: int, text: str) -> str:
+    """The line under a streaming answer ("waiting, 2 ahead", "writing…"); ``text`` is ours."""
+    return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
+
+
+def message_context(message: Message, conversation: Conversation) -> dict[str, Any]:
+    return {"m": message, "body": render_markdown(message.content), "conversation": conversation}
+
+
+def message_fragment(message: Message, conversation: Conversation, *, append: bool) -> str:
+    html = render_to_string("chat/_message.html", message_context(message, conversation))
+    if append:
+        return f'<div hx-swap-oob="beforeend:#messages">{html}</div>'
+    return html.replace("<article ", '<article hx-swap-oob="true" ', 1)
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        try:
+            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+                user, conversation_id
+            )
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.user = user
+        self.known: set[int] = set()
+        self.started: list[Any] = []
+        self.group = services.group_name(conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        # Messages written between the page's render and this connection (?since=<last id>).
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        since = query.get("since", ["0"])[0]
+        await self._catch_up(int(since) if since.isdigit() else 0)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        # The runner owns the reply: closing the tab does not lose it, unless the site says so.
+        if settings.CHAT_STOP_ON_DISCONNECT:
+            for run in getattr(self, "started", []):
+                run.cancel(Message.Status.CANCELLED)
+
+    # --- from the page ---------------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = parse_frame(text_data, bytes_data)
+        except FrameError as exc:
+            await self.send(text_data=error_fragment(str(exc)))
+            return
+        if not await self._still_visible():
+            return
+        try:
+            await self._act(frame)
+        except replies.ChatError as exc:
+            await self.send(text_data=error_fragment(str(exc)))
+            return
+        await self.send(text_data=error_fragment(""))  # clears an earlier error
+
+    async def _act(self, frame: dict[str, Any]) -> None:
+        conversation, action = self.conversation, frame["action"]
+        if action == "stop":
+            if not replies.stop(conversation.pk):
+                raise replies.ChatError("Nothing is being written in this conversation.")
+            return
+        if action == "send":
+            await replies.send(self.user, conversation, frame["text"])
+        elif action == "regenerate":
+            await replies.regenerate(self.user, conversation)
+        elif action == "retry":
+            await replies.retry(self.user, conversation, frame["message_id"])
+        elif action == "edit":
+            await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+        run = replies.run_of(conversation.pk)
+        if run is not None:
+            self.started.append(run)
+
+    async def _still_visible(self) -> bool:
+        """Access is checked again for every action and change: the owner may have made the
+        conversation private, or deleted it, since the connection was made."""
+        try:
+            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+                self.user, self.conversation.pk
+            )
+        except Http404:
+            await self.send(text_data=error_fragment("This conversation is no longer available."))
+            await self.close(code=CLOSE_NOT_FOUND)
+            return False
+        return True
+
+    # --- from the group --------------------------------------------------------------------------
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        fragment = await self._message_fragment(event["message_id"])
+        if fragment:
+            await self.send(text_data=fragment)
+
+    async def chat_finished(self, event: dict[str, Any]) -> None:
+        await self.chat_message(event)
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        body = render_markdown(event.get("content", ""))
+        mid = int(event["message_id"])
+        await self.send(
+            text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
+            + status_fragment(mid, "writing…")
+        )
+
+    async def chat_queued(self, event: dict[str, Any]) -> None:
+        mid, ahead = int(event["message_id"]), int(event["n_ahead"])
+        text = "waiting: next in line" if ahead == 0 else f"waiting, {ahead} ahead"
+        await self.send(text_data=status_fragment(mid, text))
+
+    async def chat_started(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=status_fragment(int(event["message_id"]), "writing…"))
+
+    async def chat_superseded(self, event: dict[str, Any]) -> None:
+        ids = [int(i) for i in event["message_ids"]]
+        self.known.difference_update(ids)
+        await self.send(text_data="".join(f'<div id="m-{i}" hx-swap-oob="delete"></div>' for i in ids))
+
+    async def chat_conversation(self, event: dict[str, Any]) -> None:
+        if not await self._still_visible():
+            return
+        html = await database_sync_to_async(render_to_string)(
+            "chat/_title.html", {"conversation": self.conversation}
+        )
+        await self.send(text_data=html.replace("<h1 ", '<h1 hx-swap-oob="true" ', 1))
+
+    # --- helpers ---------------------------------------------------------------------------------
+    @database_sync_to_async
+    def _message_fragment(self, message_id: int) -> str:
+        message = Message.objects.select_related("author").filter(pk=message_id).first()
+        if message is None or message.conversation_id != self.conversation.pk or message.superseded_at:
+            return ""
+        append = message.pk not in self.known
+        self.known.add(message.pk)
+        return message_fragment(message, self.conversation, append=append)
+
+    async def _catch_up(self, since: int) -> None:
+        def load() -> tuple[set[int], str]:
+            messages = list(webchat.visible_messages(self.conversation).select_related("author"))
+            new = [message_fragment(m, self.conversation, append=True) for m in messages if m.pk > since]
+            return {m.pk for m in messages}, "".join(new)
+
+        self.known, fragments = await database_sync_to_async(load)()
+        if fragments:
+            await self.send(text_data=fragments)

@@ -1,0 +1,189 @@
+"""Starting and stopping the browser chat's replies (called by the websocket consumer).
+
+The path of one message: the user message is committed (``webchat``), the prompt is built from the
+visible history (the oldest turns are left out when it outgrows the context; the system prompt
+stays), the scheduler admits the job or the message becomes ``unanswered``, and the runner owns
+the job from then on: closing the tab does not lose the reply.
+
+One generation runs at a time per conversation: this process keeps its runs by conversation,
+and ``webchat`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
+process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+
+from chatsite.runtime import ModelNotReady, get_runtime
+from conversations import runner, services, webchat
+from conversations.models import Conversation, Message
+from inference.jobs import ContextLengthExceeded, Overloaded
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+
+DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
+DEFAULT_TEMPERATURE = 0.7
+MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
+
+_runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
+_starting: set[int] = set()
+
+
+class ChatError(Exception):
+    """Something to tell the person in the page (nothing is lost)."""
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    max_tokens: int
+    dropped: int  # messages left out (oldest first) to fit the context
+
+
+def build_prompt(
+    model: ChatModel, system_prompt: str, history: list[dict[str, Any]], max_tokens: int
+) -> Prompt:
+    """The prompt ids of ``history``, leaving out its oldest turns until it fits with ``max_tokens``.
+
+    A turn is a user message and the answers after it; the last turn is always kept (with fewer
+    tokens to generate if need be).
+    """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    starts = [i for i, m in enumerate(history) if m["role"] == "user"] or [0]
+    scheduler = model.scheduler
+    for start in starts:
+        ids = model.prompt_ids(system + history[start:])
+        try:
+            scheduler.resolve_max_tokens(len(ids), max_tokens)
+        except ContextLengthExceeded:
+            continue
+        return Prompt(ids, max_tokens, start)
+    room = scheduler.context_length - len(ids)
+    if room < MIN_ROOM:
+        raise ChatError(
+            f"This message is too long for the model: {len(ids)} tokens with the system prompt, "
+            f"and the model's context holds {scheduler.context_length}."
+        )
+    return Prompt(ids, room, starts[-1])
+
+
+def _sampling(conversation: Conversation, max_tokens: int) -> SamplingParams:
+    cap = settings.CHAT_MAX_TOKENS_CAP  # test-only
+    temperature = conversation.temperature
+    return SamplingParams(
+        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+        top_p=0.95,
+        max_tokens=min(max_tokens, cap) if cap else max_tokens,
+    )
+
+
+def is_running(conversation_id: int) -> bool:
+    return conversation_id in _runs or conversation_id in _starting
+
+
+async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
+    """Admit and start a reply to the conversation's visible history (``user_message``: the message
+    to mark unanswered if the model cannot take it)."""
+    try:
+        model = get_runtime().get()
+    except ModelNotReady as exc:
+        await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+        return
+    history = await database_sync_to_async(webchat.prompt_messages)(conversation)
+    wanted = conversation.max_tokens or DEFAULT_MAX_TOKENS
+    try:
+        # Tokenizing a long history would stall the event loop: a worker thread does it.
+        prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
+            model, conversation.system_prompt, history, wanted
+        )
+    except ChatError as exc:
+        await _unanswered(user_message, str(exc))
+        return
+    params = _sampling(conversation, prompt.max_tokens)
+    try:
+        job = model.scheduler.submit(prompt.ids, params, user_key=f"user-{user.pk}")
+    except Overloaded as exc:
+        await _unanswered(
+            user_message, f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
+        )
+        return
+    except ContextLengthExceeded as exc:  # the context shrank between building and submitting
+        await _unanswered(user_message, str(exc))
+        return
+    record = {
+        "model": model.model_id,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "dropped_messages": prompt.dropped,
+    }
+    try:
+        (message,) = await database_sync_to_async(services.start_assistant_messages)(
+            conversation, 1, params=record, prompt_tokens=len(prompt.ids)
+        )
+    except BaseException:
+        job.cancel()
+        raise
+    run = runner.start(conversation.pk, [job], [message])
+    _runs[conversation.pk] = run
+    waiter = asyncio.ensure_future(run.wait())
+    waiter.add_done_callback(lambda _: _runs.pop(conversation.pk, None))
+
+
+async def _unanswered(message: Message | None, reason: str) -> None:
+    if message is None:
+        raise ChatError(reason)
+    await database_sync_to_async(webchat.mark_unanswered)(message, reason)
+    raise ChatError(reason)
+
+
+async def _start(user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any) -> None:
+    """Run ``prepare`` (a webchat write that returns the user message to answer, or None) and
+    generate the reply, with no other start or run in this conversation meanwhile."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    _starting.add(conversation.pk)
+    try:
+        try:
+            message = await database_sync_to_async(prepare)(conversation, *args)
+        except (webchat.Busy, ValueError) as exc:
+            raise ChatError(str(exc)) from None
+        await _generate(user, conversation, message)
+    finally:
+        _starting.discard(conversation.pk)
+
+
+async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
+    await _start(user, conversation, webchat.add_user_message, text, user)
+
+
+async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
+    await _start(user, conversation, webchat.prepare_regenerate)
+
+
+async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    await _start(user, conversation, webchat.prepare_retry, message_id)
+
+
+async def edit(user: AbstractBaseUser, conversation: Conversation, message_id: int, text: str) -> None:
+    await _start(user, conversation, webchat.edit_and_resend, message_id, text, user)
+
+
+def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
+    """Stop the conversation's reply (within one token); it is saved with its partial text."""
+    run = _runs.get(conversation_id)
+    if run is None:
+        return False
+    run.cancel(status)
+    return True
+
+
+def run_of(conversation_id: int) -> runner.Run | None:
+    return _runs.get(conversation_id)

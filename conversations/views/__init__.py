@@ -1,0 +1,1 @@
+"""The browser chat's pages (function views; the websocket is in conversations.consumers)."""

@@ -1,0 +1,39 @@
+"""API keys: create one for a team (shown once), list them by prefix, team and last use, revoke."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from conversations import services, webchat
+from conversations.models import ApiKey
+
+
+@login_required
+def api_keys(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD", "POST"):
+        return HttpResponse(status=405, headers={"Allow": "GET, HEAD, POST"})
+    new_key = None
+    if request.method == "POST":
+        team_id = request.POST.get("team", "")
+        team = services.get_team_for_user(request.user, int(team_id) if team_id.isdigit() else 0)
+        name = " ".join(request.POST.get("name", "").split())[:100]
+        key, new_key = services.create_api_key(request.user, team, name)
+        messages.success(request, f"Created the key “{key}”. Copy it now: it is not shown again.")
+    keys = ApiKey.objects.filter(user=request.user).select_related("team").order_by("-created")
+    context = {"keys": keys, "teams": webchat.teams_of(request.user), "new_key": new_key}
+    response = render(request, "chat/api_keys.html", context)
+    response["Cache-Control"] = "no-store"  # the page may hold a new key's only copy
+    return response
+
+
+@require_POST
+@login_required
+def revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = services.get_api_key_for_user(request.user, key_id)
+    services.revoke_api_key(key)
+    messages.success(request, f"Revoked the key “{key}”.")
+    return redirect("chat:api_keys")

@@ -1,0 +1,153 @@
+"""The chat pages: the conversation list, one conversation, and the owner's changes to it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST, require_safe
+
+from chatsite.runtime import get_runtime
+from conversations import services, webchat
+from conversations.models import Conversation
+from conversations.render import render_markdown
+from conversations.runner import STALE_AFTER
+
+TEAM_SESSION_KEY = "team_id"
+
+
+class SettingsForm(forms.Form):
+    system_prompt = forms.CharField(required=False, max_length=8000, widget=forms.Textarea(attrs={"rows": 3}))
+    temperature = forms.FloatField(required=False, min_value=0.0, max_value=2.0)
+    max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32768)
+
+
+def _team(request: HttpRequest):
+    return webchat.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
+
+
+def sidebar_context(request: HttpRequest, query: str = "") -> dict[str, Any]:
+    team = _team(request)
+    return {
+        "team": team,
+        "teams": webchat.teams_of(request.user),
+        "conversations": webchat.sidebar_conversations(request.user, team, query),
+        "query": query,
+    }
+
+
+@require_safe
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "")
+    return render(request, "chat/home.html", sidebar_context(request, query))
+
+
+@require_safe
+@login_required
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    """The sidebar's list alone (htmx swaps it in while the user types a search)."""
+    return render(request, "chat/_conversation_list.html", sidebar_context(request, request.GET.get("q", "")))
+
+
+@require_POST
+@login_required
+def switch_team(request: HttpRequest) -> HttpResponse:
+    team = services.get_team_for_user(request.user, _int(request.POST.get("team")))
+    request.session[TEAM_SESSION_KEY] = team.pk
+    return redirect("chat:home")
+
+
+@require_POST
+@login_required
+def create(request: HttpRequest) -> HttpResponse:
+    conversation = webchat.create_conversation(request.user, _team(request))
+    return redirect("chat:conversation", conversation.pk)
+
+
+@require_safe
+@login_required
+def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conv = services.get_conversation_for_user(request.user, conversation_id)
+    # Replies left 'streaming' by a dead process (stale heartbeat) show as interrupted, with their
+    # text and a Regenerate button. A live process's streams have fresh heartbeats: untouched.
+    services.interrupt_stale_messages(timezone.now() - timedelta(seconds=STALE_AFTER))
+    rows = list(webchat.visible_messages(conv).select_related("author"))
+    context = sidebar_context(request)
+    context.update(
+        {
+            "conversation": conv,
+            "is_owner": conv.owner_id == request.user.pk,
+            "rows": [{"m": m, "body": render_markdown(m.content), "conversation": conv} for m in rows],
+            "last_id": rows[-1].pk if rows else 0,
+            "model_name": get_runtime().status()["model_name"],
+            "settings_form": SettingsForm(
+                initial={
+                    "system_prompt": conv.system_prompt,
+                    "temperature": conv.temperature,
+                    "max_tokens": conv.max_tokens,
+                }
+            ),
+        }
+    )
+    return render(request, "chat/conversation.html", context)
+
+
+@require_POST
+@login_required
+def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    webchat.rename(conv, request.POST.get("title", ""))
+    return redirect("chat:conversation", conv.pk)
+
+
+@require_POST
+@login_required
+def sharing(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    visibility = request.POST.get("visibility", "")
+    if visibility in Conversation.Visibility.values:
+        webchat.set_visibility(conv, visibility)
+    return redirect("chat:conversation", conv.pk)
+
+
+@require_POST
+@login_required
+def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    form = SettingsForm(request.POST)
+    if form.is_valid():
+        webchat.update_settings(conv, **form.cleaned_data)
+        messages.success(request, "Settings saved.")
+    else:
+        messages.error(request, "Settings not saved: " + "; ".join(_form_errors(form)))
+    return redirect("chat:conversation", conv.pk)
+
+
+def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """GET asks (and says what delete means), POST deletes."""
+    if request.method not in ("GET", "HEAD", "POST"):
+        return HttpResponse(status=405, headers={"Allow": "GET, HEAD, POST"})
+    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    if request.method == "POST":
+        webchat.soft_delete(conv)
+        messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
+        return redirect("chat:home")
+    return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
+
+
+delete = login_required(delete)
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
+
+
+def _form_errors(form: forms.Form) -> list[str]:
+    return [f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()]

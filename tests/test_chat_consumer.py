@@ -1,0 +1,286 @@
+"""The chat websocket, through Channels' WebsocketCommunicator and the real ASGI application
+(origin check, session auth, routing), with a tiny random model standing in for the real one
+(the browser tests run the real one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatsite.asgi import application
+from chatsite.runtime import get_runtime
+from conversations import replies, services
+from conversations.consumers import MAX_FRAME_BYTES
+from conversations.models import Conversation, Message
+from inference.jobs import Overloaded
+from inference.model import ChatModel
+from tests.tiny_gguf import write_tiny_llama
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    path = write_tiny_llama(folder / "tiny.gguf", context_length=512)
+    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def runtime(tiny_model):
+    """The process's runtime serving the tiny model for the duration of a test."""
+    rt = get_runtime()
+    saved = rt.model, rt.state
+    rt.model, rt.state = tiny_model, "ready"
+    yield rt
+    rt.model, rt.state = saved
+
+
+@pytest.fixture
+def bravo(charlie):
+    return services.create_team("bravo", admin=charlie)
+
+
+@pytest.fixture
+def chat(alice, alpha) -> Conversation:
+    return services.start_conversation(alice, alpha, visibility="team", max_tokens=6)
+
+
+def cookie_for(user) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+async def connect(user, conversation_id: int, *, origin=ORIGIN):
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append(await sync_to_async(cookie_for)(user))
+    communicator = WebsocketCommunicator(application, f"/ws/c/{conversation_id}/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 10) -> list[str]:
+    """Frames up to and including the first that contains ``needle``."""
+    frames = []
+    while True:
+        frame = await communicator.receive_from(timeout=timeout)
+        frames.append(frame)
+        if needle in frame:
+            return frames
+
+
+async def drain(communicator: WebsocketCommunicator, quiet: float = 0.5) -> list[str]:
+    """Every frame until none comes for ``quiet`` seconds."""
+    frames = []
+    while not await communicator.receive_nothing(timeout=quiet):
+        frames.append(await communicator.receive_from())
+    return frames
+
+
+async def finish_run(conversation_id: int, timeout: float = 30) -> None:
+    """Wait until the conversation's reply (if any is starting or running) is saved."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.sleep(0.05)
+    while loop.time() < deadline:
+        streaming = await sync_to_async(
+            Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING).exists
+        )()
+        if not streaming and not replies.is_running(conversation_id):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the reply did not finish")
+
+
+async def messages_of(conversation_id: int) -> list[Message]:
+    return await sync_to_async(lambda: list(Message.objects.filter(conversation_id=conversation_id)))()
+
+
+# --- Refusals ------------------------------------------------------------------------------------
+
+
+async def test_it_refuses_a_foreign_origin(alice, chat) -> None:
+    communicator, connected, _ = await connect(alice, chat.pk, origin=(b"origin", b"http://evil.example"))
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_it_refuses_a_missing_origin_header(alice, chat) -> None:
+    communicator, connected, _ = await connect(alice, chat.pk, origin=None)
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_it_refuses_anonymous_visitors(chat) -> None:
+    communicator, connected, code = await connect(None, chat.pk)
+    assert not connected and code == 4401
+    await communicator.disconnect()
+
+
+async def test_it_refuses_someone_elses_conversation(charlie, bravo, chat) -> None:
+    communicator, connected, code = await connect(charlie, chat.pk)
+    assert not connected and code == 4404
+    await communicator.disconnect()
+    missing, connected, code = await connect(charlie, chat.pk + 1000)
+    assert not connected and code == 4404  # the same answer as for a missing one
+    await missing.disconnect()
+
+
+async def test_it_refuses_a_teammate_on_a_private_conversation(alice, bob, alpha) -> None:
+    private = await sync_to_async(services.start_conversation)(alice, alpha)
+    communicator, connected, code = await connect(bob, private.pk)
+    assert not connected and code == 4404
+    await communicator.disconnect()
+
+
+MALFORMED = {
+    "not json": "hello",
+    "a list": "[1, 2]",
+    "no action": json.dumps({"text": "hi"}),
+    "unknown action": json.dumps({"action": "delete_everything"}),
+    "empty text": json.dumps({"action": "send", "text": "   "}),
+    "text not a string": json.dumps({"action": "send", "text": {"html": "<b>"}}),
+    "NUL in text": json.dumps({"action": "send", "text": "a\x00b"}),
+    "edit without id": json.dumps({"action": "edit", "text": "x"}),
+    "retry with a bad id": json.dumps({"action": "retry", "message_id": "1; drop table"}),
+    "too long text": json.dumps({"action": "send", "text": "x" * 40_000}),
+}
+
+
+@pytest.mark.parametrize("frame", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_it_answers_a_malformed_frame_with_an_error_and_stores_nothing(alice, chat, frame) -> None:
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=frame)
+    reply = await communicator.receive_from(timeout=5)
+    assert 'id="chat-error"' in reply and "hidden" not in reply
+    assert await messages_of(chat.pk) == []
+    # The connection survives: a valid frame still gets its answer.
+    await communicator.send_to(text_data=json.dumps({"action": "stop"}))
+    assert "Nothing is being written" in await communicator.receive_from(timeout=5)
+    await communicator.disconnect()
+
+
+async def test_it_refuses_an_oversized_frame(alice, chat) -> None:
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "é" * MAX_FRAME_BYTES}))
+    assert "too large" in await communicator.receive_from(timeout=5)
+    await communicator.send_to(bytes_data=b"\x00" * 10)
+    assert "Binary frames" in await communicator.receive_from(timeout=5)
+    assert await messages_of(chat.pk) == []
+    await communicator.disconnect()
+
+
+# --- Chatting ------------------------------------------------------------------------------------
+
+
+async def test_it_commits_the_message_and_streams_the_answer_to_every_viewer(
+    alice, bob, chat, runtime
+) -> None:
+    author, _, _ = await connect(alice, chat.pk)
+    watcher, connected, _ = await connect(bob, chat.pk)  # a teammate: the conversation is shared
+    assert connected
+    await author.send_to(text_data=json.dumps({"action": "send", "text": "Hello <b>there</b>"}))
+    await asyncio.sleep(0.2)
+    await finish_run(chat.pk)
+    seen = "".join(await drain(watcher))
+    assert "Hello &lt;b&gt;there&lt;/b&gt;" in seen  # the user message, escaped
+    assert 'hx-swap-oob="beforeend:#messages"' in seen
+    assert 'hx-swap-oob="innerHTML"' in seen  # deltas into the answer's body
+    assert "msg-assistant status-complete" in "".join(await drain(author))
+    user_message, answer = await messages_of(chat.pk)
+    assert (user_message.role, user_message.content) == ("user", "Hello <b>there</b>")
+    assert user_message.author_id == alice.pk
+    assert answer.role == "assistant" and answer.status == Message.Status.COMPLETE
+    assert answer.completion_tokens and answer.params["model"] == "tiny"
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.title == "Hello <b>there</b>"  # from the first message
+    await author.disconnect()
+    await watcher.disconnect()
+
+
+async def test_it_keeps_the_message_as_unanswered_when_the_queue_is_full(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    def full(*args, **kwargs):
+        raise Overloaded("the model is busy: 1 running and 4 waiting (queue limit 4)")
+
+    monkeypatch.setattr(runtime.model.scheduler, "submit", full)
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "anyone there?"}))
+    frames = "".join(await receive_until(communicator, "The model is busy"))
+    (message,) = await messages_of(chat.pk)
+    assert message.status == Message.Status.UNANSWERED and message.content == "anyone there?"
+    assert "Retry" in frames or "Retry" in await communicator.receive_from(timeout=5)
+    monkeypatch.undo()
+    await communicator.send_to(text_data=json.dumps({"action": "retry", "message_id": message.pk}))
+    await finish_run(chat.pk)
+    statuses = [(m.role, m.status) for m in await messages_of(chat.pk)]
+    assert statuses == [("user", "complete"), ("assistant", "complete")]
+    await communicator.disconnect()
+
+
+async def test_it_runs_one_generation_at_a_time_and_stops_it(alice, chat, runtime) -> None:
+    chat.max_tokens = 400
+    await sync_to_async(chat.save)()
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "a long one"}))
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "and another"}))
+    await communicator.send_to(text_data=json.dumps({"action": "stop"}))
+    await receive_until(communicator, "wait for it, or press Stop")  # the second send, refused
+    await finish_run(chat.pk)
+    rows = await messages_of(chat.pk)
+    assert [m.content for m in rows if m.role == "user"] == ["a long one"]  # the second was refused
+    answer = rows[-1]
+    assert answer.status in (Message.Status.STOPPED, Message.Status.COMPLETE)
+    await communicator.disconnect()
+
+
+async def test_it_regenerates_the_last_answer_and_keeps_the_old_one_for_reviewers(
+    alice, chat, runtime
+) -> None:
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
+    await finish_run(chat.pk)
+    await drain(communicator)
+    await communicator.send_to(text_data=json.dumps({"action": "regenerate"}))
+    await finish_run(chat.pk)
+    frames = "".join(await drain(communicator))
+    rows = await messages_of(chat.pk)
+    old, new = rows[1], rows[2]
+    assert old.superseded_at is not None and new.superseded_at is None
+    assert f'id="m-{old.pk}" hx-swap-oob="delete"' in frames
+    assert [m.role for m in rows if m.superseded_at is None] == ["user", "assistant"]
+    await communicator.disconnect()
+
+
+async def test_it_edits_and_resends_hiding_the_later_messages(alice, chat, runtime) -> None:
+    communicator, _, _ = await connect(alice, chat.pk)
+    for text in ("one", "two"):
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": text}))
+        await finish_run(chat.pk)
+    first_user, first_answer, second_user, second_answer = await messages_of(chat.pk)
+    await communicator.send_to(
+        text_data=json.dumps({"action": "edit", "message_id": str(second_user.pk), "text": "TWO"})
+    )
+    await finish_run(chat.pk)
+    rows = await messages_of(chat.pk)
+    visible = [(m.role, m.content) for m in rows if m.superseded_at is None]
+    assert visible[:3] == [("user", "one"), ("assistant", first_answer.content), ("user", "TWO")]
+    assert len(visible) == 4
+    hidden = {m.pk for m in rows if m.superseded_at is not None}
+    assert hidden == {second_user.pk, second_answer.pk}  # kept for reviewers
+    await communicator.disconnect()

@@ -1,0 +1,141 @@
+"""The runner on a tiny real model: deltas to the conversation group, checkpoints, the final write,
+and the status a cancelled reply ends with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from conversations import runner, services
+from conversations.models import Message
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+from tests.tiny_gguf import write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
+    folder = tmp_path_factory.mktemp("runner")
+    path = write_tiny_llama(folder / "tiny.gguf", context_length=1024)
+    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1)
+    yield model
+    model.close()
+
+
+def submit(model: ChatModel, max_tokens: int):
+    bias = {i: -100.0 for i in model.tokenizer.special_ids}  # no early stop: exactly max_tokens
+    prompt = model.prompt_ids([{"role": "user", "content": "Tell me a story."}])
+    return model.scheduler.submit(
+        prompt, SamplingParams(max_tokens=max_tokens, logit_bias=bias), user_key="t"
+    )
+
+
+@database_sync_to_async
+def new_reply(alice, alpha) -> Message:
+    conversation = services.start_conversation(alice, alpha)
+    services.add_user_message(conversation, "Tell me a story.")
+    (reply,) = services.start_assistant_messages(conversation, 1, params={}, prompt_tokens=1)
+    return reply
+
+
+@database_sync_to_async
+def reload(message: Message) -> Message:
+    return Message.objects.get(pk=message.pk)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_it_saves_the_reply_and_publishes_coalesced_deltas(
+    tiny_model, alice, alpha, monkeypatch
+) -> None:
+    reply = await new_reply(alice, alpha)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(services.group_name(reply.conversation_id), channel)
+    checkpoints: list[str] = []
+    original = services.checkpoint_assistant_message
+
+    def checkpoint(message_id: int, text: str) -> None:
+        checkpoints.append(text)
+        original(message_id, text)
+
+    monkeypatch.setattr(services, "checkpoint_assistant_message", checkpoint)
+    monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL", 0.0)  # a checkpoint after every event
+
+    job = submit(tiny_model, 200)
+    run = runner.start(reply.conversation_id, [job], [reply])
+    (finished,) = await run.wait()
+
+    saved = await reload(reply)
+    assert saved.status == "complete" and saved.finish_reason == "length"
+    assert saved.content == finished.text and saved.token_ids == list(finished.token_ids)
+    assert saved.completion_tokens == 200 and saved.prompt_tokens == len(job.prompt_ids)
+    assert saved.duration >= saved.ttft >= saved.queue_wait >= 0
+    assert checkpoints and all(finished.text.startswith(text) for text in checkpoints)
+
+    events = []
+    while True:
+        event = await layer.receive(channel)
+        events.append(event)
+        if event["type"] == "chat.finished":
+            break
+    deltas = [e for e in events if e["type"] == "chat.delta"]
+    assert "".join(d["text"] for d in deltas) == finished.text
+    assert {(d["message_id"], d["choice_index"]) for d in deltas} == {(reply.pk, 0)}
+    assert len(deltas) < 200  # coalesced: the tiny model makes hundreds of tokens a second
+    assert events[-1]["status"] == "complete"
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_it_saves_the_partial_text_of_a_cancelled_reply(tiny_model, alice, alpha) -> None:
+    reply = await new_reply(alice, alpha)
+    job = submit(tiny_model, 900)
+    run = runner.start(reply.conversation_id, [job], [reply])
+    async for event in job.aevents():
+        if event.type == "delta":
+            run.cancel()  # an API client went away
+            break
+    (finished,) = await run.wait()
+    saved = await reload(reply)
+    assert finished.reason == "cancelled"
+    assert saved.status == "cancelled" and saved.finish_reason == ""
+    assert saved.content == finished.text and 1 <= saved.completion_tokens < 900
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_it_records_the_reason_given_for_a_stop(tiny_model, alice, alpha) -> None:
+    reply = await new_reply(alice, alpha)
+    run = runner.start(reply.conversation_id, [submit(tiny_model, 900)], [reply])
+    run.cancel(Message.Status.STOPPED)  # a person pressed Stop in the page
+    await run.wait()
+    assert (await reload(reply)).status == "stopped"
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_it_marks_a_reply_cancelled_by_the_server_interrupted(tiny_model, alice, alpha) -> None:
+    reply = await new_reply(alice, alpha)
+    job = submit(tiny_model, 900)
+    run = runner.start(reply.conversation_id, [job], [reply])
+    job.cancel()  # not through the run: e.g. the scheduler draining at shutdown
+    await run.wait()
+    assert (await reload(reply)).status == "interrupted"
+
+
+def test_it_maps_finish_reasons_to_statuses() -> None:
+    from inference.jobs import Finished, Timings, Usage
+
+    def finished(reason: str, error: str | None = None) -> Finished:
+        return Finished(reason, Usage(3, 2), Timings(0, 0.1, 0.1, 0.2, 0, 3, None), "hi", (5, 6), error)  # type: ignore[arg-type]
+
+    assert runner.outcome_for(finished("stop"), None).status == "complete"
+    assert runner.outcome_for(finished("length"), None).finish_reason == "length"
+    assert runner.outcome_for(finished("cancelled"), "cancelled").status == "cancelled"
+    assert runner.outcome_for(finished("cancelled"), None).status == "interrupted"
+    failed = runner.outcome_for(finished("error", "boom"), None)
+    assert (failed.status, failed.error) == ("error", "boom")
