@@ -376,3 +376,38 @@ def interrupt_stale_messages(older_than: datetime) -> int:
     """
     stale = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=older_than)
     return stale.update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")
+
+
+def interrupt_orphaned_messages() -> int:
+    """At start-up: mark as interrupted the replies still 'streaming' that belong to a process of
+    this host that no longer runs (after a kill -9 the heartbeat is still fresh for a while).
+
+    Rows of live processes, and of other hosts (left to the stale-heartbeat rule), are untouched.
+    """
+    host = socket.gethostname()
+    dead = []
+    owners = (
+        Message.objects.filter(status=Message.Status.STREAMING, owner_process__startswith=f"{host}:")
+        .values_list("owner_process", flat=True)
+        .distinct()
+    )
+    for owner in owners:
+        pid = owner.rpartition(":")[2]
+        if owner != OWNER_PROCESS and pid.isdigit() and not _process_alive(int(pid)):
+            dead.append(owner)
+    if not dead:
+        return 0
+    return Message.objects.filter(status=Message.Status.STREAMING, owner_process__in=dead).update(
+        status=Message.Status.INTERRUPTED, error="the server stopped during the reply"
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
