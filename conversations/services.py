@@ -410,4 +410,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
-
