@@ -150,6 +150,7 @@ def add_member(
 
 def set_role(membership: Membership, role: str, *, by: AbstractBaseUser | None) -> Membership:
     if membership.role == role:
+        _door_to_the_admin(membership.user, role)
         return membership
     with transaction.atomic():
         membership.role = role

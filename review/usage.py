@@ -122,9 +122,9 @@ def _nice_ceiling(value: int) -> int:
     if value <= 0:
         return 10
     magnitude = 10 ** (len(str(value)) - 1)
-    for step in (1, 2, 5, 10):
-        if value <= step * magnitude:
-            return step * magnitude
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude and (step * magnitude) % 5 == 0:
+            return int(step * magnitude)
     return 10 * magnitude
 
 

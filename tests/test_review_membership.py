@@ -151,6 +151,12 @@ def test_it_adds_members_and_admins_from_the_command_line(alice, bob, db) -> Non
     call_command("addmember", "gamma", "bob", "--admin", stdout=out)
     assert Membership.objects.get(team=gamma, user=bob).role == "admin"
     assert "bob is now admin of gamma" in out.getvalue()
+    # Naming an existing admin again still opens the admin's door (here: a team made elsewhere).
+    charlie = get_user_model().objects.create_user("charlie")
+    conversation_services.create_team("delta", admin=charlie)
+    call_command("addmember", "delta", "charlie", "--admin", stdout=out)
+    charlie.refresh_from_db()
+    assert charlie.is_staff and "charlie is already admin of delta" in out.getvalue()
     assert AuditEntry.objects.filter(action="membership", actor=None).count() == 3
 
 

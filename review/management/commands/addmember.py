@@ -40,4 +40,5 @@ class Command(BaseCommand):
             services.set_role(existing, role, by=None)
             self.stdout.write(f"{username} is now {role} of {the_team.name}.")
         else:
+            services.set_role(existing, role, by=None)  # changes nothing but a missing is_staff
             self.stdout.write(f"{username} is already {role} of {the_team.name}.")
