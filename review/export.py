@@ -34,6 +34,7 @@ CSV_COLUMNS = [
     "message_id",
     "role",
     "name",
+    "author",
     "choice_index",
     "content",
     "status",
@@ -45,6 +46,7 @@ CSV_COLUMNS = [
     "duration",
     "params",
     "error",
+    "superseded_at",
     "created",
 ]
 
@@ -52,7 +54,9 @@ CSV_COLUMNS = [
 def prepare(queryset: QuerySet[Conversation]) -> QuerySet[Conversation]:
     return (
         queryset.select_related("team", "owner", "api_key", "review_flag")
-        .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("id")))
+        .prefetch_related(
+            Prefetch("messages", queryset=Message.objects.select_related("author").order_by("id"))
+        )
         .order_by("id")
     )
 
@@ -81,8 +85,10 @@ def message_metadata(message: Message) -> dict[str, Any]:
         "duration": message.duration,
         "params": message.params,
         "error": message.error,
+        # Who typed a user message in the browser (a shared conversation has several writers).
+        "author": message.author.get_username() if message.author else None,
         # Replaced by a regenerated answer or an edited question in the browser chat.
-        "superseded_at": _iso(getattr(message, "superseded_at", None)),
+        "superseded_at": _iso(message.superseded_at),
         "created": _iso(message.created),
     }
 
@@ -158,6 +164,7 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     m.pk,
                     m.role,
                     m.name,
+                    m.author.get_username() if m.author else "",
                     m.choice_index,
                     m.content,
                     m.status,
@@ -169,6 +176,7 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     m.duration,
                     json.dumps(m.params),
                     m.error,
+                    _iso(m.superseded_at) or "",
                     _iso(m.created),
                 ]
             )

@@ -164,3 +164,21 @@ def test_it_names_a_bad_exportlogs_filter(world: World) -> None:
         call_command("exportlogs", "--team", "gamma")
     with pytest.raises(CommandError, match="not a date"):
         call_command("exportlogs", "--since", "yesterday")
+
+
+def test_it_exports_who_wrote_a_message_and_what_was_superseded(world: World) -> None:
+    shared = world.conversations["bob_shared"]
+    first = Message.objects.filter(conversation=shared).order_by("id").first()
+    Message.objects.filter(pk=first.pk).update(author=world.alice, superseded_at=timezone.now())
+    records = jsonl_records(
+        logged_in(world.root).get(reverse("admin:conversations_conversation_export", args=["jsonl"]))
+    )
+    record = next(r for r in records if r["metadata"]["id"] == shared.pk)
+    assert record["messages"] == stored_messages(shared.pk)  # superseded messages are kept, and marked
+    meta = record["metadata"]["messages"]
+    assert meta[0]["author"] == "alice" and meta[0]["superseded_at"] is not None
+    assert meta[1]["author"] is None and meta[1]["superseded_at"] is None
+    page = logged_in(world.root).get(reverse("admin:conversations_conversation_change", args=[shared.pk]))
+    assert (
+        "by alice" in page.content.decode() and "review-message role-user superseded" in page.content.decode()
+    )

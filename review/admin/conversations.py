@@ -147,7 +147,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         conversation = access.get_conversation_for_reviewer(request.user, object_id)
-        messages_ = list(conversation.messages.order_by("id"))
+        messages_ = list(conversation.messages.select_related("author").order_by("id"))
         services.record_view(request.user, conversation)
         context = {
             **self.admin_site.each_context(request),
