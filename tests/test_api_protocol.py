@@ -186,3 +186,21 @@ def test_it_names_the_param_the_model_refuses() -> None:
     with pytest.raises(InvalidRequest) as error:
         sampling_params(parse_chat_request({"model": "m", "messages": HI, "max_tokens": 95}), FakeModel(), 10)
     assert (error.value.param, error.value.code) == ("messages", "context_length_exceeded")
+
+
+def test_it_answers_503_while_the_model_loads(monkeypatch) -> None:
+    from chatsite.runtime import ModelNotReady, get_runtime
+    from conversations.api.catalog import model_ids, resolve_model
+    from inference.protocol import NotFound, ServiceUnavailable
+
+    def loading():
+        raise ModelNotReady("the model is still loading")
+
+    monkeypatch.setattr(get_runtime(), "get", loading)
+    with pytest.raises(ServiceUnavailable) as error:
+        resolve_model("gpt-3.5-turbo")
+    assert error.value.status == 503 and error.value.headers == {"Retry-After": "5"}
+    with pytest.raises(NotFound) as missing:  # an unknown id is still a 404, loaded or not
+        resolve_model("gpt-4")
+    assert (missing.value.param, missing.value.code) == ("model", "model_not_found")
+    assert model_ids()[1:] == ["gpt-3.5-turbo", "gpt-3.5-turbo-0301"]
