@@ -110,6 +110,17 @@ def test_it_uses_postgres_full_text_search_there(world: World) -> None:
     assert names(world, client.get(reverse(CHANGELIST), {"q": '"secret plans" -zebra'})) == {"charlie_api"}
 
 
+def test_it_matches_the_full_text_index_on_postgres(db) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only (run with DATABASE_URL=postgres://...)")
+    from review.search import message_matches
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = message_matches("colour").explain()
+    assert "review_message_content_fts" in plan
+
+
 def count_queries(client: Client, url: str) -> int:
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url)
