@@ -194,6 +194,8 @@ def test_it_never_authenticates_v1_with_a_session_cookie(tiny_api_server) -> Non
         ("GET", "/v1/completions", 404),
         ("GET", "/v1", 404),
         ("GET", "/v1/models/gpt-4", 404),
+        ("GET", "/v1/models/a%0Ab", 404),  # a newline in the path: still JSON, not Django's page
+        ("POST", "/v1/chat%0A/completions", 404),
     ],
 )
 def test_it_answers_other_routes_in_the_same_shape(tiny_api_server, method, path, status) -> None:

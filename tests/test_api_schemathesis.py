@@ -42,9 +42,11 @@ def test_it_never_answers_5xx_to_generated_requests(tiny_api_server, api_schema,
         def check(case) -> None:
             response = case.call(base_url=tiny_api_server.url, headers=auth, timeout=60)
             statuses.append(response.status_code)
-            assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+            request = response.request
+            seen = (request.method, request.url, request.headers, request.body, response.text[:500])
+            assert response.status_code < 500, seen
             content_type = response.headers.get("content-type", [""])[0]
-            assert content_type.startswith(("application/json", "text/event-stream"))  # never HTML
+            assert content_type.startswith(("application/json", "text/event-stream")), seen  # never HTML
 
         check()
 
