@@ -2,7 +2,8 @@
 
 A team admin signs in, filters the list to API conversations, opens a teammate's transcript and
 flags it; a superuser then sees both entries (the view and the flag) in the audit trail. The run
-also writes a screenshot of the usage chart to .data/screenshots/usage.png.
+also writes a screenshot of the usage chart to .data/screenshots/usage.png (and of the transcript
+and the audit trail beside it).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def browser() -> Iterator:
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh deps dev", pytrace=False)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -120,6 +122,8 @@ def test_it_lets_a_team_admin_flag_an_api_conversation_and_a_superuser_see_the_a
     assert page.locator("#result_list").get_by_text("notes 3").count() == 0
     assert page.locator("#result_list tbody tr").count() == 3  # bob's two calls and alice's readiness probe
 
+    page.screenshot(path=str(SCREENSHOT.with_name("conversations.png")), full_page=True)
+
     # Open bob's transcript and flag it.
     page.locator("#result_list").get_by_role("link", name="Name a colour").click()
     page.wait_for_selector(".review-messages")
@@ -130,6 +134,7 @@ def test_it_lets_a_team_admin_flag_an_api_conversation_and_a_superuser_see_the_a
     page.wait_for_selector(".review-flagged")
     assert "checking what the model says about colours" in page.locator(".review-flagged").inner_text()
     assert csp_errors == []
+    page.screenshot(path=str(SCREENSHOT.with_name("transcript.png")), full_page=True)
     page.context.close()
 
     # The superuser sees alice's view and flag in the audit trail.
@@ -138,6 +143,7 @@ def test_it_lets_a_team_admin_flag_an_api_conversation_and_a_superuser_see_the_a
     texts = [rows.nth(i).inner_text() for i in range(rows.count())]
     assert any("alice" in t and "flag" in t and "Name a colour" in t for t in texts), texts
     assert any("alice" in t and "view" in t and "Name a colour" in t for t in texts), texts
+    page.screenshot(path=str(SCREENSHOT.with_name("audit.png")), full_page=True)
     page.click('#changelist-filter a[href*="action__exact=flag"]')
     page.wait_for_url("**action__exact=flag**")
     assert page.locator("#result_list tbody tr").count() == 1
@@ -159,7 +165,6 @@ def test_it_draws_the_usage_chart(browser, server) -> None:
     chart = page.locator("figure.review-chart")
     assert page.locator("#usage-chart g.bar").count() == 14
     assert page.locator("#usage-table tbody tr").count() >= 14
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     chart.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 5_000
     assert csp_errors == []

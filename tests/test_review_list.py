@@ -88,6 +88,16 @@ def test_it_offers_only_reviewable_teams_users_and_keys_as_filters(world: World)
     assert len(choices["API key"]) == 2 and "charlie" in choices["API key"][1]
 
 
+def test_it_counts_the_filter_choices_on_request(world: World) -> None:
+    response = logged_in(world.alice).get(reverse(CHANGELIST), {"_facets": "True", "source__exact": "api"})
+    assert response.status_code == 200
+    flagged = next(spec for spec in response.context["cl"].filter_specs if spec.title == "flagged")
+    assert [c["display"] for c in flagged.choices(response.context["cl"])][1:] == [
+        "Flagged (0)",
+        "Not flagged (1)",
+    ]
+
+
 @pytest.mark.parametrize(
     "term, expected",
     [
