@@ -2,6 +2,10 @@
 
 Both are generators over ``QuerySet.iterator(chunk_size)`` with the messages prefetched per chunk,
 so a large export streams in constant memory: a fixed number of queries per chunk of conversations.
+
+Under ASGI (Daphne), Django would read a *sync* iterator of a StreamingHttpResponse into a list
+before sending a byte, so ``streaming_response`` hands it an async iterator there, which pulls
+batches of lines from the generator in the request's database thread.
 """
 
 from __future__ import annotations
@@ -9,15 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, StreamingHttpResponse
 
 from conversations.models import Conversation, Message
 
-CHUNK_SIZE = 200
+CHUNK_SIZE = 200  # conversations per database round trip
+LINES_PER_SEND = 50  # lines per hop from the database thread to the event loop (ASGI)
 
 CSV_COLUMNS = [
     "conversation_id",
@@ -180,3 +189,23 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     _iso(m.created),
                 ]
             )
+
+
+async def _batches(lines: Iterator[str]) -> AsyncIterator[str]:
+    def take() -> str:
+        return "".join(islice(lines, LINES_PER_SEND))
+
+    try:
+        while chunk := await sync_to_async(take, thread_sensitive=True)():
+            yield chunk
+    finally:  # also when the client went away: close the generator and its cursor
+        close = getattr(lines, "close", None)
+        if close is not None:
+            await sync_to_async(close, thread_sensitive=True)()
+
+
+def streaming_response(
+    request: HttpRequest, lines: Iterator[str], content_type: str
+) -> StreamingHttpResponse:
+    content = _batches(lines) if isinstance(request, ASGIRequest) else lines
+    return StreamingHttpResponse(content, content_type=content_type)

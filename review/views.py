@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from functools import wraps
 from typing import Any
@@ -13,7 +13,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -95,25 +95,13 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
     _, start, end, team_id = _period(request)
     rows = usage.usage_rows(request.user, start, end, team_id)
 
-    def lines() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["day", "team", "user", "api_key", "requests", "prompt_tokens", "completion_tokens"])
-        for r in rows:
-            writer.writerow(
-                [
-                    r.day.isoformat(),
-                    r.team,
-                    r.user,
-                    r.api_key,
-                    r.requests,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                ]
-            )
-        yield buffer.getvalue()
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    # A small table (one row per day, team, user and key): built at once, not streamed.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["day", "team", "user", "api_key", "requests", "prompt_tokens", "completion_tokens"])
+    for r in rows:
+        writer.writerow([r.day, r.team, r.user, r.api_key, r.requests, r.prompt_tokens, r.completion_tokens])
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
     return response
 

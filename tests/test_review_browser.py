@@ -8,6 +8,7 @@ and the audit trail beside it).
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,24 @@ def test_it_lets_a_team_admin_flag_an_api_conversation_and_a_superuser_see_the_a
     page.click('#changelist-filter a[href*="action__exact=flag"]')
     page.wait_for_url("**action__exact=flag**")
     assert page.locator("#result_list tbody tr").count() == 1
+
+    # The export streams through Daphne, and round-trips against the server's database.
+    export = page.request.get(
+        f"{server.url}/admin/conversations/conversation/export/jsonl/?source__exact=api"
+    )
+    assert export.ok and export.headers["content-type"].startswith("application/x-ndjson")
+    records = [json.loads(line) for line in export.text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        rows = server.query(
+            "SELECT role, content, name FROM conversations_message WHERE conversation_id = ? ORDER BY id",
+            record["metadata"]["id"],
+        )
+        stored = [
+            {"role": r["role"], "content": r["content"], **({"name": r["name"]} if r["name"] else {})}
+            for r in rows
+        ]
+        assert record["messages"] == stored
     page.context.close()
 
     entries = server.query(

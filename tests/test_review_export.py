@@ -9,9 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 from django.http import StreamingHttpResponse
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -122,6 +123,28 @@ def test_it_streams_a_large_export_in_chunks(world: World, django_assert_max_num
             assert len(list(export.jsonl(Conversation.objects.all()))) == 30
     finally:
         export.CHUNK_SIZE = export_chunk
+
+
+def test_it_streams_under_asgi_in_batches_without_reading_it_all_first(world: World) -> None:
+    """Daphne serves the site: the export must be an async iterator there (Django would read a
+    sync one whole into a list), and it arrives in several parts."""
+    for i in range(120):
+        api_call(world.keys["alice"], f"q{i}", ["a"])
+    url = reverse("admin:conversations_conversation_export", args=["jsonl"])
+
+    async def fetch() -> tuple[StreamingHttpResponse, list[bytes]]:
+        client = AsyncClient()
+        await client.aforce_login(world.root)
+        response = await client.get(url)
+        assert response.is_async
+        return response, [part async for part in response.streaming_content]
+
+    response, parts = async_to_sync(fetch)()
+    assert response.status_code == 200
+    assert len(parts) == 3  # 125 conversations, 50 lines a part
+    records = [json.loads(line) for line in b"".join(parts).decode().splitlines()]
+    assert len(records) == 125
+    assert all(r["messages"] == stored_messages(r["metadata"]["id"]) for r in records)
 
 
 def test_it_rejects_an_unknown_format(world: World) -> None:

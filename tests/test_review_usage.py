@@ -28,7 +28,7 @@ def logged_in(user) -> Client:
 
 
 def csv_rows(response) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    return list(csv.DictReader(io.StringIO(response.content.decode())))
 
 
 def test_it_sums_tokens_per_day_team_user_and_key(world: World) -> None:

@@ -33,9 +33,11 @@ FORMATS = {
 }
 
 
-def streaming_export(queryset: QuerySet[Conversation], fmt: str) -> StreamingHttpResponse:
+def streaming_export(
+    request: HttpRequest, queryset: QuerySet[Conversation], fmt: str
+) -> StreamingHttpResponse:
     content_type, lines = FORMATS[fmt]
-    response = StreamingHttpResponse(lines(queryset), content_type=content_type)
+    response = export.streaming_response(request, lines(queryset), content_type)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response["Content-Disposition"] = f'attachment; filename="conversations-{stamp}.{fmt}"'
     return response
@@ -194,7 +196,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
             return HttpResponseBadRequest("Unknown filter.")
         used = {key: request.GET.getlist(key) for key in request.GET}
         services.record_export(request.user, fmt=fmt, filters=used, count=queryset.count())
-        return streaming_export(queryset, fmt)
+        return streaming_export(request, queryset, fmt)
 
     # --- Actions (on the selected rows) ---
 
@@ -209,7 +211,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
             used = {"selected": list(queryset.values_list("pk", flat=True))}
             count = len(used["selected"])
         services.record_export(request.user, fmt=fmt, filters=used, count=count)
-        return streaming_export(queryset, fmt)
+        return streaming_export(request, queryset, fmt)
 
     @admin.action(description="Export the selected conversations as JSONL")
     def export_jsonl(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
