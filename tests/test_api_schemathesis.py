@@ -6,12 +6,15 @@ completions are capped at 8 tokens (CHAT_MAX_TOKENS_CAP).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-MAX_EXAMPLES = 30
+# Per operation and mode; raise it for a longer hunt: CHAT_FUZZ_EXAMPLES=500 pytest -k schemathesis
+MAX_EXAMPLES = int(os.environ.get("CHAT_FUZZ_EXAMPLES", "30"))
 
 pytestmark = pytest.mark.slow
 

@@ -302,3 +302,28 @@ def test_it_cancels_and_logs_a_dropped_stream(client, api_server) -> None:
     start = time.monotonic()
     client.chat.completions.create(model="gpt-3.5-turbo", messages=QUESTION, max_tokens=2)
     assert time.monotonic() - start < 5
+
+
+def test_it_cancels_a_non_streaming_call_whose_client_went_away(api_server) -> None:
+    before = last_conversation(api_server)["id"]
+    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=60)
+    body = {"model": "gpt-3.5-turbo", "messages": STORY, "max_tokens": 400, "logit_bias": {EOS: -100}}
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(body),
+        {"Authorization": f"Bearer {api_server.keys['alice']}", "Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + 20
+    while last_conversation(api_server)["id"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    conversation_id = last_conversation(api_server)["id"]
+    assert conversation_id != before
+    time.sleep(0.5)  # let it generate a little
+    conn.close()
+    while time.monotonic() < deadline:
+        (reply,) = replies(api_server, conversation_id)
+        if reply["status"] != "streaming":
+            break
+        time.sleep(0.1)
+    assert reply["status"] == "cancelled" and reply["completion_tokens"] < 400  # maybe still in prefill
