@@ -30,6 +30,7 @@ from inference.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessage,
     Choice,
     ChunkChoice,
     ChunkDelta,
@@ -58,8 +59,14 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     jobs = admit(model, prompt_ids, params, n, key)
 
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
-    logged = {**_params_record(params), "n": n, "stream": bool(body.stream), "model": body.model}
-    logged["id"] = completion_id
+    # What the log records with each reply: the sampling actually used, and the request's own terms.
+    logged = {
+        **_params_record(params),
+        "n": n,
+        "stream": bool(body.stream),
+        "model": body.model,
+        "id": completion_id,
+    }
     try:
         call = await database_sync_to_async(services.start_api_call)(
             key,
@@ -90,7 +97,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return json_response(reply.completion(finished))
 
 
-def _message_dict(message: Any) -> dict[str, str]:
+def _message_dict(message: ChatMessage) -> dict[str, str]:
     out = {"role": message.role, "content": message.text()}
     if message.name:
         out["name"] = message.name
