@@ -49,11 +49,17 @@ def audit(
 # --- Conversations -------------------------------------------------------------------------------
 
 
-def record_view(viewer: AbstractBaseUser, conversation: Conversation) -> AuditEntry | None:
-    """A transcript was shown to ``viewer``: audited unless it is the conversation's owner."""
+def record_view(
+    viewer: AbstractBaseUser, conversation: Conversation, list_filters: dict[str, Any] | None = None
+) -> AuditEntry | None:
+    """A transcript was shown to ``viewer``: audited unless it is the conversation's owner.
+    ``list_filters``: the conversation list's filter the reviewer opened it from, if any."""
     if viewer.pk == conversation.owner_id:
         return None
-    return audit(viewer, AuditEntry.Action.VIEW, conversation=conversation, filters={"id": conversation.pk})
+    filters: dict[str, Any] = {"id": conversation.pk}
+    if list_filters:
+        filters["list_filters"] = list_filters
+    return audit(viewer, AuditEntry.Action.VIEW, conversation=conversation, filters=filters)
 
 
 def flag(conversation: Conversation, by: AbstractBaseUser, note: str = "") -> Flag:

@@ -67,6 +67,22 @@ def test_it_writes_one_audit_entry_per_view_by_someone_else(world: World) -> Non
     assert entry.team == world.alpha and entry.filters == {"id": conversation.pk}
 
 
+def test_it_records_the_list_filter_a_transcript_was_opened_from(world: World) -> None:
+    alice = logged_in(world.alice)
+    listing = alice.get(
+        reverse("admin:conversations_conversation_changelist"), {"source__exact": "api", "q": "colour"}
+    )
+    link = transcript_url(world.conversations["bob_api"]) + "?_changelist_filters="
+    assert link in listing.content.decode()
+    href = listing.content.decode().split(link)[1].split('"')[0]
+    assert alice.get(link + href.replace("&amp;", "&")).status_code == 200
+    entry = AuditEntry.objects.get(action=AuditEntry.Action.VIEW)
+    assert entry.filters == {
+        "id": world.conversations["bob_api"].pk,
+        "list_filters": {"source__exact": ["api"], "q": ["colour"]},
+    }
+
+
 def test_it_does_not_audit_the_owner_reading_their_own_conversation(world: World) -> None:
     own = api_call(world.keys["alice"], "mine", ["ok"])
     assert logged_in(world.alice).get(transcript_url(own)).status_code == 200

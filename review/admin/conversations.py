@@ -14,6 +14,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseRedirect,
+    QueryDict,
     StreamingHttpResponse,
 )
 from django.template.response import TemplateResponse
@@ -66,7 +67,7 @@ class ReviewPermissions:
 class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
     change_list_template = "review/conversation_change_list.html"
     list_display = [
-        "title_link",
+        "conversation",
         "deleted",
         "source",
         "team",
@@ -78,7 +79,8 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
         "flag_note",
         "created",
     ]
-    list_display_links = None
+    # The first column links to the transcript, carrying the list's filters along
+    # (_changelist_filters), so that the view's audit entry records the filter it came from.
     list_filter = [
         filters.TeamFilter,
         filters.OwnerFilter,
@@ -109,9 +111,8 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
     # --- Columns ---
 
     @admin.display(description="conversation", ordering="title")
-    def title_link(self, obj: Conversation) -> str:
-        url = reverse("admin:conversations_conversation_change", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, str(obj))
+    def conversation(self, obj: Conversation) -> str:
+        return str(obj)
 
     @admin.display(description="deleted", ordering="deleted_at")
     def deleted(self, obj: Conversation) -> str:
@@ -150,7 +151,8 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
             raise PermissionDenied
         conversation = access.get_conversation_for_reviewer(request.user, object_id)
         messages_ = list(conversation.messages.select_related("author").order_by("id"))
-        services.record_view(request.user, conversation)
+        came_from = QueryDict(request.GET.get("_changelist_filters", ""))
+        services.record_view(request.user, conversation, {key: came_from.getlist(key) for key in came_from})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
