@@ -10,12 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations import services as conversation_services
 from conversations.models import Conversation, Message
 from review.search import message_matches
 from tests.review_data import ALPHA, World, api_call, build_world, web_chat
@@ -185,3 +187,29 @@ def test_it_makes_a_fixed_number_of_queries_whatever_the_row_count(
         response = client.get(url)
     assert len(response.context["cl"].result_list) == 31
     assert count_queries(client, url + "&q=question") == expected
+
+
+@pytest.mark.parametrize(
+    "role, url_name",
+    [
+        ("alice", "admin:conversations_membership_changelist"),
+        ("root", "admin:conversations_membership_changelist"),
+        ("root", "admin:conversations_team_changelist"),
+        ("root", "admin:review_auditentry_changelist"),
+    ],
+)
+def test_it_keeps_the_other_review_lists_to_a_fixed_number_of_queries(
+    world: World, role: str, url_name: str
+) -> None:
+    client = logged_in(getattr(world, role))
+    url = reverse(url_name)
+    before = count_queries(client, url)
+    User = get_user_model()
+    for i in range(20):
+        user = User.objects.create_user(f"member{i}")
+        conversation_services.add_member(world.alpha, user)
+        conversation_services.create_team(f"team{i}", admin=user)
+        client.get(
+            reverse("admin:conversations_conversation_change", args=[world.conversations["bob_api"].pk])
+        )
+    assert count_queries(client, url) == before
