@@ -212,7 +212,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not await self._still_visible():
             return
         html = await database_sync_to_async(render_to_string)(
-            "chat/_title.html", {"conversation": self.conversation}
+            "chat/_title.html", {"conversation": self.conversation, "sidebar_oob": True}
         )
         await self.send(text_data=html.replace("<h1 ", '<h1 hx-swap-oob="true" ', 1))
 

@@ -1,0 +1,293 @@
+"""The browser chat in real headless Chromium (Debian's, driven by Playwright through its executable
+path) against a live Daphne serving the REAL default model (one slot, two threads).
+
+The tests run in order on one server and share alice's conversation: she logs in, sends a message
+and watches the answer grow; stops a long answer and finds it saved as stopped after a reload;
+regenerates; shares the conversation, and bob watches her next answer stream live; charlie, an
+outsider, gets 404 on the page and a refused websocket; a message full of XSS payloads triggers
+nothing. The run writes screenshots to .data/screenshots/ (ignored by git): the chat mid-stream
+and the conversation list.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_model import default_model_path
+from tests.live_server import PYTHON, ROOT, LiveServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+PASSWORD = "a-long-test-password-4"
+SCREENSHOTS = ROOT / ".data" / "screenshots"
+
+SETUP = f"""
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from conversations import services
+from conversations.models import Team
+User = get_user_model()
+for name in ("alice", "bob", "charlie"):
+    user = User.objects.get(username=name)
+    user.set_password({PASSWORD!r})
+    user.save()
+services.default_team(User.objects.get(username="charlie"))  # charlie: a team of his own
+alice, bob = User.objects.get(username="alice"), User.objects.get(username="bob")
+alpha = Team.objects.get(name="alpha")
+for owner, title, visibility in [(alice, "Release notes draft", "private"),
+                                 (bob, "Trip planning for the offsite", "team")]:
+    chat = services.start_conversation(owner, alpha, title=title, visibility=visibility)
+    services.add_user_message(chat, "Notes about " + title.lower(), author=owner)
+"""
+
+XSS = (
+    '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> '
+    "[click](javascript:window.__xss=3) "
+    '<div hx-get="/settings/keys" hx-trigger="load" hx-swap="outerHTML">htmx</div> '
+    "![leak](http://127.0.0.1:9/leak.png)"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = LiveServer(
+        tmp_path_factory.mktemp("chat-browser"),
+        {
+            "CHAT_MODEL_PATH": str(default_model_path()),
+            "CHAT_SLOTS": "1",
+            "CHAT_THREADS": "2",
+            "CHAT_QUEUE_MAX": "4",
+        },
+    ).start()
+    try:
+        done = subprocess.run(
+            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `scripts/setup.sh deps dev` (installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def state() -> dict:
+    """What the ordered tests hand on: alice's page and her conversation's URL."""
+    return {}
+
+
+def log_in(browser, server: LiveServer, username: str):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(server.url + "/")
+    assert "/accounts/login/" in page.url
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.url + "/")
+    return page
+
+
+def open_socket(page) -> None:
+    page.wait_for_selector("body.ws-open")
+
+
+def send(page, text: str) -> None:
+    page.fill("#composer-text", text)
+    page.press("#composer-text", "Enter")
+
+
+def set_max_tokens(page, n: int) -> None:
+    page.click(".chat-tools summary")
+    page.fill("#id_max_tokens", str(n))
+    page.click("text=Save settings")
+    page.wait_for_selector("text=Settings saved.")
+    open_socket(page)
+
+
+def last_answer(page):
+    return page.locator("#messages .msg-assistant").last
+
+
+def wait_last_answer(page, status: str) -> None:
+    """Wait until the conversation's last answer has ``status`` (the machine may be busy: 2 cores)."""
+    page.wait_for_function(
+        "(status) => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
+        " return a && a.classList.contains('status-' + status); }",
+        arg=status,
+        timeout=120_000,
+    )
+
+
+def watch_growth(page, *, until: str, samples: int = 1200) -> list[int]:
+    """The lengths of the last answer's text, sampled every 50 ms until ``until`` matches it."""
+    lengths: list[int] = []
+    for _ in range(samples):
+        answer = last_answer(page)
+        if answer.count():
+            lengths.append(len(answer.locator(".msg-body").inner_text()))
+            if re.search(until, answer.get_attribute("class") or ""):
+                break
+        time.sleep(0.05)
+    return lengths
+
+
+def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state) -> None:
+    page = log_in(browser, server, "alice")
+    page.click("text=+ New conversation")
+    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    state["url"], state["page"] = page.url, page
+    open_socket(page)
+    set_max_tokens(page, 120)
+    send(page, "Write a short poem about the sea.")
+    page.wait_for_selector("#messages .msg-user >> text=Write a short poem about the sea.")
+    page.wait_for_selector("#messages .msg-assistant")
+    # Mid-stream: some text, not finished yet.
+    page.wait_for_function(
+        "() => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
+        " return a && a.querySelector('.msg-body').innerText.length > 15; }"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chat-mid-stream.png"), full_page=True)
+    lengths = watch_growth(page, until=r"status-complete")
+    growing = sorted(set(lengths))
+    assert len(growing) >= 3, f"the answer did not grow in steps: {lengths}"
+    assert lengths == sorted(lengths)
+    wait_last_answer(page, "complete")
+    meta = last_answer(page).locator(".msg-meta").inner_text()
+    assert re.search(r"\d+ tokens · \d+\.\d s", meta), meta
+    assert "SmolLM2" in last_answer(page).locator(".msg-who").inner_text()
+    # The title came from the first message, in the page and in the sidebar.
+    assert "Write a short poem about the sea." in page.locator("#conv-title").inner_text()
+    assert "Write a short poem" in page.locator("#conversation-list .current").inner_text()  # live
+
+
+def test_it_stops_and_keeps_the_partial_answer_after_a_reload(server, state) -> None:
+    page = state["page"]
+    set_max_tokens(page, 400)
+    send(page, "Count from 1 to 300, one number per line.")
+    page.wait_for_function(
+        "() => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
+        " return a && a.classList.contains('status-streaming')"
+        " && a.querySelector('.msg-body').innerText.length > 10; }"
+    )
+    page.keyboard.press("Escape")
+    wait_last_answer(page, "stopped")
+    shown = last_answer(page).locator(".msg-body").inner_text()
+    page.reload()
+    open_socket(page)
+    answer = last_answer(page)
+    assert "status-stopped" in answer.get_attribute("class")
+    assert answer.locator(".badge").inner_text().lower() == "stopped"
+    saved = answer.locator(".msg-body").inner_text()
+    assert saved and saved.startswith(shown[: max(1, len(shown) - 20)].strip()[:10])
+    tokens = int(answer.locator(".msg-meta").inner_text().split()[0])
+    assert 1 <= tokens < 400
+
+
+def test_it_regenerates_the_last_answer(server, state) -> None:
+    page = state["page"]
+    set_max_tokens(page, 40)
+    old_id = last_answer(page).get_attribute("id")
+    last_answer(page).locator("button.regenerate").click()
+    page.wait_for_selector(f"#{old_id}", state="detached")
+    wait_last_answer(page, "complete")
+    answers = page.locator("#messages .msg-assistant")
+    assert answers.count() == 2  # the first answer and the regenerated one; the stopped one is gone
+    assert last_answer(page).get_attribute("id") != old_id
+
+
+def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(browser, server, state) -> None:
+    page = state["page"]
+    page.click(".chat-tools summary")
+    page.select_option("#visibility-select", "team")
+    page.click("text=Save sharing")
+    page.wait_for_selector("#conv-title >> text=shared with alpha")
+    open_socket(page)
+    set_max_tokens(page, 120)
+    bob = log_in(browser, server, "bob")
+    bob.goto(state["url"])
+    open_socket(bob)
+    before = bob.locator("#messages .msg-assistant").count()
+    send(page, "Tell me about the moon.")
+    bob.wait_for_selector("#messages .msg-user >> text=Tell me about the moon.")
+    bob.wait_for_function(f"() => document.querySelectorAll('#messages .msg-assistant').length > {before}")
+    lengths = watch_growth(bob, until=r"status-complete")
+    assert len(set(lengths)) >= 3, f"bob did not see the answer grow: {lengths}"
+    wait_last_answer(bob, "complete")
+    assert "alice" in bob.locator("#messages .msg-user").last.locator(".msg-who").inner_text()
+    bob.context.close()
+    # alice's list: her conversations and the team's shared ones, newest first.
+    page.goto(server.url + "/")
+    titles = page.locator("#conversation-list .conversation-title").all_inner_texts()
+    assert titles[0].startswith("Write a short poem") and "Trip planning for the offsite" in titles
+    assert "shared by bob" in page.locator("#conversation-list").inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "conversation-list.png"), full_page=True)
+    page.goto(state["url"])
+    open_socket(page)
+
+
+def test_it_gives_an_outsider_404_and_refuses_his_websocket(browser, server, state) -> None:
+    charlie = log_in(browser, server, "charlie")
+    response = charlie.goto(state["url"])
+    assert response.status == 404
+    conversation_id = re.search(r"/c/(\d+)/", state["url"]).group(1)
+    outcome = charlie.evaluate(
+        """(path) => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}${path}`);
+            ws.onopen = () => resolve("open");
+            ws.onclose = (event) => resolve(`closed ${event.code}`);
+        })""",
+        f"/ws/c/{conversation_id}/",
+    )
+    assert outcome.startswith("closed"), outcome
+    charlie.context.close()
+
+
+def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None:
+    page = state["page"]
+    set_max_tokens(page, 8)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    count = page.locator("#messages .msg-user").count()
+    send(page, XSS)
+    page.wait_for_function(f"() => document.querySelectorAll('#messages .msg-user').length > {count}")
+    wait_last_answer(page, "complete")
+    page.wait_for_timeout(500)
+    body = page.locator("#messages .msg-user").last.locator(".msg-body")
+    assert "<img src=x" in body.inner_text()  # shown as text
+    assert body.locator("img, script, [hx-get], [onerror]").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    assert dialogs == []
+    assert not [url for url in requests if "leak.png" in url or "/settings/keys" in url]
+    href = body.locator("a").all()
+    assert all((a.get_attribute("href") or "").startswith("http") for a in href)
+    # Phone width: no sideways scrolling, the composer still there.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 391
+    assert page.locator("#composer-text").is_visible()
+    page.screenshot(path=str(SCREENSHOTS / "chat-phone.png"), full_page=False)
+    page.context.close()
