@@ -11,6 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from review import services
+from review.models import AuditEntry
 from tests.review_data import ALPHA, ALPHA_REVIEWABLE, World, build_world
 
 ROLES = ["root", "alice", "bob", "charlie", "anonymous"]
@@ -218,3 +219,36 @@ def test_it_shows_the_team_policy_to_its_members(world: World, role: str, status
 def test_it_sends_anonymous_policy_requests_to_a_login(world: World) -> None:
     response = client_for(world, "anonymous").get(reverse("review:team_policy", args=[world.alpha.pk]))
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize(
+    "url_name, args",
+    [
+        ("admin:conversations_conversation_changelist", []),
+        ("admin:conversations_conversation_change", ["bob_api"]),
+        ("admin:conversations_conversation_export", ["jsonl"]),
+        ("admin:conversations_membership_changelist", []),
+        ("admin:conversations_membership_add", []),
+        ("admin:conversations_team_changelist", []),
+        ("admin:conversations_team_change", ["alpha"]),
+        ("admin:review_auditentry_changelist", []),
+        ("review:usage", []),
+        ("review:usage_csv", []),
+    ],
+)
+def test_it_sends_anonymous_reviewers_to_the_login_everywhere(world: World, url_name: str, args) -> None:
+    ids = {"bob_api": world.conversations["bob_api"].pk, "alpha": world.alpha.pk}
+    url = reverse(url_name, args=[ids.get(a, a) for a in args])
+    assert is_login_redirect(client_for(world, "anonymous").get(url))
+
+
+@pytest.mark.parametrize("role", ["bob", "anonymous"])
+def test_it_refuses_the_selection_export_to_a_member_and_to_anonymous(world: World, role: str) -> None:
+    client = client_for(world, role)
+    ids = [conv.pk for conv in world.conversations.values()]
+    response = client.post(
+        reverse("admin:conversations_conversation_changelist"),
+        {"action": "export_jsonl", "_selected_action": ids, "index": 0},
+    )
+    assert response.status_code == 403 if role == "bob" else is_login_redirect(response)
+    assert not AuditEntry.objects.exists()
