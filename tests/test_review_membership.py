@@ -121,6 +121,12 @@ def test_it_lets_only_superusers_set_the_review_policy(world: World) -> None:
     assert "yes, the team allows it" in page
 
 
+def test_it_does_not_delete_teams_and_their_logs_from_the_admin(world: World) -> None:
+    url = reverse("admin:conversations_team_delete", args=[world.alpha.pk])
+    assert logged_in(world.root).post(url, {"post": "yes"}).status_code == 403
+    assert Team.objects.filter(pk=world.alpha.pk).exists()
+
+
 def test_it_shows_the_policy_read_only_to_a_team_admin(world: World) -> None:
     page = logged_in(world.alice).get(reverse("admin:conversations_team_change", args=[world.alpha.pk]))
     assert page.status_code == 200

@@ -78,7 +78,9 @@ class TeamAdmin(admin.ModelAdmin):
         return self.has_add_permission(request)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_add_permission(request)
+        # Deleting a team would delete its conversations with it: the logs go only by a
+        # retention policy, never by a click in the admin.
+        return False
 
     def save_model(self, request: HttpRequest, obj: Team, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
