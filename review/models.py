@@ -45,6 +45,17 @@ class TeamReviewPolicy(models.Model):
         return f"review policy of {self.team}"
 
 
+class AuditQuerySet(models.QuerySet):
+    """No bulk change or delete either. (Deleting a user, team or conversation still clears the
+    entry's link to it, through the foreign keys' SET_NULL; the names stay in the text.)"""
+
+    def update(self, **kwargs: Any) -> int:
+        raise ValueError("Audit entries cannot be changed.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ValueError("Audit entries cannot be deleted.")
+
+
 class AuditEntry(models.Model):
     """One reviewer action: who, what, when, and the filter used. Written once, never changed."""
 
@@ -69,6 +80,8 @@ class AuditEntry(models.Model):
     filters = models.JSONField(default=dict, blank=True)  # the filter or selection used
     detail = models.TextField(blank=True)  # e.g. a flag's note, an export's format and row count
     created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AuditQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created", "-id"]

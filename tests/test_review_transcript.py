@@ -137,6 +137,10 @@ def test_it_keeps_audit_entries_immutable(world: World) -> None:
         entry.save()
     with pytest.raises(ValueError):
         entry.delete()
+    with pytest.raises(ValueError):
+        AuditEntry.objects.filter(pk=entry.pk).update(actor_name="someone else")
+    with pytest.raises(ValueError):
+        AuditEntry.objects.all().delete()
     root = logged_in(world.root)
     change = reverse("admin:review_auditentry_change", args=[entry.pk])
     delete = reverse("admin:review_auditentry_delete", args=[entry.pk])
@@ -149,6 +153,10 @@ def test_it_keeps_audit_entries_immutable(world: World) -> None:
     assert root.get(reverse("admin:review_auditentry_add")).status_code == 403
     entry.refresh_from_db()
     assert entry.actor_name == "root"
+    # Deleting the person keeps the entry, with their name.
+    world.root.delete()
+    entry.refresh_from_db()
+    assert (entry.actor, entry.actor_name) == (None, "root")
 
 
 def test_it_filters_the_audit_trail(world: World) -> None:
