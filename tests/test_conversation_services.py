@@ -149,3 +149,12 @@ def test_it_interrupts_only_stale_replies(chat) -> None:
     stale.refresh_from_db()
     live.refresh_from_db()
     assert stale.status == "interrupted" and live.status == "streaming"
+
+
+def test_it_logs_an_api_call_in_a_fixed_number_of_queries(alice, alpha, django_assert_num_queries) -> None:
+    key, _ = services.create_api_key(alice, alpha)
+    messages = [{"role": "user", "content": f"question {i}"} for i in range(10)]
+    # Key use, conversation, the request's messages in one insert, one insert per reply, and two
+    # savepoints with their releases: the same for 10 messages as for 1.
+    with django_assert_num_queries(9):
+        services.start_api_call(key, model_id="m", messages=messages, params={}, n=2, prompt_tokens=5)
