@@ -20,6 +20,7 @@ from conversations.consumers import MAX_FRAME_BYTES
 from conversations.models import Conversation, Message
 from inference.jobs import Overloaded
 from inference.model import ChatModel
+from inference.sampling import SamplingParams
 from tests.tiny_gguf import write_tiny_llama
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -284,3 +285,55 @@ async def test_it_edits_and_resends_hiding_the_later_messages(alice, chat, runti
     hidden = {m.pk for m in rows if m.superseded_at is not None}
     assert hidden == {second_user.pk, second_answer.pk}  # kept for reviewers
     await communicator.disconnect()
+
+
+def blocker(model: ChatModel, user_key: str = "other"):
+    """A job that keeps the only slot busy for a while (no early stop)."""
+    bias = {i: -100.0 for i in model.tokenizer.special_ids}
+    prompt = model.prompt_ids([{"role": "user", "content": "Tell me a story."}])
+    return model.scheduler.submit(prompt, SamplingParams(max_tokens=400, logit_bias=bias), user_key=user_key)
+
+
+async def test_it_says_waiting_n_ahead_while_the_model_is_busy(alice, chat, runtime) -> None:
+    # Alice's own earlier jobs (fair order is FIFO within a user): one running, one waiting.
+    jobs = [blocker(runtime.model, f"user-{alice.pk}") for _ in range(2)]
+    try:
+        communicator, _, _ = await connect(alice, chat.pk)
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "my turn?"}))
+        frames = "".join(await receive_until(communicator, "waiting, 1 ahead"))
+        assert 'class="msg-status"' in frames
+        await receive_until(communicator, "writing…", timeout=30)  # its turn came
+        await finish_run(chat.pk)
+    finally:
+        for job in jobs:
+            job.cancel()
+    await communicator.disconnect()
+
+
+async def test_it_finishes_the_answer_after_the_tab_closes(alice, chat, runtime) -> None:
+    chat.max_tokens = 40
+    await sync_to_async(chat.save)()
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "bye"}))
+    await receive_until(communicator, "msg-assistant status-streaming")
+    await communicator.disconnect()
+    await finish_run(chat.pk)
+    answer = (await messages_of(chat.pk))[-1]
+    assert answer.status == Message.Status.COMPLETE and answer.completion_tokens
+
+
+async def test_it_stops_on_disconnect_when_the_site_says_so(alice, chat, runtime, settings) -> None:
+    settings.CHAT_STOP_ON_DISCONNECT = True
+    chat.max_tokens = 400
+    await sync_to_async(chat.save)()
+    jobs = [blocker(runtime.model)]  # so that the answer is still waiting when the tab closes
+    try:
+        communicator, _, _ = await connect(alice, chat.pk)
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "bye"}))
+        await receive_until(communicator, "waiting")
+        await communicator.disconnect()
+        await finish_run(chat.pk)
+    finally:
+        jobs[0].cancel()
+    answer = (await messages_of(chat.pk))[-1]
+    assert answer.role == "assistant" and answer.status == Message.Status.CANCELLED
