@@ -27,7 +27,7 @@ class ActorFilter(admin.SimpleListFilter):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["created", "actor_name", "action", "team", "object_repr", "filters_used", "detail"]
+    list_display = ["created", "who", "action", "team", "what", "filters_used", "detail"]
     list_filter = ["action", ActorFilter, "team", "created"]
     search_fields = ["actor_name", "object_repr", "detail"]
     list_select_related = ["team"]
@@ -61,6 +61,14 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="who", ordering="actor_name")
+    def who(self, obj: AuditEntry) -> str:
+        return obj.actor_name
+
+    @admin.display(description="object")
+    def what(self, obj: AuditEntry) -> str:
+        return obj.object_repr
 
     @admin.display(description="filter used")
     def filters_used(self, obj: AuditEntry) -> str:
