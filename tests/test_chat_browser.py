@@ -265,6 +265,29 @@ def test_it_gives_an_outsider_404_and_refuses_his_websocket(browser, server, sta
     charlie.context.close()
 
 
+def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, state) -> None:
+    page = state["page"]
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    set_max_tokens(page, 8)
+    count = page.locator("#messages .msg-user").count()
+    page.fill("#composer-text", "Explain this:")
+    page.press("#composer-text", "Shift+Enter")
+    page.keyboard.type("```python")
+    page.press("#composer-text", "Shift+Enter")
+    page.keyboard.type("print('copied')")
+    page.press("#composer-text", "Shift+Enter")
+    page.keyboard.type("```")
+    assert page.locator("#messages .msg-user").count() == count  # Shift+Enter did not send
+    page.press("#composer-text", "Enter")
+    page.wait_for_function(f"() => document.querySelectorAll('#messages .msg-user').length > {count}")
+    assert page.input_value("#composer-text") == ""
+    code = page.locator("#messages .msg-user").last.locator("pre")
+    code.locator(".copy-code").click()
+    page.wait_for_selector("#messages .msg-user >> nth=-1 >> text=Copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == "print('copied')\n"
+    wait_last_answer(page, "complete")
+
+
 def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None:
     page = state["page"]
     set_max_tokens(page, 8)
