@@ -39,6 +39,8 @@ class Runtime:
         self.load_seconds: float | None = None
         self.model: ChatModel | None = None
         self.shutting_down = False
+        # In a web process of a multi-process deployment, generations run in the inference worker.
+        self.use_worker = settings.CHAT_INFERENCE_WORKER
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,6 +82,18 @@ class Runtime:
                 raise ModelFileError(
                     "CHAT_MODEL_PATH", "no model is configured and the default model is not installed"
                 )
+            if self.use_worker:
+                from chatsite.worker import load_remote_model
+
+                self.model = load_remote_model(
+                    self.model_path,
+                    context_length=self.context_length,
+                    slots=self.slots,
+                    queue_max=self.queue_max,
+                )
+                self.load_seconds = time.monotonic() - start
+                self.state = "ready"
+                return
             model = ChatModel.load(
                 self.model_path,
                 cache_dir=self.cache_dir,

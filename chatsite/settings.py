@@ -153,7 +153,12 @@ else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Replies stream as many small messages: room for bursts, and a prefix per deployment.
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": 1000,
+                "prefix": env_str("CHAT_CHANNEL_PREFIX", "chatsite"),
+            },
         }
     }
 
@@ -186,6 +191,11 @@ CHAT_THREADS = env_int("CHAT_THREADS", CHAT_CORES, minimum=1, maximum=CHAT_CORES
 CHAT_QUEUE_MAX = env_int("CHAT_QUEUE_MAX", 32, minimum=0)
 CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
 CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
+# With several web processes, the model runs in ONE `manage.py inferenceworker` per machine and
+# the web processes send it their jobs over the channel layer (REDIS_URL is then required).
+CHAT_INFERENCE_WORKER = env_bool("CHAT_INFERENCE_WORKER", False)
+if CHAT_INFERENCE_WORKER and not REDIS_URL:
+    raise ImproperlyConfigured("CHAT_INFERENCE_WORKER=1 needs REDIS_URL: the worker is reached over Redis.")
 # Seconds that running replies may take to finish when the server is asked to stop (SIGTERM).
 CHAT_DRAIN_TIMEOUT = env_int("CHAT_DRAIN_TIMEOUT", 30, minimum=0)
 # /metrics answers these client addresses, or a request with "Authorization: Bearer <token>".

@@ -108,7 +108,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         return
     params = _sampling(conversation, prompt.max_tokens)
     try:
-        job = model.scheduler.submit(prompt.ids, params, user_key=f"user-{user.pk}")
+        # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
+        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
     except Overloaded as exc:
         await _unanswered(
             user_message, f"The model is busy ({exc}). Your message is kept: press Retry in a moment."

@@ -47,6 +47,26 @@ class Slot:
     thread: threading.Thread | None = None
 
 
+def resolve_max_tokens(context_length: int, n_prompt: int, max_tokens: int | None) -> int:
+    """The completion budget: the given max_tokens, or by default the rest of the context.
+
+    Raises ``ContextLengthExceeded`` when the prompt plus max_tokens cannot fit."""
+    if n_prompt == 0:
+        raise ValueError("the prompt is empty")
+    room = context_length - n_prompt
+    if room < 1 or (max_tokens is not None and max_tokens > room):
+        want = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, you "
+            f"requested {n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages{want}). "
+            "Please reduce the length of the messages or completion.",
+            prompt_tokens=n_prompt,
+            max_tokens=max_tokens,
+            context_length=context_length,
+        )
+    return max_tokens if max_tokens is not None else room
+
+
 def _affinity(slot: Slot, job: Job) -> int:
     """How many prompt tokens ``slot`` would save ``job``: its common prefix with the slot's cache,
     counted only when it is at least half of that cache. A job that shares only a short preamble
@@ -96,21 +116,16 @@ class Scheduler:
 
     # --- admission ---------------------------------------------------------------------------
     def resolve_max_tokens(self, n_prompt: int, max_tokens: int | None) -> int:
-        """The completion budget: the given max_tokens, or by default the rest of the context."""
-        if n_prompt == 0:
-            raise ValueError("the prompt is empty")
-        room = self.context_length - n_prompt
-        if room < 1 or (max_tokens is not None and max_tokens > room):
-            want = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_length} tokens. However, you "
-                f"requested {n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages{want}). "
-                "Please reduce the length of the messages or completion.",
-                prompt_tokens=n_prompt,
-                max_tokens=max_tokens,
-                context_length=self.context_length,
-            )
-        return max_tokens if max_tokens is not None else room
+        return resolve_max_tokens(self.context_length, n_prompt, max_tokens)
+
+    async def asubmit_n(
+        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
+    ) -> list[Job]:
+        """``submit_n`` for async callers (the same call here; a remote scheduler awaits the worker)."""
+        return self.submit_n(prompt_ids, params, n, user_key=user_key)
+
+    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
+        return self.submit(prompt_ids, params, user_key=user_key)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
         return self.submit_n(prompt_ids, params, 1, user_key=user_key)[0]

@@ -56,7 +56,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
     params = sampling_params(body, model, len(prompt_ids))
     n = body.n or 1
-    jobs = admit(model, prompt_ids, params, n, key)
+    jobs = await admit(model, prompt_ids, params, n, key)
 
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
@@ -133,7 +133,9 @@ def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int
     return params
 
 
-def admit(model: ChatModel, prompt_ids: list[int], params: SamplingParams, n: int, key: ApiKey) -> list[Job]:
+async def admit(
+    model: ChatModel, prompt_ids: list[int], params: SamplingParams, n: int, key: ApiKey
+) -> list[Job]:
     """All n choices are admitted together, or the answer is 429 before anything is written."""
     scheduler = model.scheduler
     capacity = len(scheduler.slots) + scheduler.queue_max
@@ -143,7 +145,8 @@ def admit(model: ChatModel, prompt_ids: list[int], params: SamplingParams, n: in
         )
     try:
         # An API key counts as its user for the scheduler's fairness.
-        return scheduler.submit_n(prompt_ids, params, n, user_key=f"user-{key.user_id}")
+        # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
+        return await scheduler.asubmit_n(prompt_ids, params, n, user_key=f"user-{key.user_id}")
     except Overloaded as exc:
         raise RateLimited(
             f"The model is busy ({exc}). Please retry after a short wait.",

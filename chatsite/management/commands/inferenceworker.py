@@ -1,0 +1,140 @@
+"""The one model process of a machine, serving the web processes over the channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from chatsite.runtime import ModelNotReady, get_runtime
+from chatsite.worker import WORKER_CHANNEL, event_to_dict, params_from_dict
+from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
+
+
+class Command(BaseCommand):
+    help = "Run the model for several web processes: jobs arrive over the channel layer (REDIS_URL)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--drain-timeout", type=float, default=settings.CHAT_DRAIN_TIMEOUT)
+
+    def handle(self, *args, drain_timeout: float, **options):
+        if not settings.REDIS_URL:
+            raise CommandError("REDIS_URL is not set: the worker serves other processes through Redis")
+        runtime = get_runtime()
+        runtime.use_worker = False  # this process IS the worker: it loads the weights
+        try:
+            model = runtime.load()
+        except ModelNotReady as exc:
+            raise CommandError(f"the model could not be loaded: {exc}") from None
+        self.stdout.write(
+            f"inference worker: {model.model_id}, {runtime.slots} slot(s) x {runtime.threads} thread(s), "
+            f"queue {runtime.queue_max}, on channel {WORKER_CHANNEL}"
+        )
+        self.stdout.flush()
+        asyncio.run(Worker(model.scheduler).serve(drain_timeout))
+        runtime.close()
+        self.stdout.write("inference worker stopped")
+
+
+class Worker:
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.layer = get_channel_layer()
+        self.jobs: dict[int, Job] = {}
+
+    async def serve(self, drain_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sender = loop.create_task(self._send_loop())
+        receiver = loop.create_task(self._receive_loop())
+        await stop.wait()
+        receiver.cancel()
+        # Running jobs may finish; their events still go out before the worker exits.
+        await asyncio.to_thread(self.scheduler.drain, drain_timeout)
+        while not self.outbox.empty():
+            await asyncio.sleep(0.05)
+        sender.cancel()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.layer.receive(WORKER_CHANNEL)
+            try:
+                if message["type"] == "inference.submit":
+                    await self._submit(message)
+                elif message["type"] == "inference.cancel":
+                    job = self.jobs.get(message["job_id"])
+                    if job is not None:
+                        job.cancel()
+            except Exception as exc:  # one bad message must not stop the worker
+                self.stderr_write(f"a message could not be handled: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def stderr_write(text: str) -> None:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)
+
+    async def _submit(self, message: dict) -> None:
+        reply_to = message["reply_channel"]
+        base = {"request_id": message["request_id"]}
+        try:
+            params = params_from_dict(message["params"])
+            jobs = self.scheduler.submit_n(
+                message["prompt_ids"], params, message["n"], user_key=message["user_key"]
+            )
+        except ContextLengthExceeded as exc:
+            await self.layer.send(
+                reply_to,
+                {
+                    **base,
+                    "type": "inference.refused",
+                    "kind": "context",
+                    "message": str(exc),
+                    "prompt_tokens": exc.prompt_tokens,
+                    "max_tokens": exc.max_tokens,
+                    "context_length": exc.context_length,
+                },
+            )
+            return
+        except Overloaded as exc:
+            await self.layer.send(
+                reply_to, {**base, "type": "inference.refused", "kind": "overloaded", "message": str(exc)}
+            )
+            return
+        # The answer goes out before any event: the client registers the jobs when it reads it.
+        await self.layer.send(
+            reply_to,
+            {
+                **base,
+                "type": "inference.admitted",
+                "job_ids": [j.id for j in jobs],
+                "max_tokens": jobs[0].max_tokens,
+            },
+        )
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            self.jobs[job.id] = job
+
+            def forward(event: Event, job_id: int = job.id) -> None:
+                loop.call_soon_threadsafe(
+                    self.outbox.put_nowait,
+                    (reply_to, {"type": "inference.event", "job_id": job_id, "event": event_to_dict(event)}),
+                )
+
+            job.subscribe(forward)
+
+    async def _send_loop(self) -> None:
+        while True:
+            channel, message = await self.outbox.get()
+            if message["event"]["type"] == "finished":
+                self.jobs.pop(message["job_id"], None)
+            try:
+                await self.layer.send(channel, message)
+            except Exception as exc:  # a web process that went away, or a full channel
+                self.stderr_write(f"could not send to {channel}: {type(exc).__name__}")

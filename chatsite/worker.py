@@ -1,0 +1,276 @@
+"""The inference worker protocol: web processes send jobs, admission requests and cancels to ONE
+model process over the channel layer (Redis), and receive each job's events back.
+
+Two cores cannot serve two copies of the model's threads, so with several web processes the model
+runs only in the worker (`manage.py inferenceworker`). Messages on the worker's channel:
+- ``inference.submit`` {request_id, reply_channel, prompt_ids, params, n, user_key}: admission is
+  decided at once, and answered on reply_channel with ``inference.admitted`` {request_id,
+  job_ids, max_tokens} or ``inference.refused`` {request_id, kind: overloaded|context, message, ...};
+- ``inference.cancel`` {job_id}: at most one more token.
+Each job's events then arrive on the reply channel as ``inference.event`` {job_id, event}, in order.
+
+On the web side, ``WorkerClient`` turns them back into ``inference.jobs.Job`` objects, so the
+runner, the API and the websocket consumer use remote jobs exactly as local ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from typing import Any
+
+from asgiref.sync import async_to_sync
+
+from inference.gguf import GGUFInfo, read_gguf
+from inference.jobs import (
+    ContextLengthExceeded,
+    Delta,
+    Event,
+    Finished,
+    Job,
+    Overloaded,
+    Queued,
+    Started,
+    Timings,
+    Usage,
+)
+from inference.sampling import SamplingParams
+from inference.scheduler import resolve_max_tokens
+
+log = logging.getLogger(__name__)
+
+WORKER_CHANNEL = "chatsite.inference"
+ADMISSION_TIMEOUT = 10.0  # seconds to wait for the worker's answer before calling it overloaded
+
+
+def params_to_dict(params: SamplingParams) -> dict[str, Any]:
+    d = dataclasses.asdict(params)
+    d["logit_bias"] = [[int(k), float(v)] for k, v in dict(params.logit_bias).items()]
+    d["stop"] = list(params.stop)
+    return d
+
+
+def params_from_dict(d: dict[str, Any]) -> SamplingParams:
+    return SamplingParams(
+        **{**d, "logit_bias": {int(k): v for k, v in d["logit_bias"]}, "stop": tuple(d["stop"])}
+    )
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    d = dataclasses.asdict(event)
+    if isinstance(event, Delta):
+        d["token_ids"] = list(event.token_ids)
+    if isinstance(event, Finished) and event.token_ids is not None:
+        d["token_ids"] = list(event.token_ids)
+    return d
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    kind = d["type"]
+    if kind == "queued":
+        return Queued(d["n_ahead"])
+    if kind == "started":
+        return Started(d["cached_tokens"])
+    if kind == "delta":
+        return Delta(d["text"], tuple(d["token_ids"]))
+    if kind == "finished":
+        return Finished(
+            reason=d["reason"],
+            usage=Usage(**d["usage"]),
+            timings=Timings(**d["timings"]),
+            text=d["text"],
+            token_ids=tuple(d["token_ids"]) if d["token_ids"] is not None else None,
+            error=d["error"],
+        )
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+class WorkerClient:
+    """The web process's side: one reply channel, one task dispatching what arrives on it."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.reply_channel: str | None = None
+        self._answers: dict[str, tuple[asyncio.Future, list[int], SamplingParams, str]] = {}
+        self._jobs: dict[int, Job] = {}
+        self._task: asyncio.Task | None = None
+        self._started = asyncio.Lock()
+
+    async def _ensure_started(self) -> None:
+        async with self._started:
+            if self._task is None or self._task.done():
+                self.loop = asyncio.get_running_loop()
+                self.reply_channel = await self.layer.new_channel()
+                self._task = self.loop.create_task(self._receive_loop())
+
+    async def submit_n(
+        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
+    ) -> list[Job]:
+        """Ask the worker to admit n jobs; return them, or raise Overloaded / ContextLengthExceeded."""
+        await self._ensure_started()
+        request_id = uuid.uuid4().hex
+        answer = self.loop.create_future()
+        self._answers[request_id] = (answer, list(prompt_ids), params, user_key)
+        message = {
+            "type": "inference.submit",
+            "request_id": request_id,
+            "reply_channel": self.reply_channel,
+            "prompt_ids": list(prompt_ids),
+            "params": params_to_dict(params),
+            "n": n,
+            "user_key": user_key,
+        }
+        try:
+            await self.layer.send(WORKER_CHANNEL, message)
+            reply = await asyncio.wait_for(answer, ADMISSION_TIMEOUT)
+        except TimeoutError:
+            raise Overloaded("the inference worker did not answer (is `inferenceworker` running?)") from None
+        except Exception as exc:  # a full or unreachable channel layer
+            raise Overloaded(f"the inference worker cannot be reached ({type(exc).__name__})") from None
+        finally:
+            self._answers.pop(request_id, None)
+        if reply["type"] == "inference.refused":
+            if reply["kind"] == "context":
+                raise ContextLengthExceeded(
+                    reply["message"],
+                    prompt_tokens=reply["prompt_tokens"],
+                    max_tokens=reply["max_tokens"],
+                    context_length=reply["context_length"],
+                )
+            raise Overloaded(reply["message"])
+        return reply["jobs"]
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.reply_channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receiving from the inference worker")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                self._dispatch(message)
+            except Exception:
+                log.exception("a message from the inference worker could not be handled: %r", message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "inference.event":
+            job = self._jobs.get(message["job_id"])
+            if job is None:
+                return
+            event = event_from_dict(message["event"])
+            job.emit(event)
+            if isinstance(event, Finished):
+                self._jobs.pop(message["job_id"], None)
+            return
+        waiting = self._answers.get(message["request_id"])
+        if waiting is None:
+            if kind == "inference.admitted":  # nobody waits any more (timed out): cancel them
+                for job_id in message["job_ids"]:
+                    self._send_cancel(job_id)
+            return
+        answer, prompt_ids, params, user_key = waiting
+        if kind == "inference.admitted":
+            # The jobs are registered here, before any of their events can be dispatched.
+            jobs = []
+            for i, job_id in enumerate(message["job_ids"]):
+                job = Job(prompt_ids, params, user_key, message["max_tokens"], seed_offset=i)
+                job.id = job_id
+                job._on_cancel = self._cancel
+                self._jobs[job_id] = job
+                jobs.append(job)
+            message = {**message, "jobs": jobs}
+        if not answer.done():
+            answer.set_result(message)
+
+    def _cancel(self, job: Job) -> None:
+        self._send_cancel(job.id)
+
+    def _send_cancel(self, job_id: int) -> None:
+        # Job.cancel may be called from any thread.
+        message = {"type": "inference.cancel", "job_id": job_id}
+        asyncio.run_coroutine_threadsafe(self.layer.send(WORKER_CHANNEL, message), self.loop)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteEngine:
+    """What a web process knows of the worker's engine: the file's metadata and the context."""
+
+    info: GGUFInfo
+    context_length: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size
+
+
+class RemoteScheduler:
+    """The scheduler's interface in a web process, backed by the inference worker."""
+
+    def __init__(self, client: WorkerClient, *, context_length: int, slots: int, queue_max: int) -> None:
+        self.client = client
+        self.context_length = context_length
+        self.slots = [None] * slots  # only their number is known here
+        self.queue_max = queue_max
+        self.draining = False
+        # The worker's queue and slots are its own: its /metrics and status report them.
+        self.queue_depth = 0
+        self.running = 0
+
+    def resolve_max_tokens(self, n_prompt: int, max_tokens: int | None) -> int:
+        return resolve_max_tokens(self.context_length, n_prompt, max_tokens)
+
+    async def asubmit_n(
+        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
+    ) -> list[Job]:
+        self.resolve_max_tokens(len(prompt_ids), params.max_tokens)  # refuse locally what cannot fit
+        return await self.client.submit_n(prompt_ids, params, n, user_key=user_key)
+
+    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
+        return (await self.asubmit_n(prompt_ids, params, 1, user_key=user_key))[0]
+
+    def submit_n(
+        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
+    ) -> list[Job]:
+        """For sync code in a ``sync_to_async`` thread (on the event loop itself: ``asubmit_n``)."""
+        return async_to_sync(self.asubmit_n)(prompt_ids, params, n, user_key=user_key)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
+        return self.submit_n(prompt_ids, params, 1, user_key=user_key)[0]
+
+    def drain(self, timeout: float) -> dict[str, int]:
+        # The worker drains its own jobs; the runner here writes whatever they end with.
+        self.draining = True
+        return {"queued_cancelled": 0, "finished": 0, "cancelled": 0}
+
+    def close(self) -> None:
+        pass
+
+
+def load_remote_model(model_path: str, *, context_length: int | None, slots: int, queue_max: int):
+    """A ChatModel whose generations run in the inference worker: the tokenizer and the chat
+    template are loaded here (prompts are built in the web process), the weights are not."""
+    from channels.layers import get_channel_layer
+
+    from inference.model import ChatModel, model_id_for
+    from inference.prompts import ChatTemplate
+    from inference.tokenizer import Tokenizer
+
+    info = read_gguf(model_path)
+    ctx = context_length or info.context_length
+    scheduler = RemoteScheduler(
+        WorkerClient(get_channel_layer()), context_length=ctx, slots=slots, queue_max=queue_max
+    )
+    return ChatModel(
+        model_id_for(model_path),
+        RemoteEngine(info, ctx),  # type: ignore[arg-type]
+        Tokenizer.from_gguf(info),
+        ChatTemplate.from_gguf(info),
+        scheduler,  # type: ignore[arg-type]
+    )

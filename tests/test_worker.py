@@ -1,0 +1,213 @@
+"""The inference worker: jobs, admission and cancels over the Redis channel layer.
+
+A real `manage.py inferenceworker` process (tiny model) and, in this process, the web side's
+``WorkerClient`` on its own Redis layer connection, as a web process would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from channels_redis.core import RedisChannelLayer
+
+from chatsite import worker as worker_module
+from chatsite.worker import WorkerClient
+from inference.gguf import read_gguf
+from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded
+from inference.sampling import SamplingParams
+from inference.tokenizer import Tokenizer
+from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
+from tests.tiny_gguf import write_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", context_length=512)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test{uuid.uuid4().hex[:8]}"
+
+
+def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) -> subprocess.Popen:
+    child = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
+    child.update(
+        REDIS_URL=url,
+        CHAT_CHANNEL_PREFIX=prefix,
+        CHAT_MODEL_PATH=str(tiny),
+        CHAT_DATA_DIR=str(tmp_path),
+        CHAT_THREADS="2",
+        **env,
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe, and a full one blocks
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "inferenceworker"], cwd=ROOT, env=child, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if "inference worker:" in log.read_text():
+            return process
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the worker did not start:\n" + log.read_text())
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(30)
+
+
+def ids(tiny: Path, text: str) -> list[int]:
+    return Tokenizer.from_gguf(read_gguf(tiny)).encode(
+        f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def no_eos(**kwargs) -> SamplingParams:
+    return SamplingParams(temperature=0, logit_bias={0: -100, 1: -100, 2: -100}, **kwargs)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+    process = start_worker(tiny, redis_url, prefix, tmp_path)
+    try:
+
+        async def scenario():
+            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            [job] = await client.submit_n(ids(tiny, "hello"), no_eos(max_tokens=12), 1, user_key="alice")
+            return [e async for e in job.aevents()]
+
+        events = run(scenario())
+        finished = events[-1]
+        assert isinstance(finished, Finished) and finished.reason == "length"
+        assert finished.usage.completion_tokens == 12
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == finished.text
+    finally:
+        stop_worker(process)
+
+
+def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+    process = start_worker(tiny, redis_url, prefix, tmp_path)
+    try:
+
+        async def scenario():
+            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            [job] = await client.submit_n(ids(tiny, "long"), no_eos(max_tokens=400), 1)
+            seen = 0
+            async for event in job.aevents():
+                if isinstance(event, Delta):
+                    seen += len(event.token_ids)
+                    if seen >= 3 and not job.cancelled:
+                        job.cancel()
+                        at_cancel = seen
+                if isinstance(event, Finished):
+                    return event, at_cancel
+
+        finished, at_cancel = run(scenario())
+        assert finished.reason == "cancelled"
+        # The tiny model makes hundreds of tokens a second: the cancel crosses Redis meanwhile.
+        assert finished.usage.completion_tokens < 400
+        assert finished.usage.completion_tokens >= at_cancel
+    finally:
+        stop_worker(process)
+
+
+def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+    process = start_worker(tiny, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_QUEUE_MAX="0")
+    try:
+
+        async def scenario():
+            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            with pytest.raises(ContextLengthExceeded) as info:
+                await client.submit_n(ids(tiny, "x"), no_eos(max_tokens=10_000), 1)
+            assert info.value.context_length == 512
+            [busy] = await client.submit_n(ids(tiny, "busy"), no_eos(max_tokens=490), 1)
+            with pytest.raises(Overloaded):
+                await client.submit_n(ids(tiny, "more"), no_eos(max_tokens=5), 1)
+            busy.cancel()
+            assert (await asyncio.to_thread(busy.wait, 30)).reason in ("cancelled", "length")
+
+        run(scenario())
+    finally:
+        stop_worker(process)
+
+
+def test_it_calls_a_missing_worker_overloaded(redis_url, prefix, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setattr(worker_module, "ADMISSION_TIMEOUT", 0.5)
+
+    async def scenario():
+        client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+        start = time.monotonic()
+        with pytest.raises(Overloaded, match="did not answer"):
+            await client.submit_n([1, 2, 3], SamplingParams(max_tokens=2), 1)
+        return time.monotonic() - start
+
+    assert run(scenario()) < 5
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.model
+def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path) -> None:  # noqa: F811
+    """Two Daphne processes on one database and Redis, the real model in the worker only."""
+    from tests.fixtures_model import default_model_path
+    from tests.live_server import LiveServer
+
+    env = {"REDIS_URL": redis_url, "CHAT_CHANNEL_PREFIX": prefix, "CHAT_INFERENCE_WORKER": "1"}
+    worker = start_worker(default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2")
+    a = b = None
+    try:
+        a = LiveServer(tmp_path / "site", env).start()
+        b = LiveServer(tmp_path / "site", env, keys=a.keys).start(setup=False)  # same database
+        body = {"model": "gpt-3.5-turbo", "max_tokens": 8, "temperature": 0}
+
+        def ask(server: LiveServer, text: str) -> dict:
+            status, _, raw = server.request(
+                "POST", "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": text}]}
+            )
+            assert status == 200, raw
+            return json.loads(raw)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(lambda args: ask(*args), [(a, "Hello from A"), (b, "Hello from B")])
+        assert first["usage"]["completion_tokens"] == second["usage"]["completion_tokens"] == 8
+        # Greedy and the same prompt through either process: the same answer, from the one model.
+        assert (
+            ask(a, "Name a fruit.")["choices"][0]["message"]
+            == ask(b, "Name a fruit.")["choices"][0]["message"]
+        )
+        # Both logged in the one database.
+        rows = a.query("SELECT COUNT(*) AS n FROM conversations_message WHERE role = 'assistant'")
+        assert rows[0]["n"] >= 4
+        # The web processes hold the tokenizer, not the weights (about 100 MB mapped in the worker).
+        assert rss_mb(worker.pid) > rss_mb(a.process.pid) + 40
+    finally:
+        for server in (a, b):
+            if server is not None:
+                server.stop()
+        stop_worker(worker)
