@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -88,8 +87,12 @@ def message_context(message: Message, conversation: Conversation) -> dict[str, A
     return {"m": message, "body": render_markdown(message.content), "conversation": conversation}
 
 
+def message_html(message: Message, conversation: Conversation) -> str:
+    return render_to_string("chat/_message.html", message_context(message, conversation))
+
+
 def message_fragment(message: Message, conversation: Conversation, *, append: bool) -> str:
-    html = render_to_string("chat/_message.html", message_context(message, conversation))
+    html = message_html(message, conversation)
     if append:
         return f'<div hx-swap-oob="beforeend:#messages">{html}</div>'
     return html.replace("<article ", '<article hx-swap-oob="true" ', 1)
@@ -118,10 +121,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.group = services.group_name(conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        # Messages written between the page's render and this connection (?since=<last id>).
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        since = query.get("since", ["0"])[0]
-        await self._catch_up(int(since) if since.isdigit() else 0)
+        await self._refresh()
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
@@ -150,7 +150,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
         if action == "stop":
-            if not replies.stop(conversation.pk):
+            if not await replies.astop(conversation.pk):
                 raise replies.ChatError("Nothing is being written in this conversation.")
             return
         if action == "send":
@@ -226,12 +226,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.known.add(message.pk)
         return message_fragment(message, self.conversation, append=append)
 
-    async def _catch_up(self, since: int) -> None:
+    async def _refresh(self) -> None:
+        """Send the whole visible conversation, replacing the page's list: whatever changed between
+        the page's render and this connection (or while a dropped connection was reconnecting:
+        htmx-ext-ws reconnects by itself) is then shown, and nothing twice."""
+
         def load() -> tuple[set[int], str]:
             messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            new = [message_fragment(m, self.conversation, append=True) for m in messages if m.pk > since]
-            return {m.pk for m in messages}, "".join(new)
+            html = "".join(message_html(m, self.conversation) for m in messages)
+            return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
-        self.known, fragments = await database_sync_to_async(load)()
-        if fragments:
-            await self.send(text_data=fragments)
+        self.known, fragment = await database_sync_to_async(load)()
+        await self.send(text_data=fragment)

@@ -15,7 +15,7 @@ from django.test import Client
 
 from chatsite.asgi import application
 from chatsite.runtime import get_runtime
-from conversations import replies, services
+from conversations import replies, services, webchat
 from conversations.consumers import MAX_FRAME_BYTES
 from conversations.models import Conversation, Message
 from inference.jobs import Overloaded
@@ -69,6 +69,8 @@ async def connect(user, conversation_id: int, *, origin=ORIGIN):
         headers.append(await sync_to_async(cookie_for)(user))
     communicator = WebsocketCommunicator(application, f"/ws/c/{conversation_id}/", headers=headers)
     connected, code = await communicator.connect()
+    if connected:  # the conversation as it is now, replacing the page's list
+        assert 'id="messages" hx-swap-oob="innerHTML"' in await communicator.receive_from()
     return communicator, connected, code
 
 
@@ -127,6 +129,28 @@ async def test_it_refuses_a_missing_origin_header(alice, chat) -> None:
 async def test_it_refuses_anonymous_visitors(chat) -> None:
     communicator, connected, code = await connect(None, chat.pk)
     assert not connected and code == 4401
+    await communicator.disconnect()
+
+
+async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None:
+    await sync_to_async(services.add_user_message)(chat, "sent before the socket opened", author=alice)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/c/{chat.pk}/", headers=[ORIGIN, await sync_to_async(cookie_for)(alice)]
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    frame = await communicator.receive_from()
+    assert frame.startswith('<div id="messages" hx-swap-oob="innerHTML">')
+    assert "sent before the socket opened" in frame
+    await communicator.disconnect()
+
+
+async def test_it_closes_a_teammates_socket_when_the_owner_makes_it_private(alice, bob, chat) -> None:
+    communicator, connected, _ = await connect(bob, chat.pk)
+    assert connected
+    await sync_to_async(webchat.set_visibility)(chat, "private")
+    assert "no longer available" in await communicator.receive_from(timeout=5)
+    assert (await communicator.receive_output(timeout=5))["type"] == "websocket.close"
     await communicator.disconnect()
 
 

@@ -85,7 +85,6 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
             "conversation": conv,
             "is_owner": conv.owner_id == request.user.pk,
             "rows": [{"m": m, "body": render_markdown(m.content), "conversation": conv} for m in rows],
-            "last_id": rows[-1].pk if rows else 0,
             "model_name": get_runtime().model_id,
             "settings_form": SettingsForm(
                 initial={
