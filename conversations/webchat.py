@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Conversation, Membership, Message, Team
+from conversations.runner import STALE_AFTER
 
 TITLE_CHARS = 60
 SEARCH_LIMIT = 100
@@ -136,8 +137,6 @@ def soft_delete(conversation: Conversation) -> None:
 def _check_not_busy(conversation: Conversation) -> None:
     """One generation at a time per conversation: a streaming row whose heartbeat is fresh (in any
     process) means one is running. A stale one is left to the interrupted-sweep."""
-    from conversations.runner import STALE_AFTER
-
     fresh = timezone.now() - timedelta(seconds=STALE_AFTER)
     if conversation.messages.filter(status=Message.Status.STREAMING, heartbeat_at__gte=fresh).exists():
         raise Busy("A reply is being written in this conversation: wait for it, or press Stop.")

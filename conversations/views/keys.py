@@ -6,16 +6,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from conversations import services, webchat
 from conversations.models import ApiKey
 
 
+@require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD", "POST"):
-        return HttpResponse(status=405, headers={"Allow": "GET, HEAD, POST"})
     new_key = None
     if request.method == "POST":
         team_id = request.POST.get("team", "")

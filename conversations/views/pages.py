@@ -11,11 +11,11 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from chatsite.runtime import get_runtime
 from conversations import services, webchat
-from conversations.models import Conversation
+from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from conversations.runner import STALE_AFTER
 
@@ -77,7 +77,10 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conv = services.get_conversation_for_user(request.user, conversation_id)
     # Replies left 'streaming' by a dead process (stale heartbeat) show as interrupted, with their
     # text and a Regenerate button. A live process's streams have fresh heartbeats: untouched.
-    services.interrupt_stale_messages(timezone.now() - timedelta(seconds=STALE_AFTER))
+    # (Read first: a page view writes only when there is something to mark.)
+    stale_before = timezone.now() - timedelta(seconds=STALE_AFTER)
+    if conv.messages.filter(status=Message.Status.STREAMING, heartbeat_at__lt=stale_before).exists():
+        services.interrupt_stale_messages(stale_before)
     rows = list(webchat.visible_messages(conv).select_related("author"))
     context = sidebar_context(request)
     context.update(
@@ -129,19 +132,16 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
     return redirect("chat:conversation", conv.pk)
 
 
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
 def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """GET asks (and says what delete means), POST deletes."""
-    if request.method not in ("GET", "HEAD", "POST"):
-        return HttpResponse(status=405, headers={"Allow": "GET, HEAD, POST"})
     conv = webchat.get_conversation_for_owner(request.user, conversation_id)
     if request.method == "POST":
         webchat.soft_delete(conv)
         messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
         return redirect("chat:home")
     return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
-
-
-delete = login_required(delete)
 
 
 def _int(value: str | None) -> int:
