@@ -97,7 +97,7 @@ browser() {
     fi
     step "Installing Debian's chromium for the browser tests (apt-get)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
     done_step
 }
 
