@@ -288,6 +288,22 @@ def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, s
     wait_last_answer(page, "complete")
 
 
+def test_it_edits_and_resends_a_message(server, state) -> None:
+    page = state["page"]
+    set_max_tokens(page, 8)
+    users = page.locator("#messages .msg-user")
+    count, last = users.count(), users.last
+    old_id = last.get_attribute("id")
+    last.locator(".edit-toggle").click()
+    form = last.locator(".edit-form")
+    form.locator("textarea").fill("Print hello, edited.")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector(f"#{old_id}", state="detached")  # hidden (kept for reviewers)
+    page.wait_for_selector("#messages .msg-user >> nth=-1 >> text=Print hello, edited.")
+    wait_last_answer(page, "complete")
+    assert users.count() == count
+
+
 def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None:
     page = state["page"]
     set_max_tokens(page, 8)
