@@ -159,7 +159,7 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
     page.wait_for_url(re.compile(r"/c/\d+/$"))
     state["url"], state["page"] = page.url, page
     open_socket(page)
-    set_max_tokens(page, 120)
+    set_max_tokens(page, 200)
     send(page, "Write a short poem about the sea.")
     page.wait_for_selector("#messages .msg-user >> text=Write a short poem about the sea.")
     page.wait_for_selector("#messages .msg-assistant")
@@ -170,6 +170,7 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
     )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "chat-mid-stream.png"), full_page=True)
+    assert "status-streaming" in last_answer(page).get_attribute("class")  # still mid-stream
     lengths = watch_growth(page, until=r"status-complete")
     growing = sorted(set(lengths))
     assert len(growing) >= 3, f"the answer did not grow in steps: {lengths}"
