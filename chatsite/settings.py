@@ -155,7 +155,9 @@ else:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # Replies stream as many small messages: room for bursts, and a prefix per deployment.
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # channels_redis blocks 5 s in BZPOPMIN; redis-py 8 times sockets out after 5 s by
+                # default, which would cut those reads (and drop messages). Give reads room.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": 1000,
                 "prefix": env_str("CHAT_CHANNEL_PREFIX", "chatsite"),
             },

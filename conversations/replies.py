@@ -186,5 +186,19 @@ def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
     return True
 
 
+async def astop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
+    """``stop``, also when the reply runs in another web process (several processes share Redis)."""
+    if stop(conversation_id, status):
+        return True
+    if not runner.shared_layer():
+        return False
+    streaming = await Message.objects.filter(
+        conversation_id=conversation_id, status=Message.Status.STREAMING
+    ).aexists()
+    if streaming:
+        await runner.stop_elsewhere(conversation_id, status)
+    return streaming
+
+
 def run_of(conversation_id: int) -> runner.Run | None:
     return _runs.get(conversation_id)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
 from chatsite import metrics
@@ -87,6 +87,24 @@ class Run:
         ]
         for task in self.tasks:
             _keep(task)
+        if shared_layer():
+            # Other web processes (sharing Redis) may show this conversation and press Stop there.
+            control = loop.create_task(self._listen_for_stop(), context=contextvars.Context())
+            _keep(control)
+            asyncio.gather(*self.tasks, return_exceptions=True).add_done_callback(lambda _: control.cancel())
+
+    async def _listen_for_stop(self) -> None:
+        layer = get_channel_layer()
+        group = control_group_name(self.conversation_id)
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        try:
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") == "chat.stop":
+                    self.cancel(message.get("status") or Message.Status.STOPPED)
+        finally:
+            await layer.group_discard(group, channel)
 
     def cancel(self, status: str = Message.Status.CANCELLED) -> None:
         """Stop every job (within one token); their rows end with ``status`` and the partial text."""
@@ -221,3 +239,20 @@ async def wait_all(timeout: float) -> None:
     pending = [t for t in _tasks if not t.done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
+
+
+def shared_layer() -> bool:
+    """Whether the channel layer reaches other processes (Redis), not just this one."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
+def control_group_name(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}-control"
+
+
+async def stop_elsewhere(conversation_id: int, status: str) -> None:
+    """Ask whichever process runs the conversation's reply to stop it (see ``Run._listen_for_stop``)."""
+    await get_channel_layer().group_send(
+        control_group_name(conversation_id), {"type": "chat.stop", "status": status}
+    )

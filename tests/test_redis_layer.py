@@ -33,7 +33,7 @@ def redis_url() -> str:
 
 
 def layer(url: str, prefix: str) -> RedisChannelLayer:
-    return RedisChannelLayer(hosts=[url], prefix=prefix)
+    return RedisChannelLayer(hosts=[{"address": url, "socket_timeout": 15}], prefix=prefix)
 
 
 def test_it_delivers_a_group_message_to_another_layer_instance(redis_url: str) -> None:
@@ -62,7 +62,9 @@ def test_it_streams_a_reply_of_another_process_through_redis(redis_url: str, tmp
         assert status == 200 and json.loads(body)["checks"]["channel_layer"] == "ok"
 
         async def scenario() -> tuple[str, str]:
-            watcher = RedisChannelLayer(hosts=[redis_url])  # the server's default prefix
+            watcher = RedisChannelLayer(
+                hosts=[{"address": redis_url, "socket_timeout": 15}], prefix="chatsite"
+            )
             channel = await watcher.new_channel()
             # A fresh database: the readiness probe made a few conversations; the next ids are ours.
             groups = [f"conversation-{i}" for i in range(1, 20)]

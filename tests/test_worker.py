@@ -72,6 +72,11 @@ def stop_worker(process: subprocess.Popen) -> None:
     process.wait(30)
 
 
+def redis_layer(url: str, prefix: str) -> RedisChannelLayer:
+    # As the settings configure it (a socket timeout longer than channels_redis's 5 s blocking read).
+    return RedisChannelLayer(hosts=[{"address": url, "socket_timeout": 15}], prefix=prefix)
+
+
 def ids(tiny: Path, text: str) -> list[int]:
     return Tokenizer.from_gguf(read_gguf(tiny)).encode(
         f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
@@ -91,7 +96,7 @@ def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> 
     try:
 
         async def scenario():
-            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            client = WorkerClient(redis_layer(redis_url, prefix))
             [job] = await client.submit_n(ids(tiny, "hello"), no_eos(max_tokens=12), 1, user_key="alice")
             return [e async for e in job.aevents()]
 
@@ -109,7 +114,7 @@ def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_pat
     try:
 
         async def scenario():
-            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            client = WorkerClient(redis_layer(redis_url, prefix))
             [job] = await client.submit_n(ids(tiny, "long"), no_eos(max_tokens=400), 1)
             seen = 0
             async for event in job.aevents():
@@ -135,7 +140,7 @@ def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix,
     try:
 
         async def scenario():
-            client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+            client = WorkerClient(redis_layer(redis_url, prefix))
             with pytest.raises(ContextLengthExceeded) as info:
                 await client.submit_n(ids(tiny, "x"), no_eos(max_tokens=10_000), 1)
             assert info.value.context_length == 512
@@ -154,7 +159,7 @@ def test_it_calls_a_missing_worker_overloaded(redis_url, prefix, monkeypatch) ->
     monkeypatch.setattr(worker_module, "ADMISSION_TIMEOUT", 0.5)
 
     async def scenario():
-        client = WorkerClient(RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+        client = WorkerClient(redis_layer(redis_url, prefix))
         start = time.monotonic()
         with pytest.raises(Overloaded, match="did not answer"):
             await client.submit_n([1, 2, 3], SamplingParams(max_tokens=2), 1)

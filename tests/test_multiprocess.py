@@ -1,0 +1,91 @@
+"""Two Daphne processes on one database and Redis, with the model in one inference worker:
+a teammate's page on process A streams a reply started through process B, and Stop pressed on A
+stops it. Real Chromium, the real default model."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures_model import default_model_path
+from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.test_chat_browser import (
+    SETUP,
+    browser,  # noqa: F401  (fixture)
+    last_answer,
+    log_in,
+    open_socket,
+    send,
+    set_max_tokens,
+    wait_last_answer,
+)
+from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
+from tests.test_worker import start_worker, stop_worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:  # noqa: F811
+    root = tmp_path_factory.mktemp("two-processes")
+    prefix = f"mp{root.name[-6:]}"
+    env = {
+        "REDIS_URL": redis_url,
+        "CHAT_CHANNEL_PREFIX": prefix,
+        "CHAT_INFERENCE_WORKER": "1",
+        "CHAT_SLOTS": "1",
+    }
+    worker = start_worker(default_model_path(), redis_url, prefix, root / "worker", CHAT_SLOTS="1")
+    a = b = None
+    try:
+        a = LiveServer(root / "site", env).start()
+        done = subprocess.run([PYTHON, "-c", SETUP], cwd=ROOT, env=a._env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        b = LiveServer(root / "site", env, keys=a.keys).start(setup=False)  # the same database
+        yield a, b
+    finally:
+        for server in (a, b):
+            if server is not None:
+                server.stop()
+        stop_worker(worker)
+
+
+def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:  # noqa: F811
+    a, b = site
+    alice = log_in(browser, b, "alice")  # alice works on process B
+    alice.click("text=+ New conversation")
+    alice.wait_for_url(re.compile(r"/c/\d+/$"))
+    path = re.search(r"/c/\d+/$", alice.url).group(0)
+    open_socket(alice)
+    alice.click(".chat-tools summary")
+    alice.select_option("#visibility-select", "team")
+    alice.click("text=Save sharing")
+    alice.wait_for_selector("#conv-title >> text=shared with alpha")
+    open_socket(alice)
+    set_max_tokens(alice, 400)
+
+    bob = log_in(browser, a, "bob")  # bob watches on process A
+    bob.goto(a.url + path)
+    open_socket(bob)
+    send(alice, "Count from 1 to 300, one number per line.")
+    bob.wait_for_selector("#messages .msg-assistant")
+    lengths: list[int] = []
+    while len(set(lengths)) < 3:  # a few steps of growth, then Stop while it still streams
+        lengths.append(len(last_answer(bob).locator(".msg-body").inner_text()))
+        assert "status-streaming" in last_answer(bob).get_attribute("class"), lengths
+        time.sleep(0.05)
+
+    bob.keyboard.press("Escape")  # Stop, pressed on process A
+    wait_last_answer(bob, "stopped")
+    wait_last_answer(alice, "stopped")
+    row = a.query(
+        "SELECT status, completion_tokens, content FROM conversations_message ORDER BY id DESC LIMIT 1"
+    )[0]
+    assert row["status"] == "stopped" and 1 <= row["completion_tokens"] < 400 and row["content"]
+    assert last_answer(bob).locator(".msg-body").inner_text().strip()  # the partial answer stays
+    alice.context.close()
+    bob.context.close()
