@@ -245,6 +245,9 @@ def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(browser, s
     assert titles[0].startswith("Write a short poem") and "Trip planning for the offsite" in titles
     assert "shared by bob" in page.locator("#conversation-list").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "conversation-list.png"), full_page=True)
+    page.fill(".search input", "offsite")  # htmx swaps the filtered list in as one types
+    page.wait_for_function("() => document.querySelectorAll('#conversation-list a').length === 1")
+    assert "Trip planning" in page.locator("#conversation-list").inner_text()
     page.goto(state["url"])
     open_socket(page)
 
