@@ -14,13 +14,13 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.asgi import application
-from chatsite.runtime import get_runtime
 from conversations import replies, services, webchat
 from conversations.consumers import MAX_FRAME_BYTES
 from conversations.models import Conversation, Message
 from inference.jobs import Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
+from tests.chat_runtime import serving
 from tests.tiny_gguf import write_tiny_llama
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -40,11 +40,8 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def runtime(tiny_model):
     """The process's runtime serving the tiny model for the duration of a test."""
-    rt = get_runtime()
-    saved = rt.model, rt.state
-    rt.model, rt.state = tiny_model, "ready"
-    yield rt
-    rt.model, rt.state = saved
+    with serving(tiny_model) as rt:
+        yield rt
 
 
 @pytest.fixture

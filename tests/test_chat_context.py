@@ -7,11 +7,11 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import Client
 
-from chatsite.runtime import get_runtime
 from conversations import replies, services
 from conversations.models import Message
 from conversations.replies import ChatError, build_prompt
 from inference.model import ChatModel
+from tests.chat_runtime import serving
 from tests.tiny_gguf import write_tiny_llama
 
 CONTEXT = 512
@@ -71,22 +71,16 @@ def test_it_refuses_a_message_too_long_for_the_model(tiny_model) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_it_records_and_shows_the_left_out_turns(alice, alpha, tiny_model) -> None:
-    runtime = get_runtime()
-    saved = runtime.model, runtime.state
-    runtime.model, runtime.state = tiny_model, "ready"
-    try:
-        chat = services.start_conversation(alice, alpha, system_prompt=SYSTEM, max_tokens=100)
-        for message in history(12)[:-1]:
-            services.add_message(chat, message["role"], message["content"])
+    chat = services.start_conversation(alice, alpha, system_prompt=SYSTEM, max_tokens=100)
+    for message in history(12)[:-1]:
+        services.add_message(chat, message["role"], message["content"])
 
-        async def send() -> None:
-            await replies.send(alice, chat, "And now?")
-            run = replies.run_of(chat.pk)
-            await run.wait()
+    async def send() -> None:
+        await replies.send(alice, chat, "And now?")
+        await replies.run_of(chat.pk).wait()
 
+    with serving(tiny_model):
         async_to_sync(send)()
-    finally:
-        runtime.model, runtime.state = saved
     answer = Message.objects.filter(conversation=chat, role="assistant").last()
     assert answer.status == "complete" and answer.params["dropped_messages"] > 0
     client = Client()
