@@ -170,8 +170,7 @@ def test_it_neutralises_the_payload(payload: str) -> None:
                 assert scheme_of(value or "") in SAFE_SCHEMES | {None}, (value, html)
             if tag == "a" and name == "rel":
                 assert value == "noopener noreferrer nofollow"
-    lowered = html.lower()
-    assert "<script" not in lowered and "javascript:" not in lowered.replace("&lt;", "<").split('"')[1::2]
+    assert "<script" not in html.lower()
 
 
 def test_it_renders_markdown_and_highlights_code() -> None:
