@@ -53,9 +53,12 @@ def build_prompt(
     """The prompt ids of ``history``, leaving out its oldest turns until it fits with ``max_tokens``.
 
     A turn is a user message and the answers after it; the last turn is always kept (with fewer
-    tokens to generate if need be).
+    tokens to generate if need be). The system prompt, and any system message of the history (a
+    conversation logged from the API may have them), always stay, first.
     """
     system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    system += [m for m in history if m["role"] == "system"]
+    history = [m for m in history if m["role"] != "system"]
     starts = [i for i, m in enumerate(history) if m["role"] == "user"] or [0]
     scheduler = model.scheduler
     for start in starts:

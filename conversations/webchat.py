@@ -215,7 +215,8 @@ def prompt_messages(conversation: Conversation) -> list[dict[str, Any]]:
     """The conversation as chat messages for the model, oldest first, without the system prompt.
 
     Left out: superseded messages, unanswered user messages other than the last, and answers
-    with no text. An answer carries its generated ids (the KV cache is reused from them).
+    with no text. System messages (from an API call's log) are kept; ``replies.build_prompt`` puts
+    them first. An answer carries its generated ids (the KV cache is reused from them).
     """
     rows = list(visible_messages(conversation))
     out: list[dict[str, Any]] = []
@@ -224,6 +225,8 @@ def prompt_messages(conversation: Conversation) -> list[dict[str, Any]]:
             if m.status == Message.Status.UNANSWERED and i != len(rows) - 1:
                 continue
             out.append({"role": "user", "content": m.content})
+        elif m.role == Message.Role.SYSTEM:
+            out.append({"role": "system", "content": m.content})
         elif m.role == Message.Role.ASSISTANT and m.content:
             item: dict[str, Any] = {"role": "assistant", "content": m.content}
             if m.status == Message.Status.COMPLETE and m.token_ids is not None:

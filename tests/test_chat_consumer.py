@@ -31,7 +31,8 @@ ORIGIN = (b"origin", b"http://localhost")
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-chat")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=512)
+    # A long context, so that a blocker (below) can keep the slot busy for seconds.
+    path = write_tiny_llama(folder / "tiny.gguf", context_length=4096)
     model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
     yield model
     model.close()
@@ -89,19 +90,22 @@ async def drain(communicator: WebsocketCommunicator, quiet: float = 0.5) -> list
     return frames
 
 
-async def finish_run(conversation_id: int, timeout: float = 30) -> None:
-    """Wait until the conversation's reply (if any is starting or running) is saved."""
+async def finish_run(conversation_id: int, answers: int = 1, timeout: float = 30) -> None:
+    """Wait until the conversation has ``answers`` assistant messages (superseded ones included),
+    all saved: none streaming, and no reply starting or running."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    await asyncio.sleep(0.05)
+
+    def state() -> tuple[int, bool]:
+        rows = Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
+        return rows.count(), rows.filter(status=Message.Status.STREAMING).exists()
+
     while loop.time() < deadline:
-        streaming = await sync_to_async(
-            Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING).exists
-        )()
-        if not streaming and not replies.is_running(conversation_id):
+        count, streaming = await sync_to_async(state)()
+        if count >= answers and not streaming and not replies.is_running(conversation_id):
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("the reply did not finish")
+    raise AssertionError(f"the reply did not finish ({answers} answers expected)")
 
 
 async def messages_of(conversation_id: int) -> list[Message]:
@@ -216,7 +220,6 @@ async def test_it_commits_the_message_and_streams_the_answer_to_every_viewer(
     watcher, connected, _ = await connect(bob, chat.pk)  # a teammate: the conversation is shared
     assert connected
     await author.send_to(text_data=json.dumps({"action": "send", "text": "Hello <b>there</b>"}))
-    await asyncio.sleep(0.2)
     await finish_run(chat.pk)
     seen = "".join(await drain(watcher))
     assert "Hello &lt;b&gt;there&lt;/b&gt;" in seen  # the user message, escaped
@@ -279,7 +282,7 @@ async def test_it_regenerates_the_last_answer_and_keeps_the_old_one_for_reviewer
     await finish_run(chat.pk)
     await drain(communicator)
     await communicator.send_to(text_data=json.dumps({"action": "regenerate"}))
-    await finish_run(chat.pk)
+    await finish_run(chat.pk, answers=2)
     frames = "".join(await drain(communicator))
     rows = await messages_of(chat.pk)
     old, new = rows[1], rows[2]
@@ -291,14 +294,14 @@ async def test_it_regenerates_the_last_answer_and_keeps_the_old_one_for_reviewer
 
 async def test_it_edits_and_resends_hiding_the_later_messages(alice, chat, runtime) -> None:
     communicator, _, _ = await connect(alice, chat.pk)
-    for text in ("one", "two"):
+    for n, text in enumerate(("one", "two"), start=1):
         await communicator.send_to(text_data=json.dumps({"action": "send", "text": text}))
-        await finish_run(chat.pk)
+        await finish_run(chat.pk, answers=n)
     first_user, first_answer, second_user, second_answer = await messages_of(chat.pk)
     await communicator.send_to(
         text_data=json.dumps({"action": "edit", "message_id": str(second_user.pk), "text": "TWO"})
     )
-    await finish_run(chat.pk)
+    await finish_run(chat.pk, answers=3)
     rows = await messages_of(chat.pk)
     visible = [(m.role, m.content) for m in rows if m.superseded_at is None]
     assert visible[:3] == [("user", "one"), ("assistant", first_answer.content), ("user", "TWO")]
@@ -309,10 +312,10 @@ async def test_it_edits_and_resends_hiding_the_later_messages(alice, chat, runti
 
 
 def blocker(model: ChatModel, user_key: str = "other"):
-    """A job that keeps the only slot busy for a while (no early stop)."""
+    """A job that keeps the only slot busy for seconds (4000 tokens, no early stop), until cancelled."""
     bias = {i: -100.0 for i in model.tokenizer.special_ids}
     prompt = model.prompt_ids([{"role": "user", "content": "Tell me a story."}])
-    return model.scheduler.submit(prompt, SamplingParams(max_tokens=400, logit_bias=bias), user_key=user_key)
+    return model.scheduler.submit(prompt, SamplingParams(max_tokens=4000, logit_bias=bias), user_key=user_key)
 
 
 async def test_it_says_waiting_n_ahead_while_the_model_is_busy(alice, chat, runtime) -> None:
@@ -323,21 +326,25 @@ async def test_it_says_waiting_n_ahead_while_the_model_is_busy(alice, chat, runt
         await communicator.send_to(text_data=json.dumps({"action": "send", "text": "my turn?"}))
         frames = "".join(await receive_until(communicator, "waiting, 1 ahead"))
         assert 'class="msg-status"' in frames
-        await receive_until(communicator, "writing…", timeout=30)  # its turn came
-        await finish_run(chat.pk)
     finally:
         for job in jobs:
             job.cancel()
+    await receive_until(communicator, "writing…", timeout=30)  # its turn came
+    await finish_run(chat.pk)
     await communicator.disconnect()
 
 
 async def test_it_finishes_the_answer_after_the_tab_closes(alice, chat, runtime) -> None:
     chat.max_tokens = 40
     await sync_to_async(chat.save)()
-    communicator, _, _ = await connect(alice, chat.pk)
-    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "bye"}))
-    await receive_until(communicator, "msg-assistant status-streaming")
-    await communicator.disconnect()
+    jobs = [blocker(runtime.model)]  # the answer is still to come when the tab closes
+    try:
+        communicator, _, _ = await connect(alice, chat.pk)
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "bye"}))
+        await receive_until(communicator, "waiting")
+        await communicator.disconnect()
+    finally:
+        jobs[0].cancel()
     await finish_run(chat.pk)
     answer = (await messages_of(chat.pk))[-1]
     assert answer.status == Message.Status.COMPLETE and answer.completion_tokens

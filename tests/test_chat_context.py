@@ -56,6 +56,14 @@ def test_it_leaves_out_the_oldest_turns_and_keeps_the_system_prompt(tiny_model) 
     assert len(longer) + 100 > CONTEXT
 
 
+def test_it_keeps_system_messages_of_the_history_first(tiny_model) -> None:
+    turns = [{"role": "system", "content": "Logged system message."}, *history(12)]
+    prompt = build_prompt(tiny_model, "", turns, 100)
+    kept = turns[1:][prompt.dropped :]
+    assert prompt.dropped > 0
+    assert prompt.ids == tiny_model.prompt_ids([turns[0], *kept])
+
+
 def test_it_generates_less_when_the_last_message_alone_nearly_fills_the_context(tiny_model) -> None:
     turns = [{"role": "user", "content": SENTENCE * 44}]
     n = len(tiny_model.prompt_ids(turns))
