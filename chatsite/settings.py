@@ -133,9 +133,17 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     _database["CONN_MAX_AGE"] = 0
-else:
-    _database["CONN_MAX_AGE"] = 60
-    _database["CONN_HEALTH_CHECKS"] = True
+elif _database["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's connection pool, not persistent connections: under ASGI each request's database
+    # work runs in a thread of its own, so CONN_MAX_AGE would keep one idle connection per thread
+    # (Django's docs: disable persistent connections under ASGI and use the backend's pool). The
+    # pool bounds the connections per process and hands them out in microseconds.
+    _database["CONN_MAX_AGE"] = 0
+    _database.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("CHAT_DB_POOL_SIZE", 10, minimum=1),
+        "timeout": 20,
+    }
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -83,7 +83,8 @@ def run_job(
             generated.append(token)
             sampler.accept(token)
             pending_ids.append(token)
-            text, stopped = stopper.push(decoder.push(token))
+            # A NUL byte is valid model output but no use in chat text (and PostgreSQL rejects it).
+            text, stopped = stopper.push(decoder.push(token).replace("\x00", "\ufffd"))
             if text:
                 emitted.append(text)
                 job.emit(Delta(text, tuple(pending_ids)))
@@ -104,7 +105,9 @@ def run_job(
         ctx.truncate(0)  # the cache's state is unknown after a failed evaluation
 
     if not cut_by_stop and reason != "error":
-        tail = stopper.push(decoder.flush())[0] + stopper.flush() if generated else ""
+        tail = (
+            stopper.push(decoder.flush().replace("\x00", "\ufffd"))[0] + stopper.flush() if generated else ""
+        )
         if tail:
             emitted.append(tail)
             job.emit(Delta(tail, tuple(pending_ids)))

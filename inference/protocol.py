@@ -232,10 +232,36 @@ def parse_json_body(body: bytes) -> Any:
         ) from None
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """Where the first string (or key) holding a NUL character is, as ``messages[0].content``."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            found = _nul_path(item, here)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def parse_chat_request(data: Any) -> ChatCompletionRequest:
     """Validate a decoded JSON body; raise ``InvalidRequest`` naming the first bad field."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    where = _nul_path(data)
+    if where is not None:
+        # Text is logged, and PostgreSQL text (and jsonb) cannot hold a NUL character.
+        raise InvalidRequest(
+            f"{where} must not contain NUL (\\u0000) characters.", param=where, code="invalid_value"
+        )
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:

@@ -204,3 +204,20 @@ def test_it_answers_503_while_the_model_loads(monkeypatch) -> None:
         resolve_model("gpt-4")
     assert (missing.value.param, missing.value.code) == ("model", "model_not_found")
     assert model_ids()[1:] == ["gpt-3.5-turbo", "gpt-3.5-turbo-0301"]
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "a\x00b"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}], "user": "\x00"}, "user"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": ["ok", "\x00"]}, "stop[1]"),
+    ],
+)
+def test_it_refuses_nul_characters_naming_the_field(body: dict, param: str) -> None:
+    from inference.protocol import InvalidRequest, parse_chat_request
+
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request({"model": "gpt-3.5-turbo", **body})
+    assert info.value.param == param
+    assert "NUL" in str(info.value)

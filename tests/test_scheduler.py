@@ -332,3 +332,14 @@ def test_it_holds_back_an_incomplete_utf8_character(make_model) -> None:
     deltas = [e for e in job.events(timeout=30) if isinstance(e, Delta)]
     assert deltas[0].token_ids == (lead, lead)  # nothing was sent after the first byte alone
     assert "".join(d.text for d in deltas) == "\ufffd" * 4
+
+
+def test_it_never_emits_a_nul_character(make_model) -> None:
+    # PostgreSQL text cannot hold NUL: a model that produces byte 0 streams U+FFFD instead.
+    model = make_model()
+    nul = next(i for i in range(model.tokenizer.vocab_size) if model.tokenizer.token_bytes(i) == b"\x00")
+    bias = {i: -100 for i in model.tokenizer.special_ids} | {nul: 100}
+    result = model.scheduler.submit(
+        prompt(model, "nul"), SamplingParams(temperature=0, max_tokens=3, logit_bias=bias)
+    ).wait(30)
+    assert result.text == "\ufffd" * 3
