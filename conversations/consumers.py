@@ -83,16 +83,22 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(message: Message, conversation: Conversation) -> dict[str, Any]:
-    return {"m": message, "body": render_markdown(message.content), "conversation": conversation}
+def message_context(message: Message, conversation: Conversation, user: Any) -> dict[str, Any]:
+    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer)."""
+    return {
+        "m": message,
+        "body": render_markdown(message.content),
+        "conversation": conversation,
+        "can_edit": webchat.can_edit(message, conversation, user),
+    }
 
 
-def message_html(message: Message, conversation: Conversation) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation))
+def message_html(message: Message, conversation: Conversation, user: Any) -> str:
+    return render_to_string("chat/_message.html", message_context(message, conversation, user))
 
 
-def message_fragment(message: Message, conversation: Conversation, *, append: bool) -> str:
-    html = message_html(message, conversation)
+def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
+    html = message_html(message, conversation, user)
     if append:
         return f'<div hx-swap-oob="beforeend:#messages">{html}</div>'
     return html.replace("<article ", '<article hx-swap-oob="true" ', 1)
@@ -224,7 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return ""
         append = message.pk not in self.known
         self.known.add(message.pk)
-        return message_fragment(message, self.conversation, append=append)
+        return message_fragment(message, self.conversation, self.user, append=append)
 
     async def _refresh(self) -> None:
         """Send the whole visible conversation, replacing the page's list: whatever changed between
@@ -233,7 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         def load() -> tuple[set[int], str]:
             messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            html = "".join(message_html(m, self.conversation) for m in messages)
+            html = "".join(message_html(m, self.conversation, self.user) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()

@@ -10,7 +10,7 @@ Decisions the page relies on:
 - **Delete** is soft: ``deleted_at`` hides the conversation from everyone in the chat; reviewers
   keep it until a retention policy purges it.
 - Only the owner renames, deletes, shares or changes the settings; teammates of a shared
-  conversation read, send, stop, regenerate and edit.
+  conversation read, send, stop and regenerate. Each person edits only their own messages.
 """
 
 from __future__ import annotations
@@ -81,6 +81,15 @@ def get_conversation_for_owner(user: AbstractBaseUser, conversation_id: int) -> 
     if conversation.owner_id != user.pk:
         raise PermissionDenied("Only the owner can do this.")
     return conversation
+
+
+def can_edit(message: Message, conversation: Conversation, user: AbstractBaseUser) -> bool:
+    """A user message can be edited by its author (by the owner when it has none: an API log)."""
+    if message.role != Message.Role.USER:
+        return False
+    if message.author_id is not None:
+        return message.author_id == user.pk
+    return conversation.owner_id == user.pk
 
 
 def get_visible_message(conversation: Conversation, message_id: int) -> Message | None:
@@ -197,8 +206,8 @@ def edit_and_resend(
     with transaction.atomic():
         _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
         target = get_visible_message(conversation, message_id)
-        if target is None or target.role != Message.Role.USER:
-            raise ValueError("Only a message of the conversation's users can be edited.")
+        if target is None or not can_edit(target, conversation, author):
+            raise ValueError("You can edit only your own messages.")
         supersede(conversation, visible_messages(conversation).filter(pk__gte=target.pk))
         return services.add_user_message(conversation, text, author=author)
 

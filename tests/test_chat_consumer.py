@@ -365,3 +365,15 @@ async def test_it_stops_on_disconnect_when_the_site_says_so(alice, chat, runtime
         jobs[0].cancel()
     answer = (await messages_of(chat.pk))[-1]
     assert answer.role == "assistant" and answer.status == Message.Status.CANCELLED
+
+
+async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, runtime) -> None:
+    message = await sync_to_async(services.add_user_message)(chat, "alice wrote this", author=alice)
+    communicator, _, _ = await connect(bob, chat.pk)
+    await communicator.send_to(
+        text_data=json.dumps({"action": "edit", "message_id": message.pk, "text": "bob's words"})
+    )
+    assert "You can edit only your own messages." in await communicator.receive_from(timeout=5)
+    rows = await messages_of(chat.pk)
+    assert [(m.content, m.superseded_at) for m in rows] == [("alice wrote this", None)]
+    await communicator.disconnect()

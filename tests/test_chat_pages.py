@@ -57,6 +57,13 @@ def test_it_shows_the_messages_rendered_inside_hx_disable_under_a_strict_csp(ali
     assert 'aria-live="polite"' in page
 
 
+def test_it_offers_edit_on_ones_own_messages_only(alice, bob, chat) -> None:
+    chat.visibility = "team"
+    chat.save()
+    assert 'class="link edit-toggle"' in client_for(alice).get(f"/c/{chat.pk}/").content.decode()
+    assert 'class="link edit-toggle"' not in client_for(bob).get(f"/c/{chat.pk}/").content.decode()
+
+
 def test_it_lists_own_and_shared_conversations_newest_first_in_few_queries(
     alice, bob, alpha, django_assert_max_num_queries
 ) -> None:

@@ -15,8 +15,8 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from chatsite.runtime import get_runtime
 from conversations import services, webchat
+from conversations.consumers import message_context
 from conversations.models import Conversation, Message
-from conversations.render import render_markdown
 from conversations.runner import STALE_AFTER
 
 TEAM_SESSION_KEY = "team_id"
@@ -87,7 +87,7 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
         {
             "conversation": conv,
             "is_owner": conv.owner_id == request.user.pk,
-            "rows": [{"m": m, "body": render_markdown(m.content), "conversation": conv} for m in rows],
+            "rows": [message_context(m, conv, request.user) for m in rows],
             "model_name": get_runtime().model_id,
             "settings_form": SettingsForm(
                 initial={
