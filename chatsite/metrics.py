@@ -6,12 +6,10 @@ CHAT_METRICS_TOKEN. Counters are per process (each web process and the worker ex
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpResponseBase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from chatsite.middleware import ResponseMiddleware
 from inference.jobs import Finished
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -56,26 +54,9 @@ def refresh_gauges() -> None:
     MODEL_READY.set(1 if status["state"] == "ready" else 0)
 
 
-class ResponseCodeMiddleware:
+class ResponseCodeMiddleware(ResponseMiddleware):
     """Count every HTTP response by status code (429s and 503s included)."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        return self._count(self.get_response(request))
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        return self._count(await self.get_response(request))
-
-    @staticmethod
-    def _count(response: HttpResponseBase) -> HttpResponseBase:
+    def process(self, response: HttpResponseBase) -> HttpResponseBase:
         RESPONSES.labels(str(response.status_code)).inc()
         return response

@@ -12,8 +12,8 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-class ContentSecurityPolicyMiddleware:
-    """Add the site's Content-Security-Policy to every response that has none of its own."""
+class ResponseMiddleware:
+    """A middleware that only looks at responses, sync or async: subclasses define ``process``."""
 
     sync_capable = True
     async_capable = True
@@ -26,12 +26,18 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
             return self._acall(request)
-        return self._add_header(self.get_response(request))
+        return self.process(self.get_response(request))
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        return self._add_header(await self.get_response(request))
+        return self.process(await self.get_response(request))
 
-    @staticmethod
-    def _add_header(response: HttpResponseBase) -> HttpResponseBase:
+    def process(self, response: HttpResponseBase) -> HttpResponseBase:
+        raise NotImplementedError
+
+
+class ContentSecurityPolicyMiddleware(ResponseMiddleware):
+    """Add the site's Content-Security-Policy to every response that has none of its own."""
+
+    def process(self, response: HttpResponseBase) -> HttpResponseBase:
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response

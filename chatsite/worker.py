@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -36,6 +35,7 @@ from inference.jobs import (
     Started,
     Timings,
     Usage,
+    finish_or_cancel,
 )
 from inference.sampling import SamplingParams
 from inference.scheduler import resolve_max_tokens
@@ -249,16 +249,8 @@ class RemoteScheduler:
         """This process's jobs (in the worker) may finish for ``timeout`` s; the rest are cancelled,
         so that their replies are saved by this process's runner before it exits."""
         self.draining = True
-        jobs = list(self.client._jobs.values())
-        deadline = time.monotonic() + timeout
-        for job in jobs:
-            job.wait(max(0.0, deadline - time.monotonic()))
-        cut = [job for job in jobs if not job.done]
-        for job in cut:
-            job.cancel()
-        for job in cut:
-            job.wait(30)
-        return {"queued_cancelled": 0, "finished": len(jobs) - len(cut), "cancelled": len(cut)}
+        finished, cancelled = finish_or_cancel(list(self.client._jobs.values()), timeout)
+        return {"queued_cancelled": 0, "finished": finished, "cancelled": cancelled}
 
     def close(self) -> None:
         pass

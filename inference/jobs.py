@@ -193,3 +193,17 @@ class Job:
     def wait(self, timeout: float | None = None) -> Finished | None:
         self._done.wait(timeout)
         return self.result
+
+
+def finish_or_cancel(jobs: list[Job], timeout: float) -> tuple[int, int]:
+    """Let ``jobs`` finish for up to ``timeout`` seconds, then cancel the rest and wait for them to
+    end (within a token). Returns (finished in time, cancelled)."""
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job.wait(max(0.0, deadline - time.monotonic()))
+    cut = [job for job in jobs if not job.done]
+    for job in cut:
+        job.cancel()
+    for job in cut:
+        job.wait(30)
+    return len(jobs) - len(cut), len(cut)

@@ -29,6 +29,7 @@ from inference.jobs import (
     Queued,
     Timings,
     Usage,
+    finish_or_cancel,
 )
 from inference.sampling import SamplingParams
 from inference.threads import CoreBudget
@@ -286,16 +287,8 @@ class Scheduler:
             self._n_pending = 0
         for job in queued:
             self._finish_unstarted(job, "cancelled", "the server is shutting down")
-        deadline = time.monotonic() + timeout
-        running = self.running_jobs()
-        for job in running:
-            job.wait(max(0.0, deadline - time.monotonic()))
-        cut = [job for job in running if not job.done]
-        for job in cut:
-            job.cancel()
-        for job in cut:
-            job.wait(30)
-        return {"queued_cancelled": len(queued), "finished": len(running) - len(cut), "cancelled": len(cut)}
+        finished, cancelled = finish_or_cancel(self.running_jobs(), timeout)
+        return {"queued_cancelled": len(queued), "finished": finished, "cancelled": cancelled}
 
     def close(self) -> None:
         self.drain(0)

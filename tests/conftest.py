@@ -63,6 +63,14 @@ def alpha(alice, bob):
     return team
 
 
+@pytest.fixture
+def world(alice, bob, charlie, alpha):
+    """The review tests' two teams with web and API conversations (tests/review_data.py)."""
+    from tests.review_data import build_world
+
+    return build_world(alice, bob, charlie, alpha)
+
+
 # --- Live API servers (tests/live_server.py), started once per session ------------------------
 
 

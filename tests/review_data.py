@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.test import Client
 from django.utils import timezone
 
 from conversations import services
@@ -116,3 +117,9 @@ def build_world(alice: Any, bob: Any, charlie: Any, alpha: Team) -> World:
 # What each role sees of alpha (by the names above) in the conversation list, policy off.
 ALPHA = {"bob_api", "bob_private", "bob_shared", "bob_deleted"}
 ALPHA_REVIEWABLE = ALPHA - {"bob_private"}
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client

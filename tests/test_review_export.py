@@ -12,25 +12,14 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 from django.http import StreamingHttpResponse
-from django.test import AsyncClient, Client
+from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
 
 from conversations.models import Conversation, Message
 from review import export
 from review.models import AuditEntry
-from tests.review_data import World, api_call, build_world
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.review_data import World, api_call, logged_in
 
 
 def stored_messages(conversation_id: int) -> list[dict[str, str]]:

@@ -20,20 +20,9 @@ from django.utils import timezone
 from conversations import services as conversation_services
 from conversations.models import Conversation, Message
 from review.search import message_matches
-from tests.review_data import ALPHA, World, api_call, build_world, web_chat
+from tests.review_data import ALPHA, World, api_call, logged_in, web_chat
 
 CHANGELIST = "admin:conversations_conversation_changelist"
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def names(world: World, response) -> set[str]:

@@ -8,24 +8,12 @@ import io
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.test import Client
 from django.urls import reverse
 
 from conversations import services as conversation_services
 from conversations.models import ApiKey, Membership, Team
 from review.models import AuditEntry, TeamReviewPolicy
-from tests.review_data import World, build_world
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.review_data import World, logged_in
 
 
 def membership(world: World, user, team) -> Membership:

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from conversations.models import Conversation
 from review.models import AuditEntry, Flag
-from tests.review_data import World, api_call, build_world
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.review_data import World, api_call, logged_in
 
 
 def transcript_url(conversation: Conversation) -> str:

@@ -6,25 +6,12 @@ import csv
 import io
 from datetime import timedelta
 
-import pytest
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from conversations.models import Message
 from review import usage
-from tests.review_data import World, api_call, build_world
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.review_data import World, api_call, logged_in
 
 
 def csv_rows(response) -> list[dict[str, str]]:
