@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -122,20 +123,32 @@ class Run:
 
     async def _follow(self, job: Job, message_id: int, choice_index: int) -> Finished:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        # The loop is not woken for every token: the producer thread queues the text, and wakes
+        # the task only for the first text after a publish (and for the other, rare events). A
+        # wake per token would take CPU from the model at every step.
+        texts: deque[str] = deque()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        wake_on_text = [True]
 
         def listener(event: Event) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            if isinstance(event, Delta):
+                texts.append(event.text)
+                if not wake_on_text[0]:
+                    return
+                wake_on_text[0] = False
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
         job.subscribe(listener)
         parts: list[str] = []
         unsent: list[str] = []
-        last_publish = last_checkpoint = time.monotonic()
+        last_publish, last_checkpoint = 0.0, time.monotonic()
         try:
             while True:
                 now = time.monotonic()
                 due = last_checkpoint + CHECKPOINT_INTERVAL
-                if unsent:
+                if unsent or texts:
                     due = min(due, last_publish + PUBLISH_INTERVAL)
                 try:
                     event: Event | None = queue.get_nowait()  # never starve behind a due timer
@@ -147,23 +160,24 @@ class Run:
                 if isinstance(event, Finished):
                     finished = event
                     break
-                if isinstance(event, Delta):
-                    parts.append(event.text)
-                    unsent.append(event.text)
-                elif isinstance(event, Queued):
+                if isinstance(event, Queued):
                     queued = {"type": "chat.queued", "message_id": message_id, "n_ahead": event.n_ahead}
                     await self._send(queued)
                 elif isinstance(event, Started):
                     await self._send({"type": "chat.started", "message_id": message_id})
                 now = time.monotonic()
-                if unsent and now - last_publish >= PUBLISH_INTERVAL:
+                if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
+                    wake_on_text[0] = True  # before taking: text queued from now on wakes the task
+                    _take(texts, parts, unsent)
                     await self._publish(message_id, choice_index, unsent, parts)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:
+                    _take(texts, parts, unsent)
                     await self._checkpoint(message_id, "".join(parts))
                     last_checkpoint = now
         finally:
             job.unsubscribe(listener)
+        _take(texts, parts, unsent)  # every Delta is queued before the Finished that follows it
         metrics.observe_generation(finished)
         if unsent:
             await self._publish(message_id, choice_index, unsent, parts)
@@ -222,6 +236,14 @@ async def _sweep() -> None:
     else:
         if count:
             log.info("marked %d stale replies as interrupted", count)
+
+
+def _take(texts: deque[str], parts: list[str], unsent: list[str]) -> None:
+    """Move the text the producer queued into the reply so far and the text not yet published."""
+    while texts:
+        text = texts.popleft()
+        parts.append(text)
+        unsent.append(text)
 
 
 def _keep(task: asyncio.Task) -> None:

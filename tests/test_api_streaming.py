@@ -37,12 +37,15 @@ def new_jobs(n: int) -> list[Job]:
     return [Job([1, 2, 3], SamplingParams(), "u", 10, seed_offset=i) for i in range(n)]
 
 
-def decode(events: list[bytes]) -> list:
+def decode(writes: list[bytes]) -> list:
+    """The events of the stream's writes (a write may carry several)."""
     out = []
-    for event in events:
-        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
-        data = event[6:-2]
-        out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    for write in writes:
+        assert write.endswith(b"\n\n")
+        for event in write[:-2].split(b"\n\n"):
+            assert event.startswith(b"data: ")
+            data = event[6:]
+            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
     return out
 
 
@@ -52,7 +55,7 @@ async def test_it_streams_role_content_finish_and_usage_per_choice(alice, alpha)
     run = runner.start(messages[0].conversation_id, jobs, messages)
     reply = Reply("chatcmpl-x", "tiny", 3, run)
     stream = reply.stream(include_usage=True)
-    events = [await anext(stream), await anext(stream)]  # the role chunks come first
+    events = [await anext(stream)]  # the role chunks come first, in one write
     jobs[1].emit(Delta("Hi", (5,)))
     jobs[0].emit(Delta("Yo", (6,)))
     jobs[1].emit(finished("stop", "Hi", 1))
@@ -87,7 +90,7 @@ async def test_it_reports_an_error_after_the_200_in_band(alice, alpha) -> None:
     jobs = new_jobs(2)
     run = runner.start(messages[0].conversation_id, jobs, messages)
     stream = Reply("chatcmpl-y", "tiny", 3, run).stream(include_usage=False)
-    events = [await anext(stream), await anext(stream)]
+    events = [await anext(stream)]
     jobs[0].emit(Delta("par", (5,)))
     jobs[0].emit(finished("error", "par", 1, error="the model failed to evaluate the tokens"))
     events += [event async for event in stream]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,7 @@ from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
 
 RETRY_AFTER_SECONDS = 2
+FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is not held back)
 
 
 @api_view("POST")
@@ -216,48 +218,75 @@ class Reply:
     async def stream(self, include_usage: bool) -> AsyncIterator[bytes]:
         """Role chunks, content chunks tagged by choice index, a finish chunk per choice, [DONE].
 
-        If the client goes away (the task is cancelled) the jobs are cancelled, and the runner
-        saves the partial replies as 'cancelled'.
+        The slot threads queue their events and wake this task only when it waits for them; the
+        chunks found at a wake go out in one write, at most every FLUSH_INTERVAL. A wake and a
+        write per token would take CPU from the model at every step. If the client goes away
+        (the task is cancelled) the jobs are cancelled, and the runner saves the partial replies
+        as 'cancelled'.
         """
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        pending: deque[tuple[int, Event]] = deque()
+        ready = asyncio.Event()
+        waiting = [False]
         listeners = []
         for index, job in enumerate(self.run.jobs):
 
             def listener(event: Event, index: int = index) -> None:
-                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+                pending.append((index, event))
+                if waiting[0]:
+                    waiting[0] = False
+                    loop.call_soon_threadsafe(ready.set)
 
             job.subscribe(listener)
             listeners.append((job, listener))
         complete = False
         try:
-            for index in range(len(self.run.jobs)):
-                yield self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+            yield b"".join(
+                self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+                for index in range(len(self.run.jobs))
+            )
             open_choices = len(self.run.jobs)
+            last_flush = time.monotonic()
             while open_choices:
-                index, event = await events.get()
-                if isinstance(event, Delta):
-                    yield self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
-                elif isinstance(event, Finished):
-                    open_choices -= 1
-                    if event.reason not in ("stop", "length"):
-                        # After the 200 has gone out, an error can only be told in-band. A job the
-                        # scheduler cancelled (draining at shutdown) leaves its siblings interrupted.
-                        self.run.cancel(
-                            Message.Status.ERROR if event.reason == "error" else Message.Status.INTERRUPTED
+                if not pending:
+                    ready.clear()
+                    waiting[0] = True  # before looking again: an event queued from now on wakes us
+                    if not pending:
+                        await ready.wait()
+                    waiting[0] = False
+                    pause = last_flush + FLUSH_INTERVAL - time.monotonic()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                out: list[bytes] = []
+                while pending:
+                    index, event = pending.popleft()
+                    if isinstance(event, Delta):
+                        out.append(
+                            self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
                         )
-                        complete = True
-                        yield sse(_failure(event).body())
-                        yield DONE
-                        return
-                    yield self._chunk(
-                        [ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=event.reason)]  # type: ignore[arg-type]
-                    )
+                    elif isinstance(event, Finished):
+                        open_choices -= 1
+                        if event.reason not in ("stop", "length"):
+                            # After the 200 has gone out, an error can only be told in-band. A job
+                            # the scheduler cancelled (draining at shutdown) leaves its siblings
+                            # interrupted.
+                            self.run.cancel(
+                                Message.Status.ERROR
+                                if event.reason == "error"
+                                else Message.Status.INTERRUPTED
+                            )
+                            complete = True
+                            yield b"".join([*out, sse(_failure(event).body()), DONE])
+                            return
+                        finish = ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=event.reason)  # type: ignore[arg-type]
+                        out.append(self._chunk([finish]))
+                if out:
+                    last_flush = time.monotonic()
+                    yield b"".join(out)
             finished = await self.run.wait()  # every reply is saved before [DONE]
             complete = True
-            if include_usage:
-                yield self._chunk([], usage=self.usage(finished))
-            yield DONE
+            usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
+            yield usage + DONE
         finally:
             for job, listener in listeners:
                 job.unsubscribe(listener)
