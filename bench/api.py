@@ -9,6 +9,8 @@ bench/results/api.json.
 - decode tok/s through SSE: one greedy stream of --tokens tokens (control tokens banned, so it runs
   to the end), timed from its first content chunk to its last, against ``bench.run.raw_decode`` on
   the same prompt: one-token eval + argmax with no scheduler, HTTP or JSON at all;
+- the event loop's CPU time per streamed token (runner, SSE encoding, HTTP writes): unlike the
+  tok/s figures it does not depend on what else the machine is doing;
 - TTFT: from sending the request to the first content chunk (the prompt is not in any cache);
 - --clients concurrent streams (different prompts): every answer must be complete (all its tokens
   and a finish_reason), with the aggregate tok/s and the TTFT p50/p95.
@@ -91,6 +93,13 @@ def stream(server: LiveServer, content: str, max_tokens: int, bias: dict[str, fl
     return Stream(first - start, decode, tokens, finish, end - start)
 
 
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process's main thread: Daphne's event loop, where the runner,
+    the SSE encoder and the HTTP writes run (the model runs in its slot threads)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -157,10 +166,13 @@ def main() -> None:
         raw_decode(model, prompt, 16, args.threads)
         stream(server, STORY, 16, bias)
         raw, sse = [], []
+        loop_cpu = 0.0
         for i in range(args.repeats):
             raw.append(raw_decode(model, prompt, args.tokens, args.threads))
             # A different prompt each time: no KV-cache reuse, so TTFT includes the whole prefill.
+            before = main_thread_cpu(server.process.pid)
             sse.append(stream(server, f"{STORY} ({i})", args.tokens, bias))
+            loop_cpu += main_thread_cpu(server.process.pid) - before
         model.close()
         crowd = concurrent(server, args.clients, args.tokens, bias)
     finally:
@@ -176,12 +188,15 @@ def main() -> None:
         "raw_decode_tps": raw,
         "sse": [asdict(s) for s in sse],
         "sse_vs_raw": statistics.median(sse_tps) / statistics.median(raw) if sse_tps else None,
+        # Independent of other load on the machine: what serving a token costs besides the model.
+        "loop_cpu_ms_per_token": 1000 * loop_cpu / sum(s.tokens for s in sse),
         "concurrent": crowd,
     }
     rows = [
         ("raw engine decode (median tok/s)", f"{statistics.median(raw):.1f}"),
         ("SSE decode (median tok/s)", f"{statistics.median(sse_tps):.1f}" if sse_tps else "-"),
         ("SSE / raw", f"{results['sse_vs_raw']:.3f}" if results["sse_vs_raw"] else "-"),
+        ("event-loop CPU per streamed token (ms)", f"{results['loop_cpu_ms_per_token']:.3f}"),
         ("TTFT, single stream (median s)", f"{statistics.median(s.ttft for s in sse):.3f}"),
         (f"{args.clients} clients: complete answers", f"{crowd['complete']} / {args.clients}"),
         (f"{args.clients} clients: aggregate tok/s", f"{crowd['aggregate_tps']:.1f}"),
