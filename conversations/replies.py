@@ -34,6 +34,7 @@ MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly
 
 _runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
 _starting: set[int] = set()
+_waiters: set[asyncio.Future] = set()  # strong references until each run is forgotten
 
 
 class ChatError(Exception):
@@ -138,6 +139,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     run = runner.start(conversation.pk, [job], [message])
     _runs[conversation.pk] = run
     waiter = asyncio.ensure_future(run.wait())
+    _waiters.add(waiter)
+    waiter.add_done_callback(_waiters.discard)
     waiter.add_done_callback(lambda _: _runs.pop(conversation.pk, None))
 
 
