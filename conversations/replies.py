@@ -13,6 +13,7 @@ process).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
 
+log = logging.getLogger(__name__)
 _runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
 _starting: set[int] = set()
 _waiters: set[asyncio.Future] = set()  # strong references until each run is forgotten
@@ -202,6 +204,7 @@ async def astop(conversation_id: int, status: str = Message.Status.STOPPED) -> b
         conversation_id=conversation_id, status=Message.Status.STREAMING
     ).aexists()
     if streaming:
+        log.info("stop for conversation %s sent to the process running it", conversation_id)
         await runner.stop_elsewhere(conversation_id, status)
     return streaming
 

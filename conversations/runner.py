@@ -103,7 +103,12 @@ class Run:
             while True:
                 message = await layer.receive(channel)
                 if message.get("type") == "chat.stop":
+                    log.info("stop for conversation %s from another process", self.conversation_id)
                     self.cancel(message.get("status") or Message.Status.STOPPED)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("listening for Stop on conversation %s", self.conversation_id)
         finally:
             await layer.group_discard(group, channel)
 

@@ -97,13 +97,32 @@ class Command(BaseCommand):
             f"drained in {time.monotonic() - start:.1f} s: {summary['finished']} finished, "
             f"{summary['cancelled']} interrupted, {summary['queued_cancelled']} queued cancelled"
         )
-        # The runner writes each reply's final state on the event loop: wait for those writes.
-        future = asyncio.run_coroutine_threadsafe(self.runner.wait_all(10.0), self._loop())
+        # The runner writes each reply's final state on the event loop, and the HTTP responses
+        # (an SSE stream's last chunks and [DONE]) are still being sent: wait for both.
+        future = asyncio.run_coroutine_threadsafe(self._finish_in_flight(15.0), self._loop())
         try:
-            future.result(15)
+            future.result(20)
         except Exception:
             log.exception("waiting for the final writes")
         self.reactor.callFromThread(self.reactor.stop)
+
+    async def _finish_in_flight(self, timeout: float) -> None:
+        from daphne.ws_protocol import WebSocketProtocol
+
+        deadline = time.monotonic() + timeout
+        await self.runner.wait_all(timeout)
+
+        def http_busy() -> bool:
+            return any(
+                not isinstance(protocol, WebSocketProtocol)
+                and details.get("application_instance") is not None
+                and not details["application_instance"].done()
+                for protocol, details in self.server.connections.items()
+            )
+
+        while http_busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the transports write what the responses handed them
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self.reactor._asyncioEventloop
