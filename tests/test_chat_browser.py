@@ -24,6 +24,11 @@ from tests.live_server import PYTHON, ROOT, LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the browser fixture says what is missing
+    PlaywrightTimeout = TimeoutError
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 PASSWORD = "a-long-test-password-4"
@@ -114,8 +119,18 @@ def open_socket(page) -> None:
 
 
 def send(page, text: str) -> None:
+    """Type and press Enter; return once the page shows the new user message."""
+    count = page.locator("#messages .msg-user").count()
     page.fill("#composer-text", text)
     page.press("#composer-text", "Enter")
+    try:
+        page.wait_for_function(
+            "(n) => document.querySelectorAll('#messages .msg-user').length > n", arg=count, timeout=30_000
+        )
+    except PlaywrightTimeout:
+        composer = page.input_value("#composer-text")
+        error = page.locator("#chat-error").inner_text()
+        raise AssertionError(f"not sent: composer {composer!r}, error {error!r}, {page.url}") from None
 
 
 def set_max_tokens(page, n: int) -> None:
@@ -130,12 +145,21 @@ def last_answer(page):
     return page.locator("#messages .msg-assistant").last
 
 
-def wait_last_answer(page, status: str) -> None:
-    """Wait until the conversation's last answer has ``status`` (the machine may be busy: 2 cores)."""
+def last_id(page) -> int:
+    """The id of the page's last message (0: none)."""
+    return page.evaluate(
+        "() => { const a = document.querySelector('#messages > article:last-child');"
+        " return a ? Number(a.id.slice(2)) : 0; }"
+    )
+
+
+def wait_last_answer(page, status: str, after: int = 0) -> None:
+    """Wait until the conversation's last answer, one newer than message ``after``, has ``status``
+    (generous: the machine may be busy, 2 cores)."""
     page.wait_for_function(
-        "(status) => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
-        " return a && a.classList.contains('status-' + status); }",
-        arg=status,
+        "([status, after]) => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
+        " return a && Number(a.id.slice(2)) > after && a.classList.contains('status-' + status); }",
+        arg=[status, after],
         timeout=120_000,
     )
 
@@ -160,6 +184,7 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
     state["url"], state["page"] = page.url, page
     open_socket(page)
     set_max_tokens(page, 200)
+    before = last_id(page)
     send(page, "Write a short poem about the sea.")
     page.wait_for_selector("#messages .msg-user >> text=Write a short poem about the sea.")
     page.wait_for_selector("#messages .msg-assistant")
@@ -175,7 +200,7 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
     growing = sorted(set(lengths))
     assert len(growing) >= 3, f"the answer did not grow in steps: {lengths}"
     assert lengths == sorted(lengths)
-    wait_last_answer(page, "complete")
+    wait_last_answer(page, "complete", before)
     meta = last_answer(page).locator(".msg-meta").inner_text()
     assert re.search(r"\d+ tokens · \d+\.\d s", meta), meta
     assert "SmolLM2" in last_answer(page).locator(".msg-who").inner_text()
@@ -187,6 +212,7 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
 def test_it_stops_and_keeps_the_partial_answer_after_a_reload(server, state) -> None:
     page = state["page"]
     set_max_tokens(page, 400)
+    before = last_id(page)
     send(page, "Count from 1 to 300, one number per line.")
     page.wait_for_function(
         "() => { const a = [...document.querySelectorAll('#messages .msg-assistant')].pop();"
@@ -194,7 +220,7 @@ def test_it_stops_and_keeps_the_partial_answer_after_a_reload(server, state) -> 
         " && a.querySelector('.msg-body').innerText.length > 10; }"
     )
     page.keyboard.press("Escape")
-    wait_last_answer(page, "stopped")
+    wait_last_answer(page, "stopped", before)
     shown = last_answer(page).locator(".msg-body").inner_text()
     page.reload()
     open_socket(page)
@@ -211,9 +237,10 @@ def test_it_regenerates_the_last_answer(server, state) -> None:
     page = state["page"]
     set_max_tokens(page, 40)
     old_id = last_answer(page).get_attribute("id")
+    before = last_id(page)
     last_answer(page).locator("button.regenerate").click()
     page.wait_for_selector(f"#{old_id}", state="detached")
-    wait_last_answer(page, "complete")
+    wait_last_answer(page, "complete", before)
     answers = page.locator("#messages .msg-assistant")
     assert answers.count() == 2  # the first answer and the regenerated one; the stopped one is gone
     assert last_answer(page).get_attribute("id") != old_id
@@ -231,12 +258,13 @@ def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(browser, s
     bob.goto(state["url"])
     open_socket(bob)
     before = bob.locator("#messages .msg-assistant").count()
+    moon = last_id(page)
     send(page, "Tell me about the moon.")
     bob.wait_for_selector("#messages .msg-user >> text=Tell me about the moon.")
     bob.wait_for_function(f"() => document.querySelectorAll('#messages .msg-assistant').length > {before}")
     lengths = watch_growth(bob, until=r"status-complete")
     assert len(set(lengths)) >= 3, f"bob did not see the answer grow: {lengths}"
-    wait_last_answer(bob, "complete")
+    wait_last_answer(bob, "complete", moon)
     assert "alice" in bob.locator("#messages .msg-user").last.locator(".msg-who").inner_text()
     bob.context.close()
     # alice's list: her conversations and the team's shared ones, newest first.
@@ -282,6 +310,7 @@ def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, s
     page.press("#composer-text", "Shift+Enter")
     page.keyboard.type("```")
     assert page.locator("#messages .msg-user").count() == count  # Shift+Enter did not send
+    before = last_id(page)
     page.press("#composer-text", "Enter")
     page.wait_for_function(f"() => document.querySelectorAll('#messages .msg-user').length > {count}")
     assert page.input_value("#composer-text") == ""
@@ -289,7 +318,7 @@ def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, s
     code.locator(".copy-code").click()
     page.wait_for_selector("#messages .msg-user >> nth=-1 >> text=Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == "print('copied')\n"
-    wait_last_answer(page, "complete")
+    wait_last_answer(page, "complete", before)
 
 
 def test_it_edits_and_resends_a_message(server, state) -> None:
@@ -301,10 +330,11 @@ def test_it_edits_and_resends_a_message(server, state) -> None:
     last.locator(".edit-toggle").click()
     form = last.locator(".edit-form")
     form.locator("textarea").fill("Print hello, edited.")
+    before = last_id(page)
     form.locator("button[type=submit]").click()
     page.wait_for_selector(f"#{old_id}", state="detached")  # hidden (kept for reviewers)
     page.wait_for_selector("#messages .msg-user >> nth=-1 >> text=Print hello, edited.")
-    wait_last_answer(page, "complete")
+    wait_last_answer(page, "complete", before)
     assert users.count() == count
 
 
@@ -315,10 +345,9 @@ def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    count = page.locator("#messages .msg-user").count()
+    before = last_id(page)
     send(page, XSS)
-    page.wait_for_function(f"() => document.querySelectorAll('#messages .msg-user').length > {count}")
-    wait_last_answer(page, "complete")
+    wait_last_answer(page, "complete", before)
     page.wait_for_timeout(500)
     body = page.locator("#messages .msg-user").last.locator(".msg-body")
     assert "<img src=x" in body.inner_text()  # shown as text
