@@ -151,6 +151,11 @@ class WorkerClient:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # redis-py may turn a cancelled read into a ConnectionError: never swallow a cancel
+                # (asyncio.run would wait for this loop forever at shutdown).
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 log.exception("receiving from the inference worker")
                 await asyncio.sleep(0.5)
                 continue
