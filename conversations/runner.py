@@ -233,9 +233,8 @@ def start(conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]
 
 
 async def _sweep() -> None:
-    older_than = timezone.now() - timedelta(seconds=STALE_AFTER)
     try:
-        count = await database_sync_to_async(services.interrupt_stale_messages)(older_than)
+        count = await database_sync_to_async(sweep_stale_sync)()
     except Exception:
         log.exception("could not mark stale replies as interrupted")
     else:
