@@ -298,10 +298,11 @@ def test_it_cancels_and_logs_a_dropped_stream(client, api_server) -> None:
     assert reply["status"] == "cancelled"
     assert reply["content"] and 1 <= reply["completion_tokens"] < 400
     assert reply["finish_reason"] == ""
-    # The slot is free again at once: a new request is answered without waiting for 400 tokens.
-    start = time.monotonic()
+    # The slot is free again at once: a new request does not queue behind the rest of the 400
+    # tokens (the logged queue wait, not the wall clock, so that a busy machine does not matter).
     client.chat.completions.create(model="gpt-3.5-turbo", messages=QUESTION, max_tokens=2)
-    assert time.monotonic() - start < 5
+    (answer,) = replies(api_server, last_conversation(api_server)["id"])
+    assert answer["status"] == "complete" and answer["queue_wait"] < 0.5, answer
 
 
 def test_it_cancels_a_non_streaming_call_whose_client_went_away(api_server) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:  # noqa: F811
     root = tmp_path_factory.mktemp("two-processes")
-    prefix = f"mp{root.name[-6:]}"
+    prefix = f"mp{uuid.uuid4().hex[:8]}"  # nothing left in Redis by an earlier run is shared
     env = {
         "REDIS_URL": redis_url,
         "CHAT_CHANNEL_PREFIX": prefix,
@@ -80,8 +81,15 @@ def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browse
         time.sleep(0.05)
 
     bob.keyboard.press("Escape")  # Stop, pressed on process A
-    wait_last_answer(bob, "stopped")
-    wait_last_answer(alice, "stopped")
+    try:
+        wait_last_answer(bob, "stopped")
+        wait_last_answer(alice, "stopped")
+    except Exception as exc:  # what each process did, for a failure seen only on a busy machine
+        rows = a.query("SELECT id, status, completion_tokens FROM conversations_message ORDER BY id")
+        worker_log = (a.data_dir.parent / "worker" / "worker.log").read_text()[-3000:]
+        raise AssertionError(
+            f"not stopped: {exc}\nrows: {rows}\nservers' log:\n{a.server_log()}\nworker's log:\n{worker_log}"
+        ) from None
     row = a.query(
         "SELECT status, completion_tokens, content FROM conversations_message ORDER BY id DESC LIMIT 1"
     )[0]

@@ -77,6 +77,7 @@ def last_reply(server: LiveServer):
 
 
 def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
+    n_tokens = 300  # a few seconds: the reply is still running when the refused request is made
     server = start(tmp_path, drain=300)
     try:
         # The readiness probe's one-token completion went through the runner into the metrics.
@@ -85,10 +86,13 @@ def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
         text = body.decode()
         assert 'chatsite_generations_total{reason="length"}' in text
         assert "chatsite_ttft_seconds_count" in text and 'chatsite_http_responses_total{code="200"}' in text
-        stream = Stream(server, max_tokens=40)
+        stream = Stream(server, max_tokens=n_tokens)
         stream.read(until_chars=20)
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # Once the signal is handled /ready says so; the stream still runs (hundreds of tokens).
+        deadline = time.monotonic() + 10
+        while server.request("GET", "/ready", key=None)[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         status, _, body = server.request(
             "POST",
             "/v1/chat/completions",
@@ -100,7 +104,7 @@ def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
         assert stream.done and stream.finish_reason == "length"
         assert server.process.wait(30) == 0
         row = last_reply(server)
-        assert row["status"] == "complete" and row["completion_tokens"] == 40
+        assert row["status"] == "complete" and row["completion_tokens"] == n_tokens
         assert row["content"] == stream.text
     finally:
         server.stop()
