@@ -201,7 +201,13 @@ class WorkerClient:
     def _send_cancel(self, job_id: int) -> None:
         # Job.cancel may be called from any thread.
         message = {"type": "inference.cancel", "job_id": job_id}
-        asyncio.run_coroutine_threadsafe(self.layer.send(WORKER_CHANNEL, message), self.loop)
+        sent = asyncio.run_coroutine_threadsafe(self.layer.send(WORKER_CHANNEL, message), self.loop)
+
+        def check(future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.error("could not send the cancel of job %s to the worker: %r", job_id, future.exception())
+
+        sent.add_done_callback(check)
 
 
 @dataclasses.dataclass(frozen=True)

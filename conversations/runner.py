@@ -90,27 +90,7 @@ class Run:
             _keep(task)
         if shared_layer():
             # Other web processes (sharing Redis) may show this conversation and press Stop there.
-            control = loop.create_task(self._listen_for_stop(), context=contextvars.Context())
-            _keep(control)
-            asyncio.gather(*self.tasks, return_exceptions=True).add_done_callback(lambda _: control.cancel())
-
-    async def _listen_for_stop(self) -> None:
-        layer = get_channel_layer()
-        group = control_group_name(self.conversation_id)
-        channel = await layer.new_channel()
-        await layer.group_add(group, channel)
-        try:
-            while True:
-                message = await layer.receive(channel)
-                if message.get("type") == "chat.stop":
-                    log.info("stop for conversation %s from another process", self.conversation_id)
-                    self.cancel(message.get("status") or Message.Status.STOPPED)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("listening for Stop on conversation %s", self.conversation_id)
-        finally:
-            await layer.group_discard(group, channel)
+            _keep(loop.create_task(_stops.follow(self), context=contextvars.Context()))
 
     def cancel(self, status: str = Message.Status.CANCELLED) -> None:
         """Stop every job (within one token); their rows end with ``status`` and the partial text."""
@@ -277,8 +257,91 @@ def control_group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}-control"
 
 
-async def stop_elsewhere(conversation_id: int, status: str) -> None:
-    """Ask whichever process runs the conversation's reply to stop it (see ``Run._listen_for_stop``)."""
-    await get_channel_layer().group_send(
-        control_group_name(conversation_id), {"type": "chat.stop", "status": status}
+async def stop_elsewhere(conversation_id: int, status: str, layer=None) -> None:
+    """Ask whichever process runs the conversation's reply to stop it (see ``StopListener``)."""
+    await (layer or get_channel_layer()).group_send(
+        control_group_name(conversation_id),
+        {"type": "chat.stop", "conversation_id": conversation_id, "status": status},
     )
+
+
+class StopListener:
+    """Receives ``chat.stop`` (sent by ``stop_elsewhere`` from another web process) for the
+    conversations whose replies run in this process, and cancels those runs.
+
+    ONE receiver per process, on one channel that joins each running conversation's control
+    group, rather than one receiver per reply: channels_redis reads all of a process's channels
+    through whichever receiver holds its read, and a receiver cancelled in the middle of that read
+    (as a per-reply one would be at the end of every reply) can lose a message meant for another
+    channel of the process (one that Redis handed over but the receiver never read): a token, a
+    Stop, or the end of a reply.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.runs: dict[int, set[Run]] = {}
+
+    async def follow(self, run: Run) -> None:
+        """Listen for Stop on ``run``'s conversation until the run ends."""
+        layer = get_channel_layer()
+        group = control_group_name(run.conversation_id)
+        try:
+            await self._start(layer)
+            self.runs.setdefault(run.conversation_id, set()).add(run)
+            await layer.group_add(group, self.channel)
+        except Exception:
+            log.exception("Stop from other processes will not reach conversation %s", run.conversation_id)
+        try:
+            await asyncio.gather(*run.tasks, return_exceptions=True)
+        finally:
+            runs = self.runs.get(run.conversation_id, set())
+            runs.discard(run)
+            if not runs:
+                self.runs.pop(run.conversation_id, None)
+                try:
+                    await layer.group_discard(group, self.channel)
+                except Exception:
+                    log.exception("leaving %s", group)
+
+    async def _start(self, layer) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is not None and not self.task.done() and self.loop is loop:
+            return
+        if self.loop is not loop:  # a new event loop (tests): the old one's runs are gone
+            self.loop, self.runs = loop, {}
+        self.channel = await layer.new_channel()
+        self.task = loop.create_task(self._receive(layer, self.channel), context=contextvars.Context())
+
+    async def _receive(self, layer, channel: str) -> None:
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis restarting: keep listening once it is back
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
+                log.exception("receiving Stop requests")
+                await asyncio.sleep(0.5)
+                continue
+            if message.get("type") != "chat.stop":
+                continue
+            conversation_id = message.get("conversation_id")
+            for run in list(self.runs.get(conversation_id, ())):
+                log.info("stop for conversation %s from another process", conversation_id)
+                run.cancel(message.get("status") or Message.Status.STOPPED)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
+_stops = StopListener()
+
+
+def stop_listening() -> None:
+    """At shutdown, after ``wait_all``: end the Stop listener's receive loop."""
+    _stops.close()

@@ -265,16 +265,22 @@ async def test_it_keeps_the_message_as_unanswered_when_the_queue_is_full(
 async def test_it_runs_one_generation_at_a_time_and_stops_it(alice, chat, runtime) -> None:
     chat.max_tokens = 400
     await sync_to_async(chat.save)()
-    communicator, _, _ = await connect(alice, chat.pk)
-    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "a long one"}))
-    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "and another"}))
-    await communicator.send_to(text_data=json.dumps({"action": "stop"}))
-    await receive_until(communicator, "wait for it, or press Stop")  # the second send, refused
-    await finish_run(chat.pk)
+    # Another user's job holds the only slot, so that the first reply (waiting for it) is still
+    # to come when the second message and Stop arrive: the tiny model writes 400 tokens in 0.1 s.
+    jobs = [blocker(runtime.model)]
+    try:
+        communicator, _, _ = await connect(alice, chat.pk)
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "a long one"}))
+        await receive_until(communicator, "waiting")
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "and another"}))
+        await receive_until(communicator, "wait for it, or press Stop")  # the second send, refused
+        await communicator.send_to(text_data=json.dumps({"action": "stop"}))
+        await finish_run(chat.pk)
+    finally:
+        jobs[0].cancel()
     rows = await messages_of(chat.pk)
     assert [m.content for m in rows if m.role == "user"] == ["a long one"]  # the second was refused
-    answer = rows[-1]
-    assert answer.status in (Message.Status.STOPPED, Message.Status.COMPLETE)
+    assert rows[-1].role == "assistant" and rows[-1].status == Message.Status.STOPPED
     await communicator.disconnect()
 
 

@@ -63,7 +63,16 @@ class Worker:
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.layer.receive(WORKER_CHANNEL)
+            try:
+                message = await self.layer.receive(WORKER_CHANNEL)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarting or slow: keep serving once it is back
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
+                self.stderr_write(f"receiving from {WORKER_CHANNEL}: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+                continue
             try:
                 if message["type"] == "inference.submit":
                     await self._submit(message)

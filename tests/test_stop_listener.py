@@ -1,0 +1,124 @@
+"""Stop pressed in another web process reaches the process that runs the reply, through Redis.
+
+The runner's one Stop listener per process (``runner.StopListener``) against a real Redis server;
+a second ``RedisChannelLayer`` instance plays the other web process. This test plays the model's
+producer: it emits the job's text, and ends the job as the scheduler does once it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from conversations import runner, services
+from conversations.models import Message
+from inference.jobs import Delta, Finished, Job, Timings, Usage
+from inference.sampling import SamplingParams
+from tests.test_redis_layer import layer, redis_url  # noqa: F401  (fixture: skips without Redis)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture
+def prefix(settings, redis_url):  # noqa: F811
+    name = f"stop{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 15}], "prefix": name},
+        }
+    }
+    return name
+
+
+def finish_when_cancelled(job: Job, text: str) -> None:
+    """What the scheduler does for a cancelled job: one Finished with the text so far."""
+    job.emit(
+        Finished(
+            reason="cancelled",
+            usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=2),
+            timings=Timings(0.0, 0.01, 0.01, 0.1, 0, len(job.prompt_ids), None),
+            text=text,
+            token_ids=None,
+        )
+    )
+
+
+async def start_reply(conversation) -> tuple[Job, runner.Run, Message]:
+    job = Job([1, 2, 3], SamplingParams(max_tokens=100), "user-1", 100)
+    (message,) = await sync_to_async(services.start_assistant_messages)(
+        conversation, 1, params={}, prompt_tokens=3
+    )
+    run = runner.start(conversation.pk, [job], [message])
+    job.emit(Delta("Once upon", (1, 2)))
+    return job, run, message
+
+
+async def listening(conversation_id: int) -> None:
+    """Wait until this process's listener has joined the conversation's control group."""
+    for _ in range(100):
+        if runner._stops.runs.get(conversation_id):
+            await asyncio.sleep(0.1)  # the group_add follows the registration
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the Stop listener did not join")
+
+
+async def wait_cancelled(job: Job) -> None:
+    for _ in range(250):
+        if job.cancelled:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the Stop from the other process did not cancel the job")
+
+
+async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
+    alice,
+    alpha,
+    prefix,
+    redis_url,  # noqa: F811
+) -> None:
+    assert runner.shared_layer() and get_channel_layer().prefix == prefix
+    conversation = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
+    other_process = layer(redis_url, prefix)
+
+    # Two replies one after the other: the first one's end must not take the listener with it.
+    for _ in range(2):
+        job, run, message = await start_reply(conversation)
+        await listening(conversation.pk)
+        await runner.stop_elsewhere(conversation.pk, "stopped", layer=other_process)
+        await wait_cancelled(job)
+        finish_when_cancelled(job, "Once upon")
+        await run.wait()
+        await message.arefresh_from_db()
+        assert (message.status, message.content) == (Message.Status.STOPPED, "Once upon")
+        for _ in range(100):  # the run has ended: its conversation leaves the listener
+            if conversation.pk not in runner._stops.runs:
+                break
+            await asyncio.sleep(0.02)
+        assert conversation.pk not in runner._stops.runs
+    runner.stop_listening()
+    await asyncio.sleep(0.1)  # the listener's receive ends on this loop
+    await other_process.flush()
+
+
+async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:  # noqa: F811
+    first = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
+    second = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
+    job, run, message = await start_reply(first)
+    await listening(first.pk)
+    other_process = layer(redis_url, prefix)
+    await runner.stop_elsewhere(second.pk, "stopped", layer=other_process)
+    await asyncio.sleep(0.5)
+    assert not job.cancelled
+    await runner.stop_elsewhere(first.pk, "stopped", layer=other_process)
+    await wait_cancelled(job)
+    finish_when_cancelled(job, "Once upon")
+    await run.wait()
+    runner.stop_listening()
+    await asyncio.sleep(0.1)  # the listener's receive ends on this loop
+    await other_process.flush()
