@@ -8,6 +8,11 @@ runs only in the worker (`manage.py inferenceworker`). Messages on the worker's 
   job_ids, max_tokens} or ``inference.refused`` {request_id, kind: overloaded|context, message, ...};
 - ``inference.cancel`` {job_id}: at most one more token.
 Each job's events then arrive on the reply channel as ``inference.event`` {job_id, event}, in order.
+Every ``ALIVE_INTERVAL`` seconds the worker also sends each web process with jobs ``inference.alive``
+{job_ids: its jobs still running, last_job_id}. A web process ends a job it waits for as
+interrupted (with the text so far) when an alive message no longer lists it (its end was lost on
+the way), or when the worker has said nothing for ``WORKER_SILENCE`` seconds (it died): a reply
+never waits forever, and never blocks its conversation.
 
 On the web side, ``WorkerClient`` turns them back into ``inference.jobs.Job`` objects, so the
 runner, the API and the websocket consumer use remote jobs exactly as local ones.
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 WORKER_CHANNEL = "chatsite.inference"
 ADMISSION_TIMEOUT = 10.0  # seconds to wait for the worker's answer before calling it overloaded
+ALIVE_INTERVAL = 2.0  # seconds between the worker's alive messages to each web process
+WORKER_SILENCE = 20.0  # seconds without a word from the worker after which its jobs are given up
 
 
 def params_to_dict(params: SamplingParams) -> dict[str, Any]:
@@ -97,8 +104,12 @@ class WorkerClient:
         self.reply_channel: str | None = None
         self._answers: dict[str, tuple[asyncio.Future, list[int], SamplingParams, str]] = {}
         self._jobs: dict[int, Job] = {}
+        self._registered: dict[int, float] = {}  # job id → when its admission was read
+        self._last_heard = 0.0  # when the worker last sent anything (loop time)
         self._task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
         self._started = asyncio.Lock()
+        self._closing = False
 
     async def _ensure_started(self) -> None:
         async with self._started:
@@ -106,6 +117,39 @@ class WorkerClient:
                 self.loop = asyncio.get_running_loop()
                 self.reply_channel = await self.layer.new_channel()
                 self._task = self.loop.create_task(self._receive_loop())
+                self._watchdog = self.loop.create_task(self._watch())
+
+    async def aclose(self) -> None:
+        """Stop receiving. A message to our own channel ends the receive loop: cancelling it is
+        not enough, since redis-py may retry a blocking read that a cancel interrupted and so
+        swallow the cancel (asyncio.run would then wait for the loop forever)."""
+        task, self._task = self._task, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if task is None or task.done():
+            return
+        self._closing = True
+        try:
+            await self.layer.send(self.reply_channel, {"type": "inference.closed"})
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except Exception:
+            task.cancel()
+
+    async def _watch(self) -> None:
+        """Give up the jobs of a worker that has said nothing for ``WORKER_SILENCE`` seconds."""
+        while True:
+            await asyncio.sleep(min(ALIVE_INTERVAL, WORKER_SILENCE / 4))
+            now = self.loop.time()
+            for job_id, registered in list(self._registered.items()):
+                if now - max(self._last_heard, registered) > WORKER_SILENCE:
+                    self._give_up(job_id, f"the inference worker has not answered for {WORKER_SILENCE:g} s")
+
+    def _give_up(self, job_id: int, why: str) -> None:
+        job = self._jobs.pop(job_id, None)
+        self._registered.pop(job_id, None)
+        if job is not None and not job.done:
+            log.warning("job %s given up: %s", job_id, why)
+            job.abandon(why)
 
     async def submit_n(
         self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
@@ -159,6 +203,8 @@ class WorkerClient:
                 log.exception("receiving from the inference worker")
                 await asyncio.sleep(0.5)
                 continue
+            if self._closing:
+                return
             try:
                 self._dispatch(message)
             except Exception:
@@ -166,6 +212,7 @@ class WorkerClient:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        self._last_heard = self.loop.time()
         if kind == "inference.event":
             job = self._jobs.get(message["job_id"])
             if job is None:
@@ -174,6 +221,12 @@ class WorkerClient:
             job.emit(event)
             if isinstance(event, Finished):
                 self._jobs.pop(message["job_id"], None)
+                self._registered.pop(message["job_id"], None)
+            return
+        if kind == "inference.alive":
+            running = set(message["job_ids"])
+            for job_id in [j for j in self._jobs if j <= message["last_job_id"] and j not in running]:
+                self._give_up(job_id, "the inference worker no longer has this job (its end was lost)")
             return
         waiting = self._answers.get(message["request_id"])
         if waiting is None:
@@ -190,6 +243,7 @@ class WorkerClient:
                 job.id = job_id
                 job._on_cancel = self._cancel
                 self._jobs[job_id] = job
+                self._registered[job_id] = self.loop.time()
                 jobs.append(job)
             message = {**message, "jobs": jobs}
         if not answer.done():

@@ -326,6 +326,8 @@ class StopListener:
                 log.exception("receiving Stop requests")
                 await asyncio.sleep(0.5)
                 continue
+            if message.get("type") == "chat.listener.close":
+                return
             if message.get("type") != "chat.stop":
                 continue
             conversation_id = message.get("conversation_id")
@@ -333,15 +335,22 @@ class StopListener:
                 log.info("stop for conversation %s from another process", conversation_id)
                 run.cancel(message.get("status") or Message.Status.STOPPED)
 
-    def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+    async def aclose(self) -> None:
+        """End the receive loop, with a message to its own channel: cancelling it is not enough,
+        since redis-py may retry a blocking read that a cancel interrupted and so swallow it."""
+        task, self.task = self.task, None
+        if task is None or task.done():
+            return
+        try:
+            await get_channel_layer().send(self.channel, {"type": "chat.listener.close"})
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except Exception:
+            task.cancel()
 
 
 _stops = StopListener()
 
 
-def stop_listening() -> None:
+async def stop_listening() -> None:
     """At shutdown, after ``wait_all``: end the Stop listener's receive loop."""
-    _stops.close()
+    await _stops.aclose()

@@ -194,6 +194,24 @@ class Job:
         self._done.wait(timeout)
         return self.result
 
+    def abandon(self, error: str) -> None:
+        """End a job whose producer is gone (an inference worker that died or lost it): a
+        ``cancelled`` Finished with the text and tokens emitted so far, so that nothing waits for
+        it forever and its reply keeps what was seen (saved as ``interrupted``)."""
+        with self._lock:
+            deltas = [e for e in self._history if isinstance(e, Delta)]
+        ids = tuple(i for d in deltas for i in d.token_ids)
+        self.emit(
+            Finished(
+                reason="cancelled",
+                usage=Usage(prompt_tokens=len(self.prompt_ids), completion_tokens=len(ids)),
+                timings=Timings(0.0, None, 0.0, time.monotonic() - self.submitted_at, 0, 0, None),
+                text="".join(d.text for d in deltas),
+                token_ids=ids,
+                error=error,
+            )
+        )
+
 
 def finish_or_cancel(jobs: list[Job], timeout: float) -> tuple[int, int]:
     """Let ``jobs`` finish for up to ``timeout`` seconds, then cancel the rest and wait for them to

@@ -101,8 +101,7 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
                 break
             await asyncio.sleep(0.02)
         assert conversation.pk not in runner._stops.runs
-    runner.stop_listening()
-    await asyncio.sleep(0.1)  # the listener's receive ends on this loop
+    await runner.stop_listening()
     await other_process.flush()
 
 
@@ -119,6 +118,5 @@ async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, 
     await wait_cancelled(job)
     finish_when_cancelled(job, "Once upon")
     await run.wait()
-    runner.stop_listening()
-    await asyncio.sleep(0.1)  # the listener's receive ends on this loop
+    await runner.stop_listening()
     await other_process.flush()

@@ -87,8 +87,25 @@ def no_eos(**kwargs) -> SamplingParams:
     return SamplingParams(temperature=0, logit_bias={0: -100, 1: -100, 2: -100}, **kwargs)
 
 
+_clients: list[WorkerClient] = []
+
+
+def new_client(url: str, prefix: str) -> WorkerClient:
+    """A web process's client; ``run`` closes it at the end (as a web process would at exit)."""
+    client = WorkerClient(redis_layer(url, prefix))
+    _clients.append(client)
+    return client
+
+
 def run(coro):
-    return asyncio.run(coro)
+    async def main():
+        try:
+            return await coro
+        finally:
+            while _clients:
+                await _clients.pop().aclose()
+
+    return asyncio.run(main())
 
 
 def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
@@ -96,7 +113,7 @@ def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> 
     try:
 
         async def scenario():
-            client = WorkerClient(redis_layer(redis_url, prefix))
+            client = new_client(redis_url, prefix)
             [job] = await client.submit_n(ids(tiny, "hello"), no_eos(max_tokens=12), 1, user_key="alice")
             return [e async for e in job.aevents()]
 
@@ -114,7 +131,7 @@ def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_pat
     try:
 
         async def scenario():
-            client = WorkerClient(redis_layer(redis_url, prefix))
+            client = new_client(redis_url, prefix)
             [job] = await client.submit_n(ids(tiny, "long"), no_eos(max_tokens=400), 1)
             seen = 0
             async for event in job.aevents():
@@ -140,7 +157,7 @@ def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix,
     try:
 
         async def scenario():
-            client = WorkerClient(redis_layer(redis_url, prefix))
+            client = new_client(redis_url, prefix)
             with pytest.raises(ContextLengthExceeded) as info:
                 await client.submit_n(ids(tiny, "x"), no_eos(max_tokens=10_000), 1)
             assert info.value.context_length == 512
@@ -159,7 +176,7 @@ def test_it_calls_a_missing_worker_overloaded(redis_url, prefix, monkeypatch) ->
     monkeypatch.setattr(worker_module, "ADMISSION_TIMEOUT", 0.5)
 
     async def scenario():
-        client = WorkerClient(redis_layer(redis_url, prefix))
+        client = new_client(redis_url, prefix)
         start = time.monotonic()
         with pytest.raises(Overloaded, match="did not answer"):
             await client.submit_n([1, 2, 3], SamplingParams(max_tokens=2), 1)
@@ -216,3 +233,79 @@ def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path
             if server is not None:
                 server.stop()
         stop_worker(worker)
+
+
+# --- A worker that dies or loses a job's end: the web side never waits forever ---------------------
+
+
+def story(model: Path) -> list[int]:
+    return ids(model, "Tell me a very long story about the sea.")
+
+
+@pytest.mark.model
+def test_a_job_whose_worker_dies_ends_with_the_text_so_far(redis_url, prefix, tmp_path, monkeypatch) -> None:  # noqa: F811
+    from tests.fixtures_model import default_model_path
+
+    monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
+    model = default_model_path()
+    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1")
+    try:
+
+        async def scenario():
+            client = new_client(redis_url, prefix)
+            [job] = await client.submit_n(story(model), no_eos(max_tokens=2000), 1)
+            texts: list[str] = []
+            async for event in job.aevents():
+                if isinstance(event, Delta):
+                    texts.append(event.text)
+                    if len(texts) == 5:
+                        process.kill()  # kill -9 in the middle of the reply
+                elif isinstance(event, Finished):
+                    return event, texts
+
+        finished, texts = run(asyncio.wait_for(scenario(), 60))
+        assert finished.reason == "cancelled" and "has not answered" in finished.error
+        assert finished.text == "".join(texts) and 5 <= finished.usage.completion_tokens < 2000
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.model
+def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
+    redis_url,  # noqa: F811
+    prefix,
+    tmp_path,
+    monkeypatch,
+) -> None:
+    from tests.fixtures_model import default_model_path
+
+    monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
+    model = default_model_path()
+    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1")
+    try:
+
+        async def scenario():
+            client = new_client(redis_url, prefix)
+            # One slot: the second job waits for the first (seconds, more than the silence allowed)
+            # with no event of its own meanwhile: the worker's alive messages keep both going.
+            [first] = await client.submit_n(story(model), no_eos(max_tokens=1000), 1)
+            [second] = await client.submit_n(story(model), no_eos(max_tokens=4), 1)
+            ends = await asyncio.gather(*(asyncio.to_thread(job.wait, 120) for job in (first, second)))
+            # A job the worker does not list any more as running lost its end on the way.
+            [third] = await client.submit_n(story(model), no_eos(max_tokens=2000), 1)
+            async for event in third.aevents():
+                if isinstance(event, Delta):
+                    break
+            other_process = redis_layer(redis_url, prefix)  # as the worker would say it
+            alive = {"type": "inference.alive", "job_ids": [], "last_job_id": third.id}
+            await other_process.send(client.reply_channel, alive)
+            return ends, await asyncio.to_thread(third.wait, 30)
+
+        (first, second), third = run(scenario())
+        assert (first.reason, first.usage.completion_tokens) == ("length", 1000)
+        assert (second.reason, second.usage.completion_tokens) == ("length", 4)
+        assert second.timings.queue_wait > 3.0  # it did wait longer than the silence allowed
+        assert third.reason == "cancelled" and "no longer has this job" in third.error
+    finally:
+        stop_worker(process)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chatsite.runtime import ModelNotReady, get_runtime
-from chatsite.worker import WORKER_CHANNEL, event_to_dict, params_from_dict
+from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
 
 
@@ -43,7 +44,10 @@ class Worker:
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
         self.layer = get_channel_layer()
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, Job] = {}  # admitted and not finished (their Finished not yet sent)
+        self.owners: dict[int, str] = {}  # job id → the reply channel of the web process
+        self.clients: dict[str, float] = {}  # reply channel → when it last had a job (monotonic)
+        self.last_admitted = 0  # the highest job id admitted so far
 
     async def serve(self, drain_timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -53,12 +57,14 @@ class Worker:
             loop.add_signal_handler(sig, stop.set)
         sender = loop.create_task(self._send_loop())
         receiver = loop.create_task(self._receive_loop())
+        alive = loop.create_task(self._alive_loop())
         await stop.wait()
         receiver.cancel()
         # Running jobs may finish; their events still go out before the worker exits.
         await asyncio.to_thread(self.scheduler.drain, drain_timeout)
         while not self.outbox.empty():
             await asyncio.sleep(0.05)
+        alive.cancel()
         sender.cancel()
 
     async def _receive_loop(self) -> None:
@@ -116,19 +122,30 @@ class Worker:
                 reply_to, {**base, "type": "inference.refused", "kind": "overloaded", "message": str(exc)}
             )
             return
+        for job in jobs:  # known (to cancels and to the alive messages) before the answer goes out
+            self.jobs[job.id] = job
+            self.owners[job.id] = reply_to
+            self.last_admitted = max(self.last_admitted, job.id)
+        self.clients[reply_to] = time.monotonic()
         # The answer goes out before any event: the client registers the jobs when it reads it.
-        await self.layer.send(
-            reply_to,
-            {
-                **base,
-                "type": "inference.admitted",
-                "job_ids": [j.id for j in jobs],
-                "max_tokens": jobs[0].max_tokens,
-            },
-        )
+        try:
+            await self.layer.send(
+                reply_to,
+                {
+                    **base,
+                    "type": "inference.admitted",
+                    "job_ids": [j.id for j in jobs],
+                    "max_tokens": jobs[0].max_tokens,
+                },
+            )
+        except BaseException:
+            for job in jobs:  # nobody will read them
+                job.cancel()
+                self.jobs.pop(job.id, None)
+                self.owners.pop(job.id, None)
+            raise
         loop = asyncio.get_running_loop()
         for job in jobs:
-            self.jobs[job.id] = job
 
             def forward(event: Event, job_id: int = job.id) -> None:
                 loop.call_soon_threadsafe(
@@ -138,11 +155,36 @@ class Worker:
 
             job.subscribe(forward)
 
+    async def _alive_loop(self) -> None:
+        """Tell each web process with jobs here (or lately) which of its jobs are still running:
+        a job it waits for that is not listed lost its end on the way, and a web process that
+        hears nothing for a while knows the worker is gone (``WorkerClient``). The message goes
+        through the outbox, after the events already queued: a job's Finished always arrives
+        before the first list without it."""
+        while True:
+            await asyncio.sleep(ALIVE_INTERVAL)
+            now = time.monotonic()
+            running: dict[str, list[int]] = {}
+            for job_id, owner in self.owners.items():
+                running.setdefault(owner, []).append(job_id)
+                self.clients[owner] = now
+            for owner, seen in list(self.clients.items()):
+                if now - seen > 60:  # no job for a minute: nothing to tell it
+                    del self.clients[owner]
+                    continue
+                message = {
+                    "type": "inference.alive",
+                    "job_ids": running.get(owner, []),
+                    "last_job_id": self.last_admitted,
+                }
+                self.outbox.put_nowait((owner, message))
+
     async def _send_loop(self) -> None:
         while True:
             channel, message = await self.outbox.get()
-            if message["event"]["type"] == "finished":
+            if message["type"] == "inference.event" and message["event"]["type"] == "finished":
                 self.jobs.pop(message["job_id"], None)
+                self.owners.pop(message["job_id"], None)
             try:
                 await self.layer.send(channel, message)
             except Exception as exc:  # a web process that went away, or a full channel

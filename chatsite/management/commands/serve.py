@@ -123,7 +123,7 @@ class Command(BaseCommand):
         while http_busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # let the transports write what the responses handed them
-        self.runner.stop_listening()
+        await self.runner.stop_listening()
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self.reactor._asyncioEventloop
