@@ -6,7 +6,8 @@ For each (job, message) pair a task on the event loop consumes the job's events 
   the last one, and the whole text so far, for a viewer who joined mid-stream);
 - publishes the queue position and the start at once (``chat.queued`` with ``n_ahead``, ``chat.started``),
   so a page can say "waiting, N ahead" instead of hanging;
-- checkpoints the text so far, with a heartbeat, to the row at least every second;
+- checkpoints the text so far, with a heartbeat, to the row at least every second (only text that
+  has gone out to clients: after a crash the saved text is a prefix of what they saw);
 - at the end writes the final text, token ids, usage, timings and status in one transaction
   (``services.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
 
@@ -79,6 +80,10 @@ class Run:
         self.jobs = list(jobs)
         self.message_ids = [m.pk for m in messages]
         self.cancel_status: str | None = None
+        # Characters of each reply that reached its client, for a consumer that reports them (an
+        # SSE stream): checkpoints then never save text the client has not seen. None: the
+        # runner's own broadcasts are what clients see.
+        self.delivered: list[int] | None = None
         loop = asyncio.get_running_loop()
         # A fresh context: the tasks outlive the request that started them, so they must not run
         # their database calls in that request's (soon closed) thread-sensitive executor.
@@ -91,6 +96,15 @@ class Run:
         if shared_layer():
             # Other web processes (sharing Redis) may show this conversation and press Stop there.
             _keep(loop.create_task(_stops.follow(self), context=contextvars.Context()))
+
+    def track_delivery(self) -> None:
+        """From now on checkpoints save at most what ``mark_delivered`` reports (before the first
+        response byte, so nothing unsent is saved meanwhile)."""
+        self.delivered = [0] * len(self.jobs)
+
+    def mark_delivered(self, chars: Sequence[int]) -> None:
+        """The characters of each reply handed to the client's connection so far."""
+        self.delivered = list(chars)
 
     def cancel(self, status: str = Message.Status.CANCELLED) -> None:
         """Stop every job (within one token); their rows end with ``status`` and the partial text."""
@@ -157,8 +171,12 @@ class Run:
                     await self._publish(message_id, choice_index, unsent, parts)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:
-                    _take(texts, parts, unsent)
-                    await self._checkpoint(message_id, "".join(parts))
+                    # Only text that has gone out (broadcast, and delivered where that is tracked):
+                    # after a crash the saved text is a prefix of what every client saw.
+                    text = "".join(parts[: len(parts) - len(unsent)])
+                    if self.delivered is not None:
+                        text = text[: self.delivered[choice_index]]
+                    await self._checkpoint(message_id, text)
                     last_checkpoint = now
         finally:
             job.unsubscribe(listener)

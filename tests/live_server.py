@@ -168,7 +168,16 @@ class LiveServer:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+    def query(self, sql: str, *args: Any) -> list[Any]:
+        """Rows (by column name) from the server's database: its SQLite file, read-only, or the
+        PostgreSQL database of its ``DATABASE_URL``."""
+        url = self.env.get("DATABASE_URL", "")
+        if url.startswith(("postgres://", "postgresql://")):
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
         with closing(self.db()) as conn:
             return conn.execute(sql, args).fetchall()
 

@@ -139,3 +139,30 @@ def test_it_maps_finish_reasons_to_statuses() -> None:
     assert runner.outcome_for(finished("cancelled"), None).status == "interrupted"
     failed = runner.outcome_for(finished("error", "boom"), None)
     assert (failed.status, failed.error) == ("error", "boom")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_checkpoints_save_only_what_reached_the_client(alice, alpha, monkeypatch) -> None:
+    """With delivery tracked (an SSE stream), a checkpoint never saves text the client has not
+    been handed: after a crash the saved text is a prefix of what the client saw. This test plays
+    the producer (a job of no scheduler) and the stream (``mark_delivered``)."""
+    import asyncio
+
+    from inference.jobs import Delta, Finished, Job, Timings, Usage
+
+    monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL", 0.2)
+    reply = await new_reply(alice, alpha)
+    job = Job([1, 2], SamplingParams(max_tokens=10), "t", 10)
+    run = runner.start(reply.conversation_id, [job], [reply])
+    run.track_delivery()
+    job.emit(Delta("Once upon a time", (1, 2, 3, 4)))
+    await asyncio.sleep(0.6)  # checkpoints after the text was broadcast, before any delivery
+    assert (await reload(reply)).content == ""
+    run.mark_delivered([len("Once upon")])
+    await asyncio.sleep(0.6)
+    assert (await reload(reply)).content == "Once upon"
+    timings = Timings(0.0, 0.01, 0.01, 0.5, 0, 2, None)
+    job.emit(Finished("length", Usage(2, 4), timings, "Once upon a time", (1, 2, 3, 4)))
+    await run.wait()
+    assert (await reload(reply)).content == "Once upon a time"  # the end: the whole reply

@@ -87,6 +87,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        run.track_delivery()  # checkpoints save only what the stream has handed to the client
         response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -240,6 +241,7 @@ class Reply:
             job.subscribe(listener)
             listeners.append((job, listener))
         complete = False
+        delivered = [0] * len(self.run.jobs)
         try:
             yield b"".join(
                 self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
@@ -264,6 +266,7 @@ class Reply:
                         out.append(
                             self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
                         )
+                        delivered[index] += len(event.text)
                     elif isinstance(event, Finished):
                         open_choices -= 1
                         if event.reason not in ("stop", "length"):
@@ -283,6 +286,7 @@ class Reply:
                 if out:
                     last_flush = time.monotonic()
                     yield b"".join(out)
+                    self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
             finished = await self.run.wait()  # every reply is saved before [DONE]
             complete = True
             usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
