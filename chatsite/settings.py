@@ -213,6 +213,9 @@ CHAT_DRAIN_TIMEOUT = env_int("CHAT_DRAIN_TIMEOUT", 30, minimum=0)
 # /metrics answers these client addresses, or a request with "Authorization: Bearer <token>".
 CHAT_METRICS_ALLOW = env_list("CHAT_METRICS_ALLOW", ["127.0.0.1", "::1"])
 CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
+# The inference worker has no web server: with a port here it serves its own /metrics (queue depth,
+# running generations, slots, model ready) on 127.0.0.1 at that port. 0: off.
+CHAT_WORKER_METRICS_PORT = env_int("CHAT_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
 # The largest websocket message Daphne accepts (bytes); larger frames close the connection.
 CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
 

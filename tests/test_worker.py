@@ -309,3 +309,44 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
         assert third.reason == "cancelled" and "no longer has this job" in third.error
     finally:
         stop_worker(process)
+
+
+@pytest.mark.model
+def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path) -> None:  # noqa: F811
+    """The queue of a multi-process deployment is the worker's: it serves its gauges itself, read
+    at each scrape."""
+    import urllib.request
+
+    from tests.fixtures_model import default_model_path
+    from tests.live_server import free_port
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    port = free_port()
+    model = default_model_path()
+    process = start_worker(
+        model, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_WORKER_METRICS_PORT=str(port)
+    )
+    try:
+        idle = scrape()
+        assert "chatsite_slots 1.0" in idle and "chatsite_model_ready 1.0" in idle
+        assert "chatsite_queue_depth 0.0" in idle and "chatsite_running_generations 0.0" in idle
+
+        async def scenario() -> str:
+            client = new_client(redis_url, prefix)
+            jobs = [(await client.submit_n(story(model), no_eos(max_tokens=2000), 1))[0] for _ in range(2)]
+            async for event in jobs[0].aevents():  # the first one runs; the second waits for the slot
+                if isinstance(event, Delta):
+                    break
+            busy = await asyncio.to_thread(scrape)
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*(asyncio.to_thread(job.wait, 30) for job in jobs))
+            return busy
+
+        busy = run(scenario())
+        assert "chatsite_running_generations 1.0" in busy and "chatsite_queue_depth 1.0" in busy
+    finally:
+        stop_worker(process)

@@ -9,7 +9,10 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
+from chatsite import metrics
 from chatsite.runtime import ModelNotReady, get_runtime
 from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
@@ -30,6 +33,8 @@ class Command(BaseCommand):
             model = runtime.load()
         except ModelNotReady as exc:
             raise CommandError(f"the model could not be loaded: {exc}") from None
+        if settings.CHAT_WORKER_METRICS_PORT:
+            serve_metrics(settings.CHAT_WORKER_METRICS_PORT)
         self.stdout.write(
             f"inference worker: {model.model_id}, {runtime.slots} slot(s) x {runtime.threads} thread(s), "
             f"queue {runtime.queue_max}, on channel {WORKER_CHANNEL}"
@@ -38,6 +43,24 @@ class Command(BaseCommand):
         asyncio.run(Worker(model.scheduler).serve(drain_timeout))
         runtime.close()
         self.stdout.write("inference worker stopped")
+
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def serve_metrics(port: int) -> None:
+    """The worker's own /metrics on 127.0.0.1:``port`` (it has no web server): the scheduler's
+    gauges, read at each scrape."""
+
+    class Gauges(Collector):
+        def collect(self):
+            metrics.refresh_gauges()
+            return []
+
+    REGISTRY.register(Gauges())  # runs first: the gauges below are fresh when collected
+    for gauge in (metrics.QUEUE_DEPTH, metrics.RUNNING, metrics.SLOTS, metrics.MODEL_READY):
+        REGISTRY.register(gauge)
+    start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
 
 
 class Worker:
