@@ -22,7 +22,6 @@ from inference.model import ChatModel
 from inference.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CHAT_SHARED_DIR", ROOT.parent / "shared"))
 CORES = os.cpu_count() or 1
 
 TURNS = [
@@ -168,7 +167,7 @@ def aggregate(model: ChatModel, concurrency: int, n: int) -> dict:
 
 
 def greedy_parity(model: ChatModel) -> dict:
-    cases = json.loads((SHARED / "reference" / "smollm2-chat-greedy.json").read_text())["cases"]
+    cases = json.loads((ROOT / "tests" / "reference" / "smollm2-chat-greedy.json").read_text())["cases"]
     matched = total = first = 0
     for case in cases:
         for slot in model.scheduler.slots:
