@@ -22,7 +22,6 @@ drill creates its own database there and drops it at the end. Results: bench/res
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
 import sys
@@ -36,54 +35,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
-NO_EOS = {"0": -100, "1": -100, "2": -100}  # the default model's control tokens: replies run long
-
-
-@dataclass
-class Client:
-    """One streaming request, and when each piece of its text arrived."""
-
-    content: str
-    admitted: bool = False
-    text: str = ""
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, length so far)
-
-    def run(self, server: LiveServer, max_tokens: int) -> None:
-        body = {
-            "model": "gpt-3.5-turbo",
-            "messages": [{"role": "user", "content": self.content}],
-            "max_tokens": max_tokens,
-            "stream": True,
-            "logit_bias": NO_EOS,
-        }
-        headers = {"Authorization": f"Bearer {server.keys['alice']}", "Content-Type": "application/json"}
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-            conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-            response = conn.getresponse()
-            if response.status != 200:
-                return
-            self.admitted = True
-            while line := response.readline():
-                if not line.startswith(b"data: {"):
-                    continue
-                delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                if delta:
-                    self.text += delta
-                    self.timeline.append((time.monotonic(), len(self.text)))
-        except (OSError, http.client.HTTPException):
-            pass  # the server died: what was read so far is what the client saw
-
-    def behind(self, saved: int, killed_at: float) -> float:
-        """Seconds the oldest unsaved text had been on the client at the kill (0: nothing unsaved)."""
-        for at, length in self.timeline:
-            if length > saved:
-                return max(0.0, killed_at - at)
-        return 0.0
 
 
 @dataclass
@@ -115,17 +70,18 @@ def postgres_database(admin_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def one_round(server: LiveServer, n: int, clients: int, rng: random.Random) -> tuple[list[Client], float]:
+def one_round(server: LiveServer, n: int, clients: int, rng: random.Random) -> tuple[list[Stream], float]:
     """Stream ``clients`` replies, kill the server while they run; return them and the kill time."""
     tag = uuid.uuid4().hex[:6]
-    readers = [
-        Client(f"Drill {n}.{i} ({tag}): tell me a long story about a lighthouse.") for i in range(clients)
+    streams = [
+        Stream(server, 3000, f"Drill {n}.{i} ({tag}): tell me a long story about a lighthouse.")
+        for i in range(clients)
     ]
-    threads = [threading.Thread(target=c.run, args=(server, 3000), daemon=True) for c in readers]
+    threads = [threading.Thread(target=s.read, daemon=True) for s in streams if s.status == 200]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 60
-    while not any(c.text for c in readers) and time.monotonic() < deadline:
+    while not any(s.text for s in streams) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(rng.uniform(0.3, 3.0))  # a random moment of the stream
     killed_at = time.monotonic()
@@ -133,14 +89,14 @@ def one_round(server: LiveServer, n: int, clients: int, rng: random.Random) -> t
     server.process.wait(30)
     for thread in threads:
         thread.join(30)
-    return readers, killed_at
+    return streams, killed_at
 
 
-def check(server: LiveServer, readers: list[Client], killed_at: float) -> dict:
+def check(server: LiveServer, streams: list[Stream], killed_at: float) -> dict:
     found = interrupted = complete = lost = 0
     behind: list[float] = []
-    for client in readers:
-        if not client.admitted:
+    for client in streams:
+        if client.status != 200:
             continue
         users = server.query(
             "SELECT conversation_id FROM conversations_message WHERE role = 'user' AND content = ?",
@@ -169,7 +125,7 @@ def check(server: LiveServer, readers: list[Client], killed_at: float) -> dict:
             complete += 1
     stuck = server.query("SELECT COUNT(*) AS n FROM conversations_message WHERE status = 'streaming'")[0]["n"]
     return {
-        "sent": sum(c.admitted for c in readers),
+        "sent": sum(s.status == 200 for s in streams),
         "found": found,
         "interrupted": interrupted,
         "complete": complete,
@@ -193,10 +149,10 @@ def drill(
         behind: list[float] = []
         try:
             for n in range(1, kills + 1):
-                readers, killed_at = one_round(server, n, clients, rng)
+                streams, killed_at = one_round(server, n, clients, rng)
                 server.log.close()
                 server.start(setup=False)  # the same database: start-up marks the orphans
-                result = check(server, readers, killed_at)
+                result = check(server, streams, killed_at)
                 behind += result.pop("behind")
                 totals.kills += 1
                 for key in ("sent", "found", "interrupted", "complete", "lost"):

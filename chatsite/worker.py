@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from chatsite.receiving import close_receiver, receive_until_closed
 from inference.gguf import GGUFInfo, read_gguf
 from inference.jobs import (
     ContextLengthExceeded,
@@ -103,50 +105,41 @@ class WorkerClient:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reply_channel: str | None = None
         self._answers: dict[str, tuple[asyncio.Future, list[int], SamplingParams, str]] = {}
-        self._jobs: dict[int, Job] = {}
-        self._registered: dict[int, float] = {}  # job id → when its admission was read
-        self._last_heard = 0.0  # when the worker last sent anything (loop time)
+        self._jobs: dict[int, Job] = {}  # made when their admission is read (Job.submitted_at)
+        self._last_heard = 0.0  # when the worker last sent anything (time.monotonic)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._started = asyncio.Lock()
-        self._closing = False
 
     async def _ensure_started(self) -> None:
         async with self._started:
             if self._task is None or self._task.done():
                 self.loop = asyncio.get_running_loop()
                 self.reply_channel = await self.layer.new_channel()
-                self._task = self.loop.create_task(self._receive_loop())
+                receiving = receive_until_closed(
+                    self.layer, self.reply_channel, self._dispatch, "from the inference worker"
+                )
+                self._task = self.loop.create_task(receiving)
                 self._watchdog = self.loop.create_task(self._watch())
 
     async def aclose(self) -> None:
-        """Stop receiving. A message to our own channel ends the receive loop: cancelling it is
-        not enough, since redis-py may retry a blocking read that a cancel interrupted and so
-        swallow the cancel (asyncio.run would then wait for the loop forever)."""
+        """Stop receiving (see ``chatsite.receiving``)."""
         task, self._task = self._task, None
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if task is None or task.done():
-            return
-        self._closing = True
-        try:
-            await self.layer.send(self.reply_channel, {"type": "inference.closed"})
-            await asyncio.wait_for(asyncio.shield(task), 10)
-        except Exception:
-            task.cancel()
+        await close_receiver(self.layer, self.reply_channel, task)
 
     async def _watch(self) -> None:
         """Give up the jobs of a worker that has said nothing for ``WORKER_SILENCE`` seconds."""
         while True:
             await asyncio.sleep(min(ALIVE_INTERVAL, WORKER_SILENCE / 4))
-            now = self.loop.time()
-            for job_id, registered in list(self._registered.items()):
-                if now - max(self._last_heard, registered) > WORKER_SILENCE:
+            now = time.monotonic()
+            for job_id, job in list(self._jobs.items()):
+                if now - max(self._last_heard, job.submitted_at) > WORKER_SILENCE:
                     self._give_up(job_id, f"the inference worker has not answered for {WORKER_SILENCE:g} s")
 
     def _give_up(self, job_id: int, why: str) -> None:
         job = self._jobs.pop(job_id, None)
-        self._registered.pop(job_id, None)
         if job is not None and not job.done:
             log.warning("job %s given up: %s", job_id, why)
             job.abandon(why)
@@ -188,31 +181,9 @@ class WorkerClient:
             raise Overloaded(reply["message"])
         return reply["jobs"]
 
-    async def _receive_loop(self) -> None:
-        while True:
-            try:
-                message = await self.layer.receive(self.reply_channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # redis-py may turn a cancelled read into a ConnectionError: never swallow a cancel
-                # (asyncio.run would wait for this loop forever at shutdown).
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                log.exception("receiving from the inference worker")
-                await asyncio.sleep(0.5)
-                continue
-            if self._closing:
-                return
-            try:
-                self._dispatch(message)
-            except Exception:
-                log.exception("a message from the inference worker could not be handled: %r", message)
-
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        self._last_heard = self.loop.time()
+        self._last_heard = time.monotonic()
         if kind == "inference.event":
             job = self._jobs.get(message["job_id"])
             if job is None:
@@ -221,7 +192,6 @@ class WorkerClient:
             job.emit(event)
             if isinstance(event, Finished):
                 self._jobs.pop(message["job_id"], None)
-                self._registered.pop(message["job_id"], None)
             return
         if kind == "inference.alive":
             running = set(message["job_ids"])
@@ -243,7 +213,6 @@ class WorkerClient:
                 job.id = job_id
                 job._on_cancel = self._cancel
                 self._jobs[job_id] = job
-                self._registered[job_id] = self.loop.time()
                 jobs.append(job)
             message = {**message, "jobs": jobs}
         if not answer.done():

@@ -32,6 +32,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
 from chatsite import metrics
+from chatsite.receiving import close_receiver, receive_until_closed
 from conversations import services
 from conversations.models import Message
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
@@ -330,40 +331,21 @@ class StopListener:
         if self.loop is not loop:  # a new event loop (tests): the old one's runs are gone
             self.loop, self.runs = loop, {}
         self.channel = await layer.new_channel()
-        self.task = loop.create_task(self._receive(layer, self.channel), context=contextvars.Context())
+        receiving = receive_until_closed(layer, self.channel, self._on_message, "Stop requests")
+        self.task = loop.create_task(receiving, context=contextvars.Context())
 
-    async def _receive(self, layer, channel: str) -> None:
-        while True:
-            try:
-                message = await layer.receive(channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis restarting: keep listening once it is back
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                log.exception("receiving Stop requests")
-                await asyncio.sleep(0.5)
-                continue
-            if message.get("type") == "chat.listener.close":
-                return
-            if message.get("type") != "chat.stop":
-                continue
-            conversation_id = message.get("conversation_id")
-            for run in list(self.runs.get(conversation_id, ())):
-                log.info("stop for conversation %s from another process", conversation_id)
-                run.cancel(message.get("status") or Message.Status.STOPPED)
+    def _on_message(self, message: dict) -> None:
+        if message.get("type") != "chat.stop":
+            return
+        conversation_id = message.get("conversation_id")
+        for run in list(self.runs.get(conversation_id, ())):
+            log.info("stop for conversation %s from another process", conversation_id)
+            run.cancel(message.get("status") or Message.Status.STOPPED)
 
     async def aclose(self) -> None:
-        """End the receive loop, with a message to its own channel: cancelling it is not enough,
-        since redis-py may retry a blocking read that a cancel interrupted and so swallow it."""
+        """End the receive loop (see ``chatsite.receiving``)."""
         task, self.task = self.task, None
-        if task is None or task.done():
-            return
-        try:
-            await get_channel_layer().send(self.channel, {"type": "chat.listener.close"})
-            await asyncio.wait_for(asyncio.shield(task), 10)
-        except Exception:
-            task.cancel()
+        await close_receiver(get_channel_layer(), self.channel, task)
 
 
 _stops = StopListener()

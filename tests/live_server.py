@@ -8,6 +8,7 @@ from its SQLite file (read-only), since the server is another process.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -191,3 +192,65 @@ class LiveServer:
                 self.process.wait()
         if getattr(self, "log", None) is not None:
             self.log.close()
+
+
+NO_EOS = {"0": -100, "1": -100, "2": -100}  # the default model's control tokens: replies run long
+
+
+class Stream:
+    """A streaming chat completion (as alice), read chunk by chunk, noting when each piece of text
+    arrived. If the server dies, reading ends: what was read is what the client saw."""
+
+    def __init__(
+        self, server: LiveServer, max_tokens: int, content: str = "Tell me a long story about a lighthouse."
+    ) -> None:
+        self.content = content
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        body = {
+            "model": "gpt-3.5-turbo",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "stream": True,
+            "logit_bias": NO_EOS,
+        }
+        headers = {"Authorization": f"Bearer {server.keys['alice']}", "Content-Type": "application/json"}
+        self.conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.text = ""
+        self.timeline: list[tuple[float, int]] = []  # (time.monotonic(), length of the text so far)
+        self.finish_reason: str | None = None
+        self.done = False
+        self.error: dict | None = None
+
+    def read(self, until_chars: int | None = None) -> None:
+        try:
+            while not self.done and (until_chars is None or len(self.text) < until_chars):
+                line = self.response.readline()
+                if not line:
+                    return
+                line = line.strip()
+                if not line.startswith(b"data: "):
+                    continue
+                if line == b"data: [DONE]":
+                    self.done = True
+                    return
+                chunk = json.loads(line[6:])
+                if "error" in chunk:  # an error after the 200: delivered in the stream
+                    self.error = chunk["error"]
+                    continue
+                choice = chunk["choices"][0]
+                if content := choice["delta"].get("content"):
+                    self.text += content
+                    self.timeline.append((time.monotonic(), len(self.text)))
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        except (OSError, http.client.HTTPException):
+            return  # the server died
+
+    def behind(self, saved: int, killed_at: float) -> float:
+        """Seconds the oldest text beyond the first ``saved`` characters had been on the client at
+        ``killed_at`` (0: it had nothing more)."""
+        for at, length in self.timeline:
+            if length > saved:
+                return max(0.0, killed_at - at)
+        return 0.0

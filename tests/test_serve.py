@@ -5,7 +5,6 @@ A real server process with the real default model; replies are streamed over /v1
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import threading
@@ -14,53 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.drill import Client
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, Stream
 
 pytestmark = pytest.mark.model
 
-NO_EOS = {"0": -100, "1": -100, "2": -100}  # the control tokens: replies run to max_tokens
 
-
-class Stream:
-    """A streaming chat completion read chunk by chunk."""
-
-    def __init__(self, server: LiveServer, max_tokens: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        body = {
-            "model": "gpt-3.5-turbo",
-            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
-            "max_tokens": max_tokens,
-            "stream": True,
-            "logit_bias": NO_EOS,
-        }
-        headers = {"Authorization": f"Bearer {server.keys['alice']}", "Content-Type": "application/json"}
-        self.conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-        self.response = self.conn.getresponse()
-        assert self.response.status == 200
-        self.text = ""
-        self.finish_reason: str | None = None
-        self.done = False
-        self.error: dict | None = None
-
-    def read(self, until_chars: int | None = None) -> None:
-        while not self.done and (until_chars is None or len(self.text) < until_chars):
-            line = self.response.readline()
-            if not line:
-                return
-            line = line.strip()
-            if not line.startswith(b"data: "):
-                continue
-            if line == b"data: [DONE]":
-                self.done = True
-                return
-            chunk = json.loads(line[6:])
-            if "error" in chunk:  # an error after the 200: delivered in the stream
-                self.error = chunk["error"]
-                continue
-            choice = chunk["choices"][0]
-            self.text += choice["delta"].get("content") or ""
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+def open_stream(server: LiveServer, max_tokens: int) -> Stream:
+    stream = Stream(server, max_tokens)
+    assert stream.status == 200
+    return stream
 
 
 def start(tmp_path: Path, drain: float) -> LiveServer:
@@ -88,7 +49,7 @@ def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
         text = body.decode()
         assert 'chatsite_generations_total{reason="length"}' in text
         assert "chatsite_ttft_seconds_count" in text and 'chatsite_http_responses_total{code="200"}' in text
-        stream = Stream(server, max_tokens=n_tokens)
+        stream = open_stream(server, max_tokens=n_tokens)
         stream.read(until_chars=20)
         server.process.send_signal(signal.SIGTERM)
         # Once the signal is handled /ready says so; the stream still runs (hundreds of tokens).
@@ -115,7 +76,7 @@ def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
 def test_it_interrupts_replies_that_outlive_the_drain(tmp_path: Path) -> None:
     server = start(tmp_path, drain=1)
     try:
-        stream = Stream(server, max_tokens=3000)
+        stream = open_stream(server, max_tokens=3000)
         stream.read(until_chars=20)
         server.process.send_signal(signal.SIGTERM)
         stream.read()
@@ -133,8 +94,8 @@ def test_it_recovers_every_message_after_kill_9(tmp_path: Path) -> None:
     server = start(tmp_path, drain=30)
     try:
         # A client that reads as the text comes, noting when each piece arrived.
-        client = Client("Tell me a long story about a lighthouse.")
-        reader = threading.Thread(target=client.run, args=(server, 3000), daemon=True)
+        client = open_stream(server, max_tokens=3000)
+        reader = threading.Thread(target=client.read, daemon=True)
         reader.start()
         while len(client.text) < 300 and reader.is_alive():
             time.sleep(0.05)

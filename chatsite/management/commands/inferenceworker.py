@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from chatsite import metrics
+from chatsite.receiving import receive_until_closed
 from chatsite.runtime import ModelNotReady, get_runtime
 from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
@@ -67,8 +68,9 @@ class Worker:
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
         self.layer = get_channel_layer()
-        self.jobs: dict[int, Job] = {}  # admitted and not finished (their Finished not yet sent)
-        self.owners: dict[int, str] = {}  # job id → the reply channel of the web process
+        # Admitted and not finished (their Finished not yet sent): job id → (job, the reply channel
+        # of its web process).
+        self.jobs: dict[int, tuple[Job, str]] = {}
         self.clients: dict[str, float] = {}  # reply channel → when it last had a job (monotonic)
         self.last_admitted = 0  # the highest job id admitted so far
 
@@ -79,7 +81,9 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sender = loop.create_task(self._send_loop())
-        receiver = loop.create_task(self._receive_loop())
+        receiver = loop.create_task(
+            receive_until_closed(self.layer, WORKER_CHANNEL, self._handle, f"on {WORKER_CHANNEL}")
+        )
         alive = loop.create_task(self._alive_loop())
         await stop.wait()
         receiver.cancel()
@@ -90,27 +94,13 @@ class Worker:
         alive.cancel()
         sender.cancel()
 
-    async def _receive_loop(self) -> None:
-        while True:
-            try:
-                message = await self.layer.receive(WORKER_CHANNEL)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis restarting or slow: keep serving once it is back
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                self.stderr_write(f"receiving from {WORKER_CHANNEL}: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                if message["type"] == "inference.submit":
-                    await self._submit(message)
-                elif message["type"] == "inference.cancel":
-                    job = self.jobs.get(message["job_id"])
-                    if job is not None:
-                        job.cancel()
-            except Exception as exc:  # one bad message must not stop the worker
-                self.stderr_write(f"a message could not be handled: {type(exc).__name__}: {exc}")
+    async def _handle(self, message: dict) -> None:
+        if message["type"] == "inference.submit":
+            await self._submit(message)
+        elif message["type"] == "inference.cancel":
+            job, _ = self.jobs.get(message["job_id"], (None, ""))
+            if job is not None:
+                job.cancel()
 
     @staticmethod
     def stderr_write(text: str) -> None:
@@ -146,8 +136,7 @@ class Worker:
             )
             return
         for job in jobs:  # known (to cancels and to the alive messages) before the answer goes out
-            self.jobs[job.id] = job
-            self.owners[job.id] = reply_to
+            self.jobs[job.id] = (job, reply_to)
             self.last_admitted = max(self.last_admitted, job.id)
         self.clients[reply_to] = time.monotonic()
         # The answer goes out before any event: the client registers the jobs when it reads it.
@@ -165,7 +154,6 @@ class Worker:
             for job in jobs:  # nobody will read them
                 job.cancel()
                 self.jobs.pop(job.id, None)
-                self.owners.pop(job.id, None)
             raise
         loop = asyncio.get_running_loop()
         for job in jobs:
@@ -188,7 +176,7 @@ class Worker:
             await asyncio.sleep(ALIVE_INTERVAL)
             now = time.monotonic()
             running: dict[str, list[int]] = {}
-            for job_id, owner in self.owners.items():
+            for job_id, (_, owner) in self.jobs.items():
                 running.setdefault(owner, []).append(job_id)
                 self.clients[owner] = now
             for owner, seen in list(self.clients.items()):
@@ -207,7 +195,6 @@ class Worker:
             channel, message = await self.outbox.get()
             if message["type"] == "inference.event" and message["event"]["type"] == "finished":
                 self.jobs.pop(message["job_id"], None)
-                self.owners.pop(message["job_id"], None)
             try:
                 await self.layer.send(channel, message)
             except Exception as exc:  # a web process that went away, or a full channel
