@@ -26,6 +26,7 @@ from tests.tiny_gguf import write_tiny_llama
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the site's origin is its Host's (chatsite/origin.py)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def cookie_for(user) -> tuple[bytes, bytes]:
 
 
 async def connect(user, conversation_id: int, *, origin=ORIGIN):
-    headers = [origin] if origin else []
+    headers = [HOST, origin] if origin else [HOST]
     if user is not None:
         headers.append(await sync_to_async(cookie_for)(user))
     communicator = WebsocketCommunicator(application, f"/ws/c/{conversation_id}/", headers=headers)
@@ -136,7 +137,7 @@ async def test_it_refuses_anonymous_visitors(chat) -> None:
 async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None:
     await sync_to_async(services.add_user_message)(chat, "sent before the socket opened", author=alice)
     communicator = WebsocketCommunicator(
-        application, f"/ws/c/{chat.pk}/", headers=[ORIGIN, await sync_to_async(cookie_for)(alice)]
+        application, f"/ws/c/{chat.pk}/", headers=[HOST, ORIGIN, await sync_to_async(cookie_for)(alice)]
     )
     connected, _ = await communicator.connect()
     assert connected
