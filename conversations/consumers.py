@@ -24,7 +24,7 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from conversations import replies, services, webchat
+from conversations import live_access, replies, services, webchat
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 
@@ -34,6 +34,7 @@ ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
 
 # Close codes (4000–4999 are the application's).
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_ACCESS_LOST = 4403  # an open socket whose user lost access to the conversation
 CLOSE_NOT_FOUND = 4404
 
 
@@ -126,12 +127,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.started: list[Any] = []
         self.group = services.group_name(conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._watch_access()
         await self.accept()
         await self._refresh()
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._leave_groups()
         # The runner owns the reply: closing the tab does not lose it, unless the site says so.
         if settings.CHAT_STOP_ON_DISCONNECT:
             for run in getattr(self, "started", []):
@@ -173,15 +174,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _still_visible(self) -> bool:
         """Access is checked again for every action and change: the owner may have made the
-        conversation private, or deleted it, since the connection was made."""
-        try:
-            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
-                self.user, self.conversation.pk
-            )
-        except Http404:
-            await self.send(text_data=error_fragment("This conversation is no longer available."))
-            await self.close(code=CLOSE_NOT_FOUND)
+        conversation private, or deleted it, since the connection was made; the user may have been
+        removed from the team, logged out, changed password or been deactivated."""
+        if self.access_lost:
             return False
+        allowed = await database_sync_to_async(live_access.check)(self.access, self.conversation.pk)
+        if allowed is None:
+            await self._lose_access()
+            return False
+        self.user, self.conversation = allowed
         return True
 
     # --- from the group --------------------------------------------------------------------------
@@ -221,6 +222,44 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "chat/_title.html", {"conversation": self.conversation, "sidebar_oob": True}
         )
         await self.send(text_data=html.replace("<h1 ", '<h1 hx-swap-oob="true" ', 1))
+
+    # --- live access (conversations/live_access.py) ----------------------------------------------
+    access_lost = False
+
+    async def _watch_access(self) -> None:
+        """Join the user's group, on which every change of their access is announced."""
+        self.access = live_access.Credentials.of(self.scope, self.user)
+        self.user_group = live_access.user_group_name(self.user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        if live_access.ends_this_session(event, self.access):
+            await self._lose_access()  # logged out: the session is flushed just after the event
+        else:
+            await self._still_visible()
+
+    async def _lose_access(self) -> None:
+        """Say so, close (4403), and send nothing more: events still queued for this socket are
+        dropped (``send``)."""
+        if self.access_lost:
+            return
+        await self.send(text_data=error_fragment("This conversation is no longer available."))
+        self.access_lost = True
+        await self.close(code=CLOSE_ACCESS_LOST)
+        await self._leave_groups()
+
+    async def _leave_groups(self) -> None:
+        for name in ("group", "user_group"):
+            group = getattr(self, name, None)
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        if self.access_lost:
+            return
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
 
     # --- helpers ---------------------------------------------------------------------------------
     @database_sync_to_async

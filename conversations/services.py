@@ -129,6 +129,9 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
         return None
     if key.revoked_at is not None or not key.user.is_active:
         return None
+    # A key is for one team: it stops with its user's membership, however that was removed.
+    if not Membership.objects.filter(user_id=key.user_id, team_id=key.team_id).exists():
+        return None
     return key
 
 
@@ -151,10 +154,16 @@ def get_api_key_for_user(user: AbstractBaseUser, key_id: int) -> ApiKey:
 
 
 def visible_conversations(user: AbstractBaseUser) -> QuerySet[Conversation]:
-    """The conversations ``user`` may read: their own, and their teams' shared ones (not deleted)."""
+    """The conversations ``user`` may read: their own private ones, and their teams' shared ones
+    (not deleted).
+
+    Team conversations stay with the team: one shared with a team is visible only to the team's
+    members, its owner included, so a member removed from the team loses the shared conversations
+    he owned (the team and its reviewers keep them). His private conversations stay his."""
     teams = Membership.objects.filter(user=user).values("team_id")
     return Conversation.objects.filter(
-        Q(owner=user) | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
+        Q(owner=user, visibility=Conversation.Visibility.PRIVATE)
+        | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
         deleted_at__isnull=True,
     )
 

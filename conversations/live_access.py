@@ -1,0 +1,154 @@
+"""Access follows membership live: open chat sockets re-check their access when it can change.
+
+Each chat socket joins its user's group (``user-<id>``) beside its conversation's. Whatever can take
+access away sends ``{"type": "access.changed"}`` there once its transaction commits, and the
+socket checks again with the database (``check``); a socket that lost access is closed (4403)
+before it forwards anything else: events reach a consumer one at a time, in the order they were
+sent, so a message or delta sent after the change comes after the check.
+
+The changes are caught where they happen to the rows, by signals, so that every path counts (the
+review services, the admin and its bulk actions, a queryset delete, a cascade, the shell):
+
+- a Membership saved (a role change) or deleted → its user's group;
+- a user saved (password changed, deactivated; not the ``last_login`` write of a login) or deleted
+  → their group;
+- a logout → their group, naming the ended session (the session is flushed *after* Django's
+  ``user_logged_out`` signal, so the database would still show it);
+- a conversation deleted for good → its conversation's group. (Made private or soft-deleted:
+  ``webchat`` broadcasts ``chat.conversation``, on which the socket checks again too.)
+
+A ``QuerySet.update()`` on users or memberships sends no signal: such a change reaches open sockets
+at their next action, when access is checked again anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.http import Http404, HttpRequest
+from django.utils.crypto import constant_time_compare
+
+from conversations import services
+from conversations.models import Conversation, Membership
+
+EVENT = "access.changed"
+
+
+def user_group_name(user_id: int) -> str:
+    return f"user-{user_id}"
+
+
+def session_digest(session_key: str | None) -> str:
+    """What the layer carries to name a session (never the key itself)."""
+    return hashlib.sha256(session_key.encode()).hexdigest() if session_key else ""
+
+
+def _send_on_commit(group: str, event: dict[str, Any]) -> None:
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(group, {"type": EVENT, **event})
+
+    transaction.on_commit(send)
+
+
+def user_changed(user_id: int, *, ended_session: str | None = None) -> None:
+    """Every socket of the user checks its access again (after the commit)."""
+    event = {"ended_session": session_digest(ended_session)} if ended_session else {}
+    _send_on_commit(user_group_name(user_id), event)
+
+
+def conversation_changed(conversation_id: int) -> None:
+    """Every socket on the conversation checks its access again (after the commit)."""
+    _send_on_commit(services.group_name(conversation_id), {})
+
+
+# --- What a socket knows of how it was let in, and the check -------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user_id: int
+    session_key: str | None
+    session: str  # session_digest(session_key)
+    auth_hash: str  # the user's session auth hash (derived from the password) at connect time
+
+    @classmethod
+    def of(cls, scope: dict[str, Any], user: AbstractBaseUser) -> Credentials:
+        session = scope.get("session")
+        key = getattr(session, "session_key", None) if session is not None else None
+        return cls(user.pk, key, session_digest(key), user.get_session_auth_hash())
+
+
+def ends_this_session(event: dict[str, Any], credentials: Credentials) -> bool:
+    ended = event.get("ended_session", "")
+    return bool(ended) and constant_time_compare(ended, credentials.session)
+
+
+def check(credentials: Credentials, conversation_id: int) -> tuple[AbstractBaseUser, Conversation] | None:
+    """The user (as now stored) and the conversation, if the socket may still show it; else None.
+
+    The user must still exist and be active, their password unchanged since the socket opened, the
+    socket's session still logged in as them, and the conversation visible to them."""
+    user = get_user_model().objects.filter(pk=credentials.user_id).first()
+    if user is None or not user.is_active:
+        return None
+    if not constant_time_compare(user.get_session_auth_hash(), credentials.auth_hash):
+        return None
+    if credentials.session_key is not None:
+        store = import_module(settings.SESSION_ENGINE).SessionStore(credentials.session_key)
+        if str(store.get(SESSION_KEY, "")) != str(user.pk):
+            return None  # logged out, expired, or now another user's
+    try:
+        return user, services.get_conversation_for_user(user, conversation_id)
+    except Http404:
+        return None
+
+
+# --- The signals ---------------------------------------------------------------------------------
+
+
+def _membership_changed(sender: type, instance: Membership, **kwargs: Any) -> None:
+    user_changed(instance.user_id)
+
+
+def _user_saved(sender: type, instance: AbstractBaseUser, update_fields: Any = None, **kwargs: Any) -> None:
+    if kwargs.get("created") or (update_fields is not None and set(update_fields) == {"last_login"}):
+        return  # a new user has no socket; a login changes no one's access
+    user_changed(instance.pk)
+
+
+def _user_deleted(sender: type, instance: AbstractBaseUser, **kwargs: Any) -> None:
+    user_changed(instance.pk)
+
+
+def _logged_out(sender: type, request: HttpRequest, user: AbstractBaseUser | None, **kwargs: Any) -> None:
+    if user is not None and user.pk is not None:
+        user_changed(user.pk, ended_session=getattr(request.session, "session_key", None))
+
+
+def _conversation_deleted(sender: type, instance: Conversation, **kwargs: Any) -> None:
+    conversation_changed(instance.pk)
+
+
+def connect_signals() -> None:
+    """Called once, from ``ConversationsConfig.ready``."""
+    User = get_user_model()
+    post_save.connect(_membership_changed, sender=Membership, dispatch_uid="live_access.membership_saved")
+    post_delete.connect(_membership_changed, sender=Membership, dispatch_uid="live_access.membership_deleted")
+    post_save.connect(_user_saved, sender=User, dispatch_uid="live_access.user_saved")
+    post_delete.connect(_user_deleted, sender=User, dispatch_uid="live_access.user_deleted")
+    user_logged_out.connect(_logged_out, dispatch_uid="live_access.logged_out")
+    post_delete.connect(
+        _conversation_deleted, sender=Conversation, dispatch_uid="live_access.conversation_deleted"
+    )
