@@ -1,0 +1,123 @@
+"""Live access across processes: a member removed by another process (here a `manage.py shell`-like
+script, as an admin's request served by another web process would) loses his open socket on a real
+`manage.py serve` process, through the Redis channel layer, before the next message reaches it.
+A raw websocket client; the tiny model (no reply is wanted)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.test_chat_browser import PASSWORD, SETUP
+from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
+from tests.test_ws_limit import open_ws, read_until_closed
+from tests.tiny_gguf import write_tiny_llama
+
+REMOVE_ALICE_THEN_WRITE = """
+import json, time, django
+django.setup()
+from django.contrib.auth import get_user_model
+from conversations import services
+from conversations.models import Conversation, Membership
+from review import services as review_services
+membership = Membership.objects.get(team__name="alpha", user__username="alice")
+review_services.remove_member(membership, by=None)
+removed_at = time.time()
+chat = Conversation.objects.get(title="Trip planning for the offsite")
+bob = get_user_model().objects.get(username="bob")
+services.add_user_message(chat, "written after alice left", author=bob)
+print(json.dumps({"removed_at": removed_at}))
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):  # noqa: F811
+    root = tmp_path_factory.mktemp("live-access")
+    tiny = write_tiny_llama(root / "tiny.gguf")
+    env = {
+        "CHAT_MODEL_PATH": str(tiny),
+        "REDIS_URL": redis_url,
+        "CHAT_CHANNEL_PREFIX": f"access{uuid.uuid4().hex[:8]}",
+    }
+    live = LiveServer(root / "site", env, command=["manage.py", "serve"]).start()
+    try:
+        done = subprocess.run(
+            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        yield live
+    finally:
+        live.stop()
+
+
+def log_in(server: LiveServer, username: str) -> str:
+    """A session cookie of ``username``, through the real login form."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/accounts/login/")
+    response = conn.getresponse()
+    page = response.read().decode()
+    csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie")).group(1)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    conn.request(
+        "POST",
+        "/accounts/login/",
+        f"username={username}&password={PASSWORD}&csrfmiddlewaretoken={token}",
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"csrftoken={csrf_cookie}",
+            "Referer": server.url + "/",
+        },
+    )
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 302, response.status
+    return re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie")).group(1)
+
+
+def read_until(sock: socket.socket, needle: bytes, timeout: float = 30) -> None:
+    sock.settimeout(timeout)
+    data = b""
+    while needle not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the witness's socket closed"
+        data += chunk
+
+
+def test_it_closes_a_removed_members_socket_from_another_process_through_redis(server: LiveServer) -> None:
+    conversation_id = server.query(
+        "SELECT id FROM conversations_conversation WHERE title = 'Trip planning for the offsite'"
+    )[0]["id"]
+    path = f"/ws/c/{conversation_id}/"
+    removed = open_ws(server, path, log_in(server, "alice"))
+    witness = open_ws(server, path, log_in(server, "bob"))
+    try:
+        read_until(removed, b'id="messages"')  # both sockets are in the conversation's group
+        read_until(witness, b'id="messages"')
+        script = subprocess.Popen(
+            [PYTHON, "-c", REMOVE_ALICE_THEN_WRITE],
+            cwd=ROOT,
+            env=server._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        frames, code = read_until_closed(removed, timeout=60)  # while the script runs
+        closed_at = time.time()
+        out, err = script.communicate(timeout=60)
+        assert script.returncode == 0, err
+        removed_at = json.loads(out.strip().splitlines()[-1])["removed_at"]
+        assert code == 4403
+        assert not any(b"after alice left" in payload for _, payload in frames)
+        read_until(witness, b"written after alice left")  # it was sent, to those who may read it
+        assert closed_at - removed_at < 1.0, f"closed {closed_at - removed_at:.2f} s after the commit"
+    finally:
+        removed.close()
+        witness.close()
