@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -270,3 +271,58 @@ LOGGING = {
         for name in ("chatsite", "conversations", "inference")
     },
 }
+
+# --- Login throttling, password-reset mail, one-time secrets (issue 9 §2) ---------------------
+# django-axes counts failed logins (site and admin) per username and, separately, per client
+# address. The CHAT_LOGIN_FAILURE_LIMIT-th failure within CHAT_LOGIN_LOCKOUT_MINUTES locks that
+# username and that address out (HTTP 429, "try again in N minutes"), right password or not, until
+# the window after the last counted failure has passed. Refused attempts do not extend the lock, so
+# an attacker cannot keep a user out for ever, and gets at most the limit of guesses per window.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it turns a lockout into the 429 page
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+CHAT_LOGIN_FAILURE_LIMIT = env_int("CHAT_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+CHAT_LOGIN_LOCKOUT_MINUTES = env_int("CHAT_LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+AXES_FAILURE_LIMIT = CHAT_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=CHAT_LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each counted on its own
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False  # a login to one's own account must not clear an address's count
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "chatsite.login_throttle.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "chatsite.login_throttle.client_address"
+AXES_DISABLE_ACCESS_LOG = True  # successful logins go to the audit trail (review) instead
+# The client address: the TCP peer, except behind the README's same-host TLS proxy
+# (CHAT_BEHIND_TLS_PROXY=1), where a request whose peer is one of CHAT_TRUSTED_PROXIES is counted
+# under the last X-Forwarded-For entry, the one that proxy appended. A client's own
+# X-Forwarded-For entries (to the left) and any X-Forwarded-For from another peer are ignored.
+CHAT_BEHIND_TLS_PROXY = env_bool("CHAT_BEHIND_TLS_PROXY", False)
+CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
+
+# Mail: password reset is offered only when EMAIL_HOST is set (SMTP); without it the reset pages
+# answer 404 and the login page says to ask an admin, so no page claims a mail was sent.
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+CHAT_PASSWORD_RESET = bool(EMAIL_HOST)
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1, maximum=65535)
+    EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+    EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+    if EMAIL_USE_TLS and EMAIL_USE_SSL:
+        raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on: pick one.")
+    EMAIL_TIMEOUT = 10  # a dead mail server fails the request in seconds, not minutes
+    DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", EMAIL_HOST_USER if "@" in EMAIL_HOST_USER else "")
+    if not DEFAULT_FROM_EMAIL:
+        raise ImproperlyConfigured("EMAIL_HOST is set: set DEFAULT_FROM_EMAIL too (the sender address).")
+    SERVER_EMAIL = DEFAULT_FROM_EMAIL
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+
+# Secrets shown once (a new API key) are kept in the session until shown: the session must stay
+# in the database, never in a cookie (chatsite/once.py refuses a cookie-based session engine).
+SESSION_ENGINE = "django.contrib.sessions.backends.db"

@@ -8,3 +8,6 @@ class ReviewConfig(AppConfig):
     label = "review"
     verbose_name = "Review"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from review import signals  # noqa: F401  (connects the login audit receivers)

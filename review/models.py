@@ -66,6 +66,8 @@ class AuditEntry(models.Model):
         UNFLAG = "unflag", "unflagged a conversation"
         MEMBERSHIP = "membership", "changed a membership"
         POLICY = "policy", "changed a review policy"
+        LOGIN = "login", "logged in"
+        LOCKOUT = "lockout", "was locked out of logging in"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"

@@ -5,6 +5,7 @@ Each function that acts on someone's behalf writes its audit entry in the same t
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -189,3 +190,29 @@ def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int
         )
         membership.delete()
     return len(keys)
+
+
+# --- Logins (the receivers are in review/signals.py) ---------------------------------------------
+
+
+def record_login(user: AbstractBaseUser, *, address: str, path: str) -> AuditEntry:
+    return audit(
+        user, AuditEntry.Action.LOGIN, object_repr=f"{user.get_username()} from {address}", detail=path
+    )
+
+
+def record_lockout(
+    username: str, *, address: str, failures: int, until: datetime, user: AbstractBaseUser | None
+) -> AuditEntry:
+    """Logins as ``username`` and from ``address`` were locked after ``failures`` failed ones.
+    ``user``: the account of that name, if there is one (the name typed may match none)."""
+    return audit(
+        user,
+        AuditEntry.Action.LOCKOUT,
+        actor_name=username[:150] or "(no username)",
+        object_repr=f"login as {username!r} from {address}",
+        detail=(
+            f"locked out after {failures} failed logins; logins as this username and from this "
+            f"address are refused until {until:%Y-%m-%d %H:%M:%S} UTC"
+        ),
+    )
