@@ -1,4 +1,4 @@
-"""API keys in the admin (the new key is shown once; revoke).
+"""API keys in the admin (the new key is shown once, from the session, never a cookie; revoke).
 
 Teams, memberships, conversations and the audit trail are in the review admin (review/admin/).
 """
@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
+from chatsite import once
 from conversations import services
 from conversations.models import ApiKey, Membership
 
@@ -36,6 +38,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix", "user__username"]
     list_select_related = ["user", "team"]
     actions = ["revoke"]
+    change_form_template = "admin/conversations/apikey/change_form.html"
 
     def get_form(self, request: HttpRequest, obj: ApiKey | None = None, **kwargs: Any) -> type:
         if obj is None:
@@ -59,7 +62,30 @@ class ApiKeyAdmin(admin.ModelAdmin):
         key, plain = services.create_api_key(obj.user, obj.team, obj.name)
         obj.pk = key.pk
         obj.refresh_from_db()
-        messages.warning(request, f"The new API key is {plain} — copy it now: it is not shown again.")
+        # Kept server-side until its change page shows it, once (chatsite/once.py).
+        once.keep(request, f"admin_api_key:{key.pk}", plain)
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        # Always on to the new key's page: the only page that shows it.
+        super().response_add(request, obj, post_url_continue)  # its "added" message
+        return HttpResponseRedirect(reverse("admin:conversations_apikey_change", args=[obj.pk]))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        new_key = once.take(request, f"admin_api_key:{object_id}")
+        response = super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "new_key": new_key}
+        )
+        if new_key is not None:
+            response["Cache-Control"] = "no-store"  # the page holds the key's only copy
+        return response
 
     @admin.action(description="Revoke the selected API keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

@@ -184,7 +184,7 @@ def test_it_says_when_the_oldest_messages_were_left_out(alice, chat) -> None:
 
 def test_it_creates_an_api_key_shown_once_and_lists_it_by_prefix(alice, alpha) -> None:
     client = client_for(alice)
-    response = client.post("/settings/keys", {"team": alpha.pk, "name": "nightly"})
+    response = client.post("/settings/keys", {"team": alpha.pk, "name": "nightly"}, follow=True)
     page = response.content.decode()
     key = ApiKey.objects.get()
     plain = re.search(r'<code id="new-key">([^<]+)</code>', page).group(1)

@@ -1,4 +1,8 @@
-"""API keys: create one for a team (shown once), list them by prefix, team and last use, revoke."""
+"""API keys: create one for a team (shown once), list them by prefix, team and last use, revoke.
+
+A new key's plain text is kept server-side in the session (chatsite/once.py) between the POST
+that makes it and the page that shows it, once: never in a cookie, never again on a reload.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from chatsite import once
 from conversations import services, webchat
 from conversations.models import ApiKey
 
@@ -15,15 +20,17 @@ from conversations.models import ApiKey
 @require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
-    new_key = None
     if request.method == "POST":
         team_id = request.POST.get("team", "")
         team = services.get_team_for_user(request.user, int(team_id) if team_id.isdigit() else 0)
         name = " ".join(request.POST.get("name", "").split())[:100]
-        key, new_key = services.create_api_key(request.user, team, name)
+        key, plain = services.create_api_key(request.user, team, name)
+        once.keep(request, f"api_key:{key.pk}", plain)
         messages.success(request, f"Created the key “{key}”. Copy it now: it is not shown again.")
+        return redirect("chat:api_keys")
+    new_keys = [plain for _, plain in once.take_all(request, "api_key:")]
     keys = ApiKey.objects.filter(user=request.user).select_related("team").order_by("-created")
-    context = {"keys": keys, "teams": webchat.teams_of(request.user), "new_key": new_key}
+    context = {"keys": keys, "teams": webchat.teams_of(request.user), "new_keys": new_keys}
     response = render(request, "chat/api_keys.html", context)
     response["Cache-Control"] = "no-store"  # the page may hold a new key's only copy
     return response
