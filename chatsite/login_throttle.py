@@ -50,8 +50,9 @@ def client_address(request: HttpRequest) -> str:
     return _address(peer) or peer
 
 
-def unlock_time(request: HttpRequest, credentials: dict[str, Any] | None) -> datetime:
-    """When the failures that lock this request out (by username or by address) have aged out."""
+def lockout(request: HttpRequest, credentials: dict[str, Any] | None) -> tuple[datetime, list[str]]:
+    """When the failures that lock this request out have aged out, and what is locked: the
+    username, the address or both (e.g. ``["address 192.0.2.1"]``)."""
     now = getattr(request, "axes_attempt_time", None) or timezone.now()
     cool_off = get_cool_off(request)
     assert cool_off is not None  # AXES_COOLOFF_TIME is always set (settings)
@@ -59,17 +60,27 @@ def unlock_time(request: HttpRequest, credentials: dict[str, Any] | None) -> dat
     username = get_client_username(request, credentials)
     address = getattr(request, "axes_ip_address", None) or client_address(request)
     user_agent = getattr(request, "axes_user_agent", "")
-    unlock = now
+    unlock, locked = now, []
     for filters in get_client_parameters(username, address, user_agent, request, credentials):
         attempts = AccessAttempt.objects.filter(**filters, attempt_time__gte=now - cool_off)
         rows = list(attempts.order_by("attempt_time").values_list("attempt_time", "failures_since_start"))
         counted = sum(failures for _, failures in rows)
+        if counted >= limit:
+            locked.append(" and ".join(f"{_NAMES.get(k, k)} {v!r}" for k, v in filters.items()))
         for attempt_time, failures in rows:  # oldest first: each row ages out in turn
             if counted < limit:
                 break
             unlock = max(unlock, attempt_time + cool_off)
             counted -= failures
-    return unlock
+    return unlock, locked
+
+
+_NAMES = {"ip_address": "address", "user_agent": "browser"}
+
+
+def unlock_time(request: HttpRequest, credentials: dict[str, Any] | None) -> datetime:
+    """When the failures that lock this request out (by username or by address) have aged out."""
+    return lockout(request, credentials)[0]
 
 
 def lockout_response(

@@ -202,17 +202,24 @@ def record_login(user: AbstractBaseUser, *, address: str, path: str) -> AuditEnt
 
 
 def record_lockout(
-    username: str, *, address: str, failures: int, until: datetime, user: AbstractBaseUser | None
+    username: str,
+    *,
+    address: str,
+    failures: int,
+    locked: list[str],
+    until: datetime,
+    user: AbstractBaseUser | None,
 ) -> AuditEntry:
-    """Logins as ``username`` and from ``address`` were locked after ``failures`` failed ones.
-    ``user``: the account of that name, if there is one (the name typed may match none)."""
+    """A failed login as ``username`` from ``address`` reached the limit (``failures``) and locked
+    logins by ``locked`` (the username, the address or both). ``user``: the account of that name,
+    if there is one (the name typed may match none)."""
     return audit(
         user,
         AuditEntry.Action.LOCKOUT,
         actor_name=username[:150] or "(no username)",
-        object_repr=f"login as {username!r} from {address}",
+        object_repr=f"login as {username!r} from {address}"[:300],
         detail=(
-            f"locked out after {failures} failed logins; logins as this username and from this "
-            f"address are refused until {until:%Y-%m-%d %H:%M:%S} UTC"
+            f"locked out after {failures} failed logins: logins by {', '.join(locked) or 'it'} "
+            f"are refused until {until:%Y-%m-%d %H:%M:%S} UTC"
         ),
     )

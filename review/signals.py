@@ -14,7 +14,7 @@ from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from chatsite.login_throttle import client_address, unlock_time
+from chatsite.login_throttle import client_address, lockout
 from review import services
 
 
@@ -39,7 +39,7 @@ def audit_lockout(
         return
     username = username or ""
     user = get_user_model()._default_manager.filter(**{get_user_model().USERNAME_FIELD: username}).first()
-    credentials = getattr(request, "axes_credentials", None)
+    until, locked = lockout(request, getattr(request, "axes_credentials", None))
     services.record_lockout(
-        username, address=ip_address, failures=failures, until=unlock_time(request, credentials), user=user
+        username, address=ip_address, failures=failures, locked=locked, until=until, user=user
     )

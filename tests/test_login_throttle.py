@@ -88,6 +88,8 @@ def test_it_counts_failures_per_address_across_usernames(dora) -> None:
     client = Client()
     for n in range(10):
         login(client, SITE, f"guess{n}", "wrong", "10.0.0.7")
+    (lockout,) = AuditEntry.objects.filter(action=AuditEntry.Action.LOCKOUT)
+    assert "logins by address '10.0.0.7' are refused" in lockout.detail  # not guess9's username
     response = login(client, SITE, "dora", PASSWORD, "10.0.0.7")
     assert response.status_code == 429 and not logged_in(client)
     # dora herself, from another address, is not locked: her username has no failures.
@@ -168,6 +170,7 @@ def test_it_audits_logins_and_each_lockout_once(dora) -> None:
     (lockout,) = AuditEntry.objects.filter(action=AuditEntry.Action.LOCKOUT)
     assert lockout.actor == dora and lockout.actor_name == "dora"
     assert "10.0.0.2" in lockout.object_repr and "after 10 failed logins" in lockout.detail
+    assert "logins by username 'dora', address '10.0.0.2' are refused until" in lockout.detail
     assert AuditEntry.objects.filter(action=AuditEntry.Action.LOGIN).count() == 1
 
 
