@@ -27,10 +27,12 @@ from django.template.loader import render_to_string
 from conversations import live_access, replies, services, webchat
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
+from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
 ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+MAX_ID = 2**63 - 1  # the largest database id
 
 # Close codes (4000–4999 are the application's).
 CLOSE_UNAUTHENTICATED = 4401
@@ -52,6 +54,8 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         data = json.loads(text_data)
     except ValueError:
         raise FrameError("The frame is not JSON.") from None
+    except RecursionError:  # nesting deeper than the decoder's stack: a frame no page sends
+        raise FrameError("The frame is nested too deeply.") from None
     if not isinstance(data, dict):
         raise FrameError("The frame must be a JSON object.")
     action = data.get("action")
@@ -64,14 +68,17 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
             raise FrameError("Write a message first.")
         if len(text) > MAX_TEXT_CHARS:
             raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).")
-        if "\x00" in text:
-            raise FrameError("The message contains a NUL character.")
+        problem = unstorable(text)
+        if problem is not None:
+            raise FrameError(f"The message cannot contain {problem}.")
         out["text"] = text
     if action in ("retry", "edit"):
         raw = data.get("message_id")
-        if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+        digits = "" if isinstance(raw, bool) or not isinstance(raw, int | str) else str(raw)
+        # ASCII digits only ("²".isdigit() is true), and within a 64-bit id.
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_ID:
             raise FrameError("message_id must be a message's id.")
-        out["message_id"] = int(raw)
+        out["message_id"] = int(digits)
     return out
 
 
