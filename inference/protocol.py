@@ -21,6 +21,8 @@ from pydantic import (
     model_serializer,
 )
 
+from inference.text import unstorable
+
 MODEL_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-0301")  # the ids the spec names
 MAX_N = 128
 MAX_STOP = 4
@@ -232,21 +234,29 @@ def parse_json_body(body: bytes) -> Any:
         ) from None
 
 
-def _nul_path(value: Any, path: str = "") -> str | None:
-    """Where the first string (or key) holding a NUL character is, as ``messages[0].content``."""
+def _shown(key: str) -> str:
+    """A key as it can be echoed in a JSON answer (a lone surrogate becomes its ``\\udxxx`` escape)."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where the first string (or key) that cannot be logged or tokenized is, as
+    ``("messages[0].content", "a NUL character (\\u0000)")``."""
     if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
+        problem = unstorable(value)
+        return (path or "body", problem) if problem else None
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return here
-            found = _nul_path(item, here)
+            here = f"{path}.{_shown(str(key))}" if path else _shown(str(key))
+            problem = unstorable(str(key))
+            if problem:
+                return here, problem
+            found = _unstorable_path(item, here)
             if found:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            found = _nul_path(item, f"{path}[{i}]")
+            found = _unstorable_path(item, f"{path}[{i}]")
             if found:
                 return found
     return None
@@ -256,12 +266,11 @@ def parse_chat_request(data: Any) -> ChatCompletionRequest:
     """Validate a decoded JSON body; raise ``InvalidRequest`` naming the first bad field."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    where = _nul_path(data)
-    if where is not None:
-        # Text is logged, and PostgreSQL text (and jsonb) cannot hold a NUL character.
-        raise InvalidRequest(
-            f"{where} must not contain NUL (\\u0000) characters.", param=where, code="invalid_value"
-        )
+    found = _unstorable_path(data)
+    if found is not None:
+        # Text is logged (PostgreSQL text and jsonb cannot hold a NUL) and tokenized (as UTF-8).
+        where, problem = found
+        raise InvalidRequest(f"{where} must not contain {problem}.", param=where, code="invalid_value")
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
