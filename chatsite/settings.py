@@ -91,6 +91,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
     "chatsite.metrics.ResponseCodeMiddleware",
+    "chatsite.inputs.UnstorableInputMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"

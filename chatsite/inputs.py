@@ -1,0 +1,69 @@
+"""Refuse, for the whole site, a form or query parameter that holds text nothing can store.
+
+Every page reads its parameters from ``request.GET`` and ``request.POST``; a NUL character in any
+of them (name or value) would reach a PostgreSQL query or row and fail there with a 500, whichever
+view it went to. One check here answers 400 with the parameter's name instead, before any view
+runs. (A lone surrogate cannot arrive this way: Django decodes bad UTF-8 in parameters as U+FFFD.
+The check covers it all the same.) /v1 is left out: it reads its own JSON body and checks every
+string of it, answering in OpenAI's shape (``inference.protocol``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
+
+from inference.text import unstorable
+
+API_PREFIX = "/v1"
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _shown(name: str) -> str:
+    return name.encode("unicode_escape").decode("ascii")[:100]
+
+
+def _first_unstorable(params: QueryDict) -> tuple[str, str] | None:
+    """The first parameter whose name or a value cannot be stored, with what is wrong in it."""
+    for name, values in params.lists():
+        for text in (name, *values):
+            if isinstance(text, str) and (problem := unstorable(text)):
+                return name, problem
+    return None
+
+
+def refusal(request: HttpRequest) -> HttpResponse | None:
+    if request.path_info == API_PREFIX or request.path_info.startswith(API_PREFIX + "/"):
+        return None
+    found = _first_unstorable(request.GET)
+    if found is None and request.method == "POST" and request.content_type in FORM_TYPES:
+        found = _first_unstorable(request.POST)
+    if found is None:
+        return None
+    name, problem = found
+    return HttpResponse(
+        f"The field “{_shown(name)}” contains {problem}, which cannot be stored. "
+        "Remove it and send the form again.\n",
+        status=400,
+        content_type="text/plain; charset=utf-8",
+    )
+
+
+class UnstorableInputMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return refusal(request) or self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        return refusal(request) or await self.get_response(request)
