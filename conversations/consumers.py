@@ -24,6 +24,7 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
+from chatsite.inputs import parse_id
 from conversations import live_access, replies, services, webchat
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
@@ -32,7 +33,6 @@ from inference.text import unstorable
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
 ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
-MAX_ID = 2**63 - 1  # the largest database id
 
 # Close codes (4000–4999 are the application's).
 CLOSE_UNAUTHENTICATED = 4401
@@ -73,12 +73,10 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
             raise FrameError(f"The message cannot contain {problem}.")
         out["text"] = text
     if action in ("retry", "edit"):
-        raw = data.get("message_id")
-        digits = "" if isinstance(raw, bool) or not isinstance(raw, int | str) else str(raw)
-        # ASCII digits only ("²".isdigit() is true), and within a 64-bit id.
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_ID:
+        message_id = parse_id(data.get("message_id"))
+        if message_id is None:
             raise FrameError("message_id must be a message's id.")
-        out["message_id"] = int(digits)
+        out["message_id"] = message_id
     return out
 
 

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 
+from chatsite.inputs import parse_id
 from conversations.models import ApiKey, Conversation, Message
 from review import access
 
@@ -26,9 +27,10 @@ class _IdFilter(_Filter):
     field = ""
 
     def apply(self, queryset: QuerySet[Conversation], value: str) -> QuerySet[Conversation]:
-        if not value.isdigit():
+        pk = parse_id(value)  # past 64 bits (or not digits): matches nothing, like a missing id
+        if pk is None:
             return queryset.none()
-        return queryset.filter(**{self.field: int(value)})
+        return queryset.filter(**{self.field: pk})
 
 
 class TeamFilter(_IdFilter):

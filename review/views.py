@@ -13,6 +13,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -37,9 +38,22 @@ def reviewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
     return wrapper
 
 
+# A year of margin at each end of Python's calendar: the period's arithmetic (two weeks back by
+# default, a day on for the end's midnight) and time zones never step outside it.
+FIRST_DAY, LAST_DAY = date(2, 1, 1), date(9998, 12, 31)
+_IN_CALENDAR = [
+    MinValueValidator(FIRST_DAY, f"Choose a date from {FIRST_DAY} to {LAST_DAY}."),
+    MaxValueValidator(LAST_DAY, f"Choose a date from {FIRST_DAY} to {LAST_DAY}."),
+]
+
+
 class PeriodForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    start = forms.DateField(
+        required=False, validators=_IN_CALENDAR, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    end = forms.DateField(
+        required=False, validators=_IN_CALENDAR, widget=forms.DateInput(attrs={"type": "date"})
+    )
     team = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
@@ -49,6 +63,8 @@ class PeriodForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        if self.errors:  # a date out of the calendar: the period cannot be computed
+            return data
         today = timezone.now().date()
         end = data.get("end") or today
         start = data.get("start") or end - timedelta(days=13)

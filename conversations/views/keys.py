@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from chatsite import once
+from chatsite.inputs import parse_id
 from conversations import services, webchat
 from conversations.models import ApiKey
 
@@ -22,7 +23,7 @@ from conversations.models import ApiKey
 def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         team_id = request.POST.get("team", "")
-        team = services.get_team_for_user(request.user, int(team_id) if team_id.isdigit() else 0)
+        team = services.get_team_for_user(request.user, parse_id(team_id) or 0)
         name = " ".join(request.POST.get("name", "").split())[:100]
         key, plain = services.create_api_key(request.user, team, name)
         once.keep(request, f"api_key:{key.pk}", plain)

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from chatsite.inputs import parse_id
 from chatsite.runtime import get_runtime
 from conversations import services, webchat
 from conversations.consumers import message_context
@@ -145,7 +146,7 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 
 def _int(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
+    return parse_id(value) or 0
 
 
 def _form_errors(form: forms.Form) -> list[str]:
