@@ -34,6 +34,7 @@ class Runtime:
         self.threads = settings.CHAT_THREADS
         self.queue_max = settings.CHAT_QUEUE_MAX
         self.prefill_chunk = settings.CHAT_PREFILL_CHUNK
+        self.token_pace = settings.CHAT_TEST_TOKEN_PACE  # test-only (CHAT_TEST_ENGINE=paced:<ms>)
         self.state = "not loaded"
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -102,6 +103,7 @@ class Runtime:
                 threads=self.threads,
                 queue_max=self.queue_max,
                 prefill_chunk=self.prefill_chunk,
+                token_pace=self.token_pace,
             )
         except Exception as exc:
             log.exception("the model failed to load")
@@ -112,6 +114,10 @@ class Runtime:
             self.load_seconds = time.monotonic() - start
             self.state = "ready"
             log.info("model %s ready in %.1f s", model.model_id, self.load_seconds)
+            if self.token_pace:
+                log.warning(
+                    "CHAT_TEST_ENGINE: each token takes at least %g ms (tests only)", self.token_pace * 1e3
+                )
         finally:
             self._ready.set()
 

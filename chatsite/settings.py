@@ -226,6 +226,20 @@ CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, min
 CHAT_API_MAX_BODY = env_int("CHAT_API_MAX_BODY", 1024 * 1024, minimum=1024)
 # Test-only: caps every completion's max_tokens (the fuzzing run must not generate for minutes).
 CHAT_MAX_TOKENS_CAP = env_int("CHAT_MAX_TOKENS_CAP", None, minimum=1)
+# Test-only: "paced:<ms>" makes every generated token take at least <ms> milliseconds (inference/
+# paced.py), so that a test's long reply (with the tiny test model) lasts as long on a busy machine
+# as on a quiet one. Refused with DEBUG off: a deployment never runs it.
+CHAT_TEST_ENGINE = env_str("CHAT_TEST_ENGINE", "")
+CHAT_TEST_TOKEN_PACE: float | None = None
+if CHAT_TEST_ENGINE:
+    if not DEBUG:
+        raise ImproperlyConfigured("CHAT_TEST_ENGINE is for tests only: it is refused when DEBUG=0.")
+    from inference.paced import parse_test_engine
+
+    try:
+        CHAT_TEST_TOKEN_PACE = parse_test_engine(CHAT_TEST_ENGINE)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"CHAT_TEST_ENGINE={CHAT_TEST_ENGINE!r} is not valid: {exc}.") from None
 
 # --- Passwords, language, time ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

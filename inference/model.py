@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.chat import build_prompt_ids
-from inference.engine import CtransformersEngine
+from inference.engine import CtransformersEngine, Engine
 from inference.prompts import ChatTemplate
 from inference.scheduler import Scheduler
 from inference.tokenizer import Tokenizer
@@ -18,7 +18,7 @@ from inference.tokenizer import Tokenizer
 @dataclass
 class ChatModel:
     model_id: str
-    engine: CtransformersEngine
+    engine: Engine
     tokenizer: Tokenizer
     template: ChatTemplate
     scheduler: Scheduler
@@ -34,8 +34,14 @@ class ChatModel:
         threads: int | None = None,
         queue_max: int = 32,
         prefill_chunk: int = 64,
+        token_pace: float | None = None,
     ) -> ChatModel:
-        engine = CtransformersEngine(model_path, cache_dir=cache_dir, context_length=context_length)
+        """``token_pace`` (tests only): every generated token takes at least that many seconds."""
+        engine: Engine = CtransformersEngine(model_path, cache_dir=cache_dir, context_length=context_length)
+        if token_pace:
+            from inference.paced import PacedEngine
+
+            engine = PacedEngine(engine, token_pace)
         tokenizer = Tokenizer.from_gguf(engine.info)
         template = ChatTemplate.from_gguf(engine.info)
         scheduler = Scheduler(
