@@ -1,6 +1,9 @@
 """The launcher (`manage.py serve`): graceful drain on SIGTERM, and recovery after kill -9.
 
-A real server process with the real default model; replies are streamed over /v1 with raw HTTP.
+A real server process; replies are streamed over /v1 with raw HTTP. The model is the tiny test
+model at a fixed pace (tests/paced_model.py): these tests need replies that are still running when
+they act, not the real model's words, and a reply's length in time then does not depend on how
+busy the machine is.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.live_server import LiveServer, Stream
+from tests.paced_model import paced_env, write_paced_model
 
-pytestmark = pytest.mark.model
+pytestmark = pytest.mark.slow
 
 
 def open_stream(server: LiveServer, max_tokens: int) -> Stream:
@@ -27,7 +31,7 @@ def open_stream(server: LiveServer, max_tokens: int) -> Stream:
 def start(tmp_path: Path, drain: float) -> LiveServer:
     server = LiveServer(
         tmp_path / "site",
-        {"CHAT_THREADS": "2", "CHAT_SLOTS": "1"},
+        {**paced_env(write_paced_model(tmp_path / "model")), "CHAT_SLOTS": "1"},
         command=["manage.py", "serve", "--drain-timeout", str(drain)],
     )
     return server.start()
@@ -40,7 +44,7 @@ def last_reply(server: LiveServer):
 
 
 def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
-    n_tokens = 300  # a few seconds: the reply is still running when the refused request is made
+    n_tokens = 300  # 6 s at the pace: the reply is still running when the refused request is made
     server = start(tmp_path, drain=300)
     try:
         # The readiness probe's one-token completion went through the runner into the metrics.

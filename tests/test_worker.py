@@ -24,6 +24,7 @@ from inference.gguf import read_gguf
 from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded
 from inference.sampling import SamplingParams
 from inference.tokenizer import Tokenizer
+from tests.paced_model import PACE_MS, paced_env, write_paced_model
 from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
 from tests.tiny_gguf import write_tiny_llama
 
@@ -35,6 +36,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", context_length=512)
 
 
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The tiny model at the test pace, and the worker settings that serve it (tests/paced_model.py):
+    for the tests that need a job still running while they act, not the real model's words."""
+    model = write_paced_model(tmp_path_factory.mktemp("paced"))
+    return model, paced_env(model)
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"test{uuid.uuid4().hex[:8]}"
@@ -43,12 +52,14 @@ def prefix() -> str:
 def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) -> subprocess.Popen:
     child = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
     child.update(
-        REDIS_URL=url,
-        CHAT_CHANNEL_PREFIX=prefix,
-        CHAT_MODEL_PATH=str(tiny),
-        CHAT_DATA_DIR=str(tmp_path),
-        CHAT_THREADS="2",
-        **env,
+        {
+            "REDIS_URL": url,
+            "CHAT_CHANNEL_PREFIX": prefix,
+            "CHAT_MODEL_PATH": str(tiny),
+            "CHAT_DATA_DIR": str(tmp_path),
+            "CHAT_THREADS": "2",
+            **env,
+        }
     )
     tmp_path.mkdir(parents=True, exist_ok=True)
     log = tmp_path / "worker.log"
@@ -199,7 +210,9 @@ def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path
     from tests.live_server import LiveServer
 
     env = {"REDIS_URL": redis_url, "CHAT_CHANNEL_PREFIX": prefix, "CHAT_INFERENCE_WORKER": "1"}
-    worker = start_worker(default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2")
+    worker = start_worker(
+        default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2", CHAT_THREADS="1"
+    )
     a = b = None
     try:
         a = LiveServer(tmp_path / "site", env).start()
@@ -242,13 +255,16 @@ def story(model: Path) -> list[int]:
     return ids(model, "Tell me a very long story about the sea.")
 
 
-@pytest.mark.model
-def test_a_job_whose_worker_dies_ends_with_the_text_so_far(redis_url, prefix, tmp_path, monkeypatch) -> None:  # noqa: F811
-    from tests.fixtures_model import default_model_path
-
+def test_a_job_whose_worker_dies_ends_with_the_text_so_far(
+    redis_url,  # noqa: F811
+    prefix,
+    tmp_path,
+    monkeypatch,
+    paced,
+) -> None:
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
-    model = default_model_path()
-    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1")
+    model, env = paced
+    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1", **env)
     try:
 
         async def scenario():
@@ -271,25 +287,26 @@ def test_a_job_whose_worker_dies_ends_with_the_text_so_far(redis_url, prefix, tm
         process.wait(10)
 
 
-@pytest.mark.model
 def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
     redis_url,  # noqa: F811
     prefix,
     tmp_path,
     monkeypatch,
+    paced,
 ) -> None:
-    from tests.fixtures_model import default_model_path
-
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
-    model = default_model_path()
-    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1")
+    model, env = paced
+    n_first = 250
+    assert n_first * PACE_MS / 1000 >= 5  # the first job lasts longer than the silence allowed
+    # The third job still runs in the worker when the test ends: stopping it need not wait for it.
+    process = start_worker(model, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_DRAIN_TIMEOUT="1", **env)
     try:
 
         async def scenario():
             client = new_client(redis_url, prefix)
             # One slot: the second job waits for the first (seconds, more than the silence allowed)
             # with no event of its own meanwhile: the worker's alive messages keep both going.
-            [first] = await client.submit_n(story(model), no_eos(max_tokens=1000), 1)
+            [first] = await client.submit_n(story(model), no_eos(max_tokens=n_first), 1)
             [second] = await client.submit_n(story(model), no_eos(max_tokens=4), 1)
             ends = await asyncio.gather(*(asyncio.to_thread(job.wait, 120) for job in (first, second)))
             # A job the worker does not list any more as running lost its end on the way.
@@ -303,7 +320,7 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
             return ends, await asyncio.to_thread(third.wait, 30)
 
         (first, second), third = run(scenario())
-        assert (first.reason, first.usage.completion_tokens) == ("length", 1000)
+        assert (first.reason, first.usage.completion_tokens) == ("length", n_first)
         assert (second.reason, second.usage.completion_tokens) == ("length", 4)
         assert second.timings.queue_wait > 3.0  # it did wait longer than the silence allowed
         assert third.reason == "cancelled" and "no longer has this job" in third.error
@@ -311,13 +328,11 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
         stop_worker(process)
 
 
-@pytest.mark.model
-def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path, paced) -> None:  # noqa: F811
     """The queue of a multi-process deployment is the worker's: it serves its gauges itself, read
     at each scrape."""
     import urllib.request
 
-    from tests.fixtures_model import default_model_path
     from tests.live_server import free_port
 
     def scrape() -> str:
@@ -325,9 +340,9 @@ def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path) -> None:
             return response.read().decode()
 
     port = free_port()
-    model = default_model_path()
+    model, env = paced
     process = start_worker(
-        model, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_WORKER_METRICS_PORT=str(port)
+        model, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_WORKER_METRICS_PORT=str(port), **env
     )
     try:
         idle = scrape()
