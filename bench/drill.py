@@ -135,13 +135,20 @@ def check(server: LiveServer, streams: list[Stream], killed_at: float) -> dict:
 
 
 def drill(
-    database: str, kills: int, clients: int, root: Path, postgres: str = POSTGRES, seed: int = 0
+    database: str,
+    kills: int,
+    clients: int,
+    root: Path,
+    postgres: str = POSTGRES,
+    seed: int = 0,
+    server_env: dict[str, str] | None = None,
 ) -> Totals:
-    """``kills`` rounds against ``database`` ("sqlite" or "postgres")."""
+    """``kills`` rounds against ``database`` ("sqlite" or "postgres"); ``server_env`` adds to the
+    server's settings (the test runs the drill on the tiny model at a fixed pace)."""
     rng = random.Random(seed)
     totals = Totals(database)
     with postgres_database(postgres) if database == "postgres" else _nothing() as url:
-        env = {"CHAT_SLOTS": "2", "CHAT_THREADS": "2"}
+        env = {"CHAT_SLOTS": "2", "CHAT_THREADS": "2", **(server_env or {})}
         if url:
             env["DATABASE_URL"] = url
         server = LiveServer(root / f"drill-{database}", env, command=["manage.py", "serve"])

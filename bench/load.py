@@ -55,12 +55,14 @@ class LoadResult:
         return self.statuses.get(200, 0)
 
 
-def overload(root: Path, *, bursts: int, slots: int = 1, queue: int = 2, factor: int = 10) -> LoadResult:
+def overload(
+    root: Path, *, bursts: int, slots: int = 1, queue: int = 2, factor: int = 10, threads: int = 2
+) -> LoadResult:
     size = factor * (slots + queue)
     result = LoadResult(slots, queue, size, bursts)
     server = LiveServer(
         root / "load-site",
-        {"CHAT_SLOTS": str(slots), "CHAT_QUEUE_MAX": str(queue), "CHAT_THREADS": "2"},
+        {"CHAT_SLOTS": str(slots), "CHAT_QUEUE_MAX": str(queue), "CHAT_THREADS": str(threads)},
         command=["manage.py", "serve"],
     ).start()
     try:

@@ -76,7 +76,7 @@ def world(alice, bob, charlie, alpha):
 
 @pytest.fixture(scope="session")
 def api_server(tmp_path_factory: pytest.TempPathFactory):
-    """Daphne serving the REAL default model: one slot, two threads, a queue of one (so that a
+    """Daphne serving the REAL default model: one slot, one thread, a queue of one (so that a
     second request with n=2 during a stream is refused with 429)."""
     from tests.fixtures_model import default_model_path
     from tests.live_server import LiveServer
@@ -86,7 +86,6 @@ def api_server(tmp_path_factory: pytest.TempPathFactory):
         {
             "CHAT_MODEL_PATH": str(default_model_path()),
             "CHAT_SLOTS": "1",
-            "CHAT_THREADS": "2",
             "CHAT_QUEUE_MAX": "1",
         },
     ).start()

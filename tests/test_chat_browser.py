@@ -1,5 +1,5 @@
 """The browser chat in real headless Chromium (Debian's, driven by Playwright through its executable
-path) against a live Daphne serving the REAL default model (one slot, two threads).
+path) against a live Daphne serving the REAL default model (one slot, one thread).
 
 The tests run in order on one server and share alice's conversation: she logs in, sends a message
 and watches the answer grow; stops a long answer and finds it saved as stopped after a reload;
@@ -69,7 +69,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         {
             "CHAT_MODEL_PATH": str(default_model_path()),
             "CHAT_SLOTS": "1",
-            "CHAT_THREADS": "2",
             "CHAT_QUEUE_MAX": "4",
         },
     ).start()

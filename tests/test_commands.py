@@ -24,7 +24,7 @@ def manage(*args: str, input: str | None = None, **env: str) -> subprocess.Compl
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "CHAT_THREADS": "2", **env},
+        env={**os.environ, "CHAT_THREADS": "1", **env},  # one thread: see LiveServer
     )
 
 

@@ -21,7 +21,7 @@ GREEDY = load_reference("smollm2-chat-greedy.json")
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
     cache = Path(tmp_path_factory.getbasetemp()) / "model-cache"
-    loaded = ChatModel.load(default_model_path(), cache_dir=cache, threads=2, slots=1)
+    loaded = ChatModel.load(default_model_path(), cache_dir=cache, threads=1, slots=1)  # see LiveServer
     yield loaded
     loaded.close()
 

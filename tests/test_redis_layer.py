@@ -56,7 +56,7 @@ def test_it_delivers_a_group_message_to_another_layer_instance(redis_url: str) -
 def test_it_streams_a_reply_of_another_process_through_redis(redis_url: str, tmp_path: Path) -> None:
     """A server process publishes a reply's deltas to its conversation's group in Redis; this test
     process, a second member of the layer, receives them and they add up to the reply."""
-    server = LiveServer(tmp_path / "site", {"REDIS_URL": redis_url, "CHAT_THREADS": "2"}).start()
+    server = LiveServer(tmp_path / "site", {"REDIS_URL": redis_url}).start()
     try:
         status, _, body = server.request("GET", "/ready", key=None)
         assert status == 200 and json.loads(body)["checks"]["channel_layer"] == "ok"
