@@ -1,6 +1,8 @@
 """Two Daphne processes on one database and Redis, with the model in one inference worker:
 a teammate's page on process A streams a reply started through process B, and Stop pressed on A
-stops it. Real Chromium, the real default model."""
+stops it. Real Chromium; the tiny model at a fixed pace (tests/paced_model.py), so that the reply is
+still streaming when Stop is pressed however busy the machine is (the real model's words are not
+what this checks; tests/test_worker.py serves two web processes from the real model)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures_model import default_model_path
 from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.paced_model import paced_env, write_paced_model
 from tests.test_chat_browser import (
     LONG_PROMPT,
     SETUP,
@@ -28,20 +30,22 @@ from tests.test_chat_browser import (
 from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 from tests.test_worker import start_worker, stop_worker
 
-pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:  # noqa: F811
     root = tmp_path_factory.mktemp("two-processes")
     prefix = f"mp{uuid.uuid4().hex[:8]}"  # nothing left in Redis by an earlier run is shared
+    model = write_paced_model(root / "model")
     env = {
         "REDIS_URL": redis_url,
         "CHAT_CHANNEL_PREFIX": prefix,
         "CHAT_INFERENCE_WORKER": "1",
         "CHAT_SLOTS": "1",
+        "CHAT_MODEL_PATH": str(model),  # the web processes read its tokenizer and chat template
     }
-    worker = start_worker(default_model_path(), redis_url, prefix, root / "worker", CHAT_SLOTS="1")
+    worker = start_worker(model, redis_url, prefix, root / "worker", CHAT_SLOTS="1", **paced_env(model))
     a = b = None
     try:
         a = LiveServer(root / "site", env).start()
