@@ -31,7 +31,8 @@ def make_model(tiny_path: Path, tmp_path: Path) -> Iterator[Callable[..., ChatMo
     models: list[ChatModel] = []
 
     def make(**kwargs) -> ChatModel:
-        kwargs.setdefault("threads", 2)
+        # One thread unless a test is about threads: two spin-wait for each other on a busy machine.
+        kwargs.setdefault("threads", 1)
         model = ChatModel.load(tiny_path, cache_dir=tmp_path / "cache", **kwargs)
         models.append(model)
         return model
@@ -311,7 +312,7 @@ def test_it_drains_finishing_running_work_and_refusing_new(make_model) -> None:
 
 
 def test_it_cancels_what_outlives_the_drain_timeout(make_model) -> None:
-    model = make_model(slots=1)
+    model = make_model(slots=1, token_pace=0.02)  # 900 tokens: 18 s, far beyond the drain's 0.05 s
     running = model.scheduler.submit(prompt(model, "long"), params(model, max_tokens=900))
     next(e for e in running.events(timeout=10) if isinstance(e, Delta))
     summary = model.scheduler.drain(timeout=0.05)
