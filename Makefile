@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test bench setup setup-dev lint format
+.PHONY: run test test-fast bench setup setup-dev lint format
 
 ## run: set up (venv, requirements, model, database, static files, demo login) and serve the site
 run: setup
@@ -19,6 +19,10 @@ test: setup-dev
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$status
+
+## test-fast: the same, without the slow, real-model and browser tests (a quick check while working)
+test-fast: setup-dev
+	@$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow and not model and not browser" $(PYTEST_ARGS)'
 
 ## bench: the benchmarks (run with nothing else on the machine); writes bench/results/latest.json
 bench: setup

@@ -57,7 +57,7 @@ def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) 
             "CHAT_CHANNEL_PREFIX": prefix,
             "CHAT_MODEL_PATH": str(tiny),
             "CHAT_DATA_DIR": str(tmp_path),
-            "CHAT_THREADS": "2",
+            "CHAT_THREADS": "1",  # the tiny model needs no more; see tests/live_server.py
             **env,
         }
     )
@@ -210,9 +210,7 @@ def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path
     from tests.live_server import LiveServer
 
     env = {"REDIS_URL": redis_url, "CHAT_CHANNEL_PREFIX": prefix, "CHAT_INFERENCE_WORKER": "1"}
-    worker = start_worker(
-        default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2", CHAT_THREADS="1"
-    )
+    worker = start_worker(default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2")
     a = b = None
     try:
         a = LiveServer(tmp_path / "site", env).start()
