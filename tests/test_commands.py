@@ -28,6 +28,7 @@ def manage(*args: str, input: str | None = None, **env: str) -> subprocess.Compl
     )
 
 
+@pytest.mark.model
 def test_it_validates_and_loads_the_default_model(capsys) -> None:
     call_command("checkmodel", str(default_model_path()))
     out = capsys.readouterr().out
@@ -67,12 +68,14 @@ def test_it_reports_a_bad_model_path_as_a_system_check_error(tmp_path: Path) -> 
     assert "chatsite.E003" in result.stderr and str(bad) in result.stderr
 
 
+@pytest.mark.model
 def test_it_answers_a_question_in_the_terminal() -> None:
     result = manage("chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip()) > 0
 
 
+@pytest.mark.model
 def test_it_keeps_the_conversation_in_interactive_mode() -> None:
     result = manage(
         "chat",
