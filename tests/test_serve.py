@@ -67,6 +67,7 @@ def test_it_lets_running_replies_finish_on_sigterm(tmp_path: Path) -> None:
         )
         assert status == 503
         assert json.loads(body)["error"]["message"]
+        assert last_reply(server)["status"] == "streaming"  # the reply was still running meanwhile
         stream.read()
         assert stream.done and stream.finish_reason == "length"
         assert server.process.wait(30) == 0
