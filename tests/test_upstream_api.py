@@ -74,7 +74,8 @@ def sse_chunks(data: bytes) -> list:
 def last_call(site):
     conversation = site.query("SELECT * FROM conversations_conversation ORDER BY id DESC LIMIT 1")[0]
     replies = site.query(
-        "SELECT * FROM conversations_message WHERE conversation_id = ? AND role = 'assistant' ORDER BY choice_index",
+        "SELECT * FROM conversations_message WHERE conversation_id = ? AND role = 'assistant' "
+        "ORDER BY choice_index",
         conversation["id"],
     )
     return conversation, replies
