@@ -1,5 +1,5 @@
 """A scripted OpenAI-compatible server for the upstream fault tests, run as its own process:
-``python tests/fault_upstream.py PORT``. The model id picks the behaviour:
+``python tests/fault_upstream.py PORT [--broken]`` (broken: every completion answers 500). The model id picks the behaviour:
 
 - ``fault-ok``: streams "one two three four" (no usage, even when asked) or answers at once;
 - ``fault-slow``: streams 40 words, one every 50 ms;
@@ -33,6 +33,7 @@ MODELS = [
     "fault-echo",
 ]
 LOG = Path("requests.log")
+BROKEN = "--broken" in sys.argv  # every completion answers 500
 
 
 def chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
@@ -78,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         with LOG.open("a") as log:
             log.write(json.dumps(body) + "\n")
         model = str(body.get("model")).rsplit("/", 1)[-1]
-        if model == "fault-500":
+        if model == "fault-500" or BROKEN:
             self._json(500, {"error": {"message": "boom", "type": "server_error"}})
             return
         if model == "fault-400":

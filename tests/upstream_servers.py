@@ -21,6 +21,7 @@ class FaultServer:
     folder: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    broken: bool = False
 
     @property
     def url(self) -> str:
@@ -29,7 +30,10 @@ class FaultServer:
     def start(self) -> FaultServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [PYTHON, str(FAULT_SERVER), str(self.port)], cwd=self.folder, stdout=subprocess.PIPE, text=True
+            [PYTHON, str(FAULT_SERVER), str(self.port), *(["--broken"] if self.broken else [])],
+            cwd=self.folder,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
         return self

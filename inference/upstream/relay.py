@@ -17,7 +17,7 @@ from typing import Any
 from inference.jobs import Delta, Finished, Job, Started, Timings, Usage
 from inference.sampling import SamplingParams
 from inference.upstream.connection import Opened
-from inference.upstream.errors import UpstreamError
+from inference.upstream.errors import UpstreamError, UpstreamUnavailable
 
 TokenCounter = Callable[[str], int]
 
@@ -110,6 +110,8 @@ class Relay:
             # Cut short: the reply keeps its text and ends as interrupted; a failure to open at all
             # (the websocket path opens here) is an error.
             reason, error = ("cancelled" if any(self.texts) else "error"), exc
+            if opened is not None and isinstance(exc, UpstreamUnavailable):  # it may have died
+                opened.connection.mark_unhealthy(str(exc))
         finally:
             if opened is not None:
                 await opened.aclose(failed=error is not None)
