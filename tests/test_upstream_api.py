@@ -308,3 +308,40 @@ def test_it_serves_concurrent_streams(site) -> None:
     for thread in threads:
         thread.join()
     assert results == [200] * 8
+
+
+def test_it_answers_the_openai_sdk_for_an_upstream_model(site) -> None:
+    import openai
+
+    client = openai.OpenAI(api_key=site.keys["alice"], base_url=f"{site.url}/v1", max_retries=0)
+    completion = client.chat.completions.create(model="upstream-tiny", messages=HELLO, max_tokens=4)
+    assert completion.model == "upstream-tiny" and completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.completion_tokens >= 1
+
+    stream = client.chat.completions.create(
+        model="upstream-tiny",
+        messages=HELLO,
+        max_tokens=6,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+        logit_bias=NO_EOS,
+    )
+    texts = {0: "", 1: ""}
+    usage = None
+    for chunk in stream:
+        assert chunk.model == "upstream-tiny"
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts[0] and texts[1] and usage is not None and usage.completion_tokens == 12
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="fault-400", messages=HELLO)
+    assert refused.value.code == "fault_refused"
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="fault-500", messages=HELLO)
+    assert failed.value.status_code == 502
