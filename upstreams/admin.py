@@ -10,8 +10,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from review import access
 from upstreams import registry, services
-from upstreams.models import Upstream
+from upstreams.models import TeamModels, Upstream
 
 
 def _superuser(request: HttpRequest) -> bool:
@@ -147,3 +148,76 @@ class UpstreamAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return _superuser(request)
+
+
+def available_models() -> list[str]:
+    """The embedded model and every upstream model (the aliases follow CHAT_DEFAULT_MODEL)."""
+    from chatsite.runtime import get_runtime
+
+    own = get_runtime().model_id
+    return list(dict.fromkeys([*([own] if own else []), *registry.pool().model_ids()]))
+
+
+class TeamModelsForm(forms.ModelForm):
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The team may use only the models ticked (delete this entry to allow every model).",
+    )
+
+    class Meta:
+        model = TeamModels
+        fields = ["team", "models"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        current = list(self.instance.models or []) if self.instance.pk else []
+        self.fields["models"].choices = [(m, m) for m in dict.fromkeys([*available_models(), *current])]
+
+
+@admin.register(TeamModels)
+class TeamModelsAdmin(admin.ModelAdmin):
+    """Team admins choose their teams' models; superusers any team's."""
+
+    form = TeamModelsForm
+    list_display = ["team", "chosen"]
+
+    @admin.display(description="models")
+    def chosen(self, obj: TeamModels) -> str:
+        return ", ".join(obj.models) or "(none)"
+
+    def _teams(self, request: HttpRequest) -> list[int] | None:
+        return None if access.is_superuser(request.user) else access.admin_team_ids(request.user)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TeamModels]:
+        teams = self._teams(request)
+        qs = super().get_queryset(request).select_related("team")
+        return qs if teams is None else qs.filter(team_id__in=teams)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        teams = self._teams(request)
+        if db_field.name == "team" and teams is not None:
+            field.queryset = field.queryset.filter(pk__in=teams)
+        return field
+
+    def _allowed(self, request: HttpRequest, obj: TeamModels | None = None) -> bool:
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        teams = self._teams(request)
+        return teams is None or (bool(teams) and (obj is None or obj.team_id in teams))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._allowed(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allowed(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._allowed(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allowed(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allowed(request, obj)

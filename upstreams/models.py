@@ -46,3 +46,17 @@ class Upstream(models.Model):
     @property
     def has_api_key(self) -> bool:
         return bool(self.api_key_encrypted)
+
+
+class TeamModels(models.Model):
+    """The models a team may use, chosen by its admins. No row: every model."""
+
+    team = models.OneToOneField("conversations.Team", models.CASCADE, related_name="model_choice")
+    models = models.JSONField(default=list, blank=True, help_text="The model ids the team may use.")
+
+    class Meta:
+        verbose_name = "team's models"
+        verbose_name_plural = "teams' models"
+
+    def __str__(self) -> str:
+        return f"models of {self.team}"

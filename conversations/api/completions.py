@@ -44,6 +44,7 @@ from inference.protocol import (
 )
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
+from upstreams import permissions
 
 RETRY_AFTER_SECONDS = 2
 FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is not held back)
@@ -53,6 +54,7 @@ FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is no
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     key = await authenticate(request)
     data = read_json(request)
+    await permissions.check(key, data)  # the team's choice of models
     if (upstream_model := await upstream.target(data)) is not None:  # served by an upstream server
         return await upstream.chat_completions(key, data, upstream_model)
     body = parse_chat_request(data)
