@@ -1,5 +1,6 @@
 """A scripted OpenAI-compatible server for the upstream fault tests, run as its own process:
-``python tests/fault_upstream.py PORT [--broken]`` (broken: every completion answers 500). The model id picks the behaviour:
+``python tests/fault_upstream.py PORT [--broken]`` (broken: every completion answers 500). The
+model id picks the behaviour:
 
 - ``fault-ok``: streams "one two three four" (no usage, even when asked) or answers at once;
 - ``fault-slow``: streams 40 words, one every 50 ms;
