@@ -164,6 +164,8 @@ def test_it_checks_requests_as_for_the_embedded_model(site) -> None:
     assert status == 400 and body["error"]["param"] == "temperature"
     status, _, body = post(site, {"model": "fault-ok", "messages": [{"role": "robot", "content": "x"}]})
     assert status == 400 and body["error"]["param"] == "messages[0].role"
+    status, _, body = post(site, {"model": "fault-ok", "messages": [{"role": "tool", "content": "a\u0000b"}]})
+    assert status == 400 and body["error"]["param"] == "messages[0].content"
     status, _, body = post(site, {"model": "fault-ok", "messages": HELLO}, key="revoked")
     assert status == 401
     status, _, body = post(site, b"x", headers={"Content-Type": "text/plain"})
