@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "chatsite",
     "conversations",
     "review",
+    "upstreams",
 ]
 
 MIDDLEWARE = [
@@ -341,3 +342,7 @@ else:
 # Secrets shown once (a new API key) are kept in the session until shown: the session must stay
 # in the database, never in a cookie (chatsite/once.py refuses a cookie-based session engine).
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# Upstream inference servers (issue 12): the model the spec's aliases (gpt-3.5-turbo, …) and new
+# browser conversations use. Empty: the embedded model.
+CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL", "")

@@ -50,7 +50,7 @@ _swept = False
 
 def outcome_for(finished: Finished, cancel_status: str | None) -> services.Outcome:
     """The row's final state for a job's Finished event."""
-    if finished.reason in ("stop", "length"):
+    if finished.reason not in ("cancelled", "error"):  # stop, length, or an upstream's own (tool_calls, …)
         status, finish_reason = Message.Status.COMPLETE, finished.reason
     elif finished.reason == "cancelled":
         status, finish_reason = cancel_status or Message.Status.INTERRUPTED, ""

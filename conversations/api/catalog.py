@@ -10,8 +10,10 @@ from django.http import HttpRequest, HttpResponse
 from chatsite.runtime import ModelNotReady, get_runtime
 from conversations import services
 from conversations.api.http import api_view, authenticate, json_response
+from conversations.models import ApiKey
 from inference.model import ChatModel
 from inference.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
+from upstreams import permissions, registry
 
 OWNER = "chatsite"
 
@@ -49,17 +51,31 @@ def resolve_model(model_id: str) -> ChatModel:
         ) from None
 
 
+async def _all_cards(key: ApiKey) -> list[ModelCard]:
+    """The embedded model (and the aliases), then every upstream model with its connections: those
+    the key's team may use."""
+    cards = [_card(i) for i in model_ids()]
+    pool = await registry.apool()
+    for model_id in pool.model_ids():
+        if model_id not in model_ids():
+            owners = ",".join(c.name for c in pool.replicas(model_id))
+            cards.append(ModelCard(id=model_id, created=0, owned_by=f"upstream:{owners}"))
+    allowed = await database_sync_to_async(permissions.allowed_models)(key.team_id)
+    return [card for card in cards if permissions.may_use(allowed, card.id)]
+
+
 @api_view("GET")
 async def list_models(request: HttpRequest) -> HttpResponse:
     key = await authenticate(request)
     await database_sync_to_async(services.record_key_use)(key)
-    return json_response(ModelList(data=[_card(i) for i in model_ids()]))
+    return json_response(ModelList(data=await _all_cards(key)))
 
 
 @api_view("GET")
 async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
     key = await authenticate(request)
     await database_sync_to_async(services.record_key_use)(key)
-    if model_id not in model_ids():
+    card = next((c for c in await _all_cards(key) if c.id == model_id), None)
+    if card is None:
         raise _not_found(model_id)
-    return json_response(_card(model_id))
+    return json_response(card)

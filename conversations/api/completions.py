@@ -21,6 +21,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from conversations import runner, services
+from conversations.api import upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
 from conversations.models import ApiKey, Message
@@ -43,6 +44,7 @@ from inference.protocol import (
 )
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
+from upstreams import permissions
 
 RETRY_AFTER_SECONDS = 2
 FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is not held back)
@@ -51,7 +53,11 @@ FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is no
 @api_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     key = await authenticate(request)
-    body = parse_chat_request(read_json(request))
+    data = read_json(request)
+    await permissions.check(key, data)  # the team's choice of models
+    if (upstream_model := await upstream.target(data)) is not None:  # served by an upstream server
+        return await upstream.chat_completions(key, data, upstream_model)
+    body = parse_chat_request(data)
     model = resolve_model(body.model)
     messages = [_message_dict(m) for m in body.messages]
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.

@@ -1,0 +1,332 @@
+"""POST /v1/chat/completions for a model an upstream server runs.
+
+The request is checked as for the embedded model (key, size, content type, the fields chatsite
+knows), except that the fields only an upstream can honour (tools, response_format, logprobs, an
+engine's own sampling fields) go through unchanged. It is sent on with httpx; once the upstream has
+produced its first token the call is logged and the upstream's chunks go to the client as they
+come, with only ``model`` rewritten to the id the client asked for. The runner follows the call's
+jobs exactly as a local reply's (checkpoints, Stop, the final row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+
+from conversations import runner, services
+from conversations.models import ApiKey, Message
+from inference.protocol import (
+    MODEL_ALIASES,
+    APIError,
+    ChatCompletionRequest,
+    InvalidRequest,
+    RateLimited,
+    parse_chat_request,
+)
+from inference.streaming import DONE, sse
+from inference.text import unstorable
+from inference.upstream.errors import (
+    UpstreamError,
+    UpstreamQueueFull,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from inference.upstream.relay import End, Relay, TokenCounter, new_jobs
+from upstreams import registry
+
+# Checked by the upstream, not by chatsite: the fields the embedded engine refuses.
+PASSTHROUGH = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+LOGGED_PARAMS = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "seed",
+    "stop",
+    "max_tokens",
+    "max_completion_tokens",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+class UpstreamFailed(APIError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimedOut(APIError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+async def target(data: Any) -> str | None:
+    """The upstream model id a request body asks for (an alias counts as ``CHAT_DEFAULT_MODEL``),
+    or None when it is for the embedded model (or not a well-formed request at all)."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        return None
+    model_id = data["model"]
+    if model_id in MODEL_ALIASES:  # the aliases are chatsite's, whatever an upstream lists
+        if not settings.CHAT_DEFAULT_MODEL:
+            return None
+        model_id = settings.CHAT_DEFAULT_MODEL
+    from chatsite.runtime import get_runtime
+
+    if model_id == get_runtime().model_id:  # the embedded model's own id comes first
+        return None
+    pool = await registry.apool()
+    return model_id if pool.replicas(model_id) else None
+
+
+def validate(data: dict[str, Any]) -> ChatCompletionRequest:
+    """The request as chatsite reads it; ``InvalidRequest`` naming the first bad field.
+
+    The fields chatsite knows are checked strictly; ``messages`` only for their shape (an upstream
+    takes tool results, images, …); everything else is the upstream's to judge.
+    """
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        if "messages" not in data:
+            raise InvalidRequest(
+                "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+            )
+        raise InvalidRequest(
+            "Invalid value for 'messages': expected a non-empty array.",
+            param="messages",
+            code="invalid_value",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}]': expected an object.",
+                param=f"messages[{i}]",
+                code="invalid_type",
+            )
+        if message.get("role") not in ROLES:
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}].role': expected one of {', '.join(ROLES)}.",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}].content': expected a string or an array of parts.",
+                param=f"messages[{i}].content",
+                code="invalid_value",
+            )
+    known = {
+        k: v
+        for k, v in data.items()
+        if k in ChatCompletionRequest.model_fields and k not in PASSTHROUGH and k != "messages"
+    }
+    found = unstorable_path(data)
+    if found is not None:  # the log keeps the texts and the params (PostgreSQL cannot hold a NUL)
+        where, problem = found
+        raise InvalidRequest(f"{where} must not contain {problem}.", param=where, code="invalid_value")
+    known["messages"] = [{"role": "user", "content": "-"}]  # checked above
+    return parse_chat_request(known)
+
+
+def unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where the first string (or key) that could not be logged is, and what is wrong with it."""
+    if isinstance(value, str):
+        problem = unstorable(value)
+        return (path or "body", problem) if problem else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and unstorable(key):
+            return here.encode("utf-8", "backslashreplace").decode(), str(unstorable(key))
+        found = unstorable_path(item, here)
+        if found:
+            return found
+    return None
+
+
+def log_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The messages as the log keeps them: role and text (non-text parts and tool calls as JSON)."""
+    out = []
+    for message in messages:
+        role = message["role"]
+        content = message.get("content")
+        if isinstance(content, list):
+            text = "\n".join(
+                str(p.get("text", "")) if isinstance(p, dict) and p.get("type") == "text" else json.dumps(p)
+                for p in content
+            )
+        else:
+            text = content or ""
+        if message.get("tool_calls"):
+            text = (text + "\n" if text else "") + json.dumps(message["tool_calls"], ensure_ascii=False)
+        entry = {
+            "role": {"developer": "system", "tool": "user", "function": "user"}.get(role, role),
+            "content": text,
+        }
+        name = message.get("name") or message.get("tool_call_id")
+        if role in ("tool", "function"):
+            name = f"{role}:{name or ''}"[:64]
+        if name:
+            entry["name"] = str(name)[:64]
+        out.append(entry)
+    return out
+
+
+def token_counter() -> TokenCounter | None:
+    """Counting with the embedded model's tokenizer, when the upstream reports no usage (an
+    estimate: the upstream's model has its own tokenizer)."""
+    from chatsite.runtime import get_runtime
+
+    model = get_runtime().model
+    if model is None:
+        return None
+    tokenizer = model.tokenizer
+    return lambda text: len(tokenizer.encode(text, parse_special=False))
+
+
+def api_error(exc: UpstreamError) -> APIError | HttpResponse:
+    if isinstance(exc, UpstreamRejected):
+        if exc.body is not None:  # OpenAI-shaped: passed through as it is
+            return HttpResponse(json.dumps(exc.body), status=exc.status, content_type="application/json")
+        error = InvalidRequest(f"The upstream refused the request: {exc}", code="upstream_error")
+        error.status = exc.status
+        return error
+    if isinstance(exc, UpstreamQueueFull):
+        return RateLimited(str(exc), headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, UpstreamTimeout):
+        return UpstreamTimedOut(f"The upstream server did not answer in time: {exc}.")
+    return UpstreamFailed(f"The upstream server failed: {exc}.")
+
+
+async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> HttpResponseBase:
+    body = validate(data)
+    n = body.n or 1
+    stream = bool(body.stream)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    forward = {**data, "model": model_id}
+    if stream:  # always ask, to log the usage; a client that did not ask does not get it
+        forward["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+    messages = log_messages(data["messages"])
+    count = token_counter()
+    prompt_tokens = 0
+    if count is not None:
+        text = "\n".join(m["content"] for m in messages)
+        prompt_tokens = await sync_to_async(count, thread_sensitive=False)(text)
+
+    pool = await registry.apool()
+    try:
+        opened = await pool.open(model_id, forward, stream=stream)
+    except UpstreamError as exc:
+        error = api_error(exc)
+        if isinstance(error, HttpResponse):
+            return error
+        raise error from None
+
+    completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
+    logged: dict[str, Any] = {k: data[k] for k in LOGGED_PARAMS if k in data}
+    logged.update(n=n, stream=stream, model=data["model"], id=completion_id, upstream=opened.connection.name)
+    jobs = new_jobs(n, f"user-{key.user_id}")
+    relay = Relay(jobs, with_chunks=stream, count_tokens=count, prompt_tokens=prompt_tokens)
+    try:
+        call = await database_sync_to_async(services.start_api_call)(
+            key,
+            model_id=model_id,
+            messages=messages,
+            params=logged,
+            n=n,
+            prompt_tokens=prompt_tokens,
+            request_user=body.user or "",
+        )
+    except BaseException:
+        await opened.aclose()
+        raise
+    relay.start(opened)
+    run = runner.start(call.conversation.pk, jobs, call.replies)
+    if stream:
+        run.track_delivery()
+        response = StreamingHttpResponse(
+            _stream(relay, run, data["model"], include_usage), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        await run.wait()
+    except asyncio.CancelledError:
+        run.cancel(Message.Status.CANCELLED)
+        raise
+    answer = dict(opened.body or {})
+    answer["model"] = data["model"]
+    return HttpResponse(json.dumps(answer, ensure_ascii=False), content_type="application/json")
+
+
+def _encode(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(relay: Relay, run: runner.Run, model: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """The upstream's chunks as they come (those that arrived together in one write), ``model``
+    rewritten; the usage only if the client asked for it. A failure after the first token is told
+    in-band, as for the embedded model; a client that goes away cancels the call."""
+    assert relay.chunks is not None
+    delivered = [0] * len(relay.jobs)
+    complete = False
+    try:
+        while True:
+            items = [await relay.chunks.get()]
+            while not relay.chunks.empty():
+                items.append(relay.chunks.get_nowait())
+            out: list[bytes] = []
+            for item in items:
+                if isinstance(item, End):
+                    if item.error is not None or item.cancelled:
+                        error = (
+                            APIError("The upstream call was cancelled.", code="cancelled")
+                            if item.error is None
+                            else UpstreamFailed(f"The upstream server failed while streaming: {item.error}.")
+                        )
+                        out.append(sse(error.body()))
+                    await run.wait()  # every reply is saved before [DONE]
+                    complete = True
+                    yield b"".join([*out, DONE])
+                    return
+                if not include_usage:
+                    if "usage" in item and not item.get("choices"):
+                        continue
+                    item.pop("usage", None)
+                item["model"] = model
+                for choice in item.get("choices") or ():
+                    if isinstance(choice, dict) and isinstance(choice.get("index"), int):
+                        content = (choice.get("delta") or {}).get("content")
+                        if isinstance(content, str) and 0 <= choice["index"] < len(delivered):
+                            delivered[choice["index"]] += len(content)
+                out.append(_encode(item))
+            if out:
+                yield b"".join(out)
+                run.mark_delivered(delivered)
+    finally:
+        if not complete:
+            run.cancel(Message.Status.CANCELLED)
