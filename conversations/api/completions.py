@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from conversations import runner, services
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
+from conversations.api.tools import Output, plan_output
 from conversations.models import ApiKey, Message
 from inference.jobs import ContextLengthExceeded, Delta, Event, Finished, Job, Overloaded
 from inference.model import ChatModel
@@ -31,13 +32,10 @@ from inference.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
-    Choice,
     ChunkChoice,
     ChunkDelta,
     InvalidRequest,
     RateLimited,
-    ResponseMessage,
     Usage,
     parse_chat_request,
 )
@@ -53,10 +51,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     key = await authenticate(request)
     body = parse_chat_request(read_json(request))
     model = resolve_model(body.model)
-    messages = [_message_dict(m) for m in body.messages]
+    # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
+    # a 400) and the messages as the template gets them (tools in the system prompt).
+    plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
-    params = sampling_params(body, model, len(prompt_ids))
+    params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     n = body.n or 1
     jobs = await admit(model, prompt_ids, params, n, key)
 
@@ -84,7 +84,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             job.cancel()
         raise
     run = runner.start(call.conversation.pk, jobs, call.replies)
-    reply = Reply(completion_id, model.model_id, len(prompt_ids), run)
+    reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         run.track_delivery()  # checkpoints save only what the stream has handed to the client
@@ -98,13 +98,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         run.cancel(Message.Status.CANCELLED)
         raise
     return json_response(reply.completion(finished))
-
-
-def _message_dict(message: ChatMessage) -> dict[str, str]:
-    out = {"role": message.role, "content": message.text()}
-    if message.name:
-        out["name"] = message.name
-    return out
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
@@ -179,7 +172,10 @@ def _failure(finished: Finished) -> APIError:
 class Reply:
     """The answer to one admitted call: a JSON completion or a stream of chunks."""
 
-    def __init__(self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run) -> None:
+    def __init__(
+        self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run, output: Output
+    ) -> None:
+        self.output = output  # content, tool calls and logprobs of each choice
         self.id = completion_id
         self.model_id = model_id
         self.prompt_tokens = prompt_tokens
@@ -198,14 +194,13 @@ class Reply:
         failed = next((f for f in finished if f.reason not in ("stop", "length")), None)
         if failed is not None:
             raise _failure(failed)
+        for i, job in enumerate(self.run.jobs):
+            job.subscribe(lambda event, i=i: self.output.record_event(i, event))  # replays its events
         return ChatCompletion(
             id=self.id,
             created=self.created,
             model=self.model_id,
-            choices=[
-                Choice(index=i, message=ResponseMessage(content=f.text), finish_reason=f.reason)  # type: ignore[arg-type]
-                for i, f in enumerate(finished)
-            ],
+            choices=[self.output.choice(i, f) for i, f in enumerate(finished)],
             usage=self.usage(finished),
         )
 
@@ -263,9 +258,7 @@ class Reply:
                 while pending:
                     index, event = pending.popleft()
                     if isinstance(event, Delta):
-                        out.append(
-                            self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
-                        )
+                        out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
                         delivered[index] += len(event.text)
                     elif isinstance(event, Finished):
                         open_choices -= 1
@@ -281,8 +274,7 @@ class Reply:
                             complete = True
                             yield b"".join([*out, sse(_failure(event).body()), DONE])
                             return
-                        finish = ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=event.reason)  # type: ignore[arg-type]
-                        out.append(self._chunk([finish]))
+                        out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
                 if out:
                     last_flush = time.monotonic()
                     yield b"".join(out)
