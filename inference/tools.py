@@ -136,7 +136,8 @@ def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
         functions=functions,
         mode=mode,
         named=named,
-        parallel=False if legacy else request.parallel_tool_calls is not False,
+        # A named function is called once (as OpenAI does); the legacy functions never ran in parallel.
+        parallel=not legacy and named is None and request.parallel_tool_calls is not False,
         json_schema=json_schema,
         json_object=json_object,
     )

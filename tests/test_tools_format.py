@@ -69,7 +69,11 @@ def accepts(grammar: str, text: str) -> bool:
         ("required", {"Sunny, I think.": False, CALL: True, TWO: True}),
         (
             {"type": "function", "function": {"name": "add"}},
-            {CALL: False, '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>': True},
+            {
+                CALL: False,
+                '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>': True,
+                TWO: False,  # a named function is called once
+            },
         ),
     ],
 )
