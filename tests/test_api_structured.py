@@ -4,7 +4,7 @@ with the official openai SDK and langchain-openai."""
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 
 import jsonschema_rs
 import openai
@@ -32,7 +32,7 @@ WEATHER_TOOL = {
 ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     green = "green"
     blue = "blue"
