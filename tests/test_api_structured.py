@@ -152,7 +152,7 @@ def call_of(message) -> tuple[str, dict]:
 @pytest.mark.parametrize(
     "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
 )
-def test_it_forces_a_valid_tool_call(client, tool_choice) -> None:
+def test_it_forces_a_valid_tool_call_and_logs_it(client, api_server, tool_choice) -> None:
     completion = client.chat.completions.create(
         model="gpt-3.5-turbo",
         messages=ASK_WEATHER,
@@ -167,6 +167,13 @@ def test_it_forces_a_valid_tool_call(client, tool_choice) -> None:
     name, arguments = call_of(choice.message)
     assert name == "get_weather"
     jsonschema_rs.validate(WEATHER_TOOL["function"]["parameters"], arguments)
+    reply = api_server.query(
+        "SELECT * FROM conversations_message WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    )[0]
+    logged = json.loads(reply["tools"])
+    assert logged["tools"][0]["name"] == "get_weather"
+    assert logged["tool_choice"] == tool_choice
+    assert [c["id"] for c in logged["tool_calls"]] == [c.id for c in choice.message.tool_calls]
 
 
 def test_it_streams_the_same_tool_call_as_it_answers_whole(client) -> None:

@@ -83,6 +83,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         for job in jobs:
             job.cancel()
         raise
+    if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
+        await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
     run = runner.start(call.conversation.pk, jobs, call.replies)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
     if body.stream:
@@ -97,7 +99,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
         run.cancel(Message.Status.CANCELLED)
         raise
-    return json_response(reply.completion(finished))
+    completion = reply.completion(finished)
+    await reply.record_calls(finished)
+    return json_response(completion)
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
@@ -176,6 +180,7 @@ class Reply:
         self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run, output: Output
     ) -> None:
         self.output = output  # content, tool calls and logprobs of each choice
+        self.message_ids = list(run.message_ids)
         self.id = completion_id
         self.model_id = model_id
         self.prompt_tokens = prompt_tokens
@@ -203,6 +208,15 @@ class Reply:
             choices=[self.output.choice(i, f) for i, f in enumerate(finished)],
             usage=self.usage(finished),
         )
+
+    async def record_calls(self, finished: list[Finished]) -> None:
+        """Keep the tool calls each reply made with it (replies that offered tools only)."""
+        plan = self.output.plan
+        if not plan.tools.offers_tools:
+            return
+        for message_id, (index, f) in zip(self.message_ids, enumerate(finished), strict=True):
+            calls = [c.model_dump() for c in self.output.calls(index, f)]
+            await database_sync_to_async(services.record_tool_calls)(message_id, plan.record, calls)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(
@@ -280,6 +294,7 @@ class Reply:
                     yield b"".join(out)
                     self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
             finished = await self.run.wait()  # every reply is saved before [DONE]
+            await self.record_calls(finished)
             complete = True
             usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
             yield usage + DONE

@@ -9,7 +9,13 @@ from typing import Any
 
 from inference.jobs import Delta, Event, Finished
 from inference.protocol import ChatCompletionRequest, Choice, ChunkChoice, ChunkDelta, ResponseMessage
-from inference.protocol_tools import ChoiceLogprobs, ToolCallDelta, ToolCallFunctionDelta, TopLogprob
+from inference.protocol_tools import (
+    ChoiceLogprobs,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallFunctionDelta,
+    TopLogprob,
+)
 from inference.protocol_tools import TokenLogprob as LogprobOut
 from inference.sampling import SamplingParams, TokenLogprob
 from inference.tokenizer import Tokenizer
@@ -66,6 +72,8 @@ class Output:
         self.tokenizer = tokenizer
         parse = plan.tools.offers_tools
         self.choices = [_ChoiceState(ToolCallParser() if parse else None) for _ in range(n)]
+        self.streamed = False
+        self._answers: dict[int, Choice] = {}
 
     # --- logprobs ---------------------------------------------------------------------------
     def _entry(self, token_id: int, logprob: float) -> TopLogprob:
@@ -98,12 +106,19 @@ class Output:
         calls = parser.complete_calls
         content = parser.content.strip() or None
         message = ResponseMessage(content=content if calls else parser.content, tool_calls=calls or None)
-        return Choice(
-            index=index,
-            message=message,
-            finish_reason=self.finish_reason(parser, finished),
-            logprobs=logprobs,
-        )
+        reason = self.finish_reason(parser, finished)
+        answer = Choice(index=index, message=message, finish_reason=reason, logprobs=logprobs)  # type: ignore[arg-type]
+        self._answers[index] = answer
+        return answer
+
+    def calls(self, index: int, finished: Finished) -> list[ToolCall]:
+        """The complete calls of a finished choice, with the ids the client was given."""
+        if self.streamed:
+            parser = self.choices[index].parser
+            return parser.complete_calls if parser is not None else []
+        if index not in self._answers:
+            self.choice(index, finished)
+        return self._answers[index].message.tool_calls or []
 
     @staticmethod
     def finish_reason(parser: ToolCallParser | None, finished: Finished) -> str:
@@ -113,6 +128,7 @@ class Output:
 
     # --- streams ----------------------------------------------------------------------------
     def delta_choices(self, index: int, event: Delta) -> list[ChunkChoice]:
+        self.streamed = True
         state = self.choices[index]
         if self.plan.top_logprobs is not None and event.logprobs:
             state.logprobs.extend(self._logprobs(event.logprobs))
@@ -121,6 +137,7 @@ class Output:
         return self._pieces(index, state.parser.push(event.text))
 
     def finish_choices(self, index: int, finished: Finished) -> list[ChunkChoice]:
+        self.streamed = True
         state = self.choices[index]
         out = self._pieces(index, state.parser.finish()) if state.parser is not None else []
         reason = self.finish_reason(state.parser, finished)
