@@ -186,6 +186,52 @@ def greedy_parity(model: ChatModel) -> dict:
     return {"matched": matched, "total": total, "first_token_cases": first, "cases": len(cases)}
 
 
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
+    "required": ["title", "story"],
+}
+
+
+def constrained_decode(model: ChatModel, prompt: list[int], n: int, repeats: int) -> dict:
+    """Greedy decode tokens/s with a json_schema grammar vs without (interleaved runs), and the
+    grammar step's own cost per token: the mask and the token's consumption, replayed over the
+    constrained run's tokens."""
+    from inference.constraints import TokenMask, json_schema_grammar
+
+    grammar = json_schema_grammar(STORY_SCHEMA)
+    free, constrained, lengths, ids = [], [], [], ()
+    for _ in range(repeats):
+        for slot in model.scheduler.slots:
+            slot.ctx.truncate(0)
+        free.append(sched_decode(model, prompt, n))
+        for slot in model.scheduler.slots:
+            slot.ctx.truncate(0)
+        params = SamplingParams(temperature=0.0, max_tokens=n + 1, grammar=grammar)
+        result = model.scheduler.submit(prompt, params, user_key="bench").wait()
+        assert result is not None and result.reason in ("stop", "length"), result
+        constrained.append(result.timings.decode_tokens_per_second or 0.0)
+        lengths.append(result.usage.completion_tokens)
+        ids = result.token_ids or ()
+    vocab = model.engine.vocab_size
+    mask = TokenMask(grammar, model.tokenizer, vocab)
+    steps = []
+    for token in ids:
+        start = time.perf_counter()
+        mask.banned()
+        mask.consume(token)
+        steps.append(time.perf_counter() - start)
+    return {
+        "unconstrained_tok_s": round(statistics.median(free), 1),
+        "json_schema_tok_s": round(statistics.median(constrained), 1),
+        "ratio": round(statistics.median(constrained) / statistics.median(free), 3),
+        "constrained_tokens": lengths,
+        "mask_ms_per_token_median": round(statistics.median(steps) * 1000, 4),
+        "mask_ms_per_token_mean": round(statistics.fmean(steps) * 1000, 4),
+        "mask_ms_per_token_max": round(max(steps) * 1000, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=os.environ.get("CHAT_MODEL_PATH") or default_model_path())
@@ -193,6 +239,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved raw/scheduler decode runs")
     parser.add_argument("--prefill-chunk", type=int, default=int(os.environ.get("CHAT_PREFILL_CHUNK", "64")))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument(
+        "--constrained-only", action="store_true", help="only the json_schema vs unconstrained decode figures"
+    )
     args = parser.parse_args()
     cache = Path(os.environ.get("CHAT_DATA_DIR", ROOT / ".data")) / "models"
     results: dict = {
@@ -203,6 +252,28 @@ def main() -> None:
 
     def show(label: str, value: str) -> None:
         print(f"{label:<58} {value}", flush=True)
+
+    if args.constrained_only:
+        model = ChatModel.load(args.model, cache_dir=cache, slots=1, threads=CORES)
+        prompt = model.prompt_ids(
+            [{"role": "user", "content": "Write a long story about a dragon, as JSON."}]
+        )
+        sched_decode(model, prompt, 16)  # warm-up
+        results["constrained"] = constrained_decode(model, prompt, args.tokens, args.repeats)
+        model.close()
+        c = results["constrained"]
+        show(
+            "greedy decode tok/s, unconstrained / json_schema",
+            f"{c['unconstrained_tok_s']} / {c['json_schema_tok_s']}",
+        )
+        show("  json_schema / unconstrained", f"{c['ratio']:.3f} (tokens: {c['constrained_tokens']})")
+        show(
+            "grammar step (mask + consume) per token, median / max (ms)",
+            f"{c['mask_ms_per_token_median']} / {c['mask_ms_per_token_max']}",
+        )
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+        return
 
     results["memory_mb"] = {f"{n}_slots": measure_memory(n, args.model) for n in (1, 2)}
     for n in (1, 2):
@@ -256,6 +327,18 @@ def main() -> None:
     ratio = with_reuse[-1]["ttft_s"] / with_reuse[0]["ttft_s"]
     results["ttft_last_over_first_with_reuse"] = round(ratio, 3)
     show("  last turn TTFT / first turn TTFT, with reuse", f"{ratio:.3f}")
+
+    results["constrained"] = constrained_decode(model, prompt, args.tokens, args.repeats)
+    c = results["constrained"]
+    show(
+        "greedy decode tok/s, unconstrained / json_schema",
+        f"{c['unconstrained_tok_s']} / {c['json_schema_tok_s']}",
+    )
+    show("  json_schema / unconstrained", f"{c['ratio']:.3f}")
+    show(
+        "grammar step (mask + consume) per token, median / max (ms)",
+        f"{c['mask_ms_per_token_median']} / {c['mask_ms_per_token_max']}",
+    )
 
     results["greedy_parity"] = greedy_parity(model)
     g = results["greedy_parity"]

@@ -50,7 +50,7 @@ from inference.jobs import (
     Usage,
     finish_or_cancel,
 )
-from inference.sampling import SamplingParams
+from inference.sampling import SamplingParams, TokenLogprob
 from inference.scheduler import resolve_max_tokens
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,11 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if kind == "started":
         return Started(d["cached_tokens"])
     if kind == "delta":
-        return Delta(d["text"], tuple(d["token_ids"]))
+        logprobs = tuple(
+            TokenLogprob(p["token_id"], p["logprob"], tuple((int(i), lp) for i, lp in p["top"]))
+            for p in d.get("logprobs", ())
+        )
+        return Delta(d["text"], tuple(d["token_ids"]), logprobs)
     if kind == "finished":
         return Finished(
             reason=d["reason"],

@@ -126,6 +126,9 @@ class Message(models.Model):
     # The ids the model generated (the next turn splices them in to reuse the KV cache).
     token_ids = models.JSONField(null=True, blank=True)
     params = models.JSONField(default=dict, blank=True)  # the sampling parameters used
+    # An API reply's tools, tool_choice and response_format as requested, and the tool_calls
+    # it made (inference/tools.py's ToolPlan.record plus "tool_calls"); null for plain replies.
+    tools = models.JSONField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     queue_wait = models.FloatField(null=True, blank=True)  # seconds

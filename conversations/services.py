@@ -419,3 +419,13 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def record_tools(message_ids: Sequence[int], record: dict[str, Any]) -> None:
+    """Keep a reply's tools and response format (as requested) with it."""
+    Message.objects.filter(pk__in=list(message_ids)).update(tools=record)
+
+
+def record_tool_calls(message_id: int, record: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    """Add the tool calls a finished reply made to its record."""
+    Message.objects.filter(pk=message_id).update(tools={**record, "tool_calls": calls})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
+from inference.constraints import ConstraintError, TokenMask
 from inference.engine import EngineContext, EngineError
 from inference.jobs import Delta, Finished, FinishReason, Job, Started, Timings, Usage
-from inference.sampling import Sampler, StopMatcher
+from inference.sampling import Sampler, StopMatcher, TokenLogprob
 from inference.threads import CoreBudget
 from inference.tokenizer import IncrementalDecoder, Tokenizer
 
@@ -69,6 +70,8 @@ def run_job(
     generated: list[int] = []
     emitted: list[str] = []
     pending_ids: list[int] = []
+    pending_logprobs: list[TokenLogprob] = []
+    top_logprobs = job.params.logprobs
     reason: FinishReason = "stop"
     error: str | None = None
     cut_by_stop = False
@@ -85,7 +88,10 @@ def run_job(
         _eval(ctx, prompt[-1:], budget, 1)
         prefill_done = time.monotonic()
 
-        sampler = Sampler(job.params, len(ctx.logits()), seed_offset=job.seed_offset)
+        vocab_size = len(ctx.logits())
+        grammar = job.params.grammar
+        mask = TokenMask(grammar, tokenizer, vocab_size) if grammar else None
+        sampler = Sampler(job.params, vocab_size, seed_offset=job.seed_offset, mask=mask)
         decoder = IncrementalDecoder(tokenizer)
         stopper = StopMatcher(job.params.stop)
         while True:
@@ -97,14 +103,16 @@ def run_job(
             if token in stop_ids:
                 break
             generated.append(token)
+            if top_logprobs is not None:  # before accept: the mask is still this step's
+                pending_logprobs.append(sampler.logprobs(ctx.logits(), token, top_logprobs))
             sampler.accept(token)
             pending_ids.append(token)
             # A NUL byte is valid model output but no use in chat text (and PostgreSQL rejects it).
             text, stopped = stopper.push(decoder.push(token).replace("\x00", "\ufffd"))
             if text:
                 emitted.append(text)
-                job.emit(Delta(text, tuple(pending_ids)))
-                pending_ids = []
+                job.emit(Delta(text, tuple(pending_ids), tuple(pending_logprobs)))
+                pending_ids, pending_logprobs = [], []
             if stopped:
                 cut_by_stop = True
                 break
@@ -119,6 +127,8 @@ def run_job(
     except EngineError as exc:
         reason, error = "error", str(exc)
         ctx.truncate(0)  # the cache's state is unknown after a failed evaluation
+    except ConstraintError as exc:  # checked when the request came: only a bug gets here
+        reason, error = "error", f"the grammar failed: {exc}"
 
     if not cut_by_stop and reason != "error":
         tail = (
@@ -126,7 +136,7 @@ def run_job(
         )
         if tail:
             emitted.append(tail)
-            job.emit(Delta(tail, tuple(pending_ids)))
+            job.emit(Delta(tail, tuple(pending_ids), tuple(pending_logprobs)))
     end = time.monotonic()
     decode_time = end - first_token_at if first_token_at is not None else 0.0
     finished = Finished(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inference.sampling import SamplingParams
+from inference.sampling import SamplingParams, TokenLogprob
 
 
 class SchedulerError(Exception):
@@ -59,6 +59,7 @@ class Started:
 class Delta:
     text: str
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token id, when the request asked for them
     type: str = "delta"
 
 

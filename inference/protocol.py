@@ -22,6 +22,17 @@ from pydantic import (
 )
 
 from inference.text import unstorable
+from inference.protocol_tools import (
+    MAX_TOOLS,
+    ChoiceLogprobs,
+    FunctionCallChoice,
+    FunctionDefinition,
+    ResponseFormat,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolDefinition,
+)
 
 MODEL_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-0301")  # the ids the spec names
 MAX_N = 128
@@ -113,13 +124,27 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class LegacyFunctionCall(BaseModel):
     model_config = _Strict
-    role: Literal["system", "user", "assistant"]
-    content: str | Annotated[list[TextPart], Field(min_length=1)]
+    name: str
+    arguments: str
+
+
+class ChatMessage(BaseModel):
+    """One message of any role; what each role may carry is checked by ``check_messages``."""
+
+    model_config = _Strict
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    function_call: LegacyFunctionCall | None = None  # assistant (legacy)
+    refusal: str | None = None  # assistant: what the SDK sends back; ignored
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)
@@ -128,11 +153,6 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = _Strict
     include_usage: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: str
 
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
@@ -165,14 +185,13 @@ class ChatCompletionRequest(BaseModel):
     store: bool | None = None
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
-    # Declared so that they get a precise answer: only their trivial values are supported.
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    function_call: FunctionCallChoice | None = None
 
     @property
     def completion_limit(self) -> int | None:
@@ -185,26 +204,15 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "top_logprobs")
-
-
 def check_supported(request: ChatCompletionRequest) -> None:
-    """Refuse, naming the param, the fields whose meaning this server cannot honour."""
-    for name in _UNSUPPORTED:
-        if getattr(request, name) is not None:
-            raise InvalidRequest(
-                f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter"
-            )
-    if request.logprobs:
+    """Refuse, naming the param, what is well-formed but cannot be honoured as asked."""
+    from inference.tools import check_tool_request  # the tools' own rules (no cycle at import)
+
+    check_messages(request.messages)
+    check_tool_request(request)
+    if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest(
-            "'logprobs' is not supported by this server.", param="logprobs", code="unsupported_parameter"
-        )
-    if request.response_format is not None and request.response_format.type != "text":
-        raise InvalidRequest(
-            f"response_format of type '{request.response_format.type}' is not supported by this server; "
-            "only 'text' is.",
-            param="response_format",
-            code="unsupported_parameter",
+            "logprobs must be true when top_logprobs is given.", param="top_logprobs", code="invalid_value"
         )
     if (
         request.max_tokens is not None
@@ -216,6 +224,51 @@ def check_supported(request: ChatCompletionRequest) -> None:
             param="max_tokens",
             code="invalid_value",
         )
+
+
+_ROLE_FIELDS = {
+    "system": ("name",),
+    "developer": ("name",),
+    "user": ("name",),
+    "assistant": ("name", "tool_calls", "function_call", "refusal"),
+    "tool": ("tool_call_id",),
+    "function": ("name",),
+}
+_OPTIONAL_FIELDS = ("name", "tool_calls", "tool_call_id", "function_call", "refusal")
+
+
+def check_messages(messages: list[ChatMessage]) -> None:
+    """What each role may carry: content everywhere except an assistant message that calls
+    tools, ``tool_call_id`` on tool messages, ``tool_calls`` on assistant messages."""
+    for i, message in enumerate(messages):
+        allowed = _ROLE_FIELDS[message.role]
+        for field in _OPTIONAL_FIELDS:
+            if field not in allowed and getattr(message, field) is not None:
+                raise InvalidRequest(
+                    f"Additional properties are not allowed ('{field}' was unexpected) in "
+                    f"'messages[{i}]' (a {message.role} message).",
+                    param=f"messages[{i}].{field}",
+                    code="unknown_parameter",
+                )
+        calls = message.tool_calls or message.function_call
+        if message.content is None and not (message.role == "assistant" and calls):
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].content'.",
+                param=f"messages[{i}].content",
+                code="missing_required_parameter",
+            )
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].tool_call_id'.",
+                param=f"messages[{i}].tool_call_id",
+                code="missing_required_parameter",
+            )
+        if message.role == "function" and not message.name:
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].name'.",
+                param=f"messages[{i}].name",
+                code="missing_required_parameter",
+            )
 
 
 def _reject_constant(name: str) -> Any:
@@ -280,8 +333,19 @@ def parse_chat_request(data: Any) -> ChatCompletionRequest:
 
 
 _FIELD_NAMES = frozenset(
-    name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions) for name in m.model_fields
-)
+    name
+    for m in (
+        ChatCompletionRequest,
+        ChatMessage,
+        TextPart,
+        StreamOptions,
+        ResponseFormat,
+        ToolDefinition,
+        FunctionDefinition,
+        ToolCall,
+    )
+    for name in m.model_fields
+) | {"schema"}
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:
@@ -345,17 +409,22 @@ class Usage(BaseModel):
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None  # left out when there are none
+
+    @model_serializer(mode="wrap")
+    def _without_empty_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k != "tool_calls" or v is not None}
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -373,6 +442,7 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -383,7 +453,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

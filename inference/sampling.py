@@ -14,8 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inference.constraints import TokenMask
 
 MAX_STOP_STRINGS = 4
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -60,6 +64,10 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None
+    # An llguidance grammar (inference/constraints.py) the reply must match; None: free text.
+    grammar: str | None = None
+    # Log-probabilities of each token and of this many alternatives (0-20); None: not computed.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         pairs = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
@@ -97,6 +105,20 @@ class SamplingParams:
             and self.max_tokens >= 1
         ):
             raise SamplingError("max_tokens", f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.grammar is not None and not (isinstance(self.grammar, str) and self.grammar):
+            raise SamplingError("response_format", "the grammar must be a non-empty string")
+        top = self.logprobs
+        if top is not None and not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= 20):
+            raise SamplingError("top_logprobs", f"top_logprobs must be an integer in [0, 20], got {top!r}")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and its most likely alternatives (id, logprob)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 def _make_rng(seed: int | None, seed_offset: int) -> np.random.Generator:
@@ -116,9 +138,17 @@ class Sampler:
     then independent of each other, and each is reproducible.
     """
 
-    def __init__(self, params: SamplingParams, vocab_size: int, *, seed_offset: int = 0) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        vocab_size: int,
+        *,
+        seed_offset: int = 0,
+        mask: TokenMask | None = None,
+    ) -> None:
         params.validate(vocab_size)
         self.params = params
+        self.mask = mask  # the grammar's token mask (constrained decoding), or None
         self.vocab_size = vocab_size
         self._rng = _make_rng(params.seed, seed_offset)
         self._counts: dict[int, int] = {}
@@ -140,6 +170,8 @@ class Sampler:
             raise ValueError(f"token id {token_id} is not in the vocabulary")
         self._counts[token_id] = self._counts.get(token_id, 0) + 1
         self._penalty = None
+        if self.mask is not None:
+            self.mask.consume(token_id)
 
     def sample(self, logits: np.ndarray) -> int:
         """Return the next token id. ``logits`` is only read, never modified."""
@@ -164,6 +196,24 @@ class Sampler:
         weights = self._weights(logits).astype(np.float64)
         return weights / weights.sum()
 
+    def logprobs(self, logits: np.ndarray, token_id: int, top: int) -> TokenLogprob:
+        """The log-probability of ``token_id`` and of the ``top`` most likely tokens, from the
+        logits after penalties, logit_bias and the grammar's mask, before temperature and top_p
+        (at temperature 0 the draw's own distribution would be a useless 0 / -inf). Tokens the
+        mask or a -100 bias excludes (-inf) are never listed. Call it before ``accept``."""
+        adjusted = self.adjusted_logits(logits).astype(np.float64)
+        adjusted -= adjusted.max()
+        log_total = float(np.log(np.exp(adjusted).sum()))
+        alternatives: tuple[tuple[int, float], ...] = ()
+        if top:
+            k = min(top, self.vocab_size)
+            ids = np.argpartition(-adjusted, k - 1)[:k]
+            ids = ids[np.argsort(-adjusted[ids], kind="stable")]
+            alternatives = tuple(
+                (int(i), float(adjusted[i]) - log_total) for i in ids if adjusted[i] != -np.inf
+            )
+        return TokenLogprob(int(token_id), float(adjusted[token_id]) - log_total, alternatives)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _check_shape(self, logits: np.ndarray) -> None:
@@ -171,7 +221,12 @@ class Sampler:
             raise ValueError(f"expected logits of shape ({self.vocab_size},), got {logits.shape}")
 
     def _adjusts(self) -> bool:
-        return bool(self._bias_ids.size or self._ban_ids.size or (self._penalize and self._counts))
+        return bool(
+            self.mask is not None
+            or self._bias_ids.size
+            or self._ban_ids.size
+            or (self._penalize and self._counts)
+        )
 
     def _adjust(self, logits: np.ndarray, out: np.ndarray) -> np.ndarray:
         self._check_shape(logits)
@@ -187,7 +242,18 @@ class Sampler:
             forced = out[self._force_ids]
             out.fill(-np.inf)
             out[self._force_ids] = forced
+        if self.mask is not None:
+            self._apply_mask(logits, out)
         return out
+
+    def _apply_mask(self, logits: np.ndarray, out: np.ndarray) -> None:
+        """The grammar's mask, last: a token the grammar refuses is -inf whatever its bias. When
+        the bias forced only refused tokens, the grammar wins (the bias is dropped for this step)."""
+        banned = self.mask.banned()  # type: ignore[union-attr]
+        np.copyto(out, -np.inf, where=banned)
+        if self._force_ids.size and out.max() == -np.inf:
+            np.copyto(out, logits, casting="same_kind")
+            np.copyto(out, -np.inf, where=banned)
 
     def _penalty_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         # OpenAI: mu[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty.

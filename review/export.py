@@ -57,6 +57,7 @@ CSV_COLUMNS = [
     "error",
     "superseded_at",
     "created",
+    "tools",
 ]
 
 
@@ -93,6 +94,7 @@ def message_metadata(message: Message) -> dict[str, Any]:
         "ttft": message.ttft,
         "duration": message.duration,
         "params": message.params,
+        "tools": message.tools,  # tools / response_format requested, and the tool_calls made
         "error": message.error,
         # Who typed a user message in the browser (a shared conversation has several writers).
         "author": message.author.get_username() if message.author else None,
@@ -187,6 +189,7 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     m.error,
                     _iso(m.superseded_at) or "",
                     _iso(m.created),
+                    json.dumps(m.tools) if m.tools else "",
                 ]
             )
 

@@ -133,7 +133,9 @@ def test_it_documents_the_api_from_the_same_models() -> None:
     request = document["components"]["schemas"]["ChatCompletionRequest"]
     assert request["additionalProperties"] is False
     assert request["required"] == ["model", "messages"]
-    assert "tools" not in request["properties"]
+    assert {"tools", "tool_choice", "response_format", "logprobs", "top_logprobs"} <= set(
+        request["properties"]
+    )
     n = request["properties"]["n"]["anyOf"][0]
     assert (n["minimum"], n["maximum"]) == (1, 128)
     assert document["security"] == [{"bearerAuth": []}]

@@ -246,9 +246,9 @@ def test_it_raises_the_sdk_typed_errors(client, api_server) -> None:
         client.chat.completions.create(
             model="gpt-3.5-turbo",
             messages=QUESTION,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}],
         )
-    assert unsupported.value.param == "tools" and "not supported" in unsupported.value.message
+    assert unsupported.value.param == "tools[0].function.parameters" and "not" in unsupported.value.message
 
 
 def open_stream(api_server, body: dict) -> http.client.HTTPConnection:

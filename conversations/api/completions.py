@@ -24,6 +24,7 @@ from conversations import runner, services
 from conversations.api import upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
+from conversations.api.tools import Output, plan_output
 from conversations.models import ApiKey, Message
 from inference.jobs import ContextLengthExceeded, Delta, Event, Finished, Job, Overloaded
 from inference.model import ChatModel
@@ -32,13 +33,10 @@ from inference.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
-    Choice,
     ChunkChoice,
     ChunkDelta,
     InvalidRequest,
     RateLimited,
-    ResponseMessage,
     Usage,
     parse_chat_request,
 )
@@ -59,10 +57,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return await upstream.chat_completions(key, data, upstream_model)
     body = parse_chat_request(data)
     model = resolve_model(body.model)
-    messages = [_message_dict(m) for m in body.messages]
+    # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
+    # a 400) and the messages as the template gets them (tools in the system prompt).
+    plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
-    params = sampling_params(body, model, len(prompt_ids))
+    params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     n = body.n or 1
     jobs = await admit(model, prompt_ids, params, n, key)
 
@@ -89,8 +89,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         for job in jobs:
             job.cancel()
         raise
+    if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
+        await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
     run = runner.start(call.conversation.pk, jobs, call.replies)
-    reply = Reply(completion_id, model.model_id, len(prompt_ids), run)
+    reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         run.track_delivery()  # checkpoints save only what the stream has handed to the client
@@ -103,14 +105,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
         run.cancel(Message.Status.CANCELLED)
         raise
-    return json_response(reply.completion(finished))
-
-
-def _message_dict(message: ChatMessage) -> dict[str, str]:
-    out = {"role": message.role, "content": message.text()}
-    if message.name:
-        out["name"] = message.name
-    return out
+    completion = reply.completion(finished)
+    await reply.record_calls(finished)
+    return json_response(completion)
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
@@ -185,7 +182,11 @@ def _failure(finished: Finished) -> APIError:
 class Reply:
     """The answer to one admitted call: a JSON completion or a stream of chunks."""
 
-    def __init__(self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run) -> None:
+    def __init__(
+        self, completion_id: str, model_id: str, prompt_tokens: int, run: runner.Run, output: Output
+    ) -> None:
+        self.output = output  # content, tool calls and logprobs of each choice
+        self.message_ids = list(run.message_ids)
         self.id = completion_id
         self.model_id = model_id
         self.prompt_tokens = prompt_tokens
@@ -204,16 +205,24 @@ class Reply:
         failed = next((f for f in finished if f.reason not in ("stop", "length")), None)
         if failed is not None:
             raise _failure(failed)
+        for i, job in enumerate(self.run.jobs):
+            job.subscribe(lambda event, i=i: self.output.record_event(i, event))  # replays its events
         return ChatCompletion(
             id=self.id,
             created=self.created,
             model=self.model_id,
-            choices=[
-                Choice(index=i, message=ResponseMessage(content=f.text), finish_reason=f.reason)  # type: ignore[arg-type]
-                for i, f in enumerate(finished)
-            ],
+            choices=[self.output.choice(i, f) for i, f in enumerate(finished)],
             usage=self.usage(finished),
         )
+
+    async def record_calls(self, finished: list[Finished]) -> None:
+        """Keep the tool calls each reply made with it (replies that offered tools only)."""
+        plan = self.output.plan
+        if not plan.tools.offers_tools:
+            return
+        for message_id, (index, f) in zip(self.message_ids, enumerate(finished), strict=True):
+            calls = [c.model_dump() for c in self.output.calls(index, f)]
+            await database_sync_to_async(services.record_tool_calls)(message_id, plan.record, calls)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(
@@ -269,9 +278,7 @@ class Reply:
                 while pending:
                     index, event = pending.popleft()
                     if isinstance(event, Delta):
-                        out.append(
-                            self._chunk([ChunkChoice(index=index, delta=ChunkDelta(content=event.text))])
-                        )
+                        out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
                         delivered[index] += len(event.text)
                     elif isinstance(event, Finished):
                         open_choices -= 1
@@ -287,13 +294,13 @@ class Reply:
                             complete = True
                             yield b"".join([*out, sse(_failure(event).body()), DONE])
                             return
-                        finish = ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=event.reason)  # type: ignore[arg-type]
-                        out.append(self._chunk([finish]))
+                        out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
                 if out:
                     last_flush = time.monotonic()
                     yield b"".join(out)
                     self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
             finished = await self.run.wait()  # every reply is saved before [DONE]
+            await self.record_calls(finished)
             complete = True
             usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
             yield usage + DONE

@@ -19,8 +19,8 @@ from inference.protocol import (
 )
 
 REF = "#/components/schemas/{model}"
-# Accepted only to be refused with a precise message: not part of what the API offers.
-UNDOCUMENTED = ("tools", "tool_choice", "functions", "function_call", "top_logprobs")
+# Accepted for old clients, and not offered: the legacy spellings of tools and tool_choice.
+UNDOCUMENTED = ("functions", "function_call")
 
 
 @lru_cache(maxsize=1)

@@ -164,6 +164,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
                     "message": m,
                     "html": render_markdown(m.content),
                     "params": json.dumps(m.params, indent=2, sort_keys=True) if m.params else "",
+                    "tools": json.dumps(m.tools, indent=2, ensure_ascii=False) if m.tools else "",
                 }
                 for m in messages_
             ],
