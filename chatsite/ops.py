@@ -49,22 +49,40 @@ async def ready(request: HttpRequest) -> JsonResponse:
     """200 when this process can serve chats: model loaded, database and channel layer reachable."""
     runtime = get_runtime()
     runtime.start_loading()
+    status = runtime.status()
     checks = {
-        "model": None
-        if runtime.state == "ready" and not runtime.shutting_down
-        else runtime.status()["state"],
+        "model": None if runtime.state == "ready" and not runtime.shutting_down else status["state"],
         "database": await sync_to_async(_database_ok, thread_sensitive=False)(),
         "channel_layer": await _channel_layer_ok(),
     }
     ok = all(v is None for v in checks.values())
-    body = {"status": "ready" if ok else "not ready", "checks": {k: v or "ok" for k, v in checks.items()}}
+    # Error texts name hosts, users and files: staff and the metrics token see them; others see
+    # whether each check passes, and the model's state ("loading", "error", "shutting down").
+    detailed = _has_metrics_token(request) or await _is_staff(request)
+    shown = {k: (v if detailed else "failing") if v else "ok" for k, v in checks.items()}
+    if checks["model"]:
+        shown["model"] = checks["model"]
+        if detailed and status["error"]:
+            shown["model"] += f": {status['error']}"
+    body = {"status": "ready" if ok else "not ready", "checks": shown}
     return JsonResponse(body, status=200 if ok else 503)
 
 
-def _allowed(request: HttpRequest) -> bool:
+async def _is_staff(request: HttpRequest) -> bool:
+    user = await request.auser()
+    return bool(user.is_active and user.is_staff)
+
+
+def _has_metrics_token(request: HttpRequest) -> bool:
     token = settings.CHAT_METRICS_TOKEN
     header = request.headers.get("Authorization", "")
-    if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
+    return bool(
+        token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode())
+    )
+
+
+def _allowed(request: HttpRequest) -> bool:
+    if _has_metrics_token(request):
         return True
     return request.META.get("REMOTE_ADDR") in settings.CHAT_METRICS_ALLOW
 
