@@ -9,20 +9,32 @@ import uuid
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chatsite import metrics
 from chatsite.runtime import get_runtime
 
+PROBE_TIMEOUT_MS = 1000  # how long the probe waits for a write lock (a probe must answer fast)
+
 
 def _database_ok() -> str | None:
+    """A real, committed write (one row of ReadyProbe): a database that can be read but not written
+    (a full disk, a write lock held for long, a read-only file) is not ready."""
+    from chatsite.models import ReadyProbe
+
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+            if connection.vendor == "sqlite":  # this connection only: it is closed below
+                cursor.execute(f"PRAGMA busy_timeout = {PROBE_TIMEOUT_MS}")
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = {PROBE_TIMEOUT_MS}")
+            ReadyProbe.objects.update_or_create(pk=1, defaults={"checked_at": timezone.now()})
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     finally:
