@@ -93,6 +93,22 @@ def check_scheduler(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     return []
 
 
+def check_metrics_token(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # Behind a same-host proxy every client's address is the proxy's (127.0.0.1), so the address
+    # allow-list would let anyone read /metrics: a token is then the only gate.
+    if getattr(settings, "CHAT_BEHIND_TLS_PROXY", False) and not settings.CHAT_METRICS_TOKEN:
+        return [
+            checks.Error(
+                "CHAT_BEHIND_TLS_PROXY=1 needs CHAT_METRICS_TOKEN: behind a proxy every client "
+                "seems to come from the proxy's address, so CHAT_METRICS_ALLOW cannot protect /metrics.",
+                hint="Set CHAT_METRICS_TOKEN to a long random string and scrape with "
+                "`Authorization: Bearer <token>`.",
+                id="chatsite.E006",
+            )
+        ]
+    return []
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -100,5 +116,11 @@ def _importable(module: str) -> bool:
 
 
 def register_all() -> None:
-    for check in (check_model_file, check_data_dir, check_channel_layer, check_scheduler):
+    for check in (
+        check_model_file,
+        check_data_dir,
+        check_channel_layer,
+        check_scheduler,
+        check_metrics_token,
+    ):
         checks.register(check, "chatsite")

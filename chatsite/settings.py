@@ -93,6 +93,7 @@ MIDDLEWARE = [
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
     "chatsite.metrics.ResponseCodeMiddleware",
     "chatsite.inputs.UnstorableInputMiddleware",
+    "chatsite.faults.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -133,7 +134,9 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        # Short: a request that cannot get the write lock answers 503 with Retry-After rather than
+        # hang (chatsite/faults.py); a reply's final save retries on its own (conversations/saving.py).
+        "timeout": env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1),
     }
     _database["CONN_MAX_AGE"] = 0
 elif _database["ENGINE"] == "django.db.backends.postgresql":

@@ -14,7 +14,14 @@ def status(request: HttpRequest) -> HttpResponse:
     # Asking for the page is asking for the model: start loading it if nothing has yet
     # (idempotent, in a background thread), so the page can show it becoming ready.
     runtime.start_loading()
-    return render(request, "status.html", {"status": runtime.status()})
+    status = runtime.status()
+    staff = request.user.is_active and request.user.is_staff
+    if not staff:
+        # The file's path and a load error's text (paths again) are for staff only.
+        status["model_path"] = ""
+        if status["error"]:
+            status["error"] = "the model failed to load (the details are shown to staff)"
+    return render(request, "status.html", {"status": status, "staff": staff})
 
 
 @require_safe

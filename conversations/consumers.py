@@ -16,6 +16,7 @@ message removed, the title. Every viewer of the conversation gets them.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -24,6 +25,7 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
+from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
 from chatsite.inputs import parse_id
 from conversations import live_access, replies, services, webchat
 from conversations.models import Conversation, Message
@@ -34,10 +36,13 @@ MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the co
 MAX_TEXT_CHARS = 32_000
 ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
 
+log = logging.getLogger(__name__)
+
 # Close codes (4000–4999 are the application's).
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ACCESS_LOST = 4403  # an open socket whose user lost access to the conversation
 CLOSE_NOT_FOUND = 4404
+CLOSE_UNAVAILABLE = 4503  # the channel layer is unreachable: try again later (like HTTP 503)
 
 
 class FrameError(Exception):
@@ -130,11 +135,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.known: set[int] = set()
         self.started: list[Any] = []
-        self.group = services.group_name(conversation_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self._watch_access()
+        group = services.group_name(conversation_id)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.group = group
+            await self._watch_access()
+        except LAYER_ERRORS:
+            await self._layer_down()
+            return
         await self.accept()
         await self._refresh()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Channels reads the layer (Redis) beside the socket; when Redis is unreachable that read
+        # fails, which would end the connection with a 500 (before the handshake) or a bare 1011.
+        try:
+            await super().__call__(scope, receive, send)
+        except LAYER_ERRORS:
+            if not getattr(self, "_closed_for_layer", False):
+                await self._layer_down()
+
+    async def _layer_down(self) -> None:
+        """Tell the page the live connection cannot work now, then close with 4503 (try again later)."""
+        if getattr(self, "_closed_for_layer", False):
+            return
+        self._closed_for_layer = True
+        log.warning("websocket %s: the channel layer is unreachable", self.scope.get("path"))
+        if not getattr(self, "_accepted", False):
+            await self.accept()
+        await self.send(text_data=error_fragment(LAYER_UNAVAILABLE))
+        await self.close(code=CLOSE_UNAVAILABLE, reason="channel layer unavailable")
 
     async def disconnect(self, code: int) -> None:
         await self._leave_groups()
@@ -157,7 +187,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except replies.ChatError as exc:
             await self.send(text_data=error_fragment(str(exc)))
             return
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            log.warning("websocket action %s: %s", frame["action"], exc)
+            await self.send(text_data=error_fragment(DATABASE_UNAVAILABLE))
+            return
         await self.send(text_data=error_fragment(""))  # clears an earlier error
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self._accepted = True
+        await super().accept(subprotocol, headers)
 
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
@@ -205,6 +245,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
             + status_fragment(mid, "writing…")
+        )
+
+    async def chat_unsaved(self, event: dict[str, Any]) -> None:
+        """The reply ended but could not be saved (the database cannot be written): say so."""
+        mid = int(event["message_id"])
+        await self.send(
+            text_data=error_fragment(
+                "This answer could not be saved: the server's database cannot be written right now. "
+                "It will be saved when the database recovers; reload the page later to check."
+            )
+            + status_fragment(mid, "not saved")
         )
 
     async def chat_queued(self, event: dict[str, Any]) -> None:

@@ -59,7 +59,9 @@ def _send_on_commit(group: str, event: dict[str, Any]) -> None:
         if layer is not None:
             async_to_sync(layer.group_send)(group, {"type": EVENT, **event})
 
-    transaction.on_commit(send)
+    # Robust: with Redis down the change is committed all the same (and no socket can receive
+    # anything then: the consumers close with 4503), so a failed send is logged, not raised.
+    transaction.on_commit(send, robust=True)
 
 
 def user_changed(user_id: int, *, ended_session: str | None = None) -> None:

@@ -132,7 +132,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         "dropped_messages": prompt.dropped,
     }
     try:
-        (message,) = await database_sync_to_async(services.start_assistant_messages)(
+        (message,) = await database_sync_to_async(services.start_assistant_messages, thread_sensitive=False)(
             conversation, 1, params=record, prompt_tokens=len(prompt.ids)
         )
     except BaseException:
@@ -149,7 +149,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
 async def _unanswered(message: Message | None, reason: str) -> None:
     if message is None:
         raise ChatError(reason)
-    await database_sync_to_async(webchat.mark_unanswered)(message, reason)
+    await database_sync_to_async(webchat.mark_unanswered, thread_sensitive=False)(message, reason)
     raise ChatError(reason)
 
 
@@ -161,7 +161,9 @@ async def _start(user: AbstractBaseUser, conversation: Conversation, prepare: An
     _starting.add(conversation.pk)
     try:
         try:
-            message = await database_sync_to_async(prepare)(conversation, *args)
+            # Writes, off the one thread that the consumers' thread-sensitive reads share: a write waiting
+            # for the lock there would stall every socket of the process (see chatsite/faults.py).
+            message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
         except (webchat.Busy, ValueError) as exc:
             raise ChatError(str(exc)) from None
         await _generate(user, conversation, message)

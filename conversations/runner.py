@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from chatsite import metrics
 from chatsite.receiving import close_receiver, receive_until_closed
-from conversations import services
+from conversations import saving, services
 from conversations.models import Message
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
 
@@ -81,6 +81,8 @@ class Run:
         self.jobs = list(jobs)
         self.message_ids = [m.pk for m in messages]
         self.cancel_status: str | None = None
+        # Replies whose final state could not be written when they ended (saving.save_final).
+        self.unsaved: set[int] = set()
         # Characters of each reply that reached its client, for a consumer that reports them (an
         # SSE stream): checkpoints then never save text the client has not seen. None: the
         # runner's own broadcasts are what clients see.
@@ -144,6 +146,7 @@ class Run:
         parts: list[str] = []
         unsent: list[str] = []
         last_publish, last_checkpoint = 0.0, time.monotonic()
+        checkpointing: asyncio.Task | None = None
         try:
             while True:
                 now = time.monotonic()
@@ -177,7 +180,10 @@ class Run:
                     text = "".join(parts[: len(parts) - len(unsent)])
                     if self.delivered is not None:
                         text = text[: self.delivered[choice_index]]
-                    await self._checkpoint(message_id, text)
+                    # In the background: a slow write (a held lock) must not stall the stream.
+                    if checkpointing is None or checkpointing.done():
+                        checkpointing = loop.create_task(self._checkpoint(message_id, text))
+                        _keep(checkpointing)
                     last_checkpoint = now
         finally:
             job.unsubscribe(listener)
@@ -185,12 +191,13 @@ class Run:
         metrics.observe_generation(finished)
         if unsent:
             await self._publish(message_id, choice_index, unsent, parts)
-        try:
-            await database_sync_to_async(services.finish_assistant_message)(
-                message_id, outcome_for(finished, self.cancel_status)
-            )
-        except Exception:  # the row stays 'streaming' and is marked interrupted later
-            log.exception("could not save the end of message %s", message_id)
+        if checkpointing is not None:  # the last checkpoint first: no write of this reply outlives it
+            await asyncio.wait([checkpointing])
+        if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
+            # The database cannot be written (full, locked): the clients are told in-band, and
+            # the row is saved later or marked interrupted (conversations/saving.py).
+            self.unsaved.add(message_id)
+            await self._send({"type": "chat.unsaved", "message_id": message_id})
         return finished
 
     async def _publish(self, message_id: int, choice_index: int, texts: list[str], parts: list[str]) -> None:
@@ -216,7 +223,11 @@ class Run:
     @staticmethod
     async def _checkpoint(message_id: int, text: str) -> None:
         try:
-            await database_sync_to_async(services.checkpoint_assistant_message)(message_id, text)
+            # Not thread-sensitive: that one thread serves every request's database work, and a
+            # write waiting for the lock there would stall them all.
+            await database_sync_to_async(services.checkpoint_assistant_message, thread_sensitive=False)(
+                message_id, text
+            )
         except Exception:
             log.exception("could not checkpoint message %s", message_id)
 
@@ -233,7 +244,7 @@ def start(conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]
 
 async def _sweep() -> None:
     try:
-        count = await database_sync_to_async(sweep_stale_sync)()
+        count = await database_sync_to_async(sweep_stale_sync, thread_sensitive=False)()
     except Exception:
         log.exception("could not mark stale replies as interrupted")
     else:

@@ -44,7 +44,9 @@ def broadcast(conversation_id: int, event: dict[str, Any]) -> None:
         if layer is not None:
             async_to_sync(layer.group_send)(group_name(conversation_id), event)
 
-    transaction.on_commit(send)
+    # Robust: the write is committed whatever happens to the broadcast (Redis down, say); a failed
+    # broadcast is logged, and must not turn a committed write into an error.
+    transaction.on_commit(send, robust=True)
 
 
 # --- Teams ---------------------------------------------------------------------------------------

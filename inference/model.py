@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inference.chat import build_prompt_ids
-from inference.engine import CtransformersEngine, Engine
+from inference.engine import CtransformersEngine, Engine, EngineContext, EngineError
+from inference.gguf import ModelFileError
 from inference.prompts import ChatTemplate
 from inference.scheduler import Scheduler
 from inference.tokenizer import Tokenizer
@@ -52,13 +55,35 @@ class ChatModel:
             queue_max=queue_max,
             prefill_chunk=prefill_chunk,
         )
-        return cls(model_id_for(model_path), engine, tokenizer, template, scheduler)
+        model = cls(model_id_for(model_path), engine, tokenizer, template, scheduler)
+        try:
+            # Before anyone can use it: damaged weights load fine and then give NaN on every token.
+            check_first_logits(engine, scheduler.slots[0].ctx)
+        except BaseException:
+            model.close()
+            raise
+        return model
 
     def prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         return build_prompt_ids(messages, self.template, self.tokenizer)
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def check_first_logits(engine: Engine, ctx: EngineContext) -> None:
+    """Evaluate one token on ``ctx`` and check that its logits are finite (``checkmodel`` and every
+    load run this); ``ModelFileError`` otherwise. The context is left empty."""
+    path = getattr(engine, "model_path", engine.info.name)
+    bos = engine.info.bos_id if engine.info.bos_id is not None else 0
+    try:
+        ctx.eval([bos], threads=1, batch_size=1)
+    except EngineError as exc:
+        raise ModelFileError(path, f"the model loads but cannot evaluate ({exc})") from None
+    finally:
+        ctx.truncate(0)
+    if not np.isfinite(ctx.logits()).all():
+        raise ModelFileError(path, "the model's first logits are not finite (damaged weights?)")
 
 
 def model_id_for(path: str | os.PathLike[str]) -> str:

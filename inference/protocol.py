@@ -21,7 +21,6 @@ from pydantic import (
     model_serializer,
 )
 
-from inference.text import unstorable
 from inference.protocol_tools import (
     MAX_TOOLS,
     ChoiceLogprobs,
@@ -33,6 +32,7 @@ from inference.protocol_tools import (
     ToolChoice,
     ToolDefinition,
 )
+from inference.text import unstorable
 
 MODEL_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-0301")  # the ids the spec names
 MAX_N = 128

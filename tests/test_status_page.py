@@ -35,8 +35,8 @@ def test_it_answers_health(client) -> None:
     assert client.head("/health").status_code == 200
 
 
-def test_it_shows_the_model_state_with_a_strict_csp(client) -> None:
-    response = client.get("/status")
+def test_it_shows_the_model_state_with_a_strict_csp(admin_client) -> None:
+    response = admin_client.get("/status")
     assert response.status_code == 200
     assert response["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert "script-src" not in response["Content-Security-Policy"]  # default-src 'self' covers it

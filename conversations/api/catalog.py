@@ -43,9 +43,16 @@ def resolve_model(model_id: str) -> ChatModel:
     """The loaded model behind ``model_id``: 404 for an unknown id, 503 while the model loads."""
     if model_id not in model_ids():
         raise _not_found(model_id)
+    runtime = get_runtime()
     try:
-        return get_runtime().get()
+        return runtime.get()
     except ModelNotReady as exc:
+        if runtime.state == "error":  # the reason names files: it is on /status, for staff
+            raise ServiceUnavailable(
+                "The model could not be loaded on this server, so no completion can be made. "
+                "Its operators can see why on the status page.",
+                code="model_unavailable",
+            ) from None
         raise ServiceUnavailable(
             f"The model is not ready yet: {exc}.", headers={"Retry-After": "5"}
         ) from None

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
+from chatsite import faults
 from conversations import runner, services
 from conversations.api import upstream
 from conversations.api.catalog import resolve_model
@@ -37,6 +38,7 @@ from inference.protocol import (
     ChunkDelta,
     InvalidRequest,
     RateLimited,
+    ServiceUnavailable,
     Usage,
     parse_chat_request,
 )
@@ -105,6 +107,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
         run.cancel(Message.Status.CANCELLED)
         raise
+    if run.unsaved:  # every answer is logged: one the log lacks is not handed out
+        raise _unsaved(retry=True)
     completion = reply.completion(finished)
     await reply.record_calls(finished)
     return json_response(completion)
@@ -171,6 +175,21 @@ def _params_record(params: SamplingParams) -> dict[str, Any]:
         "stop": list(params.stop),
         "max_tokens": params.max_tokens,
     }
+
+
+def _unsaved(*, retry: bool = False) -> APIError:
+    """The reply was generated but its final state could not be written (disk full, write lock)."""
+    message = (
+        "The completion could not be saved: the server's database cannot be written right now "
+        "(it is full or busy). It is kept and saved when the database recovers."
+    )
+    if retry:
+        return ServiceUnavailable(
+            message + " It is not returned: retry after a short wait.",
+            code="save_failed",
+            headers={"Retry-After": str(faults.RETRY_AFTER_SECONDS)},
+        )
+    return APIError(message, code="save_failed")
 
 
 def _failure(finished: Finished) -> APIError:
@@ -302,6 +321,9 @@ class Reply:
             finished = await self.run.wait()  # every reply is saved before [DONE]
             await self.record_calls(finished)
             complete = True
+            if self.run.unsaved:  # the client has the text, but the log does not: say so
+                yield sse(_unsaved().body()) + DONE
+                return
             usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
             yield usage + DONE
         finally:

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
+from chatsite.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations import services
 from conversations.models import ApiKey
 from inference.protocol import (
@@ -22,6 +23,7 @@ from inference.protocol import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMediaType,
     parse_json_body,
 )
@@ -60,7 +62,16 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return await view(request, *args, **kwargs)
             except APIError as error:
                 return error_response(error)
-            except Exception:
+            except Exception as exc:
+                if is_database_unavailable(exc):  # locked past the busy timeout, disk full, …
+                    log.warning("%s %s: %s", request.method, request.path, exc)
+                    return error_response(
+                        ServiceUnavailable(
+                            DATABASE_UNAVAILABLE,
+                            code="database_unavailable",
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                        )
+                    )
                 log.exception("%s %s failed", request.method, request.path)
                 return error_response(
                     APIError("The server had an error while processing your request. Sorry about that!")

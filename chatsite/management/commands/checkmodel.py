@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -47,17 +46,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("  OK"))
 
     def _try_load(self, path, cache_dir) -> None:
-        from inference.engine import CtransformersEngine, EngineError
+        from inference.engine import CtransformersEngine
+        from inference.model import check_first_logits
 
         start = time.monotonic()
         engine = CtransformersEngine(path, cache_dir=cache_dir, context_length=settings.CHAT_CONTEXT_LENGTH)
-        ctx = engine.new_context()
-        bos = engine.info.bos_id if engine.info.bos_id is not None else 0
-        try:
-            ctx.eval([bos], threads=1, batch_size=1)
-        except EngineError as exc:
-            raise ModelFileError(path, f"the model loads but cannot evaluate ({exc})") from None
-        logits = ctx.logits()
-        if not np.isfinite(logits).all():
-            raise ModelFileError(path, "the model's first logits are not finite (damaged weights?)")
+        check_first_logits(engine, engine.new_context())
         self.stdout.write(f"  loaded and evaluated one token in {time.monotonic() - start:.1f} s")
