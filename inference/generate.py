@@ -20,6 +20,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+# Fixed for seeded requests (whatever CHAT_PREFILL_CHUNK is): a multiple of the 32-position SIMD
+# block, so that the same prompt is always batched the same way.
+SEEDED_PREFILL_CHUNK = 64
+
+
 class _Cancelled(Exception):
     pass
 
@@ -44,9 +49,20 @@ def run_job(
     """Run ``job`` to its end in ``ctx`` and return (and emit) its ``Finished`` event."""
     start = time.monotonic()
     prompt = job.prompt_ids
-    # Reuse the cached prefix, but always evaluate the last prompt token on its own: a cold and a
-    # warm request then take the same path to the first logits, so a seed gives the same reply.
+    # Reuse the cached prefix, and evaluate the last prompt token on its own.
     cached = common_prefix(ctx.tokens, prompt[:-1])
+    if job.params.seed is not None:
+        # A seeded reply must not depend on what the slot's cache holds. ggml's results for a token
+        # depend on how the tokens were batched (the attention sums run in SIMD blocks of 32
+        # positions plus a scalar tail that depends on the batch's end: measured up to 3.8 apart in
+        # one logit), so a prefix cached by another request, or by generation one token at a time,
+        # is not bit-identical to a fresh prefill. A seeded request therefore always evaluates its
+        # whole prompt from position 0 in SEEDED_PREFILL_CHUNK chunks, then its last token alone:
+        # the cost is the prompt's prefill (no cache reuse) for seeded requests only. The thread
+        # count does not matter (ggml splits rows across threads; measured bit-identical with 1
+        # and 2), so the core budget still shares the threads.
+        cached = 0
+        prefill_chunk = SEEDED_PREFILL_CHUNK
     ctx.truncate(cached)
     job.emit(Started(cached_tokens=cached))
 
