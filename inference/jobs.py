@@ -198,12 +198,17 @@ class Job:
         """End a job whose producer is gone (an inference worker that died or lost it): a
         ``cancelled`` Finished with the text and tokens emitted so far, so that nothing waits for
         it forever and its reply keeps what was seen (saved as ``interrupted``)."""
+        self.end_with_text_so_far("cancelled", error)
+
+    def end_with_text_so_far(self, reason: FinishReason, error: str) -> None:
+        """Emit a Finished that keeps the text and tokens emitted so far (a generation that failed
+        or whose producer is gone): the reply's saved text never shrinks to nothing."""
         with self._lock:
             deltas = [e for e in self._history if isinstance(e, Delta)]
         ids = tuple(i for d in deltas for i in d.token_ids)
         self.emit(
             Finished(
-                reason="cancelled",
+                reason=reason,
                 usage=Usage(prompt_tokens=len(self.prompt_ids), completion_tokens=len(ids)),
                 timings=Timings(0.0, None, 0.0, time.monotonic() - self.submitted_at, 0, 0, None),
                 text="".join(d.text for d in deltas),

@@ -253,7 +253,8 @@ class Scheduler:
             except Exception as exc:  # a bug must end the job, never the slot
                 log.exception("job %s failed", job.id)
                 slot.ctx.truncate(0)
-                self._finish_unstarted(job, "error", f"internal error: {type(exc).__name__}")
+                # The text streamed so far stays (checkpoints saved it): never an empty final text.
+                job.end_with_text_so_far("error", f"internal error: {type(exc).__name__}")
             finally:
                 self.budget.deactivate()
                 with self._lock:
