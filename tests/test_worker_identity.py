@@ -1,0 +1,104 @@
+# ruff: noqa: F811  (pytest fixtures imported from test modules)
+"""Job ids and the end of a worker: a restarted worker and a worker's shutdown never cost a job
+its reply (real Redis, real worker processes on the tiny
+model, or the worker's loop in this process on a real scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from channels_redis.core import RedisChannelLayer
+
+from chatsite import worker as worker_module
+from chatsite.management.commands.inferenceworker import Worker
+from inference.jobs import Delta
+from inference.model import ChatModel
+from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
+from tests.test_worker import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker, tiny  # noqa: F401
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test{uuid.uuid4().hex[:8]}"
+
+
+async def first_delta(job) -> None:
+    async for event in job.aevents():
+        if isinstance(event, Delta):
+            return
+
+
+def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
+    tiny, redis_url, prefix, tmp_path, monkeypatch
+) -> None:
+    # Long enough for x to still wait for its old reply when the new worker runs y's.
+    monkeypatch.setattr(worker_module, "WORKER_SILENCE", 30.0)
+    old = start_worker(tiny, redis_url, prefix, tmp_path / "old", CHAT_SLOTS="1")
+    new = None
+    try:
+
+        async def scenario():
+            nonlocal new
+            x = new_client(redis_url, prefix)  # one web process...
+            y = new_client(redis_url, prefix)  # ...and another
+            [lost] = await x.submit_n(ids(tiny, "first"), no_eos(max_tokens=480), 1)
+            await first_delta(lost)
+            old.kill()  # the worker dies in the middle of x's reply, and comes back
+            old.wait(10)
+            new = await asyncio.to_thread(
+                start_worker, tiny, redis_url, prefix, tmp_path / "new", CHAT_SLOTS="2"
+            )
+            [theirs] = await y.submit_n(ids(tiny, "second"), no_eos(max_tokens=480), 1)
+            [mine] = await x.submit_n(ids(tiny, "third"), no_eos(max_tokens=480), 1)
+            await first_delta(theirs)
+            lost.cancel()  # a Stop on x's old reply must not reach y's new one
+            ends = await asyncio.gather(*(asyncio.to_thread(j.wait, 60) for j in (lost, theirs, mine)))
+            return ends
+
+        lost, theirs, mine = run(asyncio.wait_for(scenario(), 120))
+        # x's old reply ends (the new worker's messages to x do not keep it waiting forever).
+        assert lost is not None and lost.reason == "cancelled" and "has not answered" in lost.error
+        assert theirs is not None and theirs.reason == "length" and theirs.usage.completion_tokens == 480
+        assert mine is not None and mine.reason == "length" and mine.usage.completion_tokens == 480
+    finally:
+        old.kill()
+        if new is not None:
+            stop_worker(new)
+
+
+class SlowRedis(RedisChannelLayer):
+    """Real Redis, answering slowly at the moment a job's last event goes out."""
+
+    async def send(self, channel, message):
+        if message.get("type") == "inference.event" and message["event"]["type"] == "finished":
+            await asyncio.sleep(0.5)
+        await super().send(channel, message)
+
+
+@pytest.mark.django_db
+def test_it_sends_every_last_event_before_the_worker_exits(
+    tiny, redis_url, prefix, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
+    model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=2, threads=2)
+    worker = Worker(model.scheduler)
+    worker.layer = SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+
+    async def scenario():
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(30, stop=stop))
+        client = new_client(redis_url, prefix)
+        jobs = await client.submit_n(ids(tiny, "shutdown"), no_eos(max_tokens=300), 2)
+        await first_delta(jobs[0])
+        stop.set()  # SIGTERM: running jobs may finish, and their ends must reach the web process
+        ends = await asyncio.gather(*(asyncio.to_thread(j.wait, 30) for j in jobs))
+        await asyncio.wait_for(serving, 30)
+        return ends
+
+    try:
+        ends = run(asyncio.wait_for(scenario(), 90))
+    finally:
+        model.close()
+    assert [(e.reason, e.usage.completion_tokens) for e in ends] == [("length", 300)] * 2
