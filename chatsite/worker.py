@@ -4,15 +4,21 @@ model process over the channel layer (Redis), and receive each job's events back
 Two cores cannot serve two copies of the model's threads, so with several web processes the model
 runs only in the worker (`manage.py inferenceworker`). Messages on the worker's channel:
 - ``inference.submit`` {request_id, reply_channel, prompt_ids, params, n, user_key}: admission is
-  decided at once, and answered on reply_channel with ``inference.admitted`` {request_id,
-  job_ids, max_tokens} or ``inference.refused`` {request_id, kind: overloaded|context, message, ...};
-- ``inference.cancel`` {job_id}: at most one more token.
-Each job's events then arrive on the reply channel as ``inference.event`` {job_id, event}, in order.
-Every ``ALIVE_INTERVAL`` seconds the worker also sends each web process with jobs ``inference.alive``
-{job_ids: its jobs still running, last_job_id}. A web process ends a job it waits for as
-interrupted (with the text so far) when an alive message no longer lists it (its end was lost on
-the way), or when the worker has said nothing for ``WORKER_SILENCE`` seconds (it died): a reply
-never waits forever, and never blocks its conversation.
+  decided at once, and answered on reply_channel with ``inference.admitted`` {request_id, worker,
+  worker_channel, job_ids, seqs, max_tokens} or ``inference.refused`` {request_id, kind:
+  overloaded|context, message, ...};
+- ``inference.cancel`` {job_id}, sent to the job's worker's own ``worker_channel``: at most one
+  more token.
+Job ids are uuid4 hex, unique across workers and restarts; ``worker`` is the worker process's own
+random id, and ``seqs`` number its admissions. Several workers may serve one Redis (each takes the
+submits it reads first), and a restarted worker is a new one.
+Each job's events then arrive on the reply channel as ``inference.event`` {worker, job_id, event},
+in order. Every ``ALIVE_INTERVAL`` seconds each worker also sends each web process with jobs
+``inference.alive`` {worker, job_ids: its jobs still running, last_seq}. A web process ends a job it
+waits for as interrupted (with the text so far) when an alive message of that job's worker no
+longer lists it (its end was lost on the way), or when that worker has said nothing for
+``WORKER_SILENCE`` seconds (it died): a reply never waits forever, and never blocks its
+conversation.
 
 On the web side, ``WorkerClient`` turns them back into ``inference.jobs.Job`` objects, so the
 runner, the API and the websocket consumer use remote jobs exactly as local ones.
@@ -105,8 +111,10 @@ class WorkerClient:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reply_channel: str | None = None
         self._answers: dict[str, tuple[asyncio.Future, list[int], SamplingParams, str]] = {}
-        self._jobs: dict[int, Job] = {}  # made when their admission is read (Job.submitted_at)
-        self._last_heard = 0.0  # when the worker last sent anything (time.monotonic)
+        self._jobs: dict[str, Job] = {}  # made when their admission is read (Job.submitted_at)
+        # job id → (its worker's id, its admission number there, that worker's own channel)
+        self._owners: dict[str, tuple[str, int, str]] = {}
+        self._heard: dict[str, float] = {}  # worker id → when it last sent anything (monotonic)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._started = asyncio.Lock()
@@ -135,11 +143,13 @@ class WorkerClient:
             await asyncio.sleep(min(ALIVE_INTERVAL, WORKER_SILENCE / 4))
             now = time.monotonic()
             for job_id, job in list(self._jobs.items()):
-                if now - max(self._last_heard, job.submitted_at) > WORKER_SILENCE:
+                worker = self._owners.get(job_id, ("", 0, ""))[0]
+                if now - max(self._heard.get(worker, 0.0), job.submitted_at) > WORKER_SILENCE:
                     self._give_up(job_id, f"the inference worker has not answered for {WORKER_SILENCE:g} s")
 
-    def _give_up(self, job_id: int, why: str) -> None:
+    def _give_up(self, job_id: str, why: str) -> None:
         job = self._jobs.pop(job_id, None)
+        self._owners.pop(job_id, None)
         if job is not None and not job.done:
             log.warning("job %s given up: %s", job_id, why)
             job.abandon(why)
@@ -183,7 +193,8 @@ class WorkerClient:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        self._last_heard = time.monotonic()
+        if "worker" in message:
+            self._heard[message["worker"]] = time.monotonic()
         if kind == "inference.event":
             job = self._jobs.get(message["job_id"])
             if job is None:
@@ -192,39 +203,47 @@ class WorkerClient:
             job.emit(event)
             if isinstance(event, Finished):
                 self._jobs.pop(message["job_id"], None)
+                self._owners.pop(message["job_id"], None)
             return
         if kind == "inference.alive":
-            running = set(message["job_ids"])
-            for job_id in [j for j in self._jobs if j <= message["last_job_id"] and j not in running]:
-                self._give_up(job_id, "the inference worker no longer has this job (its end was lost)")
+            # Only this worker's jobs, admitted before its list was made (a later one's admission
+            # may arrive first).
+            running, worker = set(message["job_ids"]), message["worker"]
+            for job_id, (owner, seq, _) in list(self._owners.items()):
+                if owner == worker and seq <= message["last_seq"] and job_id not in running:
+                    self._give_up(job_id, "the inference worker no longer has this job (its end was lost)")
             return
         waiting = self._answers.get(message["request_id"])
         if waiting is None:
             if kind == "inference.admitted":  # nobody waits any more (timed out): cancel them
                 for job_id in message["job_ids"]:
-                    self._send_cancel(job_id)
+                    self._send_cancel(job_id, message["worker_channel"])
             return
         answer, prompt_ids, params, user_key = waiting
         if kind == "inference.admitted":
             # The jobs are registered here, before any of their events can be dispatched.
             jobs = []
-            for i, job_id in enumerate(message["job_ids"]):
+            for i, (job_id, seq) in enumerate(zip(message["job_ids"], message["seqs"], strict=True)):
                 job = Job(prompt_ids, params, user_key, message["max_tokens"], seed_offset=i)
                 job.id = job_id
                 job._on_cancel = self._cancel
                 self._jobs[job_id] = job
+                self._owners[job_id] = (message["worker"], seq, message["worker_channel"])
                 jobs.append(job)
             message = {**message, "jobs": jobs}
         if not answer.done():
             answer.set_result(message)
 
     def _cancel(self, job: Job) -> None:
-        self._send_cancel(job.id)
+        owner = self._owners.get(job.id)
+        if owner is not None:
+            self._send_cancel(job.id, owner[2])
 
-    def _send_cancel(self, job_id: int) -> None:
-        # Job.cancel may be called from any thread.
+    def _send_cancel(self, job_id: str, channel: str) -> None:
+        # Job.cancel may be called from any thread. To the job's own worker: with several workers
+        # on one Redis, the shared channel would hand it to any of them.
         message = {"type": "inference.cancel", "job_id": job_id}
-        sent = asyncio.run_coroutine_threadsafe(self.layer.send(WORKER_CHANNEL, message), self.loop)
+        sent = asyncio.run_coroutine_threadsafe(self.layer.send(channel, message), self.loop)
 
         def check(future) -> None:
             if not future.cancelled() and future.exception() is not None:

@@ -9,10 +9,10 @@ starts reading.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -96,8 +96,6 @@ class Finished:
 
 Event = Queued | Started | Delta | Finished
 
-_ids = itertools.count(1)
-
 
 @dataclass(eq=False)
 class Job:
@@ -106,7 +104,8 @@ class Job:
     user_key: str
     max_tokens: int
     seed_offset: int = 0
-    id: int = field(default_factory=lambda: next(_ids))
+    # Unique across processes and restarts: an inference worker's ids are seen by every web process.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

@@ -298,7 +298,8 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
                 if isinstance(event, Delta):
                     break
             other_process = redis_layer(redis_url, prefix)  # as the worker would say it
-            alive = {"type": "inference.alive", "job_ids": [], "last_job_id": third.id}
+            worker, seq, _ = client._owners[third.id]
+            alive = {"type": "inference.alive", "worker": worker, "job_ids": [], "last_seq": seq}
             await other_process.send(client.reply_channel, alive)
             return ends, await asyncio.to_thread(third.wait, 30)
 

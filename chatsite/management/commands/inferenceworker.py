@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from chatsite import metrics
-from chatsite.receiving import receive_until_closed
+from chatsite.receiving import close_receiver, receive_until_closed
 from chatsite.runtime import ModelNotReady, get_runtime
 from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
@@ -70,29 +71,49 @@ class Worker:
         self.layer = get_channel_layer()
         # Admitted and not finished (their Finished not yet sent): job id → (job, the reply channel
         # of its web process).
-        self.jobs: dict[int, tuple[Job, str]] = {}
+        self.jobs: dict[str, tuple[Job, str]] = {}
         self.clients: dict[str, float] = {}  # reply channel → when it last had a job (monotonic)
-        self.last_admitted = 0  # the highest job id admitted so far
+        self.worker_id = uuid.uuid4().hex  # a restarted worker is another worker to the web side
+        self.seq = 0  # admissions so far (the alive messages' last_seq)
+        self.channel = ""  # this worker's own channel (cancels of its jobs)
 
-    async def serve(self, drain_timeout: float) -> None:
+    async def serve(self, drain_timeout: float, stop: asyncio.Event | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain: running jobs may finish for
+        ``drain_timeout`` s, and every job's last event is sent before this returns."""
         loop = asyncio.get_running_loop()
         self.outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        self.channel = await self.layer.new_channel()
         sender = loop.create_task(self._send_loop())
         receiver = loop.create_task(
             receive_until_closed(self.layer, WORKER_CHANNEL, self._handle, f"on {WORKER_CHANNEL}")
         )
+        own = loop.create_task(receive_until_closed(self.layer, self.channel, self._handle, "cancels"))
         alive = loop.create_task(self._alive_loop())
         await stop.wait()
         receiver.cancel()
         # Running jobs may finish; their events still go out before the worker exits.
         await asyncio.to_thread(self.scheduler.drain, drain_timeout)
-        while not self.outbox.empty():
-            await asyncio.sleep(0.05)
+        await self._flush(10.0)
         alive.cancel()
         sender.cancel()
+        await close_receiver(self.layer, self.channel, own)
+
+    async def _flush(self, timeout: float) -> None:
+        """Wait until every job's Finished has been handed to the sender (a job's listener queues it
+        from the slot's thread, possibly after ``drain`` returned) and every queued message is sent
+        (the send in progress included: cancelling it would lose the reply's end)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.jobs and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(self.outbox.join(), max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            self.stderr_write(f"{self.outbox.qsize()} message(s) not sent at exit")
 
     async def _handle(self, message: dict) -> None:
         if message["type"] == "inference.submit":
@@ -135,9 +156,11 @@ class Worker:
                 reply_to, {**base, "type": "inference.refused", "kind": "overloaded", "message": str(exc)}
             )
             return
+        seqs = []
         for job in jobs:  # known (to cancels and to the alive messages) before the answer goes out
             self.jobs[job.id] = (job, reply_to)
-            self.last_admitted = max(self.last_admitted, job.id)
+            self.seq += 1
+            seqs.append(self.seq)
         self.clients[reply_to] = time.monotonic()
         # The answer goes out before any event: the client registers the jobs when it reads it.
         try:
@@ -146,7 +169,10 @@ class Worker:
                 {
                     **base,
                     "type": "inference.admitted",
+                    "worker": self.worker_id,
+                    "worker_channel": self.channel,
                     "job_ids": [j.id for j in jobs],
+                    "seqs": seqs,
                     "max_tokens": jobs[0].max_tokens,
                 },
             )
@@ -158,11 +184,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         for job in jobs:
 
-            def forward(event: Event, job_id: int = job.id) -> None:
-                loop.call_soon_threadsafe(
-                    self.outbox.put_nowait,
-                    (reply_to, {"type": "inference.event", "job_id": job_id, "event": event_to_dict(event)}),
-                )
+            def forward(event: Event, job_id: str = job.id) -> None:
+                message = {
+                    "type": "inference.event",
+                    "worker": self.worker_id,
+                    "job_id": job_id,
+                    "event": event_to_dict(event),
+                }
+                loop.call_soon_threadsafe(self.outbox.put_nowait, (reply_to, message))
 
             job.subscribe(forward)
 
@@ -175,7 +204,7 @@ class Worker:
         while True:
             await asyncio.sleep(ALIVE_INTERVAL)
             now = time.monotonic()
-            running: dict[str, list[int]] = {}
+            running: dict[str, list[str]] = {}
             for job_id, (_, owner) in self.jobs.items():
                 running.setdefault(owner, []).append(job_id)
                 self.clients[owner] = now
@@ -185,8 +214,9 @@ class Worker:
                     continue
                 message = {
                     "type": "inference.alive",
+                    "worker": self.worker_id,
                     "job_ids": running.get(owner, []),
-                    "last_job_id": self.last_admitted,
+                    "last_seq": self.seq,
                 }
                 self.outbox.put_nowait((owner, message))
 
@@ -199,3 +229,5 @@ class Worker:
                 await self.layer.send(channel, message)
             except Exception as exc:  # a web process that went away, or a full channel
                 self.stderr_write(f"could not send to {channel}: {type(exc).__name__}")
+            finally:
+                self.outbox.task_done()
