@@ -150,6 +150,15 @@ class Message(models.Model):
             models.Index(fields=["conversation", "id"], name="msg_conversation_id"),
             models.Index(fields=["status", "heartbeat_at"], name="msg_status_heartbeat"),
         ]
+        constraints = [
+            # One generation at a time per conversation, whichever web process starts it: at most
+            # one streaming answer per choice (an API call with n > 1 streams n choices at once).
+            models.UniqueConstraint(
+                fields=["conversation", "choice_index"],
+                condition=models.Q(role="assistant", status="streaming"),
+                name="one_streaming_reply_per_choice",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"

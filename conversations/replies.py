@@ -6,8 +6,10 @@ stays), the scheduler admits the job or the message becomes ``unanswered``, and 
 the job from then on: closing the tab does not lose the reply.
 
 One generation runs at a time per conversation: this process keeps its runs by conversation,
-and ``webchat`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
-process).
+``webchat`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
+process), and the database holds at most one streaming answer per conversation, so of two
+processes that passed that check at once, the second is told the conversation is busy (its message
+is kept as unanswered, and its job cancelled).
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         (message,) = await database_sync_to_async(services.start_assistant_messages, thread_sensitive=False)(
             conversation, 1, params=record, prompt_tokens=len(prompt.ids)
         )
+    except services.ReplyInProgress as exc:
+        # Another web process started a reply here after our busy check: ours gives its place back.
+        job.cancel()
+        await _unanswered(user_message, str(exc))
+        return
     except BaseException:
         job.cancel()
         raise

@@ -19,7 +19,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
@@ -230,10 +230,27 @@ def add_user_message(
     return message
 
 
+class ReplyInProgress(Exception):
+    """A reply is already streaming in this conversation (started by this or another process)."""
+
+
 def start_assistant_messages(
-    conversation: Conversation, n: int, *, params: dict[str, Any], prompt_tokens: int
+    conversation: Conversation,
+    n: int,
+    *,
+    params: dict[str, Any],
+    prompt_tokens: int,
+    new_conversation: bool = False,
 ) -> list[Message]:
-    """Create the ``n`` assistant messages (status streaming) a generation will fill in."""
+    """Create the ``n`` assistant messages (status streaming) a generation will fill in.
+
+    The database holds one streaming answer per conversation and choice (the constraint
+    ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
+    at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
+    died) is marked interrupted first, so it does not block the conversation.
+    """
+    from conversations.runner import STALE_AFTER  # the runner imports this module
+
     now = timezone.now()
     messages = [
         Message(
@@ -248,10 +265,21 @@ def start_assistant_messages(
         )
         for i in range(n)
     ]
-    with transaction.atomic():
-        for message in messages:  # one by one: bulk_create gives no ids on every backend
-            message.save()
-            broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    try:
+        with transaction.atomic():
+            if not new_conversation:
+                interrupt_stale_messages(
+                    now - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk
+                )
+            for message in messages:  # one by one: bulk_create gives no ids on every backend
+                message.save()
+                broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    except IntegrityError:
+        if not Conversation.objects.filter(pk=conversation.pk).exists():
+            raise
+        raise ReplyInProgress(
+            "A reply is being written in this conversation: wait for it, or press Stop."
+        ) from None
     return messages
 
 
@@ -303,7 +331,9 @@ def start_api_call(
             )
             for m in messages
         )
-        replies = start_assistant_messages(conversation, n, params=params, prompt_tokens=prompt_tokens)
+        replies = start_assistant_messages(
+            conversation, n, params=params, prompt_tokens=prompt_tokens, new_conversation=True
+        )
     return ApiCall(conversation, replies)
 
 
@@ -380,13 +410,38 @@ def finish_assistant_message(message_id: int, outcome: Outcome) -> None:
         )
 
 
-def interrupt_stale_messages(older_than: datetime) -> int:
-    """Mark replies still 'streaming' whose heartbeat stopped before ``older_than`` as interrupted.
+def interrupt_stale_messages(older_than: datetime, *, conversation_id: int | None = None) -> int:
+    """Mark replies still 'streaming' whose heartbeat stopped before ``older_than`` as interrupted
+    (of one conversation, or of all), and tell each one's open pages (``chat.finished``, on commit).
 
     Only a stale heartbeat counts, so a sibling process's live stream is never touched.
     """
     stale = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=older_than)
-    return stale.update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")
+    if conversation_id is not None:
+        stale = stale.filter(conversation_id=conversation_id)
+    return _interrupt(stale)
+
+
+def _interrupt(streaming: QuerySet[Message]) -> int:
+    with transaction.atomic():
+        rows = list(streaming.select_for_update().values_list("pk", "conversation_id", "choice_index"))
+        if not rows:
+            return 0
+        count = Message.objects.filter(
+            pk__in=[pk for pk, _, _ in rows], status=Message.Status.STREAMING
+        ).update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")
+        for pk, conversation_id, choice_index in rows:
+            broadcast(
+                conversation_id,
+                {
+                    "type": "chat.finished",
+                    "message_id": pk,
+                    "choice_index": choice_index,
+                    "status": Message.Status.INTERRUPTED,
+                    "finish_reason": "",
+                },
+            )
+    return count
 
 
 def interrupt_orphaned_messages() -> int:
@@ -408,9 +463,7 @@ def interrupt_orphaned_messages() -> int:
             dead.append(owner)
     if not dead:
         return 0
-    return Message.objects.filter(status=Message.Status.STREAMING, owner_process__in=dead).update(
-        status=Message.Status.INTERRUPTED, error="the server stopped during the reply"
-    )
+    return _interrupt(Message.objects.filter(status=Message.Status.STREAMING, owner_process__in=dead))
 
 
 def _process_alive(pid: int) -> bool:

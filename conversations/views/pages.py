@@ -81,7 +81,8 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     # (Read first: a page view writes only when there is something to mark.)
     stale_before = timezone.now() - timedelta(seconds=STALE_AFTER)
     if conv.messages.filter(status=Message.Status.STREAMING, heartbeat_at__lt=stale_before).exists():
-        services.interrupt_stale_messages(stale_before)
+        # This conversation's only (the periodic sweep does the others); open pages are told.
+        services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
     rows = list(webchat.visible_messages(conv).select_related("author"))
     context = sidebar_context(request)
     context.update(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import time
 import uuid
 
+import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -17,6 +20,7 @@ from chatsite import metrics
 from chatsite.receiving import close_receiver, receive_until_closed
 from chatsite.runtime import ModelNotReady, get_runtime
 from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
+from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
 
 
@@ -29,6 +33,22 @@ class Command(BaseCommand):
     def handle(self, *args, drain_timeout: float, **options):
         if not settings.REDIS_URL:
             raise CommandError("REDIS_URL is not set: the worker serves other processes through Redis")
+        # One worker per channel prefix, checked before the model loads (see chatsite/worker_lock.py).
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
+        lock = WorkerLock(settings.REDIS_URL, prefix, f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            lock.acquire()
+        except WorkerAlreadyRunning as exc:
+            lock.release()
+            raise CommandError(str(exc)) from None
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis at REDIS_URL is not reachable: {exc}") from None
+        try:
+            self._run(drain_timeout)
+        finally:
+            lock.release()
+
+    def _run(self, drain_timeout: float) -> None:
         runtime = get_runtime()
         runtime.use_worker = False  # this process IS the worker: it loads the weights
         try:

@@ -1,0 +1,161 @@
+"""One generation per conversation, across web processes: the database holds at most one streaming
+reply per conversation (and choice), so two processes that both passed the page's busy check cannot
+both start one. A stale streaming row (its process died) does not block the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.utils import timezone
+
+from conversations import replies, services, webchat
+from conversations.models import Conversation, Message
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+from tests.chat_runtime import serving
+from tests.tiny_gguf import write_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+BUSY = "A reply is being written in this conversation"
+
+
+@pytest.fixture
+def chat(alice, alpha) -> Conversation:
+    return services.start_conversation(alice, alpha, visibility="team", max_tokens=4)
+
+
+def streaming_rows(conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.filter(status=Message.Status.STREAMING))
+
+
+def race(conversation_id: int, env: dict[str, str]) -> list[dict[str, object]]:
+    """Two processes start a reply in the conversation at the same moment; their answers."""
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.race_start", "race", str(conversation_id)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for racer in racers:  # both have started Django and read the conversation
+            assert racer.stdout.readline().strip() == "ready"
+        for racer in racers:
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        return [json.loads(racer.communicate(timeout=60)[0]) for racer in racers]
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp_path) -> None:
+    """Two web processes, each with its own database connection, start a reply in the same
+    conversation at once: one gets the streaming row, the other is told the conversation is busy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    db = connection.settings_dict
+    if connection.vendor == "postgresql":  # the test database, which the test's data is in
+        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        conversation_id = chat.pk
+    else:  # the test database is in memory: the racers share a database file of their own
+        env["CHAT_DATA_DIR"] = str(tmp_path)
+        setup = [sys.executable, "-m", "tests.race_start", "setup"]
+        made = subprocess.run(setup, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        conversation_id = int(made.stdout)
+    answers = race(conversation_id, env)
+    started = [a["started"] for a in answers if "started" in a]
+    refused = [a["refused"] for a in answers if "refused" in a]
+    assert len(started) == 1 and len(refused) == 1, answers
+    assert BUSY in refused[0]
+    if connection.vendor == "postgresql":
+        assert [m.pk for m in streaming_rows(chat)] == started
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_still_starts_the_n_choices_of_one_api_call(alice, alpha) -> None:
+    key, _ = services.create_api_key(alice, alpha)
+    call = services.start_api_call(
+        key, model_id="m", messages=[{"role": "user", "content": "hi"}], params={}, n=3, prompt_tokens=2
+    )
+    assert sorted(m.choice_index for m in streaming_rows(call.conversation)) == [0, 1, 2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_interrupts_a_dead_processs_stale_row_when_a_reply_starts(chat) -> None:
+    (stale,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
+    Message.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    (new,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
+    stale.refresh_from_db()
+    assert stale.status == Message.Status.INTERRUPTED
+    assert [m.pk for m in streaming_rows(chat)] == [new.pk]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-one-generation")
+    path = write_tiny_llama(folder / "tiny.gguf", context_length=4096)
+    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
+    yield model
+    model.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_it_answers_busy_to_the_second_process_and_keeps_its_message(
+    alice, bob, chat, tiny_model
+) -> None:
+    """Both web processes committed their user message (neither saw a streaming row yet); the first
+    starts the reply, the second is told the conversation is busy, its message is kept as
+    unanswered (Retry) and its job does not run."""
+    # Another user's long job holds the only slot, so the first reply is still streaming (queued)
+    # when the second process tries.
+    bias = {i: -100.0 for i in tiny_model.tokenizer.special_ids}
+    prompt = tiny_model.prompt_ids([{"role": "user", "content": "Tell me a story."}])
+    blocker = tiny_model.scheduler.submit(
+        prompt, SamplingParams(max_tokens=4000, logit_bias=bias), user_key="x"
+    )
+    with serving(tiny_model):
+        first = await sync_to_async(webchat.add_user_message)(chat, "from process A", alice)
+        second = await sync_to_async(webchat.add_user_message)(chat, "from process B", bob)
+        submitted = []
+        scheduler = tiny_model.scheduler
+        original = scheduler.asubmit
+
+        async def recording_submit(*args, **kwargs):
+            job = await original(*args, **kwargs)
+            submitted.append(job)
+            return job
+
+        scheduler.asubmit = recording_submit
+        try:
+            # _generate is what each process runs after its own (per-process) busy check.
+            await replies._generate(alice, chat, first)
+            with pytest.raises(replies.ChatError, match=BUSY):
+                await replies._generate(bob, chat, second)
+        finally:
+            del scheduler.asubmit
+            blocker.cancel()
+        rows = await sync_to_async(streaming_rows)(chat)
+        assert len(rows) == 1 and len(submitted) == 2
+        assert submitted[1].cancelled  # the refused job gives its place back
+        await sync_to_async(second.refresh_from_db)()
+        assert second.status == Message.Status.UNANSWERED and BUSY in second.error
+        run = replies.run_of(chat.pk)
+        assert run is not None
+        await run.wait()
