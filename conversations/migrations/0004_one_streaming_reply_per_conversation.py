@@ -20,7 +20,7 @@ def interrupt_duplicate_streams(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("conversations", "0002_browser_chat"),
+        ("conversations", "0003_message_tools"),
     ]
 
     operations = [
