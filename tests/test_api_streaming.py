@@ -10,8 +10,10 @@ from channels.db import database_sync_to_async
 
 from conversations import runner, services
 from conversations.api.completions import Reply
+from conversations.api.tools import Output, plan_output
 from conversations.models import Message
 from inference.jobs import Delta, Finished, Job, Timings, Usage
+from inference.protocol import parse_chat_request
 from inference.sampling import SamplingParams
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -31,6 +33,13 @@ def replies_for(alice, alpha, n: int) -> list[Message]:
 @database_sync_to_async
 def statuses(messages: list[Message]) -> list[tuple[str, str, str]]:
     return [(m.status, m.content, m.error) for m in Message.objects.filter(pk__in=[m.pk for m in messages])]
+
+
+def plain_output(n: int) -> Output:
+    """The output of a plain-text call (no tools, no grammar, no logprobs: no tokenizer needed)."""
+    body = parse_chat_request({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": n})
+    plan, _ = plan_output(body, None)  # type: ignore[arg-type]
+    return Output(plan, None, n)  # type: ignore[arg-type]
 
 
 def new_jobs(n: int) -> list[Job]:
@@ -53,7 +62,7 @@ async def test_it_streams_role_content_finish_and_usage_per_choice(alice, alpha)
     messages = await replies_for(alice, alpha, 2)
     jobs = new_jobs(2)
     run = runner.start(messages[0].conversation_id, jobs, messages)
-    reply = Reply("chatcmpl-x", "tiny", 3, run)
+    reply = Reply("chatcmpl-x", "tiny", 3, run, plain_output(2))
     stream = reply.stream(include_usage=True)
     events = [await anext(stream)]  # the role chunks come first, in one write
     jobs[1].emit(Delta("Hi", (5,)))
@@ -89,7 +98,7 @@ async def test_it_reports_an_error_after_the_200_in_band(alice, alpha) -> None:
     messages = await replies_for(alice, alpha, 2)
     jobs = new_jobs(2)
     run = runner.start(messages[0].conversation_id, jobs, messages)
-    stream = Reply("chatcmpl-y", "tiny", 3, run).stream(include_usage=False)
+    stream = Reply("chatcmpl-y", "tiny", 3, run, plain_output(2)).stream(include_usage=False)
     events = [await anext(stream)]
     jobs[0].emit(Delta("par", (5,)))
     jobs[0].emit(finished("error", "par", 1, error="the model failed to evaluate the tokens"))
@@ -111,7 +120,7 @@ async def test_it_cancels_the_jobs_when_the_client_goes_away(alice, alpha) -> No
     (message,) = await replies_for(alice, alpha, 1)
     (job,) = jobs = new_jobs(1)
     run = runner.start(message.conversation_id, jobs, [message])
-    stream = Reply("chatcmpl-z", "tiny", 3, run).stream(include_usage=False)
+    stream = Reply("chatcmpl-z", "tiny", 3, run, plain_output(1)).stream(include_usage=False)
     await anext(stream)
     job.emit(Delta("Once upon", (7, 8)))
     await anext(stream)
