@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chatsite import metrics
 from chatsite.runtime import get_runtime
+from upstreams.health import upstream_report
 
 
 def _database_ok() -> str | None:
@@ -58,6 +59,9 @@ async def ready(request: HttpRequest) -> JsonResponse:
     }
     ok = all(v is None for v in checks.values())
     body = {"status": "ready" if ok else "not ready", "checks": {k: v or "ok" for k, v in checks.items()}}
+    # Told, not checked: an unhealthy upstream leaves this process serving its other models.
+    if (upstreams := await upstream_report(request))["state"] != "none":
+        body["upstreams"] = upstreams
     return JsonResponse(body, status=200 if ok else 503)
 
 

@@ -14,7 +14,11 @@ def status(request: HttpRequest) -> HttpResponse:
     # Asking for the page is asking for the model: start loading it if nothing has yet
     # (idempotent, in a background thread), so the page can show it becoming ready.
     runtime.start_loading()
-    return render(request, "status.html", {"status": runtime.status()})
+    from upstreams.health import upstream_report_sync
+
+    return render(
+        request, "status.html", {"status": runtime.status(), "upstreams": upstream_report_sync(request)}
+    )
 
 
 @require_safe
