@@ -82,12 +82,31 @@ async def test_it_streams_an_upstream_reply_to_the_page_and_logs_its_model_and_c
     assert reply.status == Message.Status.COMPLETE and reply.content
     assert reply.params["model"] == "upstream-tiny" and reply.params["upstream"] == "tiny"
     assert reply.completion_tokens and reply.ttft is not None
-    frames = "".join(await receive_until(communicator, reply.content[:5]))
-    assert f'id="m-{reply.pk}-body" hx-swap-oob="innerHTML"' in frames  # streamed as deltas
-    assert reply.content[:5] in "".join(await receive_until(watcher, reply.content[:5]))
+    if reply.content:  # the tiny model may end at once; the scripted test below always streams
+        delta = f'id="m-{reply.pk}-body" hx-swap-oob="innerHTML"'
+        assert await receive_until(communicator, delta) and await receive_until(watcher, delta)
     # The upstream (chatsite) logged the same reply, asked with the conversation's history.
     last = upstream.query("SELECT content FROM conversations_message ORDER BY id DESC LIMIT 2")
     assert last[0][0] == reply.content and last[1][0] == "Hello upstream"
+    await communicator.disconnect()
+    await watcher.disconnect()
+
+
+async def test_it_streams_deltas_to_the_writer_and_a_watching_teammate(
+    alice, bob, alpha, connections
+) -> None:
+    chat = await sync_to_async(conversation)(alice, alpha, "fault-slow", max_tokens=100)
+    communicator, _, _ = await connect(alice, chat.pk)
+    watcher, _, _ = await connect(bob, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "slowly"}))
+    for socket in (communicator, watcher):
+        frames = await receive_until(socket, " w39")
+        deltas = [f for f in frames if 'hx-swap-oob="innerHTML"' in f and "-body" in f]
+        assert len(deltas) > 1  # the text came in pieces, not at the end
+    await finish_run(chat.pk)
+    reply = await Message.objects.aget(conversation=chat, role="assistant")
+    assert reply.status == Message.Status.COMPLETE and reply.params["upstream"] == "faults"
+    assert reply.content == "".join(f" w{i}" for i in range(40))
     await communicator.disconnect()
     await watcher.disconnect()
 
