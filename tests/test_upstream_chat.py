@@ -198,3 +198,26 @@ async def test_it_lists_the_teams_models_with_their_connection_and_health_in_the
         assert chat.model_id == "upstream-tiny" and chat.max_tokens == 9
 
     await sync_to_async(check)()
+
+
+async def test_it_regenerates_and_edits_with_the_upstream_model(alice, alpha, connections, faults) -> None:
+    chat = await sync_to_async(conversation)(alice, alpha, "fault-echo")
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
+    await finish_run(chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "regenerate"}))
+    await finish_run(chat.pk, answers=2)
+    user = await Message.objects.aget(conversation=chat, role="user")
+    await communicator.send_to(
+        text_data=json.dumps({"action": "edit", "message_id": user.pk, "text": "edited"})
+    )
+    await finish_run(chat.pk, answers=3)
+    replies = await sync_to_async(lambda: list(Message.objects.filter(conversation=chat, role="assistant")))()
+    assert [r.status for r in replies] == [Message.Status.COMPLETE] * 3
+    assert all(r.params["upstream"] == "faults" for r in replies)
+    assert replies[0].superseded_at and replies[1].superseded_at and not replies[2].superseded_at
+    asked = [r["messages"] for r in faults.requests() if r.get("model") == "fault-echo"][-3:]
+    # The regenerated reply was asked the same history; the edited one only the edited message.
+    assert asked[0] == asked[1] == [{"role": "user", "content": "first"}]
+    assert asked[2] == [{"role": "user", "content": "edited"}]
+    await communicator.disconnect()
