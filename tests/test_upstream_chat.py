@@ -196,6 +196,12 @@ async def test_it_lists_the_teams_models_with_their_connection_and_health_in_the
         client.post(f"/c/{chat.pk}/settings", {"model_id": "upstream-tiny", "max_tokens": "9"})
         chat.refresh_from_db()
         assert chat.model_id == "upstream-tiny" and chat.max_tokens == 9
+        TeamModels.objects.filter(team=alpha).update(models=["fault-ok"])
+        page = client.get(f"/c/{chat.pk}/").content.decode()
+        assert "upstream-tiny — not available now" in page  # still selected, so a save keeps it
+        client.post(f"/c/{chat.pk}/settings", {"model_id": "upstream-tiny", "max_tokens": "10"})
+        chat.refresh_from_db()
+        assert chat.model_id == "upstream-tiny" and chat.max_tokens == 10
 
     await sync_to_async(check)()
 

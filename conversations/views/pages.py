@@ -86,14 +86,17 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     if conv.messages.filter(status=Message.Status.STREAMING, heartbeat_at__lt=stale_before).exists():
         services.interrupt_stale_messages(stale_before)
     rows = list(webchat.visible_messages(conv).select_related("author"))
+    is_owner = conv.owner_id == request.user.pk
     context = sidebar_context(request)
     context.update(
         {
             "conversation": conv,
-            "is_owner": conv.owner_id == request.user.pk,
+            "is_owner": is_owner,
             "rows": [message_context(m, conv, request.user) for m in rows],
             "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
-            "model_choices": choices.choices(conv.team_id) if conv.owner_id == request.user.pk else [],
+            "model_choices": (model_choices := choices.choices(conv.team_id) if is_owner else []),
+            # Kept selected (so that saving other settings keeps it) though no longer offered.
+            "model_unavailable": is_owner and conv.model_id not in ("", *(c.id for c in model_choices)),
             "default_model": choices.default_model_id(),
             "settings_form": SettingsForm(
                 initial={
