@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.http import HttpResponseBase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from chatsite.middleware import ResponseMiddleware
 from inference.jobs import Finished
@@ -32,6 +33,49 @@ TTFT = Histogram(
     registry=REGISTRY,
 )
 RESPONSES = Counter("chatsite_http_responses", "HTTP responses by status code", ["code"], registry=REGISTRY)
+
+
+class UpstreamCollector:
+    """Each upstream connection's counters (``Connection.stats``) and state, read at scrape time
+    from this process's connections (they count from when the connection was last configured)."""
+
+    def describe(self) -> list:
+        return []  # nothing to read at registration (the database may not be ready)
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+        from upstreams import registry
+
+        label = ["connection"]
+        requests = CounterMetricFamily(
+            "chatsite_upstream_requests", "Calls sent to an upstream", labels=label
+        )
+        errors = CounterMetricFamily(
+            "chatsite_upstream_errors",
+            "Upstream calls that failed (connection, 5xx, cut short)",
+            labels=label,
+        )
+        latency = SummaryMetricFamily(
+            "chatsite_upstream_latency_seconds", "Upstream calls, from sending to the last byte", labels=label
+        )
+        in_flight = GaugeMetricFamily("chatsite_upstream_in_flight", "Upstream calls running", labels=label)
+        waiting = GaugeMetricFamily(
+            "chatsite_upstream_waiting", "Calls waiting for an upstream's free slot", labels=label
+        )
+        healthy = GaugeMetricFamily(
+            "chatsite_upstream_healthy", "1 when the upstream is healthy", labels=label
+        )
+        for connection in registry.pool().connections.values():
+            name, stats = [connection.name], connection.stats
+            requests.add_metric(name, stats.requests)
+            errors.add_metric(name, stats.errors)
+            latency.add_metric(name, stats.latency_count, stats.latency_sum)
+            in_flight.add_metric(name, connection.in_flight)
+            waiting.add_metric(name, connection.waiting)
+            healthy.add_metric(name, 1 if connection.healthy else 0)
+        yield from (requests, errors, latency, in_flight, waiting, healthy)
+
+
+REGISTRY.register(UpstreamCollector())
 
 
 def observe_generation(finished: Finished) -> None:

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chatsite import metrics
 from chatsite.runtime import get_runtime
+from upstreams.health import upstream_report
 
 PROBE_TIMEOUT_MS = 1000  # how long the probe waits for a write lock (a probe must answer fast)
 
@@ -77,6 +78,9 @@ async def ready(request: HttpRequest) -> JsonResponse:
         if detailed and status["error"]:
             shown["model"] += f": {status['error']}"
     body = {"status": "ready" if ok else "not ready", "checks": shown}
+    # Told, not checked: an unhealthy upstream leaves this process serving its other models.
+    if (upstreams := await upstream_report(request))["state"] != "none":
+        body["upstreams"] = upstreams
     return JsonResponse(body, status=200 if ok else 503)
 
 

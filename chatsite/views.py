@@ -14,6 +14,8 @@ def status(request: HttpRequest) -> HttpResponse:
     # Asking for the page is asking for the model: start loading it if nothing has yet
     # (idempotent, in a background thread), so the page can show it becoming ready.
     runtime.start_loading()
+    from upstreams.health import upstream_report_sync
+
     status = runtime.status()
     staff = request.user.is_active and request.user.is_staff
     if not staff:
@@ -21,7 +23,8 @@ def status(request: HttpRequest) -> HttpResponse:
         status["model_path"] = ""
         if status["error"]:
             status["error"] = "the model failed to load (the details are shown to staff)"
-    return render(request, "status.html", {"status": status, "staff": staff})
+    context = {"status": status, "staff": staff, "upstreams": upstream_report_sync(request)}
+    return render(request, "status.html", context)
 
 
 @require_safe

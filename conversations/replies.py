@@ -25,11 +25,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from chatsite.runtime import ModelNotReady, get_runtime
-from conversations import runner, services, webchat
+from conversations import runner, services, upstream_replies, webchat
 from conversations.models import Conversation, Message
 from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
+from upstreams import choices, registry
+from upstreams.permissions import allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
@@ -99,6 +101,20 @@ def is_running(conversation_id: int) -> bool:
 async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
     """Admit and start a reply to the conversation's visible history (``user_message``: the message
     to mark unanswered if the model cannot take it)."""
+    model_id = await _chosen_model(conversation, user_message)
+    if model_id != choices.embedded_model_id():
+        if not (await registry.apool()).replicas(model_id):
+            await _unanswered(
+                user_message, f"The model '{model_id}' is not available now. Choose another in the settings."
+            )
+        await upstream_replies.generate(
+            user,
+            conversation,
+            model_id,
+            _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
+            _track,
+        )
+        return
     try:
         model = get_runtime().get()
     except ModelNotReady as exc:
@@ -146,11 +162,29 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         job.cancel()
         raise
     run = runner.start(conversation.pk, [job], [message])
-    _runs[conversation.pk] = run
+    _track(conversation.pk, run)
+
+
+async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
+    """The conversation's model (recorded at its first reply), if its team may use it."""
+    model_id = choices.model_for(conversation.model_id)
+    allowed = await database_sync_to_async(allowed_models)(conversation.team_id)
+    if allowed is not None and model_id not in allowed:
+        await _unanswered(
+            user_message, f"Your team may not use the model '{model_id}'. Choose another in the settings."
+        )
+    if not conversation.model_id:
+        await Conversation.objects.filter(pk=conversation.pk, model_id="").aupdate(model_id=model_id)
+        conversation.model_id = model_id
+    return model_id
+
+
+def _track(conversation_id: int, run: runner.Run) -> None:
+    _runs[conversation_id] = run
     waiter = asyncio.ensure_future(run.wait())
     _waiters.add(waiter)
     waiter.add_done_callback(_waiters.discard)
-    waiter.add_done_callback(lambda _: _runs.pop(conversation.pk, None))
+    waiter.add_done_callback(lambda _: _runs.pop(conversation_id, None))
 
 
 async def _unanswered(message: Message | None, reason: str) -> None:

@@ -125,13 +125,23 @@ def set_visibility(conversation: Conversation, visibility: str) -> None:
 
 
 def update_settings(
-    conversation: Conversation, *, system_prompt: str, temperature: float | None, max_tokens: int | None
+    conversation: Conversation,
+    *,
+    system_prompt: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    model_id: str | None = None,
 ) -> None:
+    """``model_id``: None keeps the model; blank: the default model (recorded at the next reply)."""
+    fields = ["system_prompt", "temperature", "max_tokens"]
     with transaction.atomic():
         conversation.system_prompt = system_prompt
         conversation.temperature = temperature
         conversation.max_tokens = max_tokens
-        _changed(conversation, ["system_prompt", "temperature", "max_tokens"])
+        if model_id is not None:
+            conversation.model_id = model_id
+            fields.append("model_id")
+        _changed(conversation, fields)
 
 
 def soft_delete(conversation: Conversation) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 
 from chatsite.inputs import parse_id
@@ -84,7 +84,32 @@ class ModelFilter(_Filter):
         return [(m, m) for m in ids]
 
     def apply(self, queryset: QuerySet[Conversation], value: str) -> QuerySet[Conversation]:
-        return queryset.filter(model_id=value)
+        # The conversation's model, or the one a reply logged (a browser chat may change model).
+        replied = Message.objects.filter(conversation=OuterRef("pk"), role="assistant", params__model=value)
+        return queryset.filter(Q(model_id=value) | Exists(replied))
+
+
+class ConnectionFilter(_Filter):
+    """Conversations with a reply through this upstream connection (``embedded``: one that no
+    upstream answered)."""
+
+    title = "connection"
+    parameter_name = "connection"
+    EMBEDDED = "embedded"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from upstreams.models import Upstream
+
+        names = Upstream.objects.order_by("name").values_list("name", flat=True)
+        return [(self.EMBEDDED, "embedded model"), *((n, n) for n in names)]
+
+    def apply(self, queryset: QuerySet[Conversation], value: str) -> QuerySet[Conversation]:
+        replies = Message.objects.filter(conversation=OuterRef("pk"), role="assistant")
+        if value == self.EMBEDDED:
+            replies = replies.filter(Q(params__upstream__isnull=True) | Q(params__upstream=""))
+        else:
+            replies = replies.filter(params__upstream=value)
+        return queryset.filter(Exists(replies))
 
 
 class StatusFilter(_Filter):

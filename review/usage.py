@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Case, CharField, Count, F, Q, Sum, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, TruncDate
 
 from conversations.models import Conversation, Message
 from review import access
@@ -29,10 +30,40 @@ class UsageRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    model: str = ""  # the reply's model: an API call's own, a browser reply's logged one
 
     @property
     def total(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ModelTotal:
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def model_totals(rows: list[UsageRow]) -> list[ModelTotal]:
+    """The period's usage per model, busiest first."""
+    sums: dict[str, list[int]] = {}
+    for r in rows:
+        total = sums.setdefault(r.model, [0, 0, 0])
+        total[0] += r.requests
+        total[1] += r.prompt_tokens
+        total[2] += r.completion_tokens
+    out = [ModelTotal(m, *t) for m, t in sums.items()]
+    return sorted(out, key=lambda t: (-(t.prompt_tokens + t.completion_tokens), t.model))
+
+
+# An API call's model is its conversation's (the id it resolved to; the params keep the one asked
+# for, maybe an alias); a browser reply's is the one its params logged (the chat may change model).
+REPLY_MODEL = Case(
+    When(conversation__source=Conversation.Source.API, then=F("conversation__model_id")),
+    default=Coalesce(Cast(KT("params__model"), CharField()), F("conversation__model_id")),
+    output_field=CharField(),
+)
 
 
 def _midnight(day: date) -> datetime:
@@ -66,12 +97,13 @@ def usage_rows(
         created__lt=_midnight(end + timedelta(days=1)),
     )
     grouped = (
-        replies.annotate(day=TruncDate("created"))
+        replies.annotate(day=TruncDate("created"), reply_model=REPLY_MODEL)
         .values(
             "day",
             "conversation__team__name",
             "conversation__owner__username",
             "conversation__api_key__prefix",
+            "reply_model",
         )
         .annotate(
             requests=Count("pk", filter=Q(choice_index=0)),
@@ -83,6 +115,7 @@ def usage_rows(
             "conversation__team__name",
             "conversation__owner__username",
             "conversation__api_key__prefix",
+            "reply_model",
         )
     )
     return [
@@ -94,6 +127,7 @@ def usage_rows(
             requests=row["requests"] or 0,
             prompt_tokens=row["prompt"] or 0,
             completion_tokens=row["completion"] or 0,
+            model=row["reply_model"] or "",
         )
         for row in grouped
     ]

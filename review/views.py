@@ -96,6 +96,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         "end": end,
         "rows": rows,
         "chart": usage.chart(rows, start, end),
+        "model_totals": usage.model_totals(rows),
         "totals": {
             "requests": sum(r.requests for r in rows),
             "prompt": sum(r.prompt_tokens for r in rows),
@@ -114,9 +115,13 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
     # A small table (one row per day, team, user and key): built at once, not streamed.
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["day", "team", "user", "api_key", "requests", "prompt_tokens", "completion_tokens"])
+    writer.writerow(
+        ["day", "team", "user", "api_key", "requests", "prompt_tokens", "completion_tokens", "model"]
+    )
     for r in rows:
-        writer.writerow([r.day, r.team, r.user, r.api_key, r.requests, r.prompt_tokens, r.completion_tokens])
+        writer.writerow(
+            [r.day, r.team, r.user, r.api_key, r.requests, r.prompt_tokens, r.completion_tokens, r.model]
+        )
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
     return response

@@ -79,6 +79,7 @@ def test_it_filters_the_page_and_the_csv_by_period_and_team(world: World) -> Non
             "requests": "1",
             "prompt_tokens": "12",
             "completion_tokens": "3",
+            "model": "SmolLM2-135M-Instruct",
         }
     ]
 

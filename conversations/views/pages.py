@@ -19,6 +19,7 @@ from conversations import services, webchat
 from conversations.consumers import message_context
 from conversations.models import Conversation, Message
 from conversations.runner import STALE_AFTER
+from upstreams import choices
 
 TEAM_SESSION_KEY = "team_id"
 
@@ -27,6 +28,8 @@ class SettingsForm(forms.Form):
     system_prompt = forms.CharField(required=False, max_length=8000, widget=forms.Textarea(attrs={"rows": 3}))
     temperature = forms.FloatField(required=False, min_value=0.0, max_value=2.0)
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32768)
+    # One of the team's models (upstreams.choices); blank: the default model.
+    model_id = forms.CharField(required=False, max_length=200)
 
 
 def _team(request: HttpRequest):
@@ -84,18 +87,24 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
         # This conversation's only (the periodic sweep does the others); open pages are told.
         services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
     rows = list(webchat.visible_messages(conv).select_related("author"))
+    is_owner = conv.owner_id == request.user.pk
     context = sidebar_context(request)
     context.update(
         {
             "conversation": conv,
-            "is_owner": conv.owner_id == request.user.pk,
+            "is_owner": is_owner,
             "rows": [message_context(m, conv, request.user) for m in rows],
-            "model_name": get_runtime().model_id,
+            "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
+            "model_choices": (model_choices := choices.choices(conv.team_id) if is_owner else []),
+            # Kept selected (so that saving other settings keeps it) though no longer offered.
+            "model_unavailable": is_owner and conv.model_id not in ("", *(c.id for c in model_choices)),
+            "default_model": choices.default_model_id(),
             "settings_form": SettingsForm(
                 initial={
                     "system_prompt": conv.system_prompt,
                     "temperature": conv.temperature,
                     "max_tokens": conv.max_tokens,
+                    "model_id": conv.model_id,
                 }
             ),
         }
@@ -126,6 +135,9 @@ def sharing(request: HttpRequest, conversation_id: int) -> HttpResponse:
 def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conv = webchat.get_conversation_for_owner(request.user, conversation_id)
     form = SettingsForm(request.POST)
+    if form.is_valid() and form.cleaned_data["model_id"] not in ("", conv.model_id):
+        if form.cleaned_data["model_id"] not in [c.id for c in choices.choices(conv.team_id)]:
+            form.add_error("model_id", "Choose one of the models your team may use.")
     if form.is_valid():
         webchat.update_settings(conv, **form.cleaned_data)
         messages.success(request, "Settings saved.")

@@ -87,6 +87,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
         filters.ApiKeyFilter,
         "source",
         filters.ModelFilter,
+        filters.ConnectionFilter,
         filters.StatusFilter,
         filters.FlaggedFilter,
         filters.DeletedFilter,
