@@ -21,6 +21,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from conversations import runner, services
+from conversations.api import ratelimits
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
 from conversations.models import ApiKey, Message
@@ -58,7 +59,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
     params = sampling_params(body, model, len(prompt_ids))
     n = body.n or 1
-    jobs = await admit(model, prompt_ids, params, n, key)
+    # The limits first (review/limits.py): a refused call does no work and writes nothing.
+    reservation = await ratelimits.reserve(key, len(prompt_ids) + params.max_tokens * n)
+    try:
+        jobs = await admit(model, prompt_ids, params, n, key)
+    except BaseException:
+        await ratelimits.refund(reservation)
+        raise
 
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
@@ -82,8 +89,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except BaseException:
         for job in jobs:
             job.cancel()
+        await ratelimits.refund(reservation)
         raise
     run = runner.start(call.conversation.pk, jobs, call.replies)
+    ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -91,13 +100,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return response
+        return ratelimits.with_headers(response, reservation)
     try:
         finished = await run.wait()
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
         run.cancel(Message.Status.CANCELLED)
         raise
-    return json_response(reply.completion(finished))
+    return ratelimits.with_headers(json_response(reply.completion(finished)), reservation)
 
 
 def _message_dict(message: ChatMessage) -> dict[str, str]:
