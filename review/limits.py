@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, Sum
 
 from conversations.models import ApiKey, Message, Team
@@ -113,21 +114,64 @@ class Reservation:
 # --- Which limits apply --------------------------------------------------------------------------
 
 
-def limits_for(team_id: int | None, user_id: int | None, key_id: int | None = None) -> list[Limit]:
-    """The limit rows for a request of ``user_id`` in ``team_id`` (with ``key_id``): one query."""
-    q = Q(pk__in=[])
+@dataclass(frozen=True)
+class LimitRow:
+    """A ``Limit`` as the admission reads it (one raw query, no model instances: it runs for every
+    request)."""
+
+    team_id: int | None
+    user_id: int | None
+    api_key_id: int | None
+    requests_per_minute: int | None
+    tokens_per_day: int | None
+    scope_label: str
+
+
+def limits_for(team_id: int | None, user_id: int | None, key_id: int | None = None) -> list[LimitRow]:
+    """The limits for a request of ``user_id`` in ``team_id`` (with ``key_id``): one query."""
+    where, params = [], []
     if team_id is not None:
-        q |= Q(team_id=team_id, user=None, api_key=None)
+        where.append("(l.team_id = %s AND l.user_id IS NULL AND l.api_key_id IS NULL)")
+        params.append(team_id)
     if user_id is not None:
-        q |= Q(user_id=user_id, team=None, api_key=None)
+        where.append("(l.user_id = %s AND l.team_id IS NULL AND l.api_key_id IS NULL)")
+        params.append(user_id)
     if team_id is not None and user_id is not None:
-        q |= Q(team_id=team_id, user_id=user_id)
+        where.append("(l.team_id = %s AND l.user_id = %s)")
+        params += [team_id, user_id]
     if key_id is not None:
-        q |= Q(api_key_id=key_id)
-    return list(Limit.objects.filter(q).select_related("team", "user", "api_key"))
+        where.append("(l.api_key_id = %s)")
+        params.append(key_id)
+    if not where:
+        return []
+    User = get_user_model()
+    users, name = User._meta.db_table, User._meta.get_field(User.USERNAME_FIELD).column
+    sql = (
+        "SELECT l.team_id, l.user_id, l.api_key_id, l.requests_per_minute, l.tokens_per_day, "
+        f"t.name, u.{name}, k.prefix FROM {Limit._meta.db_table} l "
+        f"LEFT JOIN {Team._meta.db_table} t ON t.id = l.team_id "
+        f"LEFT JOIN {users} u ON u.id = l.user_id "
+        f"LEFT JOIN {ApiKey._meta.db_table} k ON k.id = l.api_key_id "
+        f"WHERE {' OR '.join(where)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [
+        LimitRow(team, user, key, rpm, tpd, _label(team_name, username, prefix))
+        for team, user, key, rpm, tpd, team_name, username, prefix in rows
+    ]
 
 
-def scope_of(limit: Limit) -> str:
+def _label(team: str | None, user: str | None, prefix: str | None) -> str:
+    if prefix is not None:
+        return f"API key {prefix}"
+    if team is not None and user is not None:
+        return f"{user} in {team}"
+    return f"team {team}" if team is not None else f"user {user}"
+
+
+def scope_of(limit: Limit | LimitRow) -> str:
     if limit.api_key_id is not None:
         return f"key-{limit.api_key_id}"
     if limit.team_id is not None and limit.user_id is not None:
@@ -142,7 +186,7 @@ def windows(now: float) -> tuple[int, int]:
     return int(now // MINUTE * MINUTE), int(now // DAY * DAY)
 
 
-def rules_for(limits: list[Limit], now: float) -> list[Rule]:
+def rules_for(limits: list[Limit] | list[LimitRow], now: float) -> list[Rule]:
     minute, day = windows(now)
     out = []
     for limit in limits:
@@ -164,7 +208,7 @@ def reserve(
     key_id: int | None = None,
     tokens: int,
     now: float | None = None,
-    applying: list[Limit] | None = None,
+    applying: list[LimitRow] | None = None,
 ) -> Reservation:
     """Take one request and ``tokens`` tokens from every limit that applies, or raise
     ``LimitReached`` (the strictest limit without room) having taken nothing. ``applying``: the
@@ -332,3 +376,36 @@ def logged_usage(limit: Limit, rule: Rule, now: float) -> int:
         prompt=Sum("prompt_tokens", filter=Q(choice_index=0)), completion=Sum("completion_tokens")
     )
     return (sums["prompt"] or 0) + (sums["completion"] or 0)
+
+
+# --- The usage page: each limited scope's consumption against its limits -------------------------
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    scope: str
+    kind: str  # "requests per minute" or "tokens per day"
+    limit: int
+    used: int
+    resets_in: str
+
+    @property
+    def reached(self) -> bool:
+        return self.used >= self.limit
+
+
+def usage_against_limits(rows: list[Limit], now: float | None = None) -> list[LimitUsage]:
+    """For each limit of ``rows``, its counter in the current window (one read for all)."""
+    now = time.time() if now is None else now
+    rules = rules_for(rows, now)
+    used = read_used(rules)
+    return [
+        LimitUsage(
+            scope=rule.label,
+            kind="requests per minute" if rule.kind == REQUESTS else "tokens per day",
+            limit=rule.limit,
+            used=u,
+            resets_in=duration(rule.resets_at - now),
+        )
+        for rule, u in zip(rules, used, strict=True)
+    ]
