@@ -327,3 +327,10 @@ else:
 # Secrets shown once (a new API key) are kept in the session until shown: the session must stay
 # in the database, never in a cookie (chatsite/once.py refuses a cookie-based session engine).
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# --- Retention (review/retention.py) ---------------------------------------------------------
+# `manage.py serve` and `inferenceworker` run the retention purge once a day in a background
+# thread (the first check CHAT_PURGE_FIRST_DELAY seconds after start, then hourly; one process a
+# day does it). CHAT_PURGE_DAILY=0 leaves it to cron (`manage.py purge`).
+CHAT_PURGE_DAILY = env_bool("CHAT_PURGE_DAILY", True)
+CHAT_PURGE_FIRST_DELAY = env_int("CHAT_PURGE_FIRST_DELAY", 300, minimum=0)
