@@ -159,3 +159,13 @@ def hold_conversations(modeladmin: Any, request: HttpRequest, queryset: QuerySet
         )
         count += 1
     messages.success(request, f"{count} conversation(s) put on legal hold: a purge will not erase them.")
+
+
+@admin.action(description="Restore the selected deleted conversations")
+def restore_conversations(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+    from review import services
+
+    restored = sum(services.restore(c, by=request.user) for c in queryset.filter(deleted_at__isnull=False))
+    messages.success(
+        request, f"{restored} conversation(s) restored (purged ones have nothing left to restore)."
+    )
