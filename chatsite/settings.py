@@ -269,7 +269,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         name: {"handlers": ["console"], "level": "INFO", "propagate": False}
-        for name in ("chatsite", "conversations", "inference")
+        for name in ("chatsite", "conversations", "inference", "review")
     },
 }
 

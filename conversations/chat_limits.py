@@ -57,3 +57,7 @@ async def reserve(
         )
         refused.keep_text = text  # type: ignore[attr-defined]
         raise refused from None
+    except limits.LimitsUnavailable:
+        unavailable = error("Your limits cannot be checked right now: try again in a moment.")
+        unavailable.keep_text = text  # type: ignore[attr-defined]
+        raise unavailable from None

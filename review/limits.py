@@ -67,6 +67,11 @@ class Rule:
         return Item(self.counter, self.window, amount, self.limit, self.period + 3600)
 
 
+class LimitsUnavailable(Exception):
+    """The counters cannot be reached (Redis or the database is down): the request is refused,
+    since a limit that cannot be checked cannot be kept."""
+
+
 class LimitReached(Exception):
     """A request the limits refuse: which limit, and when it resets."""
 
@@ -226,6 +231,9 @@ def reserve(
         current[refused.index] = refused.used
         headers = rate_headers(rules, current, now)
         raise LimitReached(rules[refused.index], refused.used, amounts[refused.index], now, headers) from None
+    except Exception as exc:
+        log.exception("the limits' counters cannot be reached")
+        raise LimitsUnavailable(str(exc)) from exc
     return Reservation(rules, tokens, rate_headers(rules, used, now))
 
 

@@ -172,3 +172,23 @@ async def test_it_audits_limit_changes_and_seeds_from_today_s_log(runtime, key, 
     assert used == call_row.prompt_tokens + call_row.completion_tokens
     entry = await AuditEntry.objects.filter(action=AuditEntry.Action.LIMITS).aget()
     assert entry.team_id == alpha.pk and "tokens_per_day: None -> 10000" in entry.detail
+
+
+async def test_it_refuses_with_503_when_the_counters_cannot_be_reached(runtime, key, alpha, settings) -> None:
+    from review import limit_counters
+
+    api_key, raw = key
+    await set_limits(team=alpha, requests_per_minute=5)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"prefix": "down"}}
+    }
+    limit_counters.counters.cache_clear()
+    try:
+        before = await api_calls()
+        response = await call(raw)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "limits_unavailable" and response["Retry-After"]
+        assert await api_calls() == before
+    finally:
+        limit_counters.counters.cache_clear()

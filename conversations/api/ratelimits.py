@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 from django.http import HttpResponseBase
 
 from conversations.models import ApiKey
-from inference.protocol import RateLimited
+from inference.protocol import RateLimited, ServiceUnavailable
 from review import limits
 
 
@@ -20,6 +20,12 @@ async def reserve(key: ApiKey, tokens: int) -> limits.Reservation:
         error = RateLimited(str(exc), headers={"Retry-After": str(exc.retry_after), **exc.headers})
         error.type = exc.rule.kind  # OpenAI's "requests" or "tokens"
         raise error from None
+    except limits.LimitsUnavailable:
+        raise ServiceUnavailable(
+            "The usage limits cannot be checked right now. Please retry after a short wait.",
+            code="limits_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
 
 
 async def refund(reservation: limits.Reservation) -> None:
