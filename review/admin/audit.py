@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Max, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.urls import path
 from django.utils.html import format_html
 
@@ -108,7 +109,10 @@ class AuditEntryAdmin(admin.ModelAdmin):
         """All the entries the list shows with its current filter and search, as JSONL."""
         if not self.has_module_permission(request):
             raise PermissionDenied
-        queryset = self.get_changelist_instance(request).get_queryset(request)
+        try:
+            queryset = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Unknown filter.")
         used = {key: request.GET.getlist(key) for key in request.GET}
         return self._export(request, queryset, {"all_matching": used})
 
