@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips with
 from tests.tiny_gguf import write_tiny_llama
 
 THREADS = 8
+NOW = time.time()  # every attempt of a run at one instant (set_limits starts its counters at it too)
 
 # One process's share of a hammering: THREADS threads released together, each with its own
 # database connection, trying ``attempts`` reservations in all; prints how many were admitted.
@@ -30,13 +32,14 @@ django.setup()
 from django.db import connection
 from review import limits
 team_id, user_id, attempts, tokens, settle = (int(a) for a in sys.argv[1:6])
+now = float(sys.argv[6])  # one instant for every attempt: no minute boundary in the middle
 start = threading.Barrier(THREADS)
 admitted = []
 def worker():
     start.wait()
     for _ in range(attempts // THREADS):
         try:
-            reservation = limits.reserve(team_id=team_id, user_id=user_id, tokens=tokens)
+            reservation = limits.reserve(team_id=team_id, user_id=user_id, tokens=tokens, now=now)
         except limits.LimitReached:
             continue
         if settle:
@@ -61,7 +64,7 @@ def hammer(team_id: int, user_id: int, attempts: int, tokens: int, settle: int, 
     """Admitted reservations out of ``attempts``: from THREADS threads in this process on
     PostgreSQL; on SQLite (whose test database lives in memory) from two processes sharing a
     database file, as two web processes would."""
-    args = [str(a) for a in (team_id, user_id, attempts, tokens, settle)]
+    args = [str(a) for a in (team_id, user_id, attempts, tokens, settle, NOW)]
     if connection.vendor != "sqlite":
         return _threads_here(team_id, user_id, attempts, tokens, settle)
     env = {
@@ -95,7 +98,7 @@ def _threads_here(team_id: int, user_id: int, attempts: int, tokens: int, settle
         try:
             for _ in range(count):
                 try:
-                    reservation = limits.reserve(team_id=team_id, user_id=user_id, tokens=tokens)
+                    reservation = limits.reserve(team_id=team_id, user_id=user_id, tokens=tokens, now=NOW)
                 except limits.LimitReached:
                     continue
                 if settle:
@@ -145,7 +148,7 @@ def set_limits_in(tmp_path: Path, ids: dict[str, int] | None, **limit) -> None:
         scope = {"team": Team.objects.get(name="alpha")}
         if limit.pop("member", False):
             scope["user"] = get_user_model().objects.get(username="alice")
-        limits.set_limits(**scope, **limit, by=None)
+        limits.set_limits(**scope, **limit, by=None, now=NOW)
         return
     member = limit.pop("member", False)
     script = f"""
@@ -157,7 +160,7 @@ from review import limits
 scope = {{"team": Team.objects.get(pk={ids["team"]})}}
 if {member}:
     scope["user"] = get_user_model().objects.get(pk={ids["user"]})
-limits.set_limits(**scope, **{limit!r}, by=None)
+limits.set_limits(**scope, **{limit!r}, by=None, now={NOW!r})
 """
     env = {
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
@@ -170,11 +173,11 @@ limits.set_limits(**scope, **{limit!r}, by=None)
 
 def counter_value(tmp_path: Path, ids: dict[str, int] | None, key: str) -> int:
     if ids is None:
-        return LimitCounter.objects.get(key=key).used
+        return sum(LimitCounter.objects.filter(key=key).values_list("used", flat=True))
     import sqlite3
 
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
-        return db.execute("SELECT used FROM review_limitcounter WHERE key = ?", (key,)).fetchone()[0]
+        return db.execute("SELECT SUM(used) FROM review_limitcounter WHERE key = ?", (key,)).fetchone()[0]
 
 
 @pytest.mark.django_db(transaction=True)
