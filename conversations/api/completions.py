@@ -44,6 +44,7 @@ from inference.protocol import (
 )
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
+from review import replay
 
 RETRY_AFTER_SECONDS = 2
 FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is not held back)
@@ -67,6 +68,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         await ratelimits.refund(reservation)
         raise
 
+    # The model file's and the prompt's hashes, so that a reviewer can replay the answer (review/replay.py).
+    fingerprints = await sync_to_async(replay.logged_fingerprints, thread_sensitive=False)(model, prompt_ids)
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
     logged = {
@@ -75,6 +78,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "stream": bool(body.stream),
         "model": body.model,
         "id": completion_id,
+        **fingerprints,
     }
     try:
         call = await database_sync_to_async(services.start_api_call)(
