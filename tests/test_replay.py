@@ -68,6 +68,12 @@ def test_it_replays_a_seeded_answer_token_for_token(tiny_models, root, alice, al
     table = page.split('id="replay-tokens"')[1].split("</table>")[0]
     assert table.count("<tr class=") == len(reply.token_ids) and "replay-different" not in table
     assert AuditEntry.objects.filter(action="view", actor=root, filters__replay=reply.pk).exists()
+    transcript = logged_in(root).get(
+        reverse("admin:conversations_conversation_change", args=[reply.conversation_id])
+    )
+    assert (
+        reverse("review:replay", args=[reply.pk]) in transcript.content.decode()
+    )  # linked from the transcript
 
 
 def test_it_highlights_the_first_difference(tiny_models, root, alice, alpha) -> None:
