@@ -287,7 +287,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         name: {"handlers": ["console"], "level": "INFO", "propagate": False}
-        for name in ("chatsite", "conversations", "inference")
+        for name in ("chatsite", "conversations", "inference", "review")
     },
 }
 
@@ -349,3 +349,10 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 # Upstream inference servers (issue 12): the model the spec's aliases (gpt-3.5-turbo, …) and new
 # browser conversations use. Empty: the embedded model.
 CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL", "")
+
+# --- Retention (review/retention.py) ---------------------------------------------------------
+# `manage.py serve` and `inferenceworker` run the retention purge once a day in a background
+# thread (the first check CHAT_PURGE_FIRST_DELAY seconds after start, then hourly; one process a
+# day does it). CHAT_PURGE_DAILY=0 leaves it to cron (`manage.py purge`).
+CHAT_PURGE_DAILY = env_bool("CHAT_PURGE_DAILY", True)
+CHAT_PURGE_FIRST_DELAY = env_int("CHAT_PURGE_FIRST_DELAY", 300, minimum=0)

@@ -59,7 +59,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             obj.save(update_fields=["name"])
             return
-        key, plain = services.create_api_key(obj.user, obj.team, obj.name)
+        key, plain = services.create_api_key(obj.user, obj.team, obj.name, by=request.user)
         obj.pk = key.pk
         obj.refresh_from_db()
         # Kept server-side until its change page shows it, once (chatsite/once.py).
@@ -90,5 +90,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected API keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
-            services.revoke_api_key(key)
+            services.revoke_api_key(key, by=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")

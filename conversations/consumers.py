@@ -89,6 +89,11 @@ def error_fragment(text: str) -> str:
     return render_to_string("chat/_error.html", {"error": text})
 
 
+def composer_fragment(text: str) -> str:
+    """The composer's text box holding ``text`` again (the page cleared it when it sent)."""
+    return render_to_string("chat/_composer_text.html", {"text": text, "oob": True})
+
+
 def status_fragment(message_id: int, text: str) -> str:
     """The line under a streaming answer ("waiting, 2 ahead", "writing…"); ``text`` is ours."""
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
@@ -185,7 +190,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self._act(frame)
         except replies.ChatError as exc:
-            await self.send(text_data=error_fragment(str(exc)))
+            kept = getattr(exc, "keep_text", None)  # a message refused by a limit: back in the box
+            await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
             return
         except Exception as exc:
             if not is_database_unavailable(exc):

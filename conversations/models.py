@@ -83,6 +83,8 @@ class Conversation(models.Model):
     api_key = models.ForeignKey(ApiKey, models.SET_NULL, null=True, blank=True, related_name="conversations")
     request_user = models.CharField(max_length=256, blank=True)  # the API request's `user` field
     deleted_at = models.DateTimeField(null=True, blank=True)  # soft delete: hidden from the owner only
+    # Set when the retention policy erased the conversation's text (review/retention.py).
+    purged_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from chatsite.runtime import ModelNotReady, get_runtime
-from conversations import runner, services, upstream_replies, webchat
+from conversations import chat_limits, runner, services, upstream_replies, webchat
 from conversations.models import Conversation, Message
 from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
@@ -194,26 +194,39 @@ async def _unanswered(message: Message | None, reason: str) -> None:
     raise ChatError(reason)
 
 
-async def _start(user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any) -> None:
+async def _start(
+    user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any, text: str | None = None
+) -> None:
     """Run ``prepare`` (a webchat write that returns the user message to answer, or None) and
-    generate the reply, with no other start or run in this conversation meanwhile."""
+    generate the reply, with no other start or run in this conversation meanwhile. The limits
+    (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
         raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
     _starting.add(conversation.pk)
     try:
+        reservation = await chat_limits.reserve(user, conversation, text, ChatError)
         try:
-            # Writes, off the one thread that the consumers' thread-sensitive reads share: a write waiting
-            # for the lock there would stall every socket of the process (see chatsite/faults.py).
-            message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
-        except (webchat.Busy, ValueError) as exc:
-            raise ChatError(str(exc)) from None
-        await _generate(user, conversation, message)
+            try:
+                # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
+                # waiting for the lock there would stall every socket of the process (chatsite/faults.py).
+                message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
+            except (webchat.Busy, ValueError) as exc:
+                raise ChatError(str(exc)) from None
+            await _generate(user, conversation, message)
+        except BaseException:
+            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+            raise
+        run = _runs.get(conversation.pk)
+        if run is None:
+            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+        else:
+            chat_limits.limits.settle_after(run, reservation)
     finally:
         _starting.discard(conversation.pk)
 
 
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
-    await _start(user, conversation, webchat.add_user_message, text, user)
+    await _start(user, conversation, webchat.add_user_message, text, user, text=text)
 
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
@@ -225,7 +238,7 @@ async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: 
 
 
 async def edit(user: AbstractBaseUser, conversation: Conversation, message_id: int, text: str) -> None:
-    await _start(user, conversation, webchat.edit_and_resend, message_id, text, user)
+    await _start(user, conversation, webchat.edit_and_resend, message_id, text, user, text=text)
 
 
 def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:

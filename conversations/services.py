@@ -96,8 +96,14 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_api_key(user: AbstractBaseUser, team: Team, name: str = "") -> tuple[ApiKey, str]:
-    """Make a key for ``user`` in ``team`` and return it with its plain text (shown once, never stored)."""
+SELF: Any = object()  # ``by`` for a key's own user (the keys page)
+
+
+def create_api_key(
+    user: AbstractBaseUser, team: Team, name: str = "", *, by: AbstractBaseUser | None = SELF
+) -> tuple[ApiKey, str]:
+    """Make a key for ``user`` in ``team`` and return it with its plain text (shown once, never stored).
+    ``by``: who made it (the audit's actor; None for an operator's command)."""
     if not Membership.objects.filter(team=team, user=user).exists():
         raise ValueError(f"{user} is not a member of {team}")
     while True:
@@ -105,16 +111,34 @@ def create_api_key(user: AbstractBaseUser, team: Team, name: str = "") -> tuple[
         if not ApiKey.objects.filter(prefix=prefix).exists():
             break
     secret = secrets.token_urlsafe(32)  # 256 bits
-    key = ApiKey.objects.create(
-        user=user, team=team, name=name, prefix=prefix, secret_hash=_hash_secret(secret)
-    )
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            user=user, team=team, name=name, prefix=prefix, secret_hash=_hash_secret(secret)
+        )
+        _audit_key(key, "key_created", user if by is SELF else by)
     return key, f"{KEY_PREFIX}{prefix}-{secret}"
 
 
-def revoke_api_key(key: ApiKey) -> None:
+def revoke_api_key(key: ApiKey, *, by: AbstractBaseUser | None = SELF) -> None:
+    """``by``: who revoked it (the audit's actor; None for an operator's command)."""
     if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            _audit_key(key, "key_revoked", key.user if by is SELF else by)
+
+
+def _audit_key(key: ApiKey, action: str, by: AbstractBaseUser | None) -> None:
+    from review.services import audit  # the audit trail lives in review, which builds on this app
+
+    audit(
+        by,
+        action,
+        team=key.team,
+        object_repr=f"API key {key.prefix} of {key.user.get_username()}",
+        detail=key.name,
+        filters={"api_key": key.pk},
+    )
 
 
 def authenticate_api_key(raw: str) -> ApiKey | None:

@@ -145,9 +145,12 @@ def update_settings(
 
 
 def soft_delete(conversation: Conversation) -> None:
+    from review.services import record_deleted  # the audit trail lives in review
+
     with transaction.atomic():
         conversation.deleted_at = timezone.now()
         _changed(conversation, ["deleted_at"])
+        record_deleted(conversation, conversation.owner)  # only the owner deletes
 
 
 # --- Message writes (anyone who can see the conversation) ----------------------------------------

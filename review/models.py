@@ -68,6 +68,15 @@ class AuditEntry(models.Model):
         POLICY = "policy", "changed a review policy"
         LOGIN = "login", "logged in"
         LOCKOUT = "lockout", "was locked out of logging in"
+        KEY_CREATED = "key_created", "created an API key"
+        KEY_REVOKED = "key_revoked", "revoked an API key"
+        DELETED = "deleted", "deleted a conversation"
+        RESTORED = "restored", "restored a conversation"
+        LIMITS = "limits", "changed limits"
+        RETENTION = "retention", "changed a retention policy"
+        PURGE = "purge", "purged conversations"
+        HOLD = "hold", "placed a legal hold"
+        RELEASE = "release", "released a legal hold"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
@@ -101,3 +110,131 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise ValueError("Audit entries cannot be deleted.")
+
+
+# --- Governance: limits, retention, legal holds (review/limits.py, review/retention.py) ----------
+
+
+class Limit(models.Model):
+    """Requests per minute and tokens per day (prompt + completion) for one scope; either may be
+    unset. The scope is a team (``team`` alone), a user everywhere (``user`` alone), a member within
+    one team (``team`` and ``user``), or an API key (``api_key`` alone). Every limit that applies to
+    a request must have room: the strictest decides."""
+
+    team = models.ForeignKey(Team, models.CASCADE, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "conversations.ApiKey", models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # One row per scope (partial indexes: a NULL never equals another NULL).
+            models.UniqueConstraint(
+                fields=["team"], condition=models.Q(user=None, api_key=None), name="unique_team_limit"
+            ),
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(team=None, api_key=None), name="unique_user_limit"
+            ),
+            models.UniqueConstraint(fields=["team", "user"], name="unique_member_limit"),
+            models.UniqueConstraint(fields=["api_key"], name="unique_key_limit"),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(api_key__isnull=True, team__isnull=False)
+                    | models.Q(api_key__isnull=True, user__isnull=False)
+                    | models.Q(api_key__isnull=False, team__isnull=True, user__isnull=True)
+                ),
+                name="limit_has_one_scope",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"limits of {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.api_key_id is not None:
+            return f"API key {self.api_key.prefix}"
+        if self.team_id is not None and self.user_id is not None:
+            return f"{self.user.get_username()} in {self.team}"
+        if self.team_id is not None:
+            return f"team {self.team}"
+        return f"user {self.user.get_username()}"
+
+
+class LimitCounter(models.Model):
+    """The database's counters (without REDIS_URL): one row per scope, kind and window."""
+
+    key = models.CharField(max_length=80)  # e.g. "req:team-3" or "tok:key-9"
+    window = models.BigIntegerField()  # the window's start, in seconds since the epoch
+    used = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "window"], name="unique_limit_counter")]
+
+    def __str__(self) -> str:
+        return f"{self.key} from {self.window}: {self.used}"
+
+
+class RetentionPolicy(models.Model):
+    """How long a team's conversations are kept (``manage.py purge``)."""
+
+    team = models.OneToOneField(Team, models.CASCADE, related_name="retention_policy")
+    # Days after a conversation's last message; None keeps them for ever.
+    keep_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Days after the last message; empty keeps conversations for ever."
+    )
+    deleted_keep_days = models.PositiveIntegerField(
+        default=30, help_text="Days a deleted conversation is kept after its deletion."
+    )
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "retention policy"
+        verbose_name_plural = "retention policies"
+
+    def __str__(self) -> str:
+        return f"retention policy of {self.team}"
+
+
+class LegalHold(models.Model):
+    """Nothing under a hold is purged: one conversation, or every conversation of a team."""
+
+    team = models.ForeignKey(Team, models.CASCADE, null=True, blank=True, related_name="+")
+    conversation = models.ForeignKey(Conversation, models.CASCADE, null=True, blank=True, related_name="+")
+    placed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(team__isnull=False, conversation__isnull=True)
+                    | models.Q(team__isnull=True, conversation__isnull=False)
+                ),
+                name="hold_on_team_or_conversation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.conversation_id is not None:
+            return f"legal hold on conversation {self.conversation_id}"
+        return f"legal hold on team {self.team}"
+
+
+class DailyJob(models.Model):
+    """When a daily background job last ran (several processes run the loop; one does the job)."""
+
+    name = models.CharField(max_length=50, unique=True)
+    last_run = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} (last run {self.last_run:%Y-%m-%d %H:%M})"

@@ -180,7 +180,7 @@ def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int
             ApiKey.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None)
         )
         for key in keys:
-            conversation_services.revoke_api_key(key)
+            conversation_services.revoke_api_key(key, by=by)
         audit(
             by,
             AuditEntry.Action.MEMBERSHIP,
@@ -223,3 +223,21 @@ def record_lockout(
             f"are refused until {until:%Y-%m-%d %H:%M:%S} UTC"
         ),
     )
+
+
+# --- Conversations deleted and restored ----------------------------------------------------------
+
+
+def record_deleted(conversation: Conversation, by: AbstractBaseUser) -> AuditEntry:
+    return audit(by, AuditEntry.Action.DELETED, conversation=conversation, filters={"id": conversation.pk})
+
+
+def restore(conversation: Conversation, *, by: AbstractBaseUser | None) -> bool:
+    """Undo a soft delete (a reviewer's action); a purged conversation has nothing left to restore."""
+    with transaction.atomic():
+        restored = Conversation.objects.filter(
+            pk=conversation.pk, deleted_at__isnull=False, purged_at__isnull=True
+        ).update(deleted_at=None)
+        if restored:
+            audit(by, AuditEntry.Action.RESTORED, conversation=conversation, filters={"id": conversation.pk})
+    return bool(restored)

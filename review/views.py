@@ -21,7 +21,8 @@ from django.utils import timezone
 
 from conversations import services as conversation_services
 from conversations.models import Membership
-from review import access, services, usage
+from review import access, limits, services, usage
+from review.admin.limits import managed_limits
 
 
 def reviewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -103,6 +104,9 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "completion": sum(r.completion_tokens for r in rows),
         },
         "csv_query": request.GET.urlencode(),
+        "limits": limits.usage_against_limits(
+            list(managed_limits(request.user).select_related("team", "user", "api_key"))
+        ),
     }
     return render(request, "review/usage.html", context)
 

@@ -182,6 +182,30 @@ TARGETS: dict[str, Target] = {
         lambda w: reverse("admin:review_auditentry_changelist"),
         ["action", "actor", "team__id__exact", "created__gte", "q"],
     ),
+    "add limit": (
+        "alice",
+        "POST",
+        lambda w: reverse("admin:review_limit_add"),
+        ["team", "user", "api_key", "requests_per_minute", "tokens_per_day"],
+    ),
+    "add retention": (
+        "alice",
+        "POST",
+        lambda w: reverse("admin:review_retentionpolicy_add"),
+        ["team", "keep_days", "deleted_keep_days"],
+    ),
+    "add hold": (
+        "alice",
+        "POST",
+        lambda w: reverse("admin:review_legalhold_add"),
+        ["team", "conversation", "reason"],
+    ),
+    "audit export": (
+        "alice",
+        "GET",
+        lambda w: reverse("admin:review_audit_export"),
+        ["action__exact", "actor", "team", "created__gte", "q"],
+    ),
     "usage": ("alice", "GET", lambda w: reverse("review:usage"), ["start", "end", "team"]),
     "usage csv": ("root", "GET", lambda w: reverse("review:usage_csv"), ["start", "end", "team"]),
 }

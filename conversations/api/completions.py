@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from chatsite import faults
 from conversations import runner, services
-from conversations.api import upstream
+from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
 from conversations.api.tools import Output, plan_output
@@ -44,6 +44,7 @@ from inference.protocol import (
 )
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
+from review import replay
 from upstreams import permissions
 
 RETRY_AFTER_SECONDS = 2
@@ -66,8 +67,16 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     n = body.n or 1
-    jobs = await admit(model, prompt_ids, params, n, key)
+    # The limits first (review/limits.py): a refused call does no work and writes nothing.
+    reservation = await ratelimits.reserve(key, len(prompt_ids) + params.max_tokens * n)
+    try:
+        jobs = await admit(model, prompt_ids, params, n, key)
+    except BaseException:
+        await ratelimits.refund(reservation)
+        raise
 
+    # The model file's and the prompt's hashes, so that a reviewer can replay the answer (review/replay.py).
+    fingerprints = await sync_to_async(replay.logged_fingerprints, thread_sensitive=False)(model, prompt_ids)
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
     logged = {
@@ -76,6 +85,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "stream": bool(body.stream),
         "model": body.model,
         "id": completion_id,
+        **fingerprints,
     }
     try:
         call = await database_sync_to_async(services.start_api_call)(
@@ -90,10 +100,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except BaseException:
         for job in jobs:
             job.cancel()
+        await ratelimits.refund(reservation)
         raise
     if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
         await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
     run = runner.start(call.conversation.pk, jobs, call.replies)
+    ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -101,7 +113,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return response
+        return ratelimits.with_headers(response, reservation)
     try:
         finished = await run.wait()
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
@@ -111,7 +123,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         raise _unsaved(retry=True)
     completion = reply.completion(finished)
     await reply.record_calls(finished)
-    return json_response(completion)
+    return ratelimits.with_headers(json_response(completion), reservation)
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:

@@ -4,4 +4,4 @@ Every ModelAdmin here answers its permissions from ``review.access`` (Membership
 Django's model permissions: ``is_staff`` only opens the door to the admin.
 """
 
-from review.admin import audit, conversations, teams  # noqa: F401  (registers the ModelAdmins)
+from review.admin import audit, conversations, limits, retention, teams  # noqa: F401  (registers the ModelAdmins)

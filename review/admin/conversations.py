@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST
 from conversations.models import Conversation
 from conversations.render import render_markdown
 from review import access, export, filters, services
+from review.admin.retention import hold_conversations, restore_conversations
 from review.search import search_conversations
 
 FORMATS = {
@@ -99,7 +100,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
     list_select_related = ["owner", "team", "api_key", "review_flag"]
     show_full_result_count = False  # one COUNT instead of two
     list_per_page = 50
-    actions = ["export_jsonl", "export_csv"]
+    actions = ["export_jsonl", "export_csv", hold_conversations, restore_conversations]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return access.reviewable_conversations(request.user)

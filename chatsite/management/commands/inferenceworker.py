@@ -62,7 +62,12 @@ class Command(BaseCommand):
             f"queue {runtime.queue_max}, on channel {WORKER_CHANNEL}"
         )
         self.stdout.flush()
+        from review.retention import start_daily_purge
+
+        daily_purge = start_daily_purge()  # the retention purge, once a day, in a thread of its own
         asyncio.run(Worker(model.scheduler).serve(drain_timeout))
+        if daily_purge is not None:
+            daily_purge.stop()
         runtime.close()
         self.stdout.write("inference worker stopped")
 

@@ -76,8 +76,13 @@ class Command(BaseCommand):
         task.LoopingCall(sweep).start(runner.STALE_AFTER, now=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: reactor.callFromThread(self._on_signal, signum))
+        from review.retention import start_daily_purge
+
+        daily_purge = start_daily_purge()  # the retention purge, once a day, in a thread of its own
         self.stdout.write(f"chatsite on http://{host}:{port}/ (SIGTERM drains for {drain_timeout:g} s)")
         self.server.run()
+        if daily_purge is not None:
+            daily_purge.stop()
         self.runtime.close()
         self.stdout.write("chatsite stopped")
 

@@ -37,5 +37,5 @@ class Command(BaseCommand):
             the_team = Team.objects.filter(name=team, memberships__user=user).first()
             if the_team is None:
                 raise CommandError(f"{username} is not a member of a team named {team!r}.")
-        _, plain = services.create_api_key(user, the_team, name)
+        _, plain = services.create_api_key(user, the_team, name, by=None)  # the operator
         self.stdout.write(plain)

@@ -1,0 +1,63 @@
+"""The browser chat's side of the limits (review/limits.py): a message is refused before anything
+is written, with the limit reached and when it resets; the page keeps the typed text."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+
+from conversations.models import Conversation
+from review import limits
+
+
+class LimitRefused(Exception):
+    """Raised as ``replies.ChatError`` (see ``reserve``); ``keep_text`` goes back to the composer."""
+
+
+def _estimate(conversation: Conversation, text: str | None) -> int:
+    """Prompt + max tokens of the reply about to be asked for (settled with the real usage later)."""
+    from chatsite.runtime import ModelNotReady, get_runtime
+    from conversations import replies, webchat
+
+    wanted = conversation.max_tokens or replies.DEFAULT_MAX_TOKENS
+    history = webchat.prompt_messages(conversation)
+    if text is not None:
+        history.append({"role": "user", "content": text})
+    try:
+        prompt = replies.build_prompt(get_runtime().get(), conversation.system_prompt, history, wanted)
+    except (ModelNotReady, replies.ChatError):
+        return wanted  # no reply will start: the reservation is given back at once
+    return len(prompt.ids) + prompt.max_tokens
+
+
+def _reserve(user: AbstractBaseUser, conversation: Conversation, text: str | None) -> limits.Reservation:
+    applying = limits.limits_for(conversation.team_id, user.pk)
+    if not applying:
+        return limits.Reservation()
+    return limits.reserve(
+        team_id=conversation.team_id,
+        user_id=user.pk,
+        tokens=_estimate(conversation, text),
+        applying=applying,
+    )
+
+
+async def reserve(
+    user: AbstractBaseUser, conversation: Conversation, text: str | None, error: type[Exception]
+) -> limits.Reservation:
+    """Reserve for one reply, or raise ``error`` (``replies.ChatError``) saying which limit was
+    reached and when it resets, with ``keep_text`` = the typed ``text``."""
+    try:
+        return await database_sync_to_async(_reserve, thread_sensitive=False)(user, conversation, text)
+    except limits.LimitReached as exc:
+        what = "requests per minute" if exc.rule.kind == limits.REQUESTS else "tokens per day"
+        refused = error(
+            f"Limit reached: {exc.rule.label} may use {exc.rule.limit} {what} (used {exc.used}). "
+            f"It resets {exc.reset_text}. Your message was not sent; it is still in the box."
+        )
+        refused.keep_text = text  # type: ignore[attr-defined]
+        raise refused from None
+    except limits.LimitsUnavailable:
+        unavailable = error("Your limits cannot be checked right now: try again in a moment.")
+        unavailable.keep_text = text  # type: ignore[attr-defined]
+        raise unavailable from None

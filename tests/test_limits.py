@@ -1,0 +1,194 @@
+"""Quotas and rate limits (review/limits.py) on /v1 and the browser chat, in process: the real ASGI
+application, the database's counters, a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from conversations import services
+from conversations.models import Conversation, Message
+from inference.model import ChatModel
+from review import limits
+from review.models import AuditEntry
+from tests.chat_runtime import serving
+from tests.test_chat_consumer import connect, finish_run, messages_of, receive_until
+from tests.tiny_gguf import write_tiny_llama
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-limits")
+    path = write_tiny_llama(folder / "tiny.gguf", context_length=2048)
+    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=8)
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def runtime(tiny_model):
+    with serving(tiny_model) as rt:
+        yield rt
+
+
+@pytest.fixture
+def key(alice, alpha):
+    return services.create_api_key(alice, alpha, "limited")
+
+
+async def call(raw: str, max_tokens: int = 4, **extra):
+    body = {
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+    }
+    body.update(extra)
+    return await AsyncClient().post(
+        "/v1/chat/completions",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {raw}"},
+    )
+
+
+async def api_calls() -> int:
+    return await Conversation.objects.filter(source=Conversation.Source.API).acount()
+
+
+def set_limits(**kwargs):
+    return sync_to_async(limits.set_limits)(by=None, **kwargs)
+
+
+async def test_it_answers_429_over_the_requests_per_minute_with_openai_s_error(runtime, key) -> None:
+    api_key, raw = key
+    await set_limits(api_key=api_key, requests_per_minute=2)
+    first, second = await call(raw), await call(raw)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first["x-ratelimit-limit-requests"] == "2"
+    assert (first["x-ratelimit-remaining-requests"], second["x-ratelimit-remaining-requests"]) == ("1", "0")
+    assert first["x-ratelimit-reset-requests"].endswith("s")
+    assert "x-ratelimit-limit-tokens" not in first  # no token limit applies
+    before = await api_calls()
+    refused = await call(raw)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert f"API key {api_key.prefix}" in error["message"] and "limit 2" in error["message"]
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert refused["x-ratelimit-remaining-requests"] == "0"
+    assert await api_calls() == before  # nothing written for the refused call
+
+
+async def test_it_refuses_a_call_whose_prompt_and_max_tokens_exceed_the_token_budget(
+    runtime, key, alpha
+) -> None:
+    api_key, raw = key
+    await set_limits(team=alpha, tokens_per_day=200)
+    refused = await call(raw, max_tokens=300)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "tokens"
+    assert "team alpha" in refused.json()["error"]["message"]
+    assert refused["x-ratelimit-limit-tokens"] == "200"
+    ok = await call(raw, max_tokens=8)
+    assert ok.status_code == 200
+    assert ok["x-ratelimit-limit-tokens"] == "200"
+    assert int(ok["x-ratelimit-remaining-tokens"]) <= 200 - 8
+    assert ok["x-ratelimit-reset-tokens"].endswith("s")
+
+
+async def test_it_settles_the_reservation_with_the_real_usage(runtime, key, alpha) -> None:
+    api_key, raw = key
+    await set_limits(team=alpha, tokens_per_day=5000)
+    response = await call(raw, max_tokens=50, temperature=0)
+    usage = response.json()["usage"]
+    assert int(response["x-ratelimit-remaining-tokens"]) == 5000 - usage["prompt_tokens"] - 50  # reserved
+    await limits.wait_settled()
+    (rule,) = limits.rules_for(await sync_to_async(limits.limits_for)(alpha.pk, None), limits.time.time())
+    (used,) = await sync_to_async(limits.read_used)([rule])
+    assert used == usage["total_tokens"]  # the unused part of max_tokens was given back
+
+
+async def test_it_lets_the_strictest_limit_decide(runtime, key, alice, alpha) -> None:
+    api_key, raw = key
+    await set_limits(team=alpha, requests_per_minute=10)
+    await set_limits(team=alpha, user=alice, requests_per_minute=1)
+    assert (await call(raw)).status_code == 200
+    refused = await call(raw)
+    assert refused.status_code == 429
+    assert "alice in alpha" in refused.json()["error"]["message"]
+
+
+async def test_it_sends_no_rate_limit_headers_when_no_limit_applies(runtime, key, bob, alpha) -> None:
+    api_key, raw = key
+    await set_limits(team=alpha, user=bob, requests_per_minute=1)  # bob's, not alice's
+    response = await call(raw)
+    assert response.status_code == 200
+    assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
+
+
+async def test_it_refuses_a_browser_message_before_writing_and_keeps_the_text(runtime, alice, alpha) -> None:
+    chat = await sync_to_async(services.start_conversation)(alice, alpha, max_tokens=6)
+    await set_limits(team=alpha, user=alice, requests_per_minute=1)
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
+    await finish_run(chat.pk)
+    await limits.wait_settled()
+    before = len(await messages_of(chat.pk))
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "second, kept"}))
+    frames = await receive_until(communicator, "Limit reached")
+    refusal = frames[-1]
+    assert "alice in alpha" in refusal and "requests per minute" in refusal and "resets in" in refusal
+    assert 'id="composer-text"' in refusal and "second, kept</textarea>" in refusal
+    assert len(await messages_of(chat.pk)) == before  # nothing written
+    await communicator.disconnect()
+
+
+async def test_it_counts_a_browser_reply_s_tokens_and_gives_back_the_rest(runtime, alice, alpha) -> None:
+    chat = await sync_to_async(services.start_conversation)(alice, alpha, max_tokens=6)
+    await set_limits(team=alpha, tokens_per_day=100_000)
+    communicator, connected, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "count me"}))
+    await finish_run(chat.pk)
+    await limits.wait_settled()
+    reply = await Message.objects.filter(conversation=chat, role=Message.Role.ASSISTANT).aget()
+    (rule,) = limits.rules_for(await sync_to_async(limits.limits_for)(alpha.pk, None), limits.time.time())
+    assert (await sync_to_async(limits.read_used)([rule])) == [reply.prompt_tokens + reply.completion_tokens]
+    await communicator.disconnect()
+
+
+async def test_it_audits_limit_changes_and_seeds_from_today_s_log(runtime, key, alpha) -> None:
+    api_key, raw = key
+    assert (await call(raw, max_tokens=4)).status_code == 200  # before any limit: logged, not counted
+    await set_limits(team=alpha, tokens_per_day=10_000)
+    (rule,) = limits.rules_for(await sync_to_async(limits.limits_for)(alpha.pk, None), limits.time.time())
+    (used,) = await sync_to_async(limits.read_used)([rule])
+    call_row = await Message.objects.filter(conversation__api_key=api_key, role="assistant").aget()
+    assert used == call_row.prompt_tokens + call_row.completion_tokens
+    entry = await AuditEntry.objects.filter(action=AuditEntry.Action.LIMITS).aget()
+    assert entry.team_id == alpha.pk and "tokens_per_day: None -> 10000" in entry.detail
+
+
+async def test_it_refuses_with_503_when_the_counters_cannot_be_reached(runtime, key, alpha, settings) -> None:
+    from review import limit_counters
+
+    api_key, raw = key
+    await set_limits(team=alpha, requests_per_minute=5)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"prefix": "down"}}
+    }
+    limit_counters.counters.cache_clear()
+    try:
+        before = await api_calls()
+        response = await call(raw)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "limits_unavailable" and response["Retry-After"]
+        assert await api_calls() == before
+    finally:
+        limit_counters.counters.cache_clear()

@@ -1,0 +1,41 @@
+"""The limits end to end with the real default model: a live server, a key limited by
+``manage.py setlimits`` in the server's database, the SDK-shaped 429."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.live_server import PYTHON, ROOT
+
+pytestmark = pytest.mark.model
+
+
+def setlimits(server, *args: str) -> str:
+    done = subprocess.run(
+        [PYTHON, "manage.py", "setlimits", *args], cwd=ROOT, env=server._env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_it_limits_a_key_of_the_real_server_and_counts_its_real_usage(api_server) -> None:
+    prefix = api_server.keys["bob"].removeprefix("csk-").split("-")[0]
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+    setlimits(api_server, "--key", prefix, "--rpm", "1", "--tokens-per-day", "100000")
+    try:
+        status, headers, raw = api_server.request("POST", "/v1/chat/completions", body, key="bob")
+        assert status == 200
+        usage = json.loads(raw)["usage"]
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert int(headers["x-ratelimit-remaining-tokens"]) <= 100000 - usage["prompt_tokens"] - 5
+        status, headers, raw = api_server.request("POST", "/v1/chat/completions", body, key="bob")
+        assert status == 429
+        error = json.loads(raw)["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        assert {k.lower() for k in headers} >= {"retry-after", "x-ratelimit-reset-requests"}
+    finally:
+        setlimits(api_server, "--key", prefix, "--rpm", "off", "--tokens-per-day", "off")
