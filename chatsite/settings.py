@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -139,6 +140,11 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1),
     }
     _database["CONN_MAX_AGE"] = 0
+    # The test database is a file too, not Django's default shared in-memory one: writes run in
+    # several threads (thread_sensitive=False, see chatsite/faults.py), and an in-memory database
+    # answers a second writer "database table is locked" at once instead of waiting for the lock
+    # as a file does. One file per test process, so that parallel runs never share it.
+    _database["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"chatsite-test-{os.getpid()}.sqlite3")}
 elif _database["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's connection pool, not persistent connections: under ASGI each request's database
     # work runs in a thread of its own, so CONN_MAX_AGE would keep one idle connection per thread
