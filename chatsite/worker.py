@@ -38,6 +38,7 @@ from asgiref.sync import async_to_sync
 from chatsite.receiving import close_receiver, receive_until_closed
 from inference.gguf import GGUFInfo, read_gguf
 from inference.jobs import (
+    BackendUnreachable,
     ContextLengthExceeded,
     Delta,
     Event,
@@ -179,9 +180,13 @@ class WorkerClient:
             await self.layer.send(WORKER_CHANNEL, message)
             reply = await asyncio.wait_for(answer, ADMISSION_TIMEOUT)
         except TimeoutError:
-            raise Overloaded("the inference worker did not answer (is `inferenceworker` running?)") from None
+            raise BackendUnreachable(
+                "the inference worker did not answer (is `inferenceworker` running?)"
+            ) from None
         except Exception as exc:  # a full or unreachable channel layer
-            raise Overloaded(f"the inference worker cannot be reached ({type(exc).__name__})") from None
+            raise BackendUnreachable(
+                f"the inference worker cannot be reached ({type(exc).__name__})"
+            ) from None
         finally:
             self._answers.pop(request_id, None)
         if reply["type"] == "inference.refused":

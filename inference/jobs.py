@@ -28,6 +28,11 @@ class Overloaded(SchedulerError):
     """The queue is full (or the scheduler is draining): try again later."""
 
 
+class BackendUnreachable(Overloaded):
+    """The scheduler is in another process that cannot be reached (the inference worker over a
+    channel layer that is down): the service is unavailable, not merely busy."""
+
+
 class ContextLengthExceeded(SchedulerError):
     """The prompt plus max_tokens does not fit in the context."""
 

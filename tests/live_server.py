@@ -84,8 +84,10 @@ class LiveServer:
         env.update(self.env)
         return env
 
-    def start(self, timeout: float = 120, *, setup: bool = True) -> LiveServer:
-        """Set up the data folder (unless ``setup`` is false: a restart) and start the server."""
+    def start(self, timeout: float = 120, *, setup: bool = True, model: bool = True) -> LiveServer:
+        """Set up the data folder (unless ``setup`` is false: a restart) and start the server; wait
+        for a completion to answer 200 (or, with ``model`` false, for /health: a server that
+        cannot complete, such as a web process whose inference worker is unreachable)."""
         if setup:
             self._setup()
         self.log = open(self.data_dir / "server.log", "a")  # noqa: SIM115
@@ -106,8 +108,26 @@ class LiveServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready(timeout)
+        if model:
+            self._wait_ready(timeout)
+        else:
+            self._wait_alive(timeout)
         return self
+
+    def _wait_alive(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{self.server_log()}")
+            try:
+                status, _, _ = self.request("GET", "/health", key=None, timeout=10)
+            except (OSError, urllib.error.URLError):
+                status = None
+            if status == 200:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not start:\n{self.server_log()}")
 
     def _setup(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,15 @@ from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
 from conversations.api.tools import Output, plan_output
 from conversations.models import ApiKey, Message
-from inference.jobs import ContextLengthExceeded, Delta, Event, Finished, Job, Overloaded
+from inference.jobs import (
+    BackendUnreachable,
+    ContextLengthExceeded,
+    Delta,
+    Event,
+    Finished,
+    Job,
+    Overloaded,
+)
 from inference.model import ChatModel
 from inference.protocol import (
     APIError,
@@ -169,6 +177,12 @@ async def admit(
         # An API key counts as its user for the scheduler's fairness.
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         return await scheduler.asubmit_n(prompt_ids, params, n, user_key=f"user-{key.user_id}")
+    except BackendUnreachable as exc:  # not the caller's rate: the service is down (503, not 429)
+        raise ServiceUnavailable(
+            f"The service is unavailable: {exc}. Please retry after a short wait.",
+            code="worker_unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
     except Overloaded as exc:
         raise RateLimited(
             f"The model is busy ({exc}). Please retry after a short wait.",
