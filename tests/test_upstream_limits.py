@@ -150,3 +150,24 @@ async def test_it_reserves_a_browser_upstream_reply_on_the_upstream_s_count(site
     await communicator.send_to(text_data=json.dumps({"action": "send", "text": "second"}))
     assert await receive_until(communicator, "Limit reached")
     await communicator.disconnect()
+
+
+async def test_it_estimates_a_browser_upstream_reply_as_the_upstream_path_counts_it(
+    site, alice, alpha
+) -> None:
+    from conversations.api.upstream import token_counter
+
+    chat = await sync_to_async(services.start_conversation)(
+        alice, alpha, visibility="team", max_tokens=40, model_id="fault-ok", system_prompt="Be brief."
+    )
+    text = "count my words, not the template's"
+    prompt = token_counter()(f"Be brief.\n{text}")
+    await set_limits(team=alpha, tokens_per_day=prompt + 40)  # exactly the upstream's estimate
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": text}))
+    await finish_run(chat.pk)
+    await limits.wait_settled()
+    reply = await Message.objects.filter(conversation=chat, role=Message.Role.ASSISTANT).aget()
+    assert reply.status == Message.Status.COMPLETE and reply.prompt_tokens == prompt
+    await communicator.disconnect()
