@@ -23,11 +23,28 @@ def _estimate(conversation: Conversation, text: str | None) -> int:
     history = webchat.prompt_messages(conversation)
     if text is not None:
         history.append({"role": "user", "content": text})
+    upstream_prompt = _upstream_prompt_tokens(conversation, history)
+    if upstream_prompt is not None:
+        return upstream_prompt + wanted
     try:
         prompt = replies.build_prompt(get_runtime().get(), conversation.system_prompt, history, wanted)
     except (ModelNotReady, replies.ChatError):
         return wanted  # no reply will start: the reservation is given back at once
     return len(prompt.ids) + prompt.max_tokens
+
+
+def _upstream_prompt_tokens(conversation: Conversation, history: list[dict]) -> int | None:
+    """The prompt of a reply an upstream writes, counted as conversations/upstream_replies.py
+    counts it (all the history, no template); None for the embedded model."""
+    from conversations import upstream_replies
+    from conversations.api.upstream import token_counter
+    from upstreams import choices
+
+    if choices.model_for(conversation.model_id) == choices.embedded_model_id():
+        return None
+    count = token_counter()
+    messages = upstream_replies.chat_messages(conversation.system_prompt, history)
+    return count("\n".join(m["content"] for m in messages)) if count is not None else 0
 
 
 def _reserve(user: AbstractBaseUser, conversation: Conversation, text: str | None) -> limits.Reservation:

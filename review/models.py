@@ -77,6 +77,10 @@ class AuditEntry(models.Model):
         PURGE = "purge", "purged conversations"
         HOLD = "hold", "placed a legal hold"
         RELEASE = "release", "released a legal hold"
+        UPSTREAM_ADDED = "upstream_add", "added an upstream connection"
+        UPSTREAM_CHANGED = "upstream_set", "changed an upstream connection"
+        UPSTREAM_REMOVED = "upstream_del", "removed an upstream connection"
+        TEAM_MODELS = "team_models", "changed a team's models"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"

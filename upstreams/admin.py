@@ -10,8 +10,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from conversations.models import Team
 from review import access
-from upstreams import registry, services
+from upstreams import audit, registry, services
 from upstreams.models import TeamModels, Upstream
 
 
@@ -127,11 +128,25 @@ class UpstreamAdmin(admin.ModelAdmin):
         registry.invalidate()
 
     def save_model(self, request: HttpRequest, obj: Upstream, form: Any, change: bool) -> None:
+        before = {}
+        if change:  # the stored values, for the audit entry (the form has changed ``obj`` already)
+            before = Upstream.objects.filter(pk=obj.pk).values(*UpstreamForm.Meta.fields, "listed_models")[0]
         super().save_model(request, obj, form, change)
+        if change:
+            audit.upstream_changed(obj, request.user, form.changed_data, before)
+        else:
+            audit.upstream_added(obj, request.user)
         registry.invalidate()
 
     def delete_model(self, request: HttpRequest, obj: Upstream) -> None:
+        audit.upstream_removed(obj, request.user)
         super().delete_model(request, obj)
+        registry.invalidate()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        for upstream in queryset:
+            audit.upstream_removed(upstream, request.user)
+        super().delete_queryset(request, queryset)
         registry.invalidate()
 
     def has_module_permission(self, request: HttpRequest) -> bool:
@@ -188,6 +203,23 @@ class TeamModelsAdmin(admin.ModelAdmin):
 
     def _teams(self, request: HttpRequest) -> list[int] | None:
         return None if access.is_superuser(request.user) else access.admin_team_ids(request.user)
+
+    def save_model(self, request: HttpRequest, obj: TeamModels, form: Any, change: bool) -> None:
+        previous = TeamModels.objects.filter(pk=obj.pk).values_list("team_id", flat=True).first()
+        super().save_model(request, obj, form, change)
+        if previous is not None and previous != obj.team_id:  # moved to another team: that one's reset
+            audit.team_models(Team.objects.get(pk=previous), request.user, None)
+        if not change or "models" in form.changed_data or previous != obj.team_id:
+            audit.team_models(obj.team, request.user, list(obj.models))
+
+    def delete_model(self, request: HttpRequest, obj: TeamModels) -> None:
+        audit.team_models(obj.team, request.user, None)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TeamModels]) -> None:
+        for choice in queryset.select_related("team"):
+            audit.team_models(choice.team, request.user, None)
+        super().delete_queryset(request, queryset)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TeamModels]:
         teams = self._teams(request)

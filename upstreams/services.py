@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from inference.upstream.connection import Connection, UpstreamConfig, snapshot
 from inference.upstream.errors import UpstreamError
-from upstreams import crypto, registry
+from upstreams import audit, crypto, registry
 from upstreams.models import Upstream
 
 
@@ -37,7 +38,9 @@ def create_upstream(
     connect_timeout: float = 5.0,
     read_timeout: float = 120.0,
     models: Sequence[str] = (),
+    by: AbstractBaseUser | None = None,
 ) -> Upstream:
+    """Add a connection (audited: ``by``, or the operator of ``manage.py addupstream``)."""
     upstream = Upstream(
         name=name,
         base_url=normalize_base_url(base_url),
@@ -49,7 +52,9 @@ def create_upstream(
         listed_models=list(dict.fromkeys(models)),
     )
     upstream.full_clean()
-    upstream.save()
+    with transaction.atomic():
+        upstream.save()
+        audit.upstream_added(upstream, by)
     registry.invalidate()
     return upstream
 
@@ -60,10 +65,15 @@ def set_api_key(upstream: Upstream, api_key: str) -> None:
     registry.invalidate()
 
 
-def remove_upstream(name: str) -> bool:
-    deleted, _ = Upstream.objects.filter(name=name).delete()
+def remove_upstream(name: str, by: AbstractBaseUser | None = None) -> bool:
+    """Remove a connection (audited); False when there is none of that name."""
+    with transaction.atomic():
+        upstream = Upstream.objects.select_for_update().filter(name=name).first()
+        if upstream is not None:
+            audit.upstream_removed(upstream, by)
+            upstream.delete()
     registry.invalidate()
-    return bool(deleted)
+    return upstream is not None
 
 
 def config_for(upstream: Upstream) -> UpstreamConfig:

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from conversations import runner, services
+from conversations.api import ratelimits
 from conversations.models import ApiKey, Message
 from inference.protocol import (
     MODEL_ALIASES,
@@ -69,6 +70,9 @@ LOGGED_PARAMS = (
     "logprobs",
     "top_logprobs",
 )
+# What a call that names no max_tokens reserves for its answer (without CHAT_MAX_TOKENS_CAP): the
+# upstream's context is not known here. The limits are settled with the real usage at the end.
+RESERVED_MAX_TOKENS = 512
 
 
 class UpstreamFailed(APIError):
@@ -221,6 +225,15 @@ def api_error(exc: UpstreamError) -> APIError | HttpResponse:
     return UpstreamFailed(f"The upstream server failed: {exc}.")
 
 
+def reserved_max_tokens(body: ChatCompletionRequest) -> int:
+    """max_tokens as the call asks (within CHAT_MAX_TOKENS_CAP), or what is reserved without it."""
+    wanted = body.completion_limit
+    cap = settings.CHAT_MAX_TOKENS_CAP
+    if wanted is None:
+        return cap if cap is not None else RESERVED_MAX_TOKENS
+    return min(wanted, cap) if cap is not None else wanted
+
+
 async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> HttpResponseBase:
     body = validate(data)
     n = body.n or 1
@@ -237,13 +250,20 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         prompt_tokens = await sync_to_async(count, thread_sensitive=False)(text)
 
     pool = await registry.apool()
+    # The limits first (review/limits.py), as for the embedded model: a refused call is not sent on
+    # and writes nothing; the reservation is settled with the real usage once the run ends.
+    reservation = await ratelimits.reserve(key, prompt_tokens + reserved_max_tokens(body) * n)
     try:
         opened = await pool.open(model_id, forward, stream=stream)
     except UpstreamError as exc:
+        await ratelimits.refund(reservation)
         error = api_error(exc)
         if isinstance(error, HttpResponse):
-            return error
+            return ratelimits.with_headers(error, reservation)
         raise error from None
+    except BaseException:
+        await ratelimits.refund(reservation)
+        raise
 
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     logged: dict[str, Any] = {k: data[k] for k in LOGGED_PARAMS if k in data}
@@ -262,9 +282,11 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         )
     except BaseException:
         await opened.aclose()
+        await ratelimits.refund(reservation)
         raise
     relay.start(opened)
     run = runner.start(call.conversation.pk, jobs, call.replies)
+    ratelimits.limits.settle_after(run, reservation)
     if stream:
         run.track_delivery()
         response = StreamingHttpResponse(
@@ -272,7 +294,7 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return response
+        return ratelimits.with_headers(response, reservation)
     try:
         await run.wait()
     except asyncio.CancelledError:
@@ -280,7 +302,8 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         raise
     answer = dict(opened.body or {})
     answer["model"] = data["model"]
-    return HttpResponse(json.dumps(answer, ensure_ascii=False), content_type="application/json")
+    response = HttpResponse(json.dumps(answer, ensure_ascii=False), content_type="application/json")
+    return ratelimits.with_headers(response, reservation)
 
 
 def _encode(chunk: dict[str, Any]) -> bytes:
