@@ -114,3 +114,23 @@ async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runt
     assert answer.content.startswith("{")
     if answer.finish_reason != "length":
         assert isinstance(json.loads(answer.content), dict)
+
+
+@pytest.mark.django_db
+def test_it_shows_an_api_replys_tool_calls_readably_in_the_page(alice, alpha) -> None:
+    logged = services.start_conversation(alice, alpha, source=Conversation.Source.API, title="weather script")
+    services.add_user_message(logged, "Weather in Paris?", author=None)
+    (answer,) = services.start_assistant_messages(logged, 1, params={"model": "m"}, prompt_tokens=5)
+    services.finish_assistant_message(
+        answer.pk, services.Outcome(status="complete", content="", completion_tokens=9, duration=0.1)
+    )
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
+    services.record_tool_calls(answer.pk, {"tools": [], "tool_choice": "auto"}, [call])
+    page = client_for(alice).get(f"/c/{logged.pk}/").content.decode()
+    assert 'class="msg-tool-calls"' in page
+    assert "get_weather" in page and "call_1" in page
+    assert "&quot;city&quot;: &quot;Paris&quot;" in page  # the arguments, indented JSON
