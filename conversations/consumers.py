@@ -106,7 +106,26 @@ def message_context(message: Message, conversation: Conversation, user: Any) -> 
         "body": render_markdown(message.content),
         "conversation": conversation,
         "can_edit": webchat.can_edit(message, conversation, user),
+        "tool_calls": tool_calls_shown(message),
     }
+
+
+def tool_calls_shown(message: Message) -> list[dict[str, str]]:
+    """An API reply's tool calls (``Message.tools``), each with its arguments as indented JSON
+    (as written when they are not JSON)."""
+    calls = (message.tools or {}).get("tool_calls") or []
+    shown = []
+    for call in calls:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        try:
+            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+        shown.append(
+            {"id": call.get("id") or "", "name": function.get("name") or "?", "arguments": arguments}
+        )
+    return shown
 
 
 def message_html(message: Message, conversation: Conversation, user: Any) -> str:

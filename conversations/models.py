@@ -80,6 +80,10 @@ class Conversation(models.Model):
     temperature = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     model_id = models.CharField(max_length=200, blank=True)
+    # "Answer as JSON": the browser chat's replies follow a grammar (conversations/json_answers.py),
+    # any JSON object, or with ``json_schema`` a document valid against it.
+    json_answers = models.BooleanField(default=False)
+    json_schema = models.JSONField(null=True, blank=True)
     api_key = models.ForeignKey(ApiKey, models.SET_NULL, null=True, blank=True, related_name="conversations")
     request_user = models.CharField(max_length=256, blank=True)  # the API request's `user` field
     deleted_at = models.DateTimeField(null=True, blank=True)  # soft delete: hidden from the owner only

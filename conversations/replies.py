@@ -25,8 +25,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from chatsite.runtime import ModelNotReady, get_runtime
-from conversations import chat_limits, runner, services, upstream_replies, webchat
+from conversations import chat_limits, json_answers, runner, services, upstream_replies, webchat
 from conversations.models import Conversation, Message
+from inference.constraints import ConstraintError
 from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
@@ -84,13 +85,14 @@ def build_prompt(
     return Prompt(ids, room, starts[-1])
 
 
-def _sampling(conversation: Conversation, max_tokens: int) -> SamplingParams:
+def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None = None) -> SamplingParams:
     cap = settings.CHAT_MAX_TOKENS_CAP  # test-only
     temperature = conversation.temperature
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
         top_p=0.95,
         max_tokens=min(max_tokens, cap) if cap else max_tokens,
+        grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
     )
 
 
@@ -103,6 +105,12 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     to mark unanswered if the model cannot take it)."""
     model_id = await _chosen_model(conversation, user_message)
     if model_id != choices.embedded_model_id():
+        if conversation.json_answers:  # only the embedded model decodes under a grammar
+            await _unanswered(
+                user_message,
+                f"“Answer as JSON” works with the embedded model only, not '{model_id}'. "
+                "Choose it, or turn the setting off, in the settings.",
+            )
         if not (await registry.apool()).replicas(model_id):
             await _unanswered(
                 user_message, f"The model '{model_id}' is not available now. Choose another in the settings."
@@ -130,7 +138,14 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ChatError as exc:
         await _unanswered(user_message, str(exc))
         return
-    params = _sampling(conversation, prompt.max_tokens)
+    try:
+        grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
+            conversation, model.tokenizer
+        )
+    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
+        await _unanswered(user_message, f"The JSON schema of this conversation cannot be used: {exc}")
+        return
+    params = _sampling(conversation, prompt.max_tokens, grammar)
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
@@ -149,6 +164,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         "max_tokens": params.max_tokens,
         "dropped_messages": prompt.dropped,
     }
+    if (answer_format := json_answers.response_format(conversation)) is not None:
+        record["response_format"] = answer_format
     try:
         (message,) = await database_sync_to_async(services.start_assistant_messages, thread_sensitive=False)(
             conversation, 1, params=record, prompt_tokens=len(prompt.ids)

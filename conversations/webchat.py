@@ -131,13 +131,21 @@ def update_settings(
     temperature: float | None,
     max_tokens: int | None,
     model_id: str | None = None,
+    json_answers: bool | None = None,
+    json_schema: dict[str, Any] | None = None,
 ) -> None:
-    """``model_id``: None keeps the model; blank: the default model (recorded at the next reply)."""
+    """``model_id``: None keeps the model; blank: the default model (recorded at the next reply).
+    ``json_answers``: None keeps "Answer as JSON" and its schema; else both are set (the schema
+    checked by the caller: conversations/json_answers.py)."""
     fields = ["system_prompt", "temperature", "max_tokens"]
     with transaction.atomic():
         conversation.system_prompt = system_prompt
         conversation.temperature = temperature
         conversation.max_tokens = max_tokens
+        if json_answers is not None:
+            conversation.json_answers = json_answers
+            conversation.json_schema = json_schema
+            fields += ["json_answers", "json_schema"]
         if model_id is not None:
             conversation.model_id = model_id
             fields.append("model_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -15,10 +16,11 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from chatsite.inputs import parse_id
 from chatsite.runtime import get_runtime
-from conversations import services, webchat
+from conversations import json_answers, services, webchat
 from conversations.consumers import message_context
 from conversations.models import Conversation, Message
 from conversations.runner import STALE_AFTER
+from inference.constraints import ConstraintError
 from upstreams import choices
 
 TEAM_SESSION_KEY = "team_id"
@@ -30,6 +32,18 @@ class SettingsForm(forms.Form):
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32768)
     # One of the team's models (upstreams.choices); blank: the default model.
     model_id = forms.CharField(required=False, max_length=200)
+    # "Answer as JSON" (conversations/json_answers.py): any JSON object, or one valid against the schema.
+    json_answers = forms.BooleanField(required=False)
+    json_schema = forms.CharField(required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 4}))
+
+    def clean_json_schema(self) -> dict[str, Any] | None:
+        model = get_runtime().model  # the loaded model's tokenizer, if any (not waiting for it)
+        try:
+            return json_answers.parse_schema(
+                self.cleaned_data["json_schema"], model.tokenizer if model else None
+            )
+        except ConstraintError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 def _team(request: HttpRequest):
@@ -105,6 +119,8 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
                     "temperature": conv.temperature,
                     "max_tokens": conv.max_tokens,
                     "model_id": conv.model_id,
+                    "json_answers": conv.json_answers,
+                    "json_schema": "" if conv.json_schema is None else json.dumps(conv.json_schema, indent=2),
                 }
             ),
         }
