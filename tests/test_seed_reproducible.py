@@ -92,17 +92,19 @@ def test_it_repeats_a_seeded_reply_whatever_the_slot_and_its_cache(model: ChatMo
     seeded = prompt(model, ASK)
     assert len(seeded) > 64  # longer than one prefill chunk
     answers: list[tuple[int, ...]] = []
-    cached: set[int] = set()
+    held: set[tuple[int, ...]] = set()  # what the slots held when the seeded requests came
     for round_ in range(10):
         if round_ % 2:
             warm(model, round_)
+        held.add(tuple(len(slot.ctx.tokens) for slot in model.scheduler.slots))
         # Two at a time: each evaluation then gets one thread instead of two.
         results = [finish(job) for job in [model.scheduler.submit(seeded, SEEDED) for _ in range(2)]]
         answers += [r.token_ids for r in results]
-        cached |= {r.timings.cached_tokens for r in results}
     assert len(answers) == 20
     assert len(set(answers)) == 1, f"{len(set(answers))} different answers from one seed"
-    assert len(cached) > 1  # the slots held different things when they served it
+    # The slots held different things when they served it (a seeded request no longer reuses a
+    # slot's cache, so the cached-token count is always 0 and cannot show this).
+    assert len(held) > 1
 
 
 def test_it_repeats_each_choice_of_a_seeded_request_with_n(model: ChatModel) -> None:
