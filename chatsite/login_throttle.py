@@ -50,6 +50,20 @@ def client_address(request: HttpRequest) -> str:
     return _address(peer) or peer
 
 
+USERNAME_CHARS = 150  # Django's User.username max_length: no account has a longer name
+
+
+def attempted_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str:
+    """The username a login attempt is counted under (AXES_USERNAME_CALLABLE): what was typed, cut
+    to the longest username that can exist. Axes stores it in a 255-character column, which
+    PostgreSQL enforces (a longer one was a 500)."""
+    if credentials:
+        value = credentials.get("username")
+    else:
+        value = request.POST.get("username") if request is not None else None
+    return str(value or "")[:USERNAME_CHARS]
+
+
 def lockout(request: HttpRequest, credentials: dict[str, Any] | None) -> tuple[datetime, list[str]]:
     """When the failures that lock this request out have aged out, and what is locked: the
     username, the address or both (e.g. ``["address 192.0.2.1"]``)."""

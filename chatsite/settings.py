@@ -319,6 +319,7 @@ AXES_RESET_ON_SUCCESS = False  # a login to one's own account must not clear an 
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_CALLABLE = "chatsite.login_throttle.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "chatsite.login_throttle.client_address"
+AXES_USERNAME_CALLABLE = "chatsite.login_throttle.attempted_username"
 AXES_DISABLE_ACCESS_LOG = True  # successful logins go to the audit trail (review) instead
 # The client address: the TCP peer, except behind the README's same-host TLS proxy
 # (CHAT_BEHIND_TLS_PROXY=1), where a request whose peer is one of CHAT_TRUSTED_PROXIES is counted

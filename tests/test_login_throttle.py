@@ -183,3 +183,12 @@ def test_it_audits_a_lockout_of_a_username_that_does_not_exist(db) -> None:
 def test_it_does_not_audit_a_login_by_force_login(dora) -> None:
     Client().force_login(dora)
     assert not AuditEntry.objects.exists()
+
+
+def test_it_counts_a_username_longer_than_any_account_without_a_500(dora) -> None:
+    # axes keeps the attempted username in a 255-character column: PostgreSQL refused a longer
+    # one with a DataError (a 500). No account name is over 150 characters (the User model).
+    client = Client()
+    long_name = "d" * 300
+    assert fail(client, SITE, 9, username=long_name, address="10.0.0.9") == [200] * 9
+    assert login(client, SITE, long_name, "wrong", "10.0.0.9").status_code == 429
