@@ -129,6 +129,9 @@ else:
             f"DATABASE_URL (scheme {scheme!r}) is not valid: {exc}. Use postgres://… or sqlite:///…"
         ) from None
 
+# How long a write waits for a lock another connection holds before it fails (and the request
+# answers 503 with Retry-After, chatsite/faults.py): SQLite's busy timeout, PostgreSQL's lock_timeout.
+CHAT_DB_BUSY_TIMEOUT = env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN, so a
     # transaction waits (up to `timeout` seconds) instead of failing half-way with "locked".
@@ -137,7 +140,7 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         # Short: a request that cannot get the write lock answers 503 with Retry-After rather than
         # hang (chatsite/faults.py); a reply's final save retries on its own (conversations/saving.py).
-        "timeout": env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1),
+        "timeout": CHAT_DB_BUSY_TIMEOUT,
     }
     _database["CONN_MAX_AGE"] = 0
     # The test database is a file too, not Django's default shared in-memory one: writes run in
@@ -151,7 +154,8 @@ elif _database["ENGINE"] == "django.db.backends.postgresql":
     # (Django's docs: disable persistent connections under ASGI and use the backend's pool). The
     # pool bounds the connections per process and hands them out in microseconds.
     _database["CONN_MAX_AGE"] = 0
-    _database.setdefault("OPTIONS", {})["pool"] = {
+    _database.setdefault("OPTIONS", {})["options"] = f"-c lock_timeout={CHAT_DB_BUSY_TIMEOUT * 1000}"
+    _database["OPTIONS"]["pool"] = {
         "min_size": 1,
         "max_size": env_int("CHAT_DB_POOL_SIZE", 10, minimum=1),
         "timeout": 20,

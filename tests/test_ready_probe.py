@@ -34,6 +34,8 @@ def hold_write_lock():
             port=settings["PORT"] or None,
         )
         holder.execute("LOCK TABLE chatsite_readyprobe IN ACCESS EXCLUSIVE MODE")
+        # As SQLite's write lock: no other connection writes messages, but they can be read.
+        holder.execute("LOCK TABLE conversations_message IN EXCLUSIVE MODE")
     else:
         name = str(settings["NAME"])
         holder = sqlite3.connect(name if name.startswith("file:") else f"file:{name}", uri=True)
