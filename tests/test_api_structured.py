@@ -11,6 +11,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.fixtures_model import DEFAULT_MODEL_FILE
+
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 WEATHER_TOOL = {
@@ -246,7 +248,11 @@ def chat_model(api_server):
 
 
 def test_it_gives_langchain_structured_output(chat_model) -> None:
-    structured = chat_model.with_structured_output(City)  # json_schema, strict, through .parse()
+    # langchain-openai turns json_schema into function calling for a model named gpt-3.5-turbo
+    # (which lacks OpenAI's structured outputs), and a non-strict function's arguments may carry
+    # extra keys: name the served model, so that it asks for a strict json_schema through .parse().
+    served = chat_model.model_copy(update={"model_name": DEFAULT_MODEL_FILE.removesuffix(".gguf")})
+    structured = served.with_structured_output(City, method="json_schema", strict=True)
     city = structured.invoke("Describe Rome.")
     assert isinstance(city, City)
 
