@@ -148,7 +148,7 @@ async def test_it_reserves_a_browser_upstream_reply_on_the_upstream_s_count(site
     assert reply.params["upstream"] == "faults" and reply.status == Message.Status.COMPLETE
     assert await used_by(alpha) == reply.prompt_tokens + reply.completion_tokens
     await communicator.send_to(text_data=json.dumps({"action": "send", "text": "second"}))
-    assert await receive_until(communicator, "Limit reached")
+    assert await receive_until(communicator, "Limit reached", timeout=30)
     await communicator.disconnect()
 
 

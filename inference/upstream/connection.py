@@ -154,8 +154,11 @@ class Connection:
             self._set_health(False, str(exc))
             raise
         except (httpx.HTTPError, ValueError, TypeError, AttributeError) as exc:
-            self._set_health(False, _describe(exc))
-            raise UpstreamUnavailable(_describe(exc)) from None
+            # The same words as a failed call's (_translate), whichever of the two notices first.
+            error = _translate(exc)
+            reason = str(error) if isinstance(error, UpstreamError) else _describe(exc)
+            self._set_health(False, reason)
+            raise UpstreamUnavailable(reason) from None
         self.discovered = tuple(ids)
         self._set_health(True, "")
         return ids
