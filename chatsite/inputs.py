@@ -12,11 +12,9 @@ left out: it reads its own JSON body and checks every string of it, answering in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
 
+from chatsite.middleware import ResponseMiddleware
 from inference.text import unstorable
 
 MAX_ID = 2**63 - 1  # the largest id a database row can have
@@ -70,19 +68,6 @@ def refusal(request: HttpRequest) -> HttpResponse | None:
     )
 
 
-class UnstorableInputMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        return refusal(request) or self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        return refusal(request) or await self.get_response(request)
+class UnstorableInputMiddleware(ResponseMiddleware):
+    def refuse(self, request: HttpRequest) -> HttpResponseBase | None:
+        return refusal(request)

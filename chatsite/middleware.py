@@ -13,7 +13,8 @@ CONTENT_SECURITY_POLICY = (
 
 
 class ResponseMiddleware:
-    """A middleware that only looks at responses, sync or async: subclasses define ``process``."""
+    """A middleware, sync or async, with two hooks for subclasses: ``refuse`` may answer a request
+    before the view runs (None lets it through), and ``process`` may change the response."""
 
     sync_capable = True
     async_capable = True
@@ -26,13 +27,18 @@ class ResponseMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
             return self._acall(request)
-        return self.process(self.get_response(request))
+        refused = self.refuse(request)
+        return refused if refused is not None else self.process(self.get_response(request))
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        return self.process(await self.get_response(request))
+        refused = self.refuse(request)
+        return refused if refused is not None else self.process(await self.get_response(request))
+
+    def refuse(self, request: HttpRequest) -> HttpResponseBase | None:
+        return None
 
     def process(self, response: HttpResponseBase) -> HttpResponseBase:
-        raise NotImplementedError
+        return response
 
 
 class ContentSecurityPolicyMiddleware(ResponseMiddleware):
