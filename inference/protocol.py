@@ -292,7 +292,7 @@ def _shown(key: str) -> str:
     return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
+def unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
     """Where the first string (or key) that cannot be logged or tokenized is, as
     ``("messages[0].content", "a NUL character (\\u0000)")``."""
     if isinstance(value, str):
@@ -304,26 +304,31 @@ def _unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
             problem = unstorable(str(key))
             if problem:
                 return here, problem
-            found = _unstorable_path(item, here)
+            found = unstorable_path(item, here)
             if found:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            found = _unstorable_path(item, f"{path}[{i}]")
+            found = unstorable_path(item, f"{path}[{i}]")
             if found:
                 return found
     return None
+
+
+def check_storable(data: Any) -> None:
+    """``InvalidRequest`` naming the first string or key of a body that cannot be logged
+    (PostgreSQL text and jsonb cannot hold a NUL) or tokenized (a lone surrogate is no UTF-8)."""
+    found = unstorable_path(data)
+    if found is not None:
+        where, problem = found
+        raise InvalidRequest(f"{where} must not contain {problem}.", param=where, code="invalid_value")
 
 
 def parse_chat_request(data: Any) -> ChatCompletionRequest:
     """Validate a decoded JSON body; raise ``InvalidRequest`` naming the first bad field."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    found = _unstorable_path(data)
-    if found is not None:
-        # Text is logged (PostgreSQL text and jsonb cannot hold a NUL) and tokenized (as UTF-8).
-        where, problem = found
-        raise InvalidRequest(f"{where} must not contain {problem}.", param=where, code="invalid_value")
+    check_storable(data)
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:

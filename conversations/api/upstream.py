@@ -30,10 +30,10 @@ from inference.protocol import (
     ChatCompletionRequest,
     InvalidRequest,
     RateLimited,
+    check_storable,
     parse_chat_request,
 )
 from inference.streaming import DONE, sse
-from inference.text import unstorable
 from inference.upstream.errors import (
     UpstreamError,
     UpstreamQueueFull,
@@ -147,28 +147,9 @@ def validate(data: dict[str, Any]) -> ChatCompletionRequest:
         for k, v in data.items()
         if k in ChatCompletionRequest.model_fields and k not in PASSTHROUGH and k != "messages"
     }
-    found = unstorable_path(data)
-    if found is not None:  # the log keeps the texts and the params (PostgreSQL cannot hold a NUL)
-        where, problem = found
-        raise InvalidRequest(f"{where} must not contain {problem}.", param=where, code="invalid_value")
+    check_storable(data)  # the log keeps the texts and the params, as for the embedded model
     known["messages"] = [{"role": "user", "content": "-"}]  # checked above
     return parse_chat_request(known)
-
-
-def unstorable_path(value: Any, path: str = "") -> tuple[str, str] | None:
-    """Where the first string (or key) that could not be logged is, and what is wrong with it."""
-    if isinstance(value, str):
-        problem = unstorable(value)
-        return (path or "body", problem) if problem else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and unstorable(key):
-            return here.encode("utf-8", "backslashreplace").decode(), str(unstorable(key))
-        found = unstorable_path(item, here)
-        if found:
-            return found
-    return None
 
 
 def log_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
