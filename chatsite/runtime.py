@@ -120,6 +120,18 @@ class Runtime:
                 )
         finally:
             self._ready.set()
+            if self.model is not None:
+                self._fingerprint_model_file()
+
+    def _fingerprint_model_file(self) -> None:
+        """Read the model file's SHA-256 (review/replay.py logs it with every API answer) here, in
+        the loading thread once the model is ready, rather than in the first API call's path."""
+        from review.replay import model_file, model_sha256
+
+        try:
+            model_sha256(model_file(self.model))
+        except OSError:
+            log.exception("the model file could not be read for its fingerprint")
 
     def status(self) -> dict[str, Any]:
         model = self.model
