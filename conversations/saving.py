@@ -29,25 +29,29 @@ LATER_FOR = 600.0  # for this long; after that the stale sweep marks the row int
 _later: set[asyncio.Task] = set()
 
 
-async def _write(message_id: int, outcome: services.Outcome) -> None:
-    await database_sync_to_async(services.finish_assistant_message, thread_sensitive=False)(
-        message_id, outcome
-    )
+async def _attempt(message_id: int, outcome: services.Outcome) -> bool | None:
+    """One write: True when written, False on an error a retry will not mend (logged), None when
+    the database is unavailable for now (locked, full, unreachable)."""
+    try:
+        await database_sync_to_async(services.finish_assistant_message, thread_sensitive=False)(
+            message_id, outcome
+        )
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            log.exception("could not save the end of message %s", message_id)
+            return False
+        log.warning("could not save the end of message %s (%s)", message_id, exc)
+        return None
+    return True
 
 
 async def save_final(message_id: int, outcome: services.Outcome) -> bool:
     """Write the final state of ``message_id``; False if it could not be written (yet)."""
     for delay in (*RETRY_DELAYS, None):
-        try:
-            await _write(message_id, outcome)
-            return True
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                log.exception("could not save the end of message %s", message_id)
-                return False
-            log.warning("could not save the end of message %s (%s)", message_id, exc)
-            if delay is None:
-                break
+        written = await _attempt(message_id, outcome)
+        if written is not None:
+            return written
+        if delay is not None:
             await asyncio.sleep(delay)
     note = "saved late: the database could not be written when the reply ended, and the client was told"
     late = dataclasses.replace(outcome, error="; ".join(filter(None, [outcome.error, note])))
@@ -62,13 +66,9 @@ async def _save_later(message_id: int, outcome: services.Outcome) -> None:
     give_up = loop.time() + LATER_FOR
     while loop.time() < give_up:
         await asyncio.sleep(LATER_INTERVAL)
-        try:
-            await _write(message_id, outcome)
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                log.exception("could not save the end of message %s", message_id)
-                return
-            continue
-        log.info("saved the end of message %s late, once the database could be written", message_id)
-        return
+        written = await _attempt(message_id, outcome)
+        if written is not None:
+            if written:
+                log.info("saved the end of message %s late, once the database could be written", message_id)
+            return
     log.error("gave up saving the end of message %s: the stale sweep will mark it interrupted", message_id)
