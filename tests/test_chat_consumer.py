@@ -20,8 +20,7 @@ from conversations.models import Conversation, Message
 from inference.jobs import Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.chat_runtime import serving
-from tests.tiny_gguf import write_tiny_llama
+from tests.chat_runtime import serving, tiny_chat_model
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -31,12 +30,9 @@ HOST = (b"host", b"localhost")  # the site's origin is its Host's (chatsite/orig
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-chat")
     # A long context, so that a blocker (below) can keep the slot busy for seconds.
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=4096)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
-    yield model
-    model.close()
+    with tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), context_length=4096, queue_max=4) as model:
+        yield model
 
 
 @pytest.fixture

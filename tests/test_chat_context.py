@@ -10,9 +10,7 @@ from django.test import Client
 from conversations import replies, services
 from conversations.models import Message
 from conversations.replies import ChatError, build_prompt
-from inference.model import ChatModel
-from tests.chat_runtime import serving
-from tests.tiny_gguf import write_tiny_llama
+from tests.chat_runtime import serving, tiny_chat_model
 
 CONTEXT = 512
 SYSTEM = "You are a helpful assistant. Answer in a few words."
@@ -21,11 +19,10 @@ SENTENCE = "The quick brown fox jumps over the lazy dog. "
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-context")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=CONTEXT)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
-    yield model
-    model.close()
+    with tiny_chat_model(
+        tmp_path_factory.mktemp("tiny-context"), context_length=CONTEXT, queue_max=4
+    ) as model:
+        yield model
 
 
 def history(turns: int, words: int = 6) -> list[dict]:

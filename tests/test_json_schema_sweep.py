@@ -13,9 +13,8 @@ import jsonschema_rs
 import pytest
 
 from inference.constraints import json_schema_grammar
-from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.tiny_gguf import write_tiny_llama
+from tests.chat_runtime import tiny_chat_model
 
 
 def obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
@@ -150,11 +149,8 @@ PROMPTS = ["Describe a person.", "Give me some data about a film.", "What is in 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=1024)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1)
-    yield model
-    model.close()
+    with tiny_chat_model(tmp_path_factory.mktemp("sweep"), context_length=1024) as model:
+        yield model
 
 
 def test_it_has_thirty_valid_schemas() -> None:

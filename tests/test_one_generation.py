@@ -19,10 +19,8 @@ from django.utils import timezone
 
 from conversations import replies, services, webchat
 from conversations.models import Conversation, Message
-from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.chat_runtime import serving
-from tests.tiny_gguf import write_tiny_llama
+from tests.chat_runtime import serving, tiny_chat_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY = "A reply is being written in this conversation"
@@ -108,11 +106,10 @@ def test_it_interrupts_a_dead_processs_stale_row_when_a_reply_starts(chat) -> No
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-one-generation")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=4096)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=4)
-    yield model
-    model.close()
+    with tiny_chat_model(
+        tmp_path_factory.mktemp("tiny-one-generation"), context_length=4096, queue_max=4
+    ) as model:
+        yield model
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,16 +13,13 @@ from conversations import runner, services
 from conversations.models import Message
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.tiny_gguf import write_tiny_llama
+from tests.chat_runtime import tiny_chat_model
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
-    folder = tmp_path_factory.mktemp("runner")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=1024)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1)
-    yield model
-    model.close()
+    with tiny_chat_model(tmp_path_factory.mktemp("runner"), context_length=1024) as model:
+        yield model
 
 
 def submit(model: ChatModel, max_tokens: int):

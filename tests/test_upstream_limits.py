@@ -12,11 +12,9 @@ from django.test import AsyncClient
 
 from conversations import services
 from conversations.models import Conversation, Message
-from inference.model import ChatModel
 from review import limits
-from tests.chat_runtime import serving
+from tests.chat_runtime import serving, tiny_chat_model
 from tests.test_chat_consumer import connect, finish_run, receive_until
-from tests.tiny_gguf import write_tiny_llama
 from tests.upstream_servers import FaultServer
 from upstreams import registry
 from upstreams import services as upstream_services
@@ -33,11 +31,10 @@ def faults(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-upstream-limits")
-    path = write_tiny_llama(folder / "tiny.gguf", context_length=2048)
-    model = ChatModel.load(path, cache_dir=folder / "cache", slots=1, threads=1, queue_max=8)
-    yield model
-    model.close()
+    with tiny_chat_model(
+        tmp_path_factory.mktemp("tiny-upstream-limits"), context_length=2048, queue_max=8
+    ) as model:
+        yield model
 
 
 @pytest.fixture
