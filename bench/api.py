@@ -135,6 +135,16 @@ def concurrent(server: LiveServer, clients: int, max_tokens: int, bias: dict[str
     }
 
 
+def report(rows: list[tuple[str, str]], results: dict, out: Path) -> None:
+    """Print the figures as an aligned table and write the results as JSON to ``out``."""
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,13 +212,7 @@ def main() -> None:
         (f"{args.clients} clients: aggregate tok/s", f"{crowd['aggregate_tps']:.1f}"),
         (f"{args.clients} clients: TTFT p50 / p95 (s)", f"{crowd['ttft_p50']:.2f} / {crowd['ttft_p95']:.2f}"),
     ]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
+    report(rows, results, Path(args.out))
     if crowd["complete"] != args.clients:
         sys.exit(f"only {crowd['complete']} of {args.clients} concurrent answers were complete")
 

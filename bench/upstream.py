@@ -25,7 +25,6 @@ Prints a table and writes bench/results/upstream.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.api import STORY, concurrent, main_thread_cpu, stream
+from bench.api import STORY, concurrent, main_thread_cpu, report, stream
 from bench.run import CORES, ROOT, default_model_path
 from inference.model import model_id_for
 from tests.live_server import NO_EOS, PYTHON, LiveServer
@@ -178,13 +177,7 @@ def main() -> None:
                 f"{crowd['ttft_p50']:.2f} / {crowd['ttft_p95']:.2f}" if crowd["ttft_p50"] else "-",
             ),
         ]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
+    report(rows, results, Path(args.out))
     if crowd_through["complete"] != args.clients:
         sys.exit(f"only {crowd_through['complete']} of {args.clients} streams through chatsite were complete")
 
