@@ -28,12 +28,9 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.http import Http404, HttpRequest
 from django.utils.crypto import constant_time_compare
@@ -54,14 +51,9 @@ def session_digest(session_key: str | None) -> str:
 
 
 def _send_on_commit(group: str, event: dict[str, Any]) -> None:
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(group, {"type": EVENT, **event})
-
-    # Robust: with Redis down the change is committed all the same (and no socket can receive
-    # anything then: the consumers close with 4503), so a failed send is logged, not raised.
-    transaction.on_commit(send, robust=True)
+    # With Redis down the change is committed all the same (and no socket can receive anything
+    # then: the consumers close with 4503).
+    services.send_on_commit(group, {"type": EVENT, **event})
 
 
 def user_changed(user_id: int, *, ended_session: str | None = None) -> None:

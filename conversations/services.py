@@ -36,17 +36,22 @@ def group_name(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
-def broadcast(conversation_id: int, event: dict[str, Any]) -> None:
-    """Send ``event`` to the conversation's group once the current transaction commits."""
+def send_on_commit(group: str, event: dict[str, Any]) -> None:
+    """Send ``event`` to a channel-layer group once the current transaction commits."""
 
     def send() -> None:
         layer = get_channel_layer()
         if layer is not None:
-            async_to_sync(layer.group_send)(group_name(conversation_id), event)
+            async_to_sync(layer.group_send)(group, event)
 
-    # Robust: the write is committed whatever happens to the broadcast (Redis down, say); a failed
-    # broadcast is logged, and must not turn a committed write into an error.
+    # Robust: the write is committed whatever happens to the send (Redis down, say); a failed send
+    # is logged, and must not turn a committed write into an error.
     transaction.on_commit(send, robust=True)
+
+
+def broadcast(conversation_id: int, event: dict[str, Any]) -> None:
+    """Send ``event`` to the conversation's group once the current transaction commits."""
+    send_on_commit(group_name(conversation_id), event)
 
 
 # --- Teams ---------------------------------------------------------------------------------------
