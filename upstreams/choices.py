@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from upstreams import registry
-from upstreams.permissions import allowed_models
+from upstreams.permissions import allowed_models, default_model_id, embedded_model_id
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,6 @@ class ModelChoice:
             return f"{self.id} — embedded"
         where = ", ".join(f"{r.name} ({'healthy' if r.healthy else 'unhealthy'})" for r in self.replicas)
         return f"{self.id} — upstream {where}"
-
-
-def embedded_model_id() -> str:
-    from chatsite.runtime import get_runtime
-
-    runtime = get_runtime()
-    return runtime.model.model_id if runtime.model is not None else runtime.model_id
-
-
-def default_model_id() -> str:
-    return settings.CHAT_DEFAULT_MODEL or embedded_model_id()
 
 
 def model_for(conversation_model_id: str) -> str:

@@ -19,15 +19,22 @@ def allowed_models(team_id: int) -> list[str] | None:
     return None if choice is None else list(choice.models)
 
 
-def effective_id(model_id: str) -> str:
-    """What an alias stands for: ``CHAT_DEFAULT_MODEL``, else the embedded model."""
-    if model_id not in MODEL_ALIASES:
-        return model_id
-    if settings.CHAT_DEFAULT_MODEL:
-        return settings.CHAT_DEFAULT_MODEL
+def embedded_model_id() -> str:
+    """The embedded model's id (the loaded model's, else the configured file's)."""
     from chatsite.runtime import get_runtime
 
-    return get_runtime().model_id
+    runtime = get_runtime()
+    return runtime.model.model_id if runtime.model is not None else runtime.model_id
+
+
+def default_model_id() -> str:
+    """The model the aliases and new conversations use: ``CHAT_DEFAULT_MODEL``, else the embedded one."""
+    return settings.CHAT_DEFAULT_MODEL or embedded_model_id()
+
+
+def effective_id(model_id: str) -> str:
+    """What a requested id stands for: an alias is the default model, any other id itself."""
+    return default_model_id() if model_id in MODEL_ALIASES else model_id
 
 
 def may_use(allowed: list[str] | None, model_id: str) -> bool:

@@ -25,7 +25,6 @@ from conversations import runner, services
 from conversations.api import ratelimits
 from conversations.models import ApiKey, Message
 from inference.protocol import (
-    MODEL_ALIASES,
     APIError,
     ChatCompletionRequest,
     InvalidRequest,
@@ -41,7 +40,7 @@ from inference.upstream.errors import (
     UpstreamTimeout,
 )
 from inference.upstream.relay import End, Relay, TokenCounter, new_jobs
-from upstreams import registry
+from upstreams import permissions, registry
 
 # Checked by the upstream, not by chatsite: the fields the embedded engine refuses.
 PASSTHROUGH = (
@@ -92,14 +91,9 @@ async def target(data: Any) -> str | None:
     or None when it is for the embedded model (or not a well-formed request at all)."""
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         return None
-    model_id = data["model"]
-    if model_id in MODEL_ALIASES:  # the aliases are chatsite's, whatever an upstream lists
-        if not settings.CHAT_DEFAULT_MODEL:
-            return None
-        model_id = settings.CHAT_DEFAULT_MODEL
-    from chatsite.runtime import get_runtime
-
-    if model_id == get_runtime().model_id:  # the embedded model's own id comes first
+    # The aliases are chatsite's, whatever an upstream lists; the embedded model's own id comes first.
+    model_id = permissions.effective_id(data["model"])
+    if model_id == permissions.embedded_model_id():
         return None
     pool = await registry.apool()
     return model_id if pool.replicas(model_id) else None
