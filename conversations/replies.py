@@ -24,6 +24,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from chatsite import ttft
 from chatsite.runtime import ModelNotReady, get_runtime
 from conversations import chat_limits, json_answers, runner, services, upstream_replies, webchat
 from conversations.models import Conversation, Message
@@ -129,6 +130,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
         return
     history = await database_sync_to_async(webchat.prompt_messages)(conversation)
+    ttft.mark("history")
     wanted = conversation.max_tokens or DEFAULT_MAX_TOKENS
     try:
         # Tokenizing a long history would stall the event loop: a worker thread does it.
@@ -146,6 +148,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         await _unanswered(user_message, f"The JSON schema of this conversation cannot be used: {exc}")
         return
     params = _sampling(conversation, prompt.max_tokens, grammar)
+    ttft.mark("prompt")
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
@@ -157,6 +160,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ContextLengthExceeded as exc:  # the context shrank between building and submitting
         await _unanswered(user_message, str(exc))
         return
+    ttft.mark("admitted")
     record = {
         "model": model.model_id,
         "temperature": params.temperature,
@@ -178,6 +182,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except BaseException:
         job.cancel()
         raise
+    ttft.mark("logged")
+    ttft.follow_message(message.pk, job)
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
 
@@ -222,11 +228,13 @@ async def _start(
     _starting.add(conversation.pk)
     try:
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
+        ttft.mark("reserved")
         try:
             try:
                 # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
                 # waiting for the lock there would stall every socket of the process (chatsite/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
+                ttft.mark("user_row")
             except (webchat.Busy, ValueError) as exc:
                 raise ChatError(str(exc)) from None
             await _generate(user, conversation, message)

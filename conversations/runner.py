@@ -31,7 +31,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
-from chatsite import metrics
+from chatsite import metrics, ttft
 from chatsite.receiving import close_receiver, receive_until_closed
 from conversations import saving, services
 from conversations.models import Message
@@ -172,6 +172,7 @@ class Run:
                 if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
                     wake_on_text[0] = True  # before taking: text queued from now on wakes the task
                     _take(texts, parts, unsent)
+                    ttft.mark_message(message_id, "publish")
                     await self._publish(message_id, choice_index, unsent, parts)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:

@@ -48,7 +48,7 @@ def run_job(
     prefill_chunk: int,
 ) -> Finished:
     """Run ``job`` to its end in ``ctx`` and return (and emit) its ``Finished`` event."""
-    start = time.monotonic()
+    start = job.started_at = time.monotonic()
     prompt = job.prompt_ids
     # Reuse the cached prefix, and evaluate the last prompt token on its own.
     cached = common_prefix(ctx.tokens, prompt[:-1])
@@ -65,6 +65,7 @@ def run_job(
         cached = 0
         prefill_chunk = SEEDED_PREFILL_CHUNK
     ctx.truncate(cached)
+    job.cached_tokens = cached
     job.emit(Started(cached_tokens=cached))
 
     generated: list[int] = []
@@ -86,7 +87,7 @@ def run_job(
         if job.cancelled:
             raise _Cancelled
         _eval(ctx, prompt[-1:], budget, 1)
-        prefill_done = time.monotonic()
+        prefill_done = job.prefill_done_at = time.monotonic()
 
         vocab_size = len(ctx.logits())
         grammar = job.params.grammar
@@ -99,7 +100,7 @@ def run_job(
                 raise _Cancelled
             token = sampler.sample(ctx.logits())
             if first_token_at is None:
-                first_token_at = time.monotonic()
+                first_token_at = job.first_token_at = time.monotonic()
             if token in stop_ids:
                 break
             generated.append(token)
@@ -110,6 +111,8 @@ def run_job(
             # A NUL byte is valid model output but no use in chat text (and PostgreSQL rejects it).
             text, stopped = stopper.push(decoder.push(token).replace("\x00", "\ufffd"))
             if text:
+                if not emitted:
+                    job.first_delta_at = time.monotonic()
                 emitted.append(text)
                 job.emit(Delta(text, tuple(pending_ids), tuple(pending_logprobs)))
                 pending_ids, pending_logprobs = [], []

@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
-from chatsite import faults
+from chatsite import faults, ttft
 from conversations import runner, services
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
@@ -61,27 +61,33 @@ FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is no
 
 @api_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    ttft.begin("v1")
     key = await authenticate(request)
     data = read_json(request)
     await permissions.check(key, data)  # the team's choice of models
+    ttft.mark("auth")
     if (upstream_model := await upstream.target(data)) is not None:  # served by an upstream server
         return await upstream.chat_completions(key, data, upstream_model)
     body = parse_chat_request(data)
     model = resolve_model(body.model)
+    ttft.mark("parsed")
     # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
     # a 400) and the messages as the template gets them (tools in the system prompt).
     plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
     prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
+    ttft.mark("prompt")
     n = body.n or 1
     # The limits first (review/limits.py): a refused call does no work and writes nothing.
     reservation = await ratelimits.reserve(key, len(prompt_ids) + params.max_tokens * n)
+    ttft.mark("reserved")
     try:
         jobs = await admit(model, prompt_ids, params, n, key)
     except BaseException:
         await ratelimits.refund(reservation)
         raise
+    ttft.mark("admitted")
 
     # The model file's and the prompt's hashes, so that a reviewer can replay the answer (review/replay.py).
     fingerprints = await sync_to_async(replay.logged_fingerprints, thread_sensitive=False)(model, prompt_ids)
@@ -112,6 +118,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         raise
     if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
         await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
+    ttft.mark("logged")
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
@@ -121,6 +128,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        ttft.mark("response")
         return ratelimits.with_headers(response, reservation)
     try:
         finished = await run.wait()
@@ -237,6 +245,7 @@ class Reply:
         self.prompt_tokens = prompt_tokens
         self.run = run
         self.created = int(time.time())
+        self.trace = ttft.current()
 
     def usage(self, finished: list[Finished]) -> Usage:
         completion = sum(f.usage.completion_tokens for f in finished)
@@ -342,7 +351,12 @@ class Reply:
                         out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
                 if out:
                     last_flush = time.monotonic()
+                    if self.trace is not None:
+                        self.trace.mark("first_write")
                     yield b"".join(out)
+                    if self.trace is not None and not self.trace.written:
+                        self.trace.add_job(self.run.jobs[0])
+                        self.trace.write()  # after the write it times
                     self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
             finished = await self.run.wait()  # every reply is saved before [DONE]
             await self.record_calls(finished)
