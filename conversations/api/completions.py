@@ -18,6 +18,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from chatsite import faults, ttft
@@ -25,7 +26,7 @@ from conversations import runner, services
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
-from conversations.api.tools import Output, plan_output
+from conversations.api.tools import Output, OutputPlan, plan_output
 from conversations.models import ApiKey, Message
 from inference.jobs import (
     BackendUnreachable,
@@ -71,11 +72,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     body = parse_chat_request(data)
     model = resolve_model(body.model)
     ttft.mark("parsed")
-    # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
-    # a 400) and the messages as the template gets them (tools in the system prompt).
-    plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
-    # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
-    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
+    # Rendering and tokenizing up to a megabyte of text would stall the event loop: one trip to a
+    # worker thread (each trip costs a thread hop on the way to the first token).
+    plan, messages, prompt_ids = await sync_to_async(_prompt, thread_sensitive=False)(body, model)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     ttft.mark("prompt")
     n = body.n or 1
@@ -89,8 +88,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         raise
     ttft.mark("admitted")
 
-    # The model file's and the prompt's hashes, so that a reviewer can replay the answer (review/replay.py).
-    fingerprints = await sync_to_async(replay.logged_fingerprints, thread_sensitive=False)(model, prompt_ids)
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
     logged = {
@@ -99,25 +96,18 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "stream": bool(body.stream),
         "model": body.model,
         "id": completion_id,
-        **fingerprints,
     }
     try:
-        call = await database_sync_to_async(services.start_api_call)(
-            key,
-            model_id=model.model_id,
-            messages=messages,
-            params=logged,
-            n=n,
-            prompt_tokens=len(prompt_ids),
-            request_user=body.user or "",
+        # While the slot evaluates the prompt. Not thread-sensitive: a write waiting for the lock in
+        # the one thread that serves every request's database reads would stall them all.
+        call = await database_sync_to_async(_log_call, thread_sensitive=False)(
+            key, model, body, plan, messages, prompt_ids, logged
         )
     except BaseException:
         for job in jobs:
             job.cancel()
         await ratelimits.refund(reservation)
         raise
-    if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
-        await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
     ttft.mark("logged")
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
@@ -140,6 +130,44 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     completion = reply.completion(finished)
     await reply.record_calls(finished)
     return ratelimits.with_headers(json_response(completion), reservation)
+
+
+def _prompt(
+    body: ChatCompletionRequest, model: ChatModel
+) -> tuple[OutputPlan, list[dict[str, Any]], list[int]]:
+    """The output plan (tools and response_format: the grammar, compiled and checked here, so a
+    schema it cannot use is a 400), the messages as the template gets them (tools in the system
+    prompt), and the prompt's token ids."""
+    plan, messages = plan_output(body, model.tokenizer)
+    return plan, messages, model.prompt_ids(messages)
+
+
+def _log_call(
+    key: ApiKey,
+    model: ChatModel,
+    body: ChatCompletionRequest,
+    plan: OutputPlan,
+    messages: list[dict[str, Any]],
+    prompt_ids: list[int],
+    logged: dict[str, Any],
+) -> services.ApiCall:
+    """Write the admitted call to the log (one trip to a database thread): its conversation, its
+    messages and its n streaming replies, with the model file's and the prompt's hashes so that a
+    reviewer can replay the answer (review/replay.py), and its tools or response_format."""
+    params = {**logged, **replay.logged_fingerprints(model, prompt_ids)}
+    with transaction.atomic():  # one commit
+        call = services.start_api_call(
+            key,
+            model_id=model.model_id,
+            messages=messages,
+            params=params,
+            n=body.n or 1,
+            prompt_tokens=len(prompt_ids),
+            request_user=body.user or "",
+        )
+        if plan.record:  # kept with the replies (their calls at the end)
+            services.record_tools([r.pk for r in call.replies], plan.record)
+    return call
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
@@ -317,7 +345,8 @@ class Reply:
                 for index in range(len(self.run.jobs))
             )
             open_choices = len(self.run.jobs)
-            last_flush = time.monotonic()
+            # The first text is not held back: the pause between writes starts after it.
+            last_flush = -FLUSH_INTERVAL
             while open_choices:
                 if not pending:
                     ready.clear()
