@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -86,6 +85,21 @@ def build_prompt(
     return Prompt(ids, room, starts[-1])
 
 
+def _prompt_and_grammar(model: ChatModel, conversation: Conversation) -> tuple[Prompt, str | None]:
+    """The prompt of the conversation's visible history and its "Answer as JSON" grammar (None
+    without), or ``ChatError`` saying why there can be no reply."""
+    history = webchat.prompt_messages(conversation)
+    ttft.mark("history")
+    prompt = build_prompt(
+        model, conversation.system_prompt, history, conversation.max_tokens or DEFAULT_MAX_TOKENS
+    )
+    try:
+        grammar = json_answers.grammar(conversation, model.tokenizer)
+    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
+        raise ChatError(f"The JSON schema of this conversation cannot be used: {exc}") from None
+    return prompt, grammar
+
+
 def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None = None) -> SamplingParams:
     cap = settings.CHAT_MAX_TOKENS_CAP  # test-only
     temperature = conversation.temperature
@@ -129,23 +143,14 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ModelNotReady as exc:
         await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
         return
-    history = await database_sync_to_async(webchat.prompt_messages)(conversation)
-    ttft.mark("history")
-    wanted = conversation.max_tokens or DEFAULT_MAX_TOKENS
     try:
-        # Tokenizing a long history would stall the event loop: a worker thread does it.
-        prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
-            model, conversation.system_prompt, history, wanted
+        # One trip to a worker thread (each costs a thread hop on the way to the first token): the
+        # history, its template and tokens (a long history would stall the event loop), the grammar.
+        prompt, grammar = await database_sync_to_async(_prompt_and_grammar, thread_sensitive=False)(
+            model, conversation
         )
     except ChatError as exc:
         await _unanswered(user_message, str(exc))
-        return
-    try:
-        grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
-            conversation, model.tokenizer
-        )
-    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
-        await _unanswered(user_message, f"The JSON schema of this conversation cannot be used: {exc}")
         return
     params = _sampling(conversation, prompt.max_tokens, grammar)
     ttft.mark("prompt")
