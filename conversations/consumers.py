@@ -46,7 +46,12 @@ CLOSE_UNAVAILABLE = 4503  # the channel layer is unreachable: try again later (l
 
 
 class FrameError(Exception):
-    """A frame the consumer refuses: its message goes back to the page."""
+    """A frame the consumer refuses: its message goes back to the page (and ``keep_text``, the
+    text of a message it refused, back in the composer)."""
+
+    def __init__(self, message: str, keep_text: str | None = None) -> None:
+        super().__init__(message)
+        self.keep_text = keep_text
 
 
 def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
@@ -71,11 +76,12 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise FrameError("Write a message first.")
+        kept = text if action == "send" else None  # a refused message goes back in the box
         if len(text) > MAX_TEXT_CHARS:
-            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).")
+            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).", kept)
         problem = unstorable(text)
         if problem is not None:
-            raise FrameError(f"The message cannot contain {problem}.")
+            raise FrameError(f"The message cannot contain {problem}.")  # (not sendable back either)
         out["text"] = text
     if action in ("retry", "edit"):
         message_id = parse_id(data.get("message_id"))
@@ -202,7 +208,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             frame = parse_frame(text_data, bytes_data)
         except FrameError as exc:
-            await self.send(text_data=error_fragment(str(exc)))
+            kept = exc.keep_text
+            await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
             return
         if not await self._still_visible():
             return
@@ -227,8 +234,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
         if action == "stop":
-            if not await replies.astop(conversation.pk):
-                raise replies.ChatError("Nothing is being written in this conversation.")
+            # Nothing running (the reply ended as Stop was pressed, or Esc on an idle page): no error.
+            await replies.astop(conversation.pk)
             return
         if action == "send":
             await replies.send(self.user, conversation, frame["text"])

@@ -218,7 +218,8 @@ async def _start(
     generate the reply, with no other start or run in this conversation meanwhile. The limits
     (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
-        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        busy = ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise _kept(busy, text)
     _starting.add(conversation.pk)
     try:
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
@@ -228,7 +229,7 @@ async def _start(
                 # waiting for the lock there would stall every socket of the process (chatsite/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (webchat.Busy, ValueError) as exc:
-                raise ChatError(str(exc)) from None
+                raise _kept(ChatError(str(exc)), text) from None
             await _generate(user, conversation, message)
         except BaseException:
             await database_sync_to_async(reservation.refund, thread_sensitive=False)()
@@ -240,6 +241,14 @@ async def _start(
             chat_limits.limits.settle_after(run, reservation)
     finally:
         _starting.discard(conversation.pk)
+
+
+def _kept(exc: ChatError, text: str | None) -> ChatError:
+    """``exc`` for a message that was not written: the page puts ``text`` back in the box."""
+    if text is not None:
+        exc.args = (f"{exc} Your message was not sent; it is still in the box.",)
+        exc.keep_text = text  # type: ignore[attr-defined]
+    return exc
 
 
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:

@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from conversations import services
+from conversations import services, sidebar
 from conversations.models import Conversation, Membership, Message, Team
 from conversations.runner import STALE_AFTER
 
@@ -102,12 +102,17 @@ def get_visible_message(conversation: Conversation, message_id: int) -> Message 
 def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
     if not Membership.objects.filter(team=team, user=owner).exists():
         raise PermissionDenied("Not a member of this team.")
-    return services.start_conversation(owner, team, source=Conversation.Source.WEB)
+    with transaction.atomic():
+        conversation = services.start_conversation(owner, team, source=Conversation.Source.WEB)
+        sidebar.notify(conversation)
+    return conversation
 
 
 def _changed(conversation: Conversation, fields: list[str]) -> None:
     conversation.save(update_fields=[*fields, "updated"])
     services.broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+    if {"title", "visibility", "deleted_at"} & set(fields):
+        sidebar.notify(conversation, fields)  # every open conversation list that shows it
 
 
 def rename(conversation: Conversation, title: str) -> None:

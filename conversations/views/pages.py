@@ -24,6 +24,7 @@ from inference.constraints import ConstraintError
 from upstreams import choices
 
 TEAM_SESSION_KEY = "team_id"
+NEW_TITLE = "New conversation"  # an untitled conversation's name, as the templates show it
 
 
 class SettingsForm(forms.Form):
@@ -50,13 +51,15 @@ def _team(request: HttpRequest):
     return webchat.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
 
 
-def sidebar_context(request: HttpRequest, query: str = "") -> dict[str, Any]:
+def sidebar_context(request: HttpRequest, query: str = "", current_id: int | None = None) -> dict[str, Any]:
+    """The sidebar's: ``current_id`` is the conversation the page shows (highlighted in the list)."""
     team = _team(request)
     return {
         "team": team,
         "teams": webchat.teams_of(request.user),
         "conversations": webchat.sidebar_conversations(request.user, team, query),
         "query": query,
+        "current_id": current_id,
     }
 
 
@@ -70,8 +73,10 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 @login_required
 def conversation_list(request: HttpRequest) -> HttpResponse:
-    """The sidebar's list alone (htmx swaps it in while the user types a search)."""
-    return render(request, "chat/_conversation_list.html", sidebar_context(request, request.GET.get("q", "")))
+    """The sidebar's list alone (htmx swaps it in while the user types a search, and when the
+    list's socket says it changed); ``current``: the conversation the page shows."""
+    context = sidebar_context(request, request.GET.get("q", ""), parse_id(request.GET.get("current")))
+    return render(request, "chat/_conversation_list.html", context)
 
 
 @require_POST
@@ -102,11 +107,12 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
         services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
     rows = list(webchat.visible_messages(conv).select_related("author"))
     is_owner = conv.owner_id == request.user.pk
-    context = sidebar_context(request)
+    context = sidebar_context(request, current_id=conv.pk)
     context.update(
         {
             "conversation": conv,
             "is_owner": is_owner,
+            "streaming": any(m.status == Message.Status.STREAMING for m in rows),  # Stop enabled
             "rows": [message_context(m, conv, request.user) for m in rows],
             "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
             "model_choices": (model_choices := choices.choices(conv.team_id) if is_owner else []),
@@ -169,9 +175,14 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conv = webchat.get_conversation_for_owner(request.user, conversation_id)
     if request.method == "POST":
         webchat.soft_delete(conv)
-        messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
+        name = conv.title or NEW_TITLE  # the name the pages show
+        messages.success(request, f"“{name}” was deleted: it is hidden from you and your team.")
         return redirect("chat:home")
-    return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
+    from review.retention import policy_for  # the team's retention policy (review owns it)
+
+    context = {**sidebar_context(request, current_id=conv.pk), "conversation": conv}
+    context["policy"] = policy_for(conv.team)
+    return render(request, "chat/delete.html", context)
 
 
 def _int(value: str | None) -> int:
