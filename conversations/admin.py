@@ -13,8 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-from chatsite import once
-from conversations import services
+from conversations import once, services
 from conversations.models import ApiKey, Membership
 
 
@@ -62,7 +61,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         key, plain = services.create_api_key(obj.user, obj.team, obj.name, by=request.user)
         obj.pk = key.pk
         obj.refresh_from_db()
-        # Kept server-side until its change page shows it, once (chatsite/once.py).
+        # Kept server-side until its change page shows it, once (conversations/once.py).
         once.keep(request, f"admin_api_key:{key.pk}", plain)
 
     def response_add(

@@ -16,8 +16,8 @@ class LimitRefused(Exception):
 
 def _estimate(conversation: Conversation, text: str | None) -> int:
     """Prompt + max tokens of the reply about to be asked for (settled with the real usage later)."""
-    from chatsite.runtime import ModelNotReady, get_runtime
     from conversations import replies, webchat
+    from conversations.runtime import ModelNotReady, get_runtime
 
     wanted = conversation.max_tokens or replies.DEFAULT_MAX_TOKENS
     history = webchat.prompt_messages(conversation)

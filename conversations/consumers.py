@@ -25,9 +25,14 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
-from chatsite.inputs import parse_id
 from conversations import live_access, replies, services, webchat
+from conversations.faults import (
+    DATABASE_UNAVAILABLE,
+    LAYER_ERRORS,
+    LAYER_UNAVAILABLE,
+    is_database_unavailable,
+)
+from conversations.ids import parse_id
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable

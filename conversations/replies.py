@@ -24,9 +24,9 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from chatsite.runtime import ModelNotReady, get_runtime
 from conversations import chat_limits, json_answers, runner, services, upstream_replies, webchat
 from conversations.models import Conversation, Message
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.constraints import ConstraintError
 from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
@@ -225,7 +225,8 @@ async def _start(
         try:
             try:
                 # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
-                # waiting for the lock there would stall every socket of the process (chatsite/faults.py).
+                # waiting for the lock there would stall every socket of the process
+                # (conversations/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (webchat.Busy, ValueError) as exc:
                 raise ChatError(str(exc)) from None

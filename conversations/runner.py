@@ -31,11 +31,10 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
-from chatsite import metrics
-from chatsite.receiving import close_receiver, receive_until_closed
-from conversations import saving, services
+from conversations import metrics, saving, services
 from conversations.models import Message
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
+from inference.remote.receiving import close_receiver, receive_until_closed
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +353,7 @@ class StopListener:
             run.cancel(message.get("status") or Message.Status.STOPPED)
 
     async def aclose(self) -> None:
-        """End the receive loop (see ``chatsite.receiving``)."""
+        """End the receive loop (see ``inference.remote.receiving``)."""
         task, self.task = self.task, None
         await close_receiver(get_channel_layer(), self.channel, task)
 

@@ -17,8 +17,8 @@ import logging
 
 from channels.db import database_sync_to_async
 
-from chatsite.faults import is_database_unavailable
 from conversations import services
+from conversations.faults import is_database_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from django.test import Client
 
-from chatsite import runtime as runtime_module
-from chatsite.runtime import Runtime
+from conversations import runtime as runtime_module
 from conversations import services
+from conversations.runtime import Runtime
 from inference.gguf import ModelFileError, read_gguf
 from inference.model import ChatModel
 from tests.tiny_gguf import write_tiny_llama

@@ -15,7 +15,7 @@ from upstreams.models import TeamModels
 
 @pytest.fixture
 def setup(alice, bob, alpha, settings, monkeypatch):
-    from chatsite import runtime
+    from conversations import runtime
 
     settings.CHAT_MODEL_PATH = "/models/front-tiny.gguf"  # its id; never loaded by these tests
     monkeypatch.setattr(runtime, "_runtime", None)

@@ -7,11 +7,11 @@ import os
 from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse
 
-from chatsite.runtime import ModelNotReady, get_runtime
 from conversations import services
 from conversations.api.http import api_view, authenticate, json_response
 from conversations.api.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
 from conversations.models import ApiKey
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.model import ChatModel
 from upstreams import permissions, registry
 

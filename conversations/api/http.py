@@ -14,7 +14,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
-from chatsite.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations import services
 from conversations.api.protocol import (
     APIError,
@@ -26,6 +25,7 @@ from conversations.api.protocol import (
     UnsupportedMediaType,
     parse_json_body,
 )
+from conversations.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations.models import ApiKey
 
 log = logging.getLogger(__name__)

@@ -177,7 +177,7 @@ def log_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 def token_counter() -> TokenCounter | None:
     """Counting with the embedded model's tokenizer, when the upstream reports no usage (an
     estimate: the upstream's model has its own tokenizer)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     model = get_runtime().model
     if model is None:

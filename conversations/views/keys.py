@@ -1,6 +1,6 @@
 """API keys: create one for a team (shown once), list them by prefix, team and last use, revoke.
 
-A new key's plain text is kept server-side in the session (chatsite/once.py) between the POST
+A new key's plain text is kept server-side in the session (conversations/once.py) between the POST
 that makes it and the page that shows it, once: never in a cookie, never again on a reload.
 """
 
@@ -12,9 +12,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from chatsite import once
-from chatsite.inputs import parse_id
-from conversations import services, webchat
+from conversations import once, services, webchat
+from conversations.ids import parse_id
 from conversations.models import ApiKey
 
 

@@ -14,12 +14,12 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from chatsite.inputs import parse_id
-from chatsite.runtime import get_runtime
 from conversations import json_answers, services, webchat
 from conversations.consumers import message_context
+from conversations.ids import parse_id
 from conversations.models import Conversation, Message
 from conversations.runner import STALE_AFTER
+from conversations.runtime import get_runtime
 from inference.constraints import ConstraintError
 from upstreams import choices
 

@@ -20,7 +20,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 
 log = logging.getLogger("chatsite.serve")
 
