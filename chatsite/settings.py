@@ -139,7 +139,8 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         # Short: a request that cannot get the write lock answers 503 with Retry-After rather than
-        # hang (conversations/faults.py); a reply's final save retries on its own (conversations/saving.py).
+        # hang (conversations/faults.py); a reply's final save retries on its own
+        # (conversations/live/saving.py).
         "timeout": CHAT_DB_BUSY_TIMEOUT,
     }
     _database["CONN_MAX_AGE"] = 0

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
-from conversations import services
+from conversations import actions
 from conversations.api.protocol import (
     APIError,
     AuthenticationFailed,
@@ -127,7 +127,7 @@ async def authenticate(request: HttpRequest) -> ApiKey:
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
-    key = await database_sync_to_async(services.authenticate_api_key)(raw)
+    key = await database_sync_to_async(actions.authenticate_api_key)(raw)
     if key is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {mask_key(raw)}.")
     return key

@@ -46,12 +46,13 @@ class Command(BaseCommand):
         from twisted.internet import reactor, task, threads
 
         from chatsite.asgi import application
-        from conversations import runner, services
+        from conversations import actions
+        from conversations.live import runner
 
         self.runtime = get_runtime()
         if not no_preload:
             self.runtime.start_loading()
-        orphaned = services.interrupt_orphaned_messages()
+        orphaned = actions.interrupt_orphaned_messages()
         if orphaned:
             self.stdout.write(f"marked {orphaned} replies of a stopped process as interrupted")
 
