@@ -8,8 +8,8 @@ block). Files without a template get ChatML.
 
 A template that renders ``tools`` and assistant ``tool_calls`` has its own tool syntax:
 ``ChatTemplate.tool_syntax`` finds it by rendering a probe call and reading how the call was
-written (see ``ToolSyntax``); ``inference/tools.py`` then uses it for the prompt, the grammar and
-the parser. Other templates get chatsite's documented Hermes-style format.
+written (see ``ToolSyntax``); ``conversations/api/tool_format.py`` then uses it for the prompt,
+the grammar and the parser. Other templates get chatsite's documented Hermes-style format.
 """
 
 from __future__ import annotations

@@ -15,12 +15,8 @@ from django.test import AsyncClient
 from llguidance import LLMatcher
 
 from conversations import services
-from conversations.models import Message
-from inference.constraints import lltokenizer
-from inference.model import ChatModel
-from inference.prompts import HERMES, ChatTemplate, ToolSyntax
-from inference.protocol import parse_chat_request
-from inference.tools import (
+from conversations.api.protocol import parse_chat_request
+from conversations.api.tool_format import (
     ArgumentsPiece,
     CallStarted,
     ContentPiece,
@@ -29,6 +25,10 @@ from inference.tools import (
     parse_reply,
     tool_plan,
 )
+from conversations.models import Message
+from inference.constraints import lltokenizer
+from inference.model import ChatModel
+from inference.prompts import HERMES, ChatTemplate, ToolSyntax
 from tests.chat_runtime import serving
 from tests.fixtures_model import default_chat_template, default_tokenizer
 from tests.tiny_gguf import write_tiny_llama

@@ -25,19 +25,7 @@ from conversations import runner, services
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
-from conversations.api.tools import Output, plan_output
-from conversations.models import ApiKey, Message
-from inference.jobs import (
-    BackendUnreachable,
-    ContextLengthExceeded,
-    Delta,
-    Event,
-    Finished,
-    Job,
-    Overloaded,
-)
-from inference.model import ChatModel
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     ChatCompletion,
     ChatCompletionChunk,
@@ -50,6 +38,18 @@ from inference.protocol import (
     Usage,
     parse_chat_request,
 )
+from conversations.api.tools import Output, plan_output
+from conversations.models import ApiKey, Message
+from inference.jobs import (
+    BackendUnreachable,
+    ContextLengthExceeded,
+    Delta,
+    Event,
+    Finished,
+    Job,
+    Overloaded,
+)
+from inference.model import ChatModel
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
 from review import replay
@@ -193,16 +193,7 @@ async def admit(
 
 
 def _params_record(params: SamplingParams) -> dict[str, Any]:
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "logit_bias": {str(k): v for k, v in params.logit_bias},  # type: ignore[misc]
-        "seed": params.seed,
-        "stop": list(params.stop),
-        "max_tokens": params.max_tokens,
-    }
+    return params.to_json(exclude=("grammar", "logprobs"))
 
 
 def _unsaved(*, retry: bool = False) -> APIError:

@@ -7,20 +7,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.jobs import Delta, Event, Finished
-from inference.prompts import HERMES, ChatTemplate, ToolSyntax
-from inference.protocol import ChatCompletionRequest, Choice, ChunkChoice, ChunkDelta, ResponseMessage
-from inference.protocol_tools import (
+from conversations.api.protocol import ChatCompletionRequest, Choice, ChunkChoice, ChunkDelta, ResponseMessage
+from conversations.api.protocol_tools import (
     ChoiceLogprobs,
     ToolCall,
     ToolCallDelta,
     ToolCallFunctionDelta,
     TopLogprob,
 )
-from inference.protocol_tools import TokenLogprob as LogprobOut
-from inference.sampling import SamplingParams, TokenLogprob
-from inference.tokenizer import Tokenizer
-from inference.tools import (
+from conversations.api.protocol_tools import TokenLogprob as LogprobOut
+from conversations.api.tool_format import (
     ArgumentsPiece,
     CallStarted,
     ContentPiece,
@@ -33,6 +29,10 @@ from inference.tools import (
     template_messages,
     tool_plan,
 )
+from inference.jobs import Delta, Event, Finished
+from inference.prompts import HERMES, ChatTemplate, ToolSyntax
+from inference.sampling import SamplingParams, TokenLogprob
+from inference.tokenizer import Tokenizer
 
 
 @dataclass

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from conversations.api.protocol_tools import FunctionDefinition, NamedToolChoice, ToolCall
 from inference.constraints import (
     JSON_SEPARATORS,
     ConstraintError,
@@ -38,10 +39,9 @@ from inference.constraints import (
     lark_grammar,
 )
 from inference.prompts import HERMES, ToolSyntax
-from inference.protocol_tools import FunctionDefinition, NamedToolChoice, ToolCall
 
 if TYPE_CHECKING:
-    from inference.protocol import ChatCompletionRequest, ChatMessage
+    from conversations.api.protocol import ChatCompletionRequest, ChatMessage
     from inference.tokenizer import Tokenizer
 
 CALL_OPEN, CALL_CLOSE = HERMES.open, HERMES.close
@@ -56,7 +56,7 @@ Mode = Literal["none", "auto", "required", "named"]
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> Exception:
-    from inference.protocol import InvalidRequest
+    from conversations.api.protocol import InvalidRequest
 
     return InvalidRequest(message, param=param, code=code)
 
