@@ -69,10 +69,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     body = parse_chat_request(data)
     model = resolve_model(body.model)
     # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
-    # a 400) and the messages as the template gets them (tools in the system prompt).
-    plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
+    # a 400) and the prompt: the tools in the template's own syntax, or in the system prompt.
+    plan, prompt = await sync_to_async(plan_output, thread_sensitive=False)(
+        body, model.tokenizer, model.template
+    )
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
-    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
+    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(prompt.messages, prompt.tools)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     n = body.n or 1
     # The limits first (review/limits.py): a refused call does no work and writes nothing.
@@ -99,7 +101,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         call = await database_sync_to_async(actions.start_api_call)(
             key,
             model_id=model.model_id,
-            messages=messages,
+            messages=prompt.logged,
             params=logged,
             n=n,
             prompt_tokens=len(prompt_ids),
