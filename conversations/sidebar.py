@@ -1,24 +1,23 @@
 """The conversation list kept live: every open sidebar hears when a conversation it may list changed.
 
 A conversation made, renamed, shared, made private or deleted is announced (after its write commits)
-on its owner's list group and, when it is or was shared, on its team's. Each page's sidebar holds a
-socket (``/ws/list/``) in the groups of its user and of the user's teams; the announcement carries
-no data (the word ``changed``), and the page fetches its list again over HTTP, where the usual
-visibility rules apply (a teammate sees a shared conversation, nobody else's private one).
+on its owner's list group and, when it is or was shared, on its team's (``actions.notify_lists``).
+Each page's sidebar holds a socket (``/ws/list/``) in the groups of its user and of the user's
+teams; the announcement carries no data (the word ``changed``), and the page fetches its list again
+over HTTP, where the usual visibility rules apply (a teammate sees a shared conversation, nobody
+else's private one).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chatsite.faults import LAYER_ERRORS
-from conversations import services
-from conversations.models import Conversation, Membership
+from conversations.faults import LAYER_ERRORS
+from conversations.models import Membership
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,6 @@ def user_group(user_id: int) -> str:
 
 def team_group(team_id: int) -> str:
     return f"list-team-{team_id}"
-
-
-def notify(conversation: Conversation, fields: Iterable[str] = ()) -> None:
-    """Announce (on commit) that ``conversation`` changed for the lists that show or showed it."""
-    services.send_on_commit(user_group(conversation.owner_id), CHANGED)
-    if conversation.visibility == Conversation.Visibility.TEAM or "visibility" in fields:
-        services.send_on_commit(team_group(conversation.team_id), CHANGED)
 
 
 class ListConsumer(AsyncWebsocketConsumer):

@@ -1,7 +1,7 @@
 """API keys: create one for a team (shown once, with a Copy button and a sample call), list them by
 prefix, team, creation and last use, revoke (after a confirmation).
 
-A new key's plain text is kept server-side in the session (chatsite/once.py) between the POST
+A new key's plain text is kept server-side in the session (conversations/once.py) between the POST
 that makes it and the page that shows it, once: never in a cookie, never again on a reload.
 """
 
@@ -13,9 +13,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from chatsite import once
-from chatsite.inputs import parse_id
-from conversations import services, webchat
+from conversations import actions, once, queries
+from conversations.ids import parse_id
 from conversations.models import ApiKey
 from upstreams.permissions import default_model_id
 
@@ -25,9 +24,9 @@ from upstreams.permissions import default_model_id
 def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         team_id = request.POST.get("team", "")
-        team = services.get_team_for_user(request.user, parse_id(team_id) or 0)
+        team = queries.get_team_for_user(request.user, parse_id(team_id) or 0)
         name = " ".join(request.POST.get("name", "").split())[:100]
-        key, plain = services.create_api_key(request.user, team, name)
+        key, plain = actions.create_api_key(request.user, team, name)
         once.keep(request, f"api_key:{key.pk}", plain)
         messages.success(request, f"Created the key “{key}”. Copy it now: it is not shown again.")
         return redirect("chat:api_keys")
@@ -35,7 +34,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     keys = ApiKey.objects.filter(user=request.user).select_related("team").order_by("-created")
     context = {
         "keys": keys,
-        "teams": webchat.teams_of(request.user),
+        "teams": queries.teams_of(request.user),
         "new_keys": new_keys,
         # For the sample call shown with a new key.
         "api_url": request.build_absolute_uri("/v1/chat/completions"),
@@ -50,11 +49,11 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @login_required
 def revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     """GET asks (naming the key by its name, prefix, team, creation and last use), POST revokes."""
-    key = services.get_api_key_for_user(request.user, key_id)
+    key = queries.get_api_key_for_user(request.user, key_id)
     if request.method != "POST":
         if key.revoked:
             return redirect("chat:api_keys")
         return render(request, "chat/revoke_key.html", {"key": key})
-    services.revoke_api_key(key)
+    actions.revoke_api_key(key)
     messages.success(request, f"Revoked the key “{key}”.")
     return redirect("chat:api_keys")
