@@ -496,6 +496,14 @@ def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
     return conversation
 
 
+def discard_empty_conversation(conversation: Conversation) -> None:
+    """Remove a conversation made for a first message that was then refused (it holds nothing)."""
+    with transaction.atomic():
+        if not conversation.messages.exists():
+            Conversation.objects.filter(pk=conversation.pk).delete()
+            notify_lists(conversation)
+
+
 def notify_lists(conversation: Conversation, fields: Iterable[str] = ()) -> None:
     """Tell (on commit) every open conversation list that shows or showed ``conversation`` that it
     changed: its owner's and, when it is or was shared, its team's (conversations/sidebar.py)."""
@@ -631,9 +639,11 @@ def edit_and_resend(
         return add_user_message(conversation, text, author=author)
 
 
-def mark_unanswered(message: Message, reason: str = "") -> None:
-    """The model could not take the reply (queue full, still loading, too long): keep the message."""
+def mark_unanswered(message: Message, reason: str = "", *, never_fits: bool = False) -> None:
+    """The model could not take the reply (queue full, still loading, too long): keep the message.
+    ``never_fits``: it is longer than the model's context (the page offers no Retry then)."""
     message.status = Message.Status.UNANSWERED
     message.error = reason
-    message.save(update_fields=["status", "error"])
+    message.params = {**(message.params or {}), "never_fits": True} if never_fits else message.params
+    message.save(update_fields=["status", "error", "params"])
     broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})

@@ -306,6 +306,69 @@ def test_a_busy_model_is_said_once(browser, server) -> None:  # noqa: F811
     bob.context.close()
 
 
+# --- 6. A message that can never fit --------------------------------------------------------------
+
+
+def test_a_message_longer_than_the_context_offers_no_retry_but_a_new_conversation_with_it(
+    browser,  # noqa: F811
+    server,
+) -> None:
+    page = log_in(browser, server, "alice")
+    new_conversation(page)
+    too_long = " ".join(f"zq{i}x" for i in range(4000))  # ~28,000 characters, far past 4096 tokens
+    before = last_id(page)
+    send(page, too_long)
+    page.wait_for_function(
+        "(after) => { const m = [...document.querySelectorAll('#messages .msg-user')].pop();"
+        " return m && Number(m.id.slice(2)) > after && m.classList.contains('status-unanswered'); }",
+        arg=before,
+    )
+    message = page.locator("#messages .msg-user").last
+    assert "too long for the model" in message.locator(".msg-error").inner_text()
+    assert message.locator("button", has_text="Retry").count() == 0
+    assert "Retrying cannot help" in message.inner_text()
+    message.locator("text=start a new conversation with it").click()
+    page.wait_for_url(re.compile(r"/c/new\?from=\d+$"))
+    assert page.input_value("#composer-text") == too_long  # there, to shorten or send
+    page.context.close()
+
+
+# --- 7. A conversation is made with its first message ----------------------------------------------
+
+
+def count_conversations(server: LiveServer) -> int:
+    return server.query("SELECT COUNT(*) AS n FROM conversations_conversation")[0]["n"]
+
+
+def test_a_conversation_is_made_with_its_first_message_and_named_alike_everywhere(browser, server) -> None:  # noqa: F811
+    page = log_in(browser, server, "alice")
+    before = count_conversations(server)
+    page.click("text=+ New conversation")
+    page.wait_for_url(re.compile(r"/c/new$"))
+    page.click("text=+ New conversation")  # clicking again saves nothing either
+    page.wait_for_url(re.compile(r"/c/new$"))
+    page.goto(server.url + "/")
+    assert count_conversations(server) == before
+    assert page.title().startswith("Chat")
+    page.click("text=+ New conversation")
+    page.fill("#composer-text", "Ideas for the team lunch")
+    page.press("#composer-text", "Enter")
+    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    open_socket(page)
+    assert count_conversations(server) == before + 1
+    page.wait_for_selector("#messages .msg-user >> text=Ideas for the team lunch")
+    wait_last_answer(page, "complete")
+    # One name: the page's heading, the tab, the sidebar, the delete page and its confirmation.
+    assert page.locator("#conv-title").get_attribute("data-title") == "Ideas for the team lunch"
+    assert page.title().startswith("Ideas for the team lunch")
+    assert "Ideas for the team lunch" in sidebar_titles(page)
+    page.goto(page.url + "delete")
+    assert "“Ideas for the team lunch”" in page.locator(".pane h1").inner_text()
+    page.click("button >> text=Delete")
+    page.wait_for_selector(".flash >> text=“Ideas for the team lunch” was deleted")
+    page.context.close()
+
+
 # --- 8. The model recorded -----------------------------------------------------------------------
 
 

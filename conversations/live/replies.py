@@ -49,6 +49,10 @@ class ChatError(Exception):
     """Something to tell the person in the page (nothing is lost)."""
 
 
+class TooLong(ChatError):
+    """The message does not fit the model's context even as the only turn: retrying cannot help."""
+
+
 @dataclass
 class Prompt:
     ids: list[int]
@@ -79,7 +83,7 @@ def build_prompt(
         return Prompt(ids, max_tokens, start)
     room = scheduler.context_length - len(ids)
     if room < MIN_ROOM:
-        raise ChatError(
+        raise TooLong(
             f"This message is too long for the model: {len(ids)} tokens with the system prompt, "
             f"and the model's context holds {scheduler.context_length}."
         )
@@ -136,8 +140,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
             model, conversation.system_prompt, history, wanted
         )
-    except ChatError as exc:
-        await _unanswered(user_message, str(exc))
+    except TooLong as exc:
+        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
         return
     try:
         grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
@@ -205,10 +209,12 @@ def _track(conversation_id: int, run: runner.Run) -> None:
     waiter.add_done_callback(lambda _: _runs.pop(conversation_id, None))
 
 
-async def _unanswered(message: Message | None, reason: str) -> None:
+async def _unanswered(message: Message | None, reason: str, *, never_fits: bool = False) -> None:
     if message is None:
         raise ChatError(reason)
-    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(message, reason)
+    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(
+        message, reason, never_fits=never_fits
+    )
     raise ChatError(reason)
 
 

@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -16,8 +17,10 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from conversations import actions, json_answers, queries
 from conversations.actions import STALE_AFTER
+from conversations.consumers import FrameError, parse_frame
 from conversations.fragments import message_context
 from conversations.ids import parse_id
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from conversations.runtime import get_runtime
 from inference.constraints import ConstraintError
@@ -87,11 +90,41 @@ def switch_team(request: HttpRequest) -> HttpResponse:
     return redirect("chat:home")
 
 
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 @login_required
-def create(request: HttpRequest) -> HttpResponse:
-    conversation = actions.create_conversation(request.user, _team(request))
+async def create(request: HttpRequest) -> HttpResponse:
+    """A conversation is made with its first message, never empty. GET: the new conversation's
+    page (nothing saved; ``?from=<message id>``: that message's text in the box). POST {text}: the
+    conversation and its first message are saved and the reply starts, then the page redirects to
+    it; a refused message (too long, a limit reached) comes back in the box and nothing is saved."""
+    if request.method != "POST":
+        return await sync_to_async(_new_page)(request)
+    text = request.POST.get("text", "")
+    if not text.strip():  # the form of an older page: a new conversation to write in
+        return redirect("chat:create")
+    try:
+        parse_frame(json.dumps({"action": "send", "text": text}), None)  # the websocket's checks
+    except FrameError as exc:
+        return await sync_to_async(_new_page)(request, str(exc), text)
+    user = await request.auser()
+    conversation = await sync_to_async(lambda: actions.create_conversation(user, _team(request)))()
+    try:
+        await replies.send(user, conversation, text)
+    except replies.ChatError as exc:
+        if getattr(exc, "keep_text", None) is not None:  # nothing written: no conversation either
+            await sync_to_async(actions.discard_empty_conversation)(conversation)
+            return await sync_to_async(_new_page)(request, str(exc), text)
+        # Otherwise the message is saved, unanswered, with the reason: the conversation shows it.
     return redirect("chat:conversation", conversation.pk)
+
+
+def _new_page(request: HttpRequest, error: str = "", text: str = "") -> HttpResponse:
+    source = parse_id(request.GET.get("from"))
+    if source is not None and not text:
+        message = queries.get_message_for_user(request.user, source)
+        text = message.content if message.role == Message.Role.USER else ""
+    context = {**sidebar_context(request), "error": error, "text": text}
+    return render(request, "chat/new.html", context, status=400 if error else 200)
 
 
 @require_safe
