@@ -4,7 +4,8 @@ The page connects to ``/ws/c/<id>/`` through htmx's ws extension, which sends ea
 object (``{"action": "send", "text": …, "HEADERS": {…}}``) and swaps every top-level element of a
 message received into the page by id (out of band). Actions:
 
-- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text}.
+- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text},
+  ``version`` {message_id} (show that version of a message, with its branch).
 
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
@@ -34,7 +35,7 @@ from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
-ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+ACTIONS = {"send", "stop", "regenerate", "retry", "edit", "version"}
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         if problem is not None:
             raise FrameError(f"The message cannot contain {problem}.")
         out["text"] = text
-    if action in ("retry", "edit"):
+    if action in ("retry", "edit", "version"):
         message_id = parse_id(data.get("message_id"))
         if message_id is None:
             raise FrameError("message_id must be a message's id.")
@@ -99,14 +100,33 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(message: Message, conversation: Conversation, user: Any) -> dict[str, Any]:
-    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer)."""
+def message_context(
+    message: Message, conversation: Conversation, user: Any, versions: list[int] | None = None
+) -> dict[str, Any]:
+    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer).
+    ``versions``: the ids of the message's versions (``webchat.versions_of``; read when None)."""
+    if versions is None:
+        versions = webchat.versions_of([message])[message.pk]
     return {
         "m": message,
+        "versions": version_pager(message, versions),
         "body": render_markdown(message.content),
         "conversation": conversation,
         "can_edit": webchat.can_edit(message, conversation, user),
         "tool_calls": tool_calls_shown(message),
+    }
+
+
+def version_pager(message: Message, versions: list[int]) -> dict[str, Any] | None:
+    """‹ n / total ›: the message's place among its versions and its neighbours' ids (None: one)."""
+    if len(versions) < 2 or message.pk not in versions:
+        return None
+    i = versions.index(message.pk)
+    return {
+        "n": i + 1,
+        "total": len(versions),
+        "previous": versions[i - 1] if i > 0 else None,
+        "next": versions[i + 1] if i + 1 < len(versions) else None,
     }
 
 
@@ -128,8 +148,10 @@ def tool_calls_shown(message: Message) -> list[dict[str, str]]:
     return shown
 
 
-def message_html(message: Message, conversation: Conversation, user: Any) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation, user))
+def message_html(
+    message: Message, conversation: Conversation, user: Any, versions: list[int] | None = None
+) -> str:
+    return render_to_string("chat/_message.html", message_context(message, conversation, user, versions))
 
 
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
@@ -238,6 +260,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await replies.retry(self.user, conversation, frame["message_id"])
         elif action == "edit":
             await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+        elif action == "version":
+            await replies.select_version(self.user, conversation, frame["message_id"])
+            return
         run = replies.run_of(conversation.pk)
         if run is not None:
             self.started.append(run)
@@ -295,6 +320,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ids = [int(i) for i in event["message_ids"]]
         self.known.difference_update(ids)
         await self.send(text_data="".join(f'<div id="m-{i}" hx-swap-oob="delete"></div>' for i in ids))
+
+    async def chat_refresh(self, event: dict[str, Any]) -> None:
+        """Another branch of the conversation is shown (a version was chosen): send it whole."""
+        await self._refresh()
 
     async def chat_conversation(self, event: dict[str, Any]) -> None:
         if not await self._still_visible():
@@ -359,7 +388,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         def load() -> tuple[set[int], str]:
             messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            html = "".join(message_html(m, self.conversation, self.user) for m in messages)
+            versions = webchat.versions_of(messages)
+            html = "".join(message_html(m, self.conversation, self.user, versions[m.pk]) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()

@@ -121,6 +121,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             model_id,
             _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
             _track,
+            version_of=_version_of(user_message),
         )
         return
     try:
@@ -168,7 +169,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         record["response_format"] = answer_format
     try:
         (message,) = await database_sync_to_async(services.start_assistant_messages, thread_sensitive=False)(
-            conversation, 1, params=record, prompt_tokens=len(prompt.ids)
+            conversation,
+            1,
+            params=record,
+            prompt_tokens=len(prompt.ids),
+            version_of=_version_of(user_message),
         )
     except services.ReplyInProgress as exc:
         # Another web process started a reply here after our busy check: ours gives its place back.
@@ -180,6 +185,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         raise
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
+
+
+def _version_of(user_message: Message | None) -> int | None:
+    """The answer a regenerated one is a new version of (``webchat.prepare_regenerate`` says)."""
+    return getattr(user_message, "answer_version_of", None)
 
 
 async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
@@ -248,6 +258,16 @@ async def send(user: AbstractBaseUser, conversation: Conversation, text: str) ->
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
     await _start(user, conversation, webchat.prepare_regenerate)
+
+
+async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    """Show another version of a message (and its branch); nothing is generated."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    try:
+        await database_sync_to_async(webchat.select_version, thread_sensitive=False)(conversation, message_id)
+    except (webchat.Busy, ValueError) as exc:
+        raise ChatError(str(exc)) from None
 
 
 async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:

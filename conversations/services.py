@@ -270,13 +270,15 @@ def start_assistant_messages(
     params: dict[str, Any],
     prompt_tokens: int,
     new_conversation: bool = False,
+    version_of: int | None = None,
 ) -> list[Message]:
     """Create the ``n`` assistant messages (status streaming) a generation will fill in.
 
     The database holds one streaming answer per conversation and choice (the constraint
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
-    died) is marked interrupted first, so it does not block the conversation.
+    died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
+    first version of the answer this one regenerates (conversations/webchat.py).
     """
     from conversations.runner import STALE_AFTER  # the runner imports this module
 
@@ -291,6 +293,7 @@ def start_assistant_messages(
             status=Message.Status.STREAMING,
             owner_process=OWNER_PROCESS,
             heartbeat_at=now,
+            version_of_id=version_of,
         )
         for i in range(n)
     ]

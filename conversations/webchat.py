@@ -3,10 +3,15 @@ every write commits, then broadcasts on the conversation's group.
 
 Decisions the page relies on:
 - **Regenerate** marks the last answer ``superseded_at`` (hidden from the conversation and from
-  later prompts, kept for reviewers) and generates a new one.
+  later prompts) and generates a new one, a new *version* of it (``Message.version_of``).
 - **Edit and resend** keeps every earlier message. The edited user message and everything after it
-  are superseded the same way (hidden, kept for reviewers); the edited text becomes a new user
-  message at the end, and a new answer is generated for it.
+  (its branch) are superseded the same way; the edited text becomes a new user message at the end,
+  a new version of the edited one, and a new answer is generated for it.
+- **Versions** (‹ 1 / 3 › in the page): choosing another version of a message hides the shown one
+  with its branch, and shows the chosen one with the branch it had when it was hidden. The
+  messages of one branch are hidden together, with one timestamp unique in the conversation, which
+  is how they are found again. The visible messages are always one path through the versions, in
+  id order: the prompt, the exports and the search read that path; reviewers see every version.
 - **Delete** is soft: ``deleted_at`` hides the conversation from everyone in the chat; reviewers
   keep it until a retention policy purges it.
 - Only the owner renames, deletes, shares or changes the settings; teammates of a shared
@@ -186,12 +191,62 @@ def add_user_message(conversation: Conversation, text: str, author: AbstractBase
 
 
 def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:
-    """Hide ``messages`` from the conversation (kept for reviewers)."""
+    """Hide ``messages`` (one branch) from the conversation, kept for reviewers and for browsing the
+    versions. The branch gets a timestamp no other hidden branch of the conversation has."""
     ids = [m.pk for m in messages]
     if ids:
-        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=timezone.now())
+        stamp = timezone.now()
+        latest = (
+            conversation.messages.filter(superseded_at__isnull=False)
+            .order_by("-superseded_at")
+            .values_list("superseded_at", flat=True)
+            .first()
+        )
+        if latest is not None and stamp <= latest:
+            stamp = latest + timedelta(microseconds=1)
+        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=stamp)
         services.broadcast(conversation.pk, {"type": "chat.superseded", "message_ids": ids})
     return ids
+
+
+def version_root(message: Message) -> int:
+    """The id of the first version of ``message`` (its own when it is one)."""
+    return message.version_of_id or message.pk
+
+
+def versions_of(messages: Iterable[Message]) -> dict[int, list[int]]:
+    """For each message, the ids of all its versions, oldest first (a message with one version
+    maps to ``[its id]``)."""
+    messages = list(messages)
+    roots = {version_root(m) for m in messages}
+    groups: dict[int, list[int]] = {root: [] for root in roots}
+    rows = Message.objects.filter(Q(pk__in=roots) | Q(version_of__in=roots)).order_by("id")
+    for pk, version_of in rows.values_list("pk", "version_of"):
+        groups[version_of or pk].append(pk)
+    return {m.pk: groups[version_root(m)] for m in messages}
+
+
+def select_version(conversation: Conversation, message_id: int) -> None:
+    """Show the version ``message_id`` of a message instead of the one shown, with its branch.
+
+    The shown version and everything after it are hidden (one branch); the chosen version and the
+    messages hidden together with it come back. Refused while a reply is being written."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        chosen = conversation.messages.filter(pk=message_id).first()
+        if chosen is None:
+            raise ValueError("There is no such version.")
+        if chosen.superseded_at is None:
+            return  # already shown
+        root = version_root(chosen)
+        shown = visible_messages(conversation).filter(Q(pk=root) | Q(version_of=root)).first()
+        if shown is None:
+            raise ValueError("This version belongs to a branch that is not shown.")
+        branch = conversation.messages.filter(superseded_at=chosen.superseded_at, pk__gte=chosen.pk)
+        restored = list(branch.values_list("pk", flat=True))
+        supersede(conversation, visible_messages(conversation).filter(pk__gte=shown.pk))
+        Message.objects.filter(pk__in=restored).update(superseded_at=None)
+        services.broadcast(conversation.pk, {"type": "chat.refresh"})
 
 
 def prepare_regenerate(conversation: Conversation) -> Message | None:
@@ -203,7 +258,10 @@ def prepare_regenerate(conversation: Conversation) -> Message | None:
         if last is None or last.role != Message.Role.ASSISTANT:
             raise ValueError("There is no answer to regenerate.")
         supersede(conversation, [last])
-        return visible_messages(conversation).filter(role=Message.Role.USER).last()
+        question = visible_messages(conversation).filter(role=Message.Role.USER).last()
+        if question is not None:
+            question.answer_version_of = version_root(last)  # the new answer is its next version
+        return question
 
 
 def prepare_retry(conversation: Conversation, message_id: int) -> Message:
@@ -230,7 +288,10 @@ def edit_and_resend(
         if target is None or not can_edit(target, conversation, author):
             raise ValueError("You can edit only your own messages.")
         supersede(conversation, visible_messages(conversation).filter(pk__gte=target.pk))
-        return services.add_user_message(conversation, text, author=author)
+        message = services.add_user_message(conversation, text, author=author)
+        message.version_of_id = version_root(target)
+        message.save(update_fields=["version_of"])
+        return message
 
 
 def mark_unanswered(message: Message, reason: str) -> None:

@@ -100,6 +100,8 @@ def message_metadata(message: Message) -> dict[str, Any]:
         "author": message.author.get_username() if message.author else None,
         # Replaced by a regenerated answer or an edited question in the browser chat.
         "superseded_at": _iso(message.superseded_at),
+        # A later version (regenerated, or edited) of the message with this id; None: a first one.
+        "version_of": message.version_of_id,
         "created": _iso(message.created),
     }
 

@@ -101,13 +101,14 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
         # This conversation's only (the periodic sweep does the others); open pages are told.
         services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
     rows = list(webchat.visible_messages(conv).select_related("author"))
+    versions = webchat.versions_of(rows)
     is_owner = conv.owner_id == request.user.pk
     context = sidebar_context(request)
     context.update(
         {
             "conversation": conv,
             "is_owner": is_owner,
-            "rows": [message_context(m, conv, request.user) for m in rows],
+            "rows": [message_context(m, conv, request.user, versions[m.pk]) for m in rows],
             "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
             "model_choices": (model_choices := choices.choices(conv.team_id) if is_owner else []),
             # Kept selected (so that saving other settings keeps it) though no longer offered.
