@@ -248,6 +248,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
+        if conversation.source == Conversation.Source.API and action not in ("stop", "version"):
+            raise replies.ChatError("This conversation was logged from the API: it is read-only.")
         if action == "stop":
             if not await replies.astop(conversation.pk):
                 raise replies.ChatError("Nothing is being written in this conversation.")

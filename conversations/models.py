@@ -175,3 +175,21 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class ChatPreferences(models.Model):
+    """A person's choices for the chat pages, kept on the server so they follow them to any browser."""
+
+    class Theme(models.TextChoices):
+        AUTO = "auto"  # the browser's prefers-color-scheme
+        LIGHT = "light"
+        DARK = "dark"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_preferences")
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.AUTO)
+
+    class Meta:
+        verbose_name_plural = "chat preferences"
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.theme}"

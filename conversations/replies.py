@@ -36,6 +36,7 @@ from upstreams.permissions import allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None =
     temperature = conversation.temperature
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=0.95,
+        top_p=DEFAULT_TOP_P,
         max_tokens=min(max_tokens, cap) if cap else max_tokens,
         grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
     )

@@ -61,12 +61,20 @@ def current_team(user: AbstractBaseUser, team_id: int | None) -> Team:
     return services.default_team(user)
 
 
-def sidebar_conversations(user: AbstractBaseUser, team: Team, query: str = "") -> QuerySet[Conversation]:
+def sidebar_conversations(
+    user: AbstractBaseUser, team: Team, query: str = "", source: str = Conversation.Source.WEB
+) -> QuerySet[Conversation]:
     """The user's browser conversations in ``team`` and the team's shared ones, newest first;
     ``query`` searches titles and the text of visible messages. (API calls are logged as
-    conversations too; they stay out of the sidebar, which would otherwise fill with scripts' calls.)
+    conversations too; they stay out of the default list, which would otherwise fill with scripts'
+    calls: ``source="api"`` lists the user's own calls, made with their keys in ``team``.)
     """
-    conversations = services.visible_conversations(user).filter(team=team, source=Conversation.Source.WEB)
+    if source == Conversation.Source.API:
+        conversations = services.visible_conversations(user).filter(
+            team=team, source=Conversation.Source.API, owner=user
+        )
+    else:
+        conversations = services.visible_conversations(user).filter(team=team, source=Conversation.Source.WEB)
     query = query.strip()
     if query:
         matching = Message.objects.filter(content__icontains=query, superseded_at__isnull=True).values(
