@@ -240,7 +240,15 @@ async def _start(
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (webchat.Busy, ValueError) as exc:
                 raise ChatError(str(exc)) from None
-            await _generate(user, conversation, message)
+            try:
+                await _generate(user, conversation, message)
+            except ChatError:
+                if _version_of(message) is not None and run_of(conversation.pk) is None:
+                    # A regenerate the model could not take: the answer it replaced comes back.
+                    await database_sync_to_async(webchat.undo_regenerate, thread_sensitive=False)(
+                        conversation, message
+                    )
+                raise
         except BaseException:
             await database_sync_to_async(reservation.refund, thread_sensitive=False)()
             raise

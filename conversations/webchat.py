@@ -269,7 +269,20 @@ def prepare_regenerate(conversation: Conversation) -> Message | None:
         question = visible_messages(conversation).filter(role=Message.Role.USER).last()
         if question is not None:
             question.answer_version_of = version_root(last)  # the new answer is its next version
+            question.replaced_answer = last.pk  # shown again if the new one cannot be started
         return question
+
+
+def undo_regenerate(conversation: Conversation, question: Message) -> None:
+    """The new answer could not be started (``prepare_regenerate`` hid the shown one): show that
+    answer again, and the question as answered, as they were."""
+    with transaction.atomic():
+        if visible_messages(conversation).filter(pk__gt=question.pk).exists():
+            return
+        replaced = conversation.messages.filter(pk=question.replaced_answer)
+        replaced.update(superseded_at=None)
+        Message.objects.filter(pk=question.pk).update(status=Message.Status.COMPLETE, error="")
+        services.broadcast(conversation.pk, {"type": "chat.refresh"})
 
 
 def prepare_retry(conversation: Conversation, message_id: int) -> Message:

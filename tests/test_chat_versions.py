@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 
 from conversations import webchat
 from conversations.models import Message
+from inference.jobs import Overloaded
 from tests.test_chat_consumer import (  # noqa: F401  (fixtures)
     chat,
     connect,
@@ -108,3 +109,24 @@ async def page_html(user, conversation_id: int) -> str:
         return client.get(f"/c/{conversation_id}/").content.decode()
 
     return await sync_to_async(get)()
+
+
+async def test_a_regenerate_the_model_cannot_take_keeps_the_answer_shown(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    communicator, _, _ = await connect(alice, chat.pk)
+    await act(communicator, action="send", text="first")
+    await finish_run(chat.pk)
+    question, answer = await messages_of(chat.pk)
+
+    def full(*args, **kwargs):
+        raise Overloaded("the model is busy: 1 running and 4 waiting (queue limit 4)")
+
+    monkeypatch.setattr(runtime.model.scheduler, "submit", full)
+    frames = "".join(await act(communicator, action="regenerate"))
+    assert "The model is busy" in frames
+    rows = await messages_of(chat.pk)
+    # Nothing was lost or hidden: the answer is still the conversation's, the question answered.
+    assert visible(rows) == [question.pk, answer.pk] and rows[0].status == Message.Status.COMPLETE
+    assert f'id="m-{answer.pk}"' in frames  # the page shows it again
+    await communicator.disconnect()
