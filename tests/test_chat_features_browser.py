@@ -8,8 +8,8 @@ answer, "jump to latest", the phone layout (the conversation list behind a butto
 screen, code Copy buttons clear of the code), dark mode (prefers-color-scheme, and a toggle kept on
 the server), the "From the API" list, and the settings' defaults.
 
-The run writes screenshots to .data/screenshots/ (ignored by git): chat-desktop.png,
-chat-phone.png (the composer), chat-phone-sidebar.png (the list open), chat-dark.png.
+The run writes screenshots to .data/screenshots/ (ignored by git): chat-desktop.png (an answer's
+versions), chat-phone.png (the composer), chat-phone-sidebar.png (the list open), chat-dark.png.
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     assert second != first
     assert answer.locator(".version-count").inner_text() == "2 / 2"
     assert page.locator(f"#{first}").count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "chat-desktop.png"))  # with the answer's ‹ 2 / 2 ›
     # ‹ shows the first answer again, in the same place.
     answer.locator("button.version-prev").click()
     page.wait_for_selector(f"#{first}")
@@ -261,7 +262,6 @@ def test_copy_a_whole_answer_and_jump_to_latest(browser, server) -> None:
     page.locator("#messages .msg-assistant").last.locator(".copy-answer").click()
     page.wait_for_selector("#messages .msg-assistant >> nth=-1 >> .copy-answer >> text=Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == ANSWER_MD
-    page.screenshot(path=str(SCREENSHOTS / "chat-desktop.png"))
     page.context.close()
 
 
