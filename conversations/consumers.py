@@ -26,9 +26,16 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
-from chatsite.inputs import parse_id
-from conversations import live_access, replies, services, webchat
+from conversations import actions, live_access, queries
+from conversations.faults import (
+    DATABASE_UNAVAILABLE,
+    LAYER_ERRORS,
+    LAYER_UNAVAILABLE,
+    is_database_unavailable,
+)
+from conversations.fragments import message_html
+from conversations.ids import parse_id
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable
@@ -100,60 +107,6 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(
-    message: Message, conversation: Conversation, user: Any, versions: list[int] | None = None
-) -> dict[str, Any]:
-    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer).
-    ``versions``: the ids of the message's versions (``webchat.versions_of``; read when None)."""
-    if versions is None:
-        versions = webchat.versions_of([message])[message.pk]
-    return {
-        "m": message,
-        "versions": version_pager(message, versions),
-        "body": render_markdown(message.content),
-        "conversation": conversation,
-        "can_edit": webchat.can_edit(message, conversation, user),
-        "tool_calls": tool_calls_shown(message),
-    }
-
-
-def version_pager(message: Message, versions: list[int]) -> dict[str, Any] | None:
-    """‹ n / total ›: the message's place among its versions and its neighbours' ids (None: one)."""
-    if len(versions) < 2 or message.pk not in versions:
-        return None
-    i = versions.index(message.pk)
-    return {
-        "n": i + 1,
-        "total": len(versions),
-        "previous": versions[i - 1] if i > 0 else None,
-        "next": versions[i + 1] if i + 1 < len(versions) else None,
-    }
-
-
-def tool_calls_shown(message: Message) -> list[dict[str, str]]:
-    """An API reply's tool calls (``Message.tools``), each with its arguments as indented JSON
-    (as written when they are not JSON)."""
-    calls = (message.tools or {}).get("tool_calls") or []
-    shown = []
-    for call in calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        try:
-            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
-        shown.append(
-            {"id": call.get("id") or "", "name": function.get("name") or "?", "arguments": arguments}
-        )
-    return shown
-
-
-def message_html(
-    message: Message, conversation: Conversation, user: Any, versions: list[int] | None = None
-) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation, user, versions))
-
-
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
     html = message_html(message, conversation, user)
     if append:
@@ -172,7 +125,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         try:
-            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+            self.conversation = await database_sync_to_async(queries.get_conversation_for_user)(
                 user, conversation_id
             )
         except Http404:
@@ -181,7 +134,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.known: set[int] = set()
         self.started: list[Any] = []
-        group = services.group_name(conversation_id)
+        group = actions.group_name(conversation_id)
         try:
             await self.channel_layer.group_add(group, self.channel_name)
             self.group = group
@@ -389,8 +342,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         htmx-ext-ws reconnects by itself) is then shown, and nothing twice."""
 
         def load() -> tuple[set[int], str]:
-            messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            versions = webchat.versions_of(messages)
+            messages = list(queries.visible_messages(self.conversation).select_related("author"))
+            versions = queries.versions_of(messages)
             html = "".join(message_html(m, self.conversation, self.user, versions[m.pk]) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 

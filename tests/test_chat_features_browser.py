@@ -43,7 +43,7 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from conversations import services
+from conversations import actions as services
 from conversations.models import Team
 User = get_user_model()
 for name in ("alice", "bob"):

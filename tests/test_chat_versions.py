@@ -11,7 +11,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations import webchat
+from conversations import queries
 from conversations.models import Message
 from inference.jobs import Overloaded
 from tests.test_chat_consumer import (  # noqa: F401  (fixtures)
@@ -50,7 +50,7 @@ async def test_regenerate_makes_a_version_and_the_page_browses_back_to_it(alice,
     frames = "".join(await act(communicator, action="version", message_id=str(old.pk)))
     assert visible(await messages_of(chat.pk)) == [question.pk, old.pk]
     assert 'id="messages" hx-swap-oob="innerHTML"' in frames and "1 / 2" in frames
-    history = await sync_to_async(webchat.prompt_messages)(chat)
+    history = await sync_to_async(queries.prompt_messages)(chat)
     assert [m["content"] for m in history] == ["first", old.content]  # the prompt: the chosen branch
     # Regenerating again makes version 3 of the same answer.
     await act(communicator, action="regenerate")
@@ -76,7 +76,7 @@ async def test_edit_keeps_the_earlier_branch_and_switching_restores_it_whole(ali
     await act(communicator, action="version", message_id=str(u2.pk))
     rows = await messages_of(chat.pk)
     assert visible(rows) == [u1.pk, a1.pk, u2.pk, a2.pk, u3.pk, a3.pk]
-    history = await sync_to_async(webchat.prompt_messages)(chat)
+    history = await sync_to_async(queries.prompt_messages)(chat)
     assert [m["content"] for m in history if m["role"] == "user"] == ["one", "two", "three"]
     # And back to version 2.
     await act(communicator, action="version", message_id=str(u2b.pk))

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from conversations import webchat
+from conversations import queries
 from conversations.models import Conversation
 from conversations.render import render_markdown
 from review import access, export, filters, services
@@ -154,7 +154,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
             raise PermissionDenied
         conversation = access.get_conversation_for_reviewer(request.user, object_id)
         messages_ = list(conversation.messages.select_related("author").order_by("id"))
-        versions = webchat.versions_of(messages_)
+        versions = queries.versions_of(messages_)
         came_from = QueryDict(request.GET.get("_changelist_filters", ""))
         services.record_view(request.user, conversation, {key: came_from.getlist(key) for key in came_from})
         context = {
