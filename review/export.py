@@ -58,6 +58,7 @@ CSV_COLUMNS = [
     "superseded_at",
     "created",
     "tools",
+    "version_of",  # the first version of a regenerated answer or an edited message
 ]
 
 
@@ -192,6 +193,7 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     _iso(m.superseded_at) or "",
                     _iso(m.created),
                     json.dumps(m.tools) if m.tools else "",
+                    m.version_of_id or "",
                 ]
             )
 
