@@ -8,6 +8,7 @@ import hashlib
 import io
 import re
 import socket
+import threading
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ import time_machine
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.management import CommandError, call_command
+from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
@@ -257,3 +259,30 @@ def test_invites_survive_the_clock_only_seven_days(alpha, alice) -> None:
     made, _ = services.create_invite(alpha, by=alice)
     assert made.state(timezone.now() + timedelta(days=6, hours=23)) == "pending"
     assert made.state(timezone.now() + timedelta(days=7, seconds=1)) == "expired"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_people_racing_for_one_invite_make_one_account(alpha, alice) -> None:
+    """Single use holds under concurrency: the invite's row is locked while it is used."""
+    _, token = services.create_invite(alpha, by=alice)
+    barrier = threading.Barrier(2)
+    results: dict[str, str] = {}
+
+    def race(name: str) -> None:
+        barrier.wait()
+        try:
+            services.accept_with_new_account(token, name, PASSWORD)
+            results[name] = "joined"
+        except services.InviteUnusable as exc:
+            results[name] = exc.state
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=race, args=(name,)) for name in ("dora", "eve")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results.values()) == ["joined", "used"], results
+    assert get_user_model().objects.filter(username__in=["dora", "eve"]).count() == 1
+    assert Membership.objects.filter(team=alpha, user__username__in=["dora", "eve"]).count() == 1
