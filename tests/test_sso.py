@@ -6,7 +6,10 @@ reaches the provider's token, JWKS and userinfo endpoints itself."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -20,6 +23,7 @@ from review.models import AuditEntry
 from teams import oidc
 from teams import services as team_services
 from teams.models import SsoGrant, SsoIdentity
+from tests.live_server import ROOT
 
 PASSWORD = "a-long-sso-test-password-5"
 
@@ -226,3 +230,43 @@ def test_an_invited_account_can_be_used_beside_sso(sso, alpha, alice) -> None:
     sso_client = Client()
     sign_in(sso_client, sso)
     assert signed_in_as(sso_client).get_username() == "erin-2"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHAT_OIDC_ISSUER": "https://idp.example.com"}, "CHAT_OIDC_CLIENT_ID and CHAT_OIDC_CLIENT_SECRET"),
+        (
+            {
+                "CHAT_OIDC_ISSUER": "http://idp.example.com",
+                "CHAT_OIDC_CLIENT_ID": "a",
+                "CHAT_OIDC_CLIENT_SECRET": "b",
+            },
+            "must be an https:// address",
+        ),
+        (
+            {
+                "CHAT_OIDC_ISSUER": "https://idp.example.com",
+                "CHAT_OIDC_CLIENT_ID": "a",
+                "CHAT_OIDC_CLIENT_SECRET": "b",
+                "CHAT_OIDC_SIGN_ALGO": "HS256",
+            },
+            "CHAT_OIDC_SIGN_ALGO='HS256'",
+        ),
+    ],
+)
+def test_a_half_configured_sso_stops_the_process_at_start(
+    tmp_path, env: dict[str, str], message: str
+) -> None:
+    child = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    child.update(DJANGO_SETTINGS_MODULE="chatsite.settings", CHAT_DATA_DIR=str(tmp_path), **env)
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and "ImproperlyConfigured" in done.stderr and message in done.stderr
