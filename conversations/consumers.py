@@ -25,9 +25,16 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
-from chatsite.inputs import parse_id
-from conversations import live_access, replies, services, webchat
+from conversations import actions, live_access, queries
+from conversations.faults import (
+    DATABASE_UNAVAILABLE,
+    LAYER_ERRORS,
+    LAYER_UNAVAILABLE,
+    is_database_unavailable,
+)
+from conversations.fragments import message_html
+from conversations.ids import parse_id
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable
@@ -99,39 +106,6 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(message: Message, conversation: Conversation, user: Any) -> dict[str, Any]:
-    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer)."""
-    return {
-        "m": message,
-        "body": render_markdown(message.content),
-        "conversation": conversation,
-        "can_edit": webchat.can_edit(message, conversation, user),
-        "tool_calls": tool_calls_shown(message),
-    }
-
-
-def tool_calls_shown(message: Message) -> list[dict[str, str]]:
-    """An API reply's tool calls (``Message.tools``), each with its arguments as indented JSON
-    (as written when they are not JSON)."""
-    calls = (message.tools or {}).get("tool_calls") or []
-    shown = []
-    for call in calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        try:
-            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
-        shown.append(
-            {"id": call.get("id") or "", "name": function.get("name") or "?", "arguments": arguments}
-        )
-    return shown
-
-
-def message_html(message: Message, conversation: Conversation, user: Any) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation, user))
-
-
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
     html = message_html(message, conversation, user)
     if append:
@@ -150,7 +124,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         try:
-            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+            self.conversation = await database_sync_to_async(queries.get_conversation_for_user)(
                 user, conversation_id
             )
         except Http404:
@@ -159,7 +133,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.known: set[int] = set()
         self.started: list[Any] = []
-        group = services.group_name(conversation_id)
+        group = actions.group_name(conversation_id)
         try:
             await self.channel_layer.group_add(group, self.channel_name)
             self.group = group
@@ -358,7 +332,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         htmx-ext-ws reconnects by itself) is then shown, and nothing twice."""
 
         def load() -> tuple[set[int], str]:
-            messages = list(webchat.visible_messages(self.conversation).select_related("author"))
+            messages = list(queries.visible_messages(self.conversation).select_related("author"))
             html = "".join(message_html(m, self.conversation, self.user) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 

@@ -1,6 +1,6 @@
 """Teams, conversations, messages and API keys: one vocabulary for the browser chat, the API and review.
 
-Every write goes through ``conversations.services``; this module only declares the data.
+Every write goes through ``conversations.actions`` (reads: ``queries``); this module only declares the data.
 """
 
 from __future__ import annotations

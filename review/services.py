@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
 from conversations.models import ApiKey, Conversation, Membership, Team
 from review import access
 from review.models import AuditEntry, Flag, TeamReviewPolicy
@@ -104,7 +104,7 @@ def record_export(
 
 
 def create_team(name: str) -> Team:
-    return conversation_services.create_team(name)
+    return conversation_actions.create_team(name)
 
 
 def policy_for(team: Team) -> TeamReviewPolicy:
@@ -145,7 +145,7 @@ def add_member(
     """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership).
     ``via``: how, for the audit (an invite, single sign-on)."""
     with transaction.atomic():
-        membership = conversation_services.add_member(team, user, role)
+        membership = conversation_actions.add_member(team, user, role)
         if membership.role != role:
             membership.role = role
             membership.save(update_fields=["role"])
@@ -187,7 +187,7 @@ def remove_member(membership: Membership, *, by: AbstractBaseUser | None, via: s
             ApiKey.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None)
         )
         for key in keys:
-            conversation_services.revoke_api_key(key, by=by)
+            conversation_actions.revoke_api_key(key, by=by)
         audit(
             by,
             AuditEntry.Action.MEMBERSHIP,

@@ -14,8 +14,8 @@ from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from chatsite.login_throttle import client_address, lockout
 from review import services
+from review.login_throttle import client_address, lockout
 
 
 @receiver(user_logged_in, dispatch_uid="review.audit_login")

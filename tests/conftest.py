@@ -56,10 +56,10 @@ def charlie(db):
 @pytest.fixture
 def alpha(alice, bob):
     """The team alice administers and bob belongs to; charlie is not in it."""
-    from conversations import services
+    from conversations import actions
 
-    team = services.create_team("alpha", admin=alice)
-    services.add_member(team, bob)
+    team = actions.create_team("alpha", admin=alice)
+    actions.add_member(team, bob)
     return team
 
 

@@ -14,12 +14,12 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from chatsite.inputs import parse_id
-from chatsite.runtime import get_runtime
-from conversations import json_answers, services, webchat
-from conversations.consumers import message_context
+from conversations import actions, json_answers, queries
+from conversations.actions import STALE_AFTER
+from conversations.fragments import message_context
+from conversations.ids import parse_id
 from conversations.models import Conversation, Message
-from conversations.runner import STALE_AFTER
+from conversations.runtime import get_runtime
 from inference.constraints import ConstraintError
 from upstreams import choices
 
@@ -47,15 +47,15 @@ class SettingsForm(forms.Form):
 
 
 def _team(request: HttpRequest):
-    return webchat.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
+    return actions.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
 
 
 def sidebar_context(request: HttpRequest, query: str = "") -> dict[str, Any]:
     team = _team(request)
     return {
         "team": team,
-        "teams": webchat.teams_of(request.user),
-        "conversations": webchat.sidebar_conversations(request.user, team, query),
+        "teams": queries.teams_of(request.user),
+        "conversations": queries.sidebar_conversations(request.user, team, query),
         "query": query,
     }
 
@@ -77,7 +77,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def switch_team(request: HttpRequest) -> HttpResponse:
-    team = services.get_team_for_user(request.user, _int(request.POST.get("team")))
+    team = queries.get_team_for_user(request.user, _int(request.POST.get("team")))
     request.session[TEAM_SESSION_KEY] = team.pk
     return redirect("chat:home")
 
@@ -85,22 +85,22 @@ def switch_team(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def create(request: HttpRequest) -> HttpResponse:
-    conversation = webchat.create_conversation(request.user, _team(request))
+    conversation = actions.create_conversation(request.user, _team(request))
     return redirect("chat:conversation", conversation.pk)
 
 
 @require_safe
 @login_required
 def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = services.get_conversation_for_user(request.user, conversation_id)
+    conv = queries.get_conversation_for_user(request.user, conversation_id)
     # Replies left 'streaming' by a dead process (stale heartbeat) show as interrupted, with their
     # text and a Regenerate button. A live process's streams have fresh heartbeats: untouched.
     # (Read first: a page view writes only when there is something to mark.)
     stale_before = timezone.now() - timedelta(seconds=STALE_AFTER)
     if conv.messages.filter(status=Message.Status.STREAMING, heartbeat_at__lt=stale_before).exists():
         # This conversation's only (the periodic sweep does the others); open pages are told.
-        services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
-    rows = list(webchat.visible_messages(conv).select_related("author"))
+        actions.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
+    rows = list(queries.visible_messages(conv).select_related("author"))
     is_owner = conv.owner_id == request.user.pk
     context = sidebar_context(request)
     context.update(
@@ -131,31 +131,31 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
-    webchat.rename(conv, request.POST.get("title", ""))
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
+    actions.rename(conv, request.POST.get("title", ""))
     return redirect("chat:conversation", conv.pk)
 
 
 @require_POST
 @login_required
 def sharing(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     visibility = request.POST.get("visibility", "")
     if visibility in Conversation.Visibility.values:
-        webchat.set_visibility(conv, visibility)
+        actions.set_visibility(conv, visibility)
     return redirect("chat:conversation", conv.pk)
 
 
 @require_POST
 @login_required
 def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     form = SettingsForm(request.POST)
     if form.is_valid() and form.cleaned_data["model_id"] not in ("", conv.model_id):
         if form.cleaned_data["model_id"] not in [c.id for c in choices.choices(conv.team_id)]:
             form.add_error("model_id", "Choose one of the models your team may use.")
     if form.is_valid():
-        webchat.update_settings(conv, **form.cleaned_data)
+        actions.update_settings(conv, **form.cleaned_data)
         messages.success(request, "Settings saved.")
     else:
         messages.error(request, "Settings not saved: " + "; ".join(_form_errors(form)))
@@ -166,9 +166,9 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
 @login_required
 def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """GET asks (and says what delete means), POST deletes."""
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     if request.method == "POST":
-        webchat.soft_delete(conv)
+        actions.soft_delete(conv)
         messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
         return redirect("chat:home")
     return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
