@@ -21,12 +21,12 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from chatsite import once
-from chatsite.login_throttle import lockout_response
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
+from conversations import once
 from conversations.models import ApiKey, Membership, Team
 from review import access
 from review import services as review_services
+from review.login_throttle import lockout_response
 from teams import services
 from teams.models import Invite
 
@@ -218,7 +218,7 @@ def revoke_key(request: HttpRequest, team_id: int, key_id: int) -> HttpResponse:
     key = ApiKey.objects.filter(team=team, pk=key_id).select_related("user").first()
     if key is None:
         raise Http404("No such key")
-    conversation_services.revoke_api_key(key, by=request.user)
+    conversation_actions.revoke_api_key(key, by=request.user)
     messages.success(request, f"Revoked {key.user.get_username()}'s key “{key}”.")
     return redirect("teams:team", team.pk)
 

@@ -35,13 +35,13 @@ SETUP = f"""
 import django
 django.setup()
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from conversations.models import Team
 User = get_user_model()
 alice = User.objects.get(username="alice")
 alice.set_password({PASSWORD!r})
 alice.save()
-services.create_api_key(User.objects.get(username="bob"), Team.objects.get(name="alpha"), "nightly report")
+actions.create_api_key(User.objects.get(username="bob"), Team.objects.get(name="alpha"), "nightly report")
 """
 
 

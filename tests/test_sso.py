@@ -17,7 +17,7 @@ import requests
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from conversations import services
+from conversations import actions
 from conversations.models import Membership
 from review.models import AuditEntry
 from teams import oidc
@@ -42,7 +42,7 @@ def sso(settings, oidc_provider):
 
 @pytest.fixture
 def beta(charlie):
-    return services.create_team("beta", admin=charlie)
+    return actions.create_team("beta", admin=charlie)
 
 
 def start(client: Client, provider) -> str:
@@ -130,7 +130,7 @@ def test_accounts_are_matched_by_subject_never_by_name(sso, alice) -> None:
 
 
 def test_the_teams_claim_is_followed_for_the_memberships_sso_made_only(sso, alpha, beta, alice) -> None:
-    gamma = services.create_team("gamma", admin=alice)
+    gamma = actions.create_team("gamma", admin=alice)
     client = Client()
     sign_in(client, sso, groups="alpha,nonexistent")
     erin = signed_in_as(client)

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import services
+from conversations import actions
 from conversations.models import Membership
 from review.models import AuditEntry
 from teams import services as team_services
@@ -22,7 +22,7 @@ from tests.review_data import logged_in
 
 @pytest.fixture
 def beta(charlie):
-    return services.create_team("beta", admin=charlie)
+    return actions.create_team("beta", admin=charlie)
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def page(client: Client, team) -> str:
 
 
 def test_a_team_admin_sees_members_roles_keys_and_pending_invites(alpha, alice, bob) -> None:
-    key, _ = services.create_api_key(bob, alpha, "nightly")
+    key, _ = actions.create_api_key(bob, alpha, "nightly")
     invite, _ = team_services.create_invite(alpha, "admin", by=alice)
     html = page(logged_in(alice), alpha)
     assert 'data-member="alice"' in html and 'data-member="bob"' in html
@@ -59,7 +59,7 @@ def test_others_get_404_and_strangers_the_login(alpha, beta, alice, bob, charlie
     # Nor can alice act on beta's members, invites or keys through alpha's page.
     charlie_in_beta = Membership.objects.get(team=beta, user=charlie)
     invite, _ = team_services.create_invite(beta, by=charlie)
-    key, _ = services.create_api_key(charlie, beta)
+    key, _ = actions.create_api_key(charlie, beta)
     client = logged_in(alice)
     assert client.post(f"/teams/{alpha.pk}/members/{charlie_in_beta.pk}/remove").status_code == 404
     assert client.post(f"/teams/{alpha.pk}/invites/{invite.pk}/revoke").status_code == 404
@@ -105,7 +105,7 @@ def test_the_last_admin_cannot_step_down_or_leave(alpha, alice, root) -> None:
 
 
 def test_removing_asks_first_then_revokes_the_keys(alpha, alice, bob) -> None:
-    key, _ = services.create_api_key(bob, alpha, "nightly")
+    key, _ = actions.create_api_key(bob, alpha, "nightly")
     bob_in_alpha = Membership.objects.get(team=alpha, user=bob)
     client = logged_in(alice)
     confirm = client.get(f"/teams/{alpha.pk}/members/{bob_in_alpha.pk}/remove")
@@ -121,7 +121,7 @@ def test_removing_asks_first_then_revokes_the_keys(alpha, alice, bob) -> None:
 
 
 def test_a_team_admin_revokes_a_members_key(alpha, alice, bob) -> None:
-    key, _ = services.create_api_key(bob, alpha, "nightly")
+    key, _ = actions.create_api_key(bob, alpha, "nightly")
     response = logged_in(alice).post(f"/teams/{alpha.pk}/keys/{key.pk}/revoke")
     assert response.status_code == 302
     key.refresh_from_db()
@@ -158,7 +158,7 @@ def test_bad_input_is_never_a_500(alpha, alice, bob) -> None:
 async def test_removing_on_the_team_page_closes_the_members_socket_at_once(alice, bob, alpha) -> None:
     """The page uses the service the admin uses (review.services.remove_member): live access sees
     the membership go and closes bob's open chat of the team's shared conversation (4403)."""
-    chat = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team", title="Shared")
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team", title="Shared")
     bob_client = await sync_to_async(logged_in)(bob)
     cookie = (b"cookie", f"sessionid={bob_client.cookies['sessionid'].value}".encode())
     headers = [(b"host", b"localhost"), (b"origin", b"http://localhost"), cookie]
