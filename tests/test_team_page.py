@@ -177,3 +177,22 @@ async def test_removing_on_the_team_page_closes_the_members_socket_at_once(alice
         output = await socket.receive_output(timeout=5)
     assert output == {"type": "websocket.close", "code": 4403}
     assert time.monotonic() - started < 2.0
+
+
+def test_names_are_shown_as_text(alice, bob) -> None:
+    """Team names, usernames and e-mails are escaped by the templates (the page renders no markdown)."""
+    team = actions.create_team('<img src=x onerror="alert(1)">', admin=alice)
+    actions.add_member(team, bob)
+    html = page(logged_in(alice), team)
+    assert "<img src=x" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+
+
+def test_superusers_see_invites_and_identities_in_the_admin_read_only(alpha, alice, root) -> None:
+    invite, token = team_services.create_invite(alpha, by=alice)
+    client = logged_in(root)
+    listing = client.get("/admin/teams/invite/")
+    assert listing.status_code == 200 and "pending" in listing.content.decode()
+    detail = client.get(f"/admin/teams/invite/{invite.pk}/change/").content.decode()
+    assert token not in detail and invite.token_hash not in detail
+    assert client.post(f"/admin/teams/invite/{invite.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert logged_in(alice).get("/admin/teams/invite/").status_code in (302, 403)
