@@ -49,6 +49,32 @@
       copyText(code ? code.textContent : "", copy);
       return;
     }
+    var copyAnswer = target.closest(".copy-answer");
+    if (copyAnswer) {
+      copyText(copyAnswer.getAttribute("data-markdown") || "", copyAnswer);
+      return;
+    }
+    if (target.closest("#jump-latest")) {
+      scrollToBottom();
+      stickToBottom = true;
+      return;
+    }
+    var sidebarToggle = target.closest("#sidebar-toggle");
+    if (sidebarToggle) {
+      var open = document.body.classList.toggle("sidebar-open");
+      sidebarToggle.setAttribute("aria-expanded", String(open));
+      return;
+    }
+    var theme = target.closest("#theme-toggle");
+    if (theme) {
+      // Post the opposite of what is shown (auto follows prefers-color-scheme).
+      var shown = document.documentElement.getAttribute("data-theme");
+      if (shown !== "light" && shown !== "dark") {
+        shown = window.matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+      }
+      theme.form.elements.theme.value = shown === "dark" ? "light" : "dark";
+      return;
+    }
     var toggle = target.closest(".edit-toggle");
     if (toggle) {
       var form = document.getElementById(toggle.getAttribute("aria-controls"));
@@ -143,6 +169,35 @@
     }
   });
 
+  // "Jump to latest" shows while the reader is scrolled up from the end of the conversation.
+  function updateJump() {
+    var jump = document.getElementById("jump-latest");
+    if (jump) jump.hidden = nearBottom();
+  }
+  window.addEventListener("scroll", updateJump, { passive: true });
+  window.addEventListener("resize", updateJump);
+
+  // The live region (#chat-announce) says once that an answer is finished, not every token: the
+  // answers seen streaming in this page are remembered, and announced when they end.
+  var streaming = {};
+  var announced = {};
+  function announceFinished() {
+    var region = document.getElementById("chat-announce");
+    if (!region) return;
+    document.querySelectorAll("#messages .msg-assistant").forEach(function (answer) {
+      if (answer.classList.contains("status-streaming")) {
+        streaming[answer.id] = true;
+      } else if (streaming[answer.id] && !announced[answer.id]) {
+        announced[answer.id] = true;
+        var status = answer.className.match(/status-(\w+)/);
+        var ended = status && status[1] !== "complete" ? " (" + status[1] + ")" : "";
+        var body = answer.querySelector(".msg-body");
+        var text = body ? body.textContent.trim() : "";
+        region.textContent = "Answer finished" + ended + ": " + text.slice(0, 300);
+      }
+    });
+  }
+
   var stickToBottom = true;
   document.addEventListener("htmx:wsBeforeMessage", function (event) {
     if (isChat(event)) stickToBottom = nearBottom();
@@ -154,10 +209,12 @@
     }
     if (!isChat(event)) return;
     addCopyButtons(document.getElementById("messages"));
+    announceFinished();
     if (stickToBottom) scrollToBottom();
     updateStop();
     updateTitle();
     sendQueued();
+    updateJump();
   });
   document.addEventListener("htmx:wsAfterSend", function (event) {
     var form = event.target;
@@ -171,9 +228,8 @@
   function refreshList() {
     var sidebar = document.getElementById("sidebar");
     if (!sidebar || !window.htmx) return;
-    var params = new URLSearchParams();
-    var search = sidebar.querySelector(".search input");
-    if (search && search.value) params.set("q", search.value);
+    var form = sidebar.querySelector("form.search");  // the search typed and the source filter
+    var params = new URLSearchParams(form ? new FormData(form) : undefined);
     var chat = document.getElementById("chat");
     if (chat) params.set("current", chat.dataset.conversation);
     htmx.ajax("GET", sidebar.dataset.listUrl + "?" + params.toString(),
@@ -202,8 +258,9 @@
     return sockets[id];
   }
   function showState(state) {
+    document.body.classList.toggle("ws-open", state === "connected");
     var line = document.getElementById("connection-state");
-    if (!line) return;
+    if (!line) return;  // a read-only conversation has no composer
     var texts = {
       connecting: "Connecting…",
       connected: "Connected",
@@ -213,8 +270,7 @@
     };
     line.dataset.state = state;
     line.textContent = texts[state];
-    document.body.classList.toggle("ws-open", state === "connected");
-    if (state !== "connected") {
+    if (state !== "connected" && state !== "connecting") {
       // An answer being written goes on on the server; this page no longer sees it.
       document.querySelectorAll("#messages .msg-status").forEach(function (status) {
         status.textContent = "not connected";
@@ -287,7 +343,9 @@
   document.addEventListener("DOMContentLoaded", function () {
     addCopyButtons(document);
     updateStop();
+    announceFinished();
     if (document.getElementById("messages")) scrollToBottom();
+    updateJump();
     var text = document.getElementById("composer-text");
     if (text) text.focus();
   });
