@@ -180,6 +180,9 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     page.wait_for_selector(f"#{first}")
     answer = page.locator("#messages .msg-assistant").last
     assert answer.get_attribute("id") == first and answer.locator(".version-count").inner_text() == "1 / 2"
+    # The keyboard focus stays on the versions of that answer (the ‹ is disabled at 1: on the ›).
+    page.wait_for_function(f"() => document.activeElement.closest('#{first}') !== null")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Next version"
     assert page.locator(f"#{second}").count() == 0
     answer.locator("button.version-next").click()
     page.wait_for_selector(f"#{second}")
