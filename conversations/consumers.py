@@ -4,7 +4,8 @@ The page connects to ``/ws/c/<id>/`` through htmx's ws extension, which sends ea
 object (``{"action": "send", "text": …, "HEADERS": {…}}``) and swaps every top-level element of a
 message received into the page by id (out of band). Actions:
 
-- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text}.
+- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text},
+  ``version`` {message_id} (show that version of a message, with its branch).
 
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
@@ -41,7 +42,7 @@ from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
-ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+ACTIONS = {"send", "stop", "regenerate", "retry", "edit", "version"}
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         if problem is not None:
             raise FrameError(f"The message cannot contain {problem}.")
         out["text"] = text
-    if action in ("retry", "edit"):
+    if action in ("retry", "edit", "version"):
         message_id = parse_id(data.get("message_id"))
         if message_id is None:
             raise FrameError("message_id must be a message's id.")
@@ -200,6 +201,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
+        if conversation.source == Conversation.Source.API and action not in ("stop", "version"):
+            raise replies.ChatError("This conversation was logged from the API: it is read-only.")
         if action == "stop":
             if not await replies.astop(conversation.pk):
                 raise replies.ChatError("Nothing is being written in this conversation.")
@@ -212,6 +215,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await replies.retry(self.user, conversation, frame["message_id"])
         elif action == "edit":
             await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+        elif action == "version":
+            await replies.select_version(self.user, conversation, frame["message_id"])
+            return
         run = replies.run_of(conversation.pk)
         if run is not None:
             self.started.append(run)
@@ -269,6 +275,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ids = [int(i) for i in event["message_ids"]]
         self.known.difference_update(ids)
         await self.send(text_data="".join(f'<div id="m-{i}" hx-swap-oob="delete"></div>' for i in ids))
+
+    async def chat_refresh(self, event: dict[str, Any]) -> None:
+        """Another branch of the conversation is shown (a version was chosen): send it whole."""
+        await self._refresh()
 
     async def chat_conversation(self, event: dict[str, Any]) -> None:
         if not await self._still_visible():
@@ -333,7 +343,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         def load() -> tuple[set[int], str]:
             messages = list(queries.visible_messages(self.conversation).select_related("author"))
-            html = "".join(message_html(m, self.conversation, self.user) for m in messages)
+            versions = queries.versions_of(messages)
+            html = "".join(message_html(m, self.conversation, self.user, versions[m.pk]) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()

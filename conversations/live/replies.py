@@ -37,6 +37,7 @@ from upstreams.permissions import allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None =
     temperature = conversation.temperature
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=0.95,
+        top_p=DEFAULT_TOP_P,
         max_tokens=min(max_tokens, cap) if cap else max_tokens,
         grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
     )
@@ -122,6 +123,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             model_id,
             _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
             _track,
+            version_of=_version_of(user_message),
         )
         return
     try:
@@ -169,7 +171,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         record["response_format"] = answer_format
     try:
         (message,) = await database_sync_to_async(actions.start_assistant_messages, thread_sensitive=False)(
-            conversation, 1, params=record, prompt_tokens=len(prompt.ids)
+            conversation,
+            1,
+            params=record,
+            prompt_tokens=len(prompt.ids),
+            version_of=_version_of(user_message),
         )
     except actions.ReplyInProgress as exc:
         # Another web process started a reply here after our busy check: ours gives its place back.
@@ -181,6 +187,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         raise
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
+
+
+def _version_of(user_message: Message | None) -> int | None:
+    """The answer a regenerated one is a new version of (``actions.prepare_regenerate`` says)."""
+    return getattr(user_message, "answer_version_of", None)
 
 
 async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
@@ -231,7 +242,15 @@ async def _start(
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (actions.Busy, ValueError) as exc:
                 raise ChatError(str(exc)) from None
-            await _generate(user, conversation, message)
+            try:
+                await _generate(user, conversation, message)
+            except ChatError:
+                if _version_of(message) is not None and run_of(conversation.pk) is None:
+                    # A regenerate the model could not take: the answer it replaced comes back.
+                    await database_sync_to_async(actions.undo_regenerate, thread_sensitive=False)(
+                        conversation, message
+                    )
+                raise
         except BaseException:
             await database_sync_to_async(reservation.refund, thread_sensitive=False)()
             raise
@@ -250,6 +269,16 @@ async def send(user: AbstractBaseUser, conversation: Conversation, text: str) ->
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
     await _start(user, conversation, actions.prepare_regenerate)
+
+
+async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    """Show another version of a message (and its branch); nothing is generated."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    try:
+        await database_sync_to_async(actions.select_version, thread_sensitive=False)(conversation, message_id)
+    except (actions.Busy, ValueError) as exc:
+        raise ChatError(str(exc)) from None
 
 
 async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
