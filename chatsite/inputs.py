@@ -7,7 +7,7 @@ runs. (A lone surrogate cannot arrive this way: Django decodes bad UTF-8 in para
 The check covers it all the same.) A query-string parameter is also kept to ``MAX_QUERY_CHARS``:
 they are searches, filters and ids, and SQLite refuses a LIKE pattern past 50,000 bytes. /v1 is
 left out: it reads its own JSON body and checks every string of it, answering in OpenAI's shape
-(``inference.protocol``).
+(``conversations.api.protocol``).
 """
 
 from __future__ import annotations

@@ -62,19 +62,6 @@ ALIVE_INTERVAL = 2.0  # seconds between the worker's alive messages to each web 
 WORKER_SILENCE = 20.0  # seconds without a word from the worker after which its jobs are given up
 
 
-def params_to_dict(params: SamplingParams) -> dict[str, Any]:
-    d = dataclasses.asdict(params)
-    d["logit_bias"] = [[int(k), float(v)] for k, v in dict(params.logit_bias).items()]
-    d["stop"] = list(params.stop)
-    return d
-
-
-def params_from_dict(d: dict[str, Any]) -> SamplingParams:
-    return SamplingParams(
-        **{**d, "logit_bias": {int(k): v for k, v in d["logit_bias"]}, "stop": tuple(d["stop"])}
-    )
-
-
 def event_to_dict(event: Event) -> dict[str, Any]:
     d = dataclasses.asdict(event)
     if isinstance(event, Delta):
@@ -172,7 +159,7 @@ class WorkerClient:
             "request_id": request_id,
             "reply_channel": self.reply_channel,
             "prompt_ids": list(prompt_ids),
-            "params": params_to_dict(params),
+            "params": params.to_json(),
             "n": n,
             "user_key": user_key,
         }

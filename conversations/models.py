@@ -133,7 +133,7 @@ class Message(models.Model):
     token_ids = models.JSONField(null=True, blank=True)
     params = models.JSONField(default=dict, blank=True)  # the sampling parameters used
     # An API reply's tools, tool_choice and response_format as requested, and the tool_calls
-    # it made (inference/tools.py's ToolPlan.record plus "tool_calls"); null for plain replies.
+    # it made (conversations/api/tool_format.py's ToolPlan.record plus "tool_calls"); null for plain replies.
     tools = models.JSONField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)

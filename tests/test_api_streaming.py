@@ -10,10 +10,10 @@ from channels.db import database_sync_to_async
 
 from conversations import runner, services
 from conversations.api.completions import Reply
+from conversations.api.protocol import parse_chat_request
 from conversations.api.tools import Output, plan_output
 from conversations.models import Message
 from inference.jobs import Delta, Finished, Job, Timings, Usage
-from inference.protocol import parse_chat_request
 from inference.sampling import SamplingParams
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]

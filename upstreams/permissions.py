@@ -8,8 +8,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from conversations.api.protocol import MODEL_ALIASES, NotFound
 from conversations.models import ApiKey
-from inference.protocol import MODEL_ALIASES, NotFound
 from upstreams.models import TeamModels
 
 

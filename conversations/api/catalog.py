@@ -10,9 +10,9 @@ from django.http import HttpRequest, HttpResponse
 from chatsite.runtime import ModelNotReady, get_runtime
 from conversations import services
 from conversations.api.http import api_view, authenticate, json_response
+from conversations.api.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
 from conversations.models import ApiKey
 from inference.model import ChatModel
-from inference.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
 from upstreams import permissions, registry
 
 OWNER = "chatsite"

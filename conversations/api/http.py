@@ -16,8 +16,7 @@ from pydantic import BaseModel
 
 from chatsite.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations import services
-from conversations.models import ApiKey
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     AuthenticationFailed,
     MethodNotAllowed,
@@ -27,6 +26,7 @@ from inference.protocol import (
     UnsupportedMediaType,
     parse_json_body,
 )
+from conversations.models import ApiKey
 
 log = logging.getLogger(__name__)
 

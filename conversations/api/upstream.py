@@ -23,8 +23,7 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from conversations import runner, services
 from conversations.api import ratelimits
-from conversations.models import ApiKey, Message
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     ChatCompletionRequest,
     InvalidRequest,
@@ -32,6 +31,7 @@ from inference.protocol import (
     check_storable,
     parse_chat_request,
 )
+from conversations.models import ApiKey, Message
 from inference.streaming import DONE, sse
 from inference.upstream.errors import (
     UpstreamError,

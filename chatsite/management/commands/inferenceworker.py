@@ -19,9 +19,10 @@ from prometheus_client.registry import Collector
 from chatsite import metrics
 from chatsite.receiving import close_receiver, receive_until_closed
 from chatsite.runtime import ModelNotReady, get_runtime
-from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
+from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict
 from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
+from inference.sampling import SamplingParams
 
 
 class Command(BaseCommand):
@@ -158,7 +159,7 @@ class Worker:
         reply_to = message["reply_channel"]
         base = {"request_id": message["request_id"]}
         try:
-            params = params_from_dict(message["params"])
+            params = SamplingParams.from_json(message["params"])
             jobs = self.scheduler.submit_n(
                 message["prompt_ids"], params, message["n"], user_key=message["user_key"]
             )
