@@ -48,7 +48,7 @@ import json, sys, django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.test import Client
-from conversations import services
+from conversations import actions
 from conversations.models import Team
 lengths = json.loads(sys.argv[1])  # the max tokens of each conversation
 User = get_user_model()
@@ -60,7 +60,7 @@ for user in (alice, bob):
     client.force_login(user)
     cookies.append(client.cookies["sessionid"].value)
 chats = [
-    services.start_conversation(alice, alpha, visibility="team", temperature=0, max_tokens=n).pk
+    actions.start_conversation(alice, alpha, visibility="team", temperature=0, max_tokens=n).pk
     for n in lengths
 ]
 print(json.dumps({"cookies": cookies, "conversations": chats}))

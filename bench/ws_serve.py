@@ -22,7 +22,7 @@ import django
 
 def install(trace_path: str) -> None:
     from chatsite.runtime import get_runtime
-    from conversations import replies, runner
+    from conversations.live import replies, runner
 
     sampling = replies._sampling
 
