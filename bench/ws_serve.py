@@ -21,14 +21,13 @@ import django
 
 
 def install(trace_path: str) -> None:
-    from chatsite.runtime import get_runtime
     from conversations.live import replies, runner
 
     sampling = replies._sampling
 
     def long_answer(*args, **kwargs):
         params = sampling(*args, **kwargs)
-        banned = {i: -100.0 for i in get_runtime().get().tokenizer.special_ids}
+        banned = {i: -100.0 for i in replies.get_runtime().get().tokenizer.special_ids}
         return dataclasses.replace(params, logit_bias=banned)
 
     replies._sampling = long_answer
