@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -14,10 +15,11 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import actions
+from conversations import actions, render
 from conversations.consumers import MAX_FRAME_BYTES
-from conversations.live import replies
+from conversations.live import replies, runner
 from conversations.models import Conversation, Message
+from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
@@ -386,3 +388,46 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
     rows = await messages_of(chat.pk)
     assert [(m.content, m.superseded_at) for m in rows] == [("alice wrote this", None)]
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("viewers", [1, 4])
+async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
+    alice, bob, chat, runtime, monkeypatch, viewers
+) -> None:
+    """The reply's runner renders each delta once (``StreamRender.add``), in a render thread, and
+    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, and the
+    renders are as many as the deltas a viewer gets, with one viewer as with four."""
+    chat.temperature, chat.max_tokens = 0, 60
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
+    adds: list[str] = []
+    add = StreamRender.add
+
+    def counted_add(self, more):
+        adds.append(more)
+        return add(self, more)
+
+    monkeypatch.setattr(StreamRender, "add", counted_add)
+    md = render._markdown()
+    parse, parsed_in = md.parse, []
+
+    def counted_parse(src, env=None):
+        parsed_in.append(threading.get_ident())
+        return parse(src, env)
+
+    monkeypatch.setattr(md, "parse", counted_parse)
+    sockets = [(await connect(alice if i % 2 == 0 else bob, chat.pk))[0] for i in range(viewers)]
+    await sockets[0].send_to(text_data=json.dumps({"action": "send", "text": "Hello"}))
+    await finish_run(chat.pk)
+    _, answer = await messages_of(chat.pk)
+    assert answer.content and answer.status == Message.Status.COMPLETE
+    delta = f'<div id="m-{answer.pk}-body" hx-swap-oob="innerHTML">'
+    seen = [[f for f in await drain(socket) if f.startswith(delta)] for socket in sockets]
+    assert threading.get_ident() not in parsed_in  # nothing rendered on the event loop
+    assert "".join(adds) == answer.content
+    whole = str(render_markdown(answer.content))
+    for frames in seen:
+        assert len(frames) == len(adds) >= 1  # one render per delta, whatever the viewers
+        assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
+    for socket in sockets:
+        await socket.disconnect()
