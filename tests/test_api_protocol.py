@@ -191,9 +191,9 @@ def test_it_names_the_param_the_model_refuses() -> None:
 
 
 def test_it_answers_503_while_the_model_loads(monkeypatch) -> None:
-    from chatsite.runtime import ModelNotReady, get_runtime
     from conversations.api.catalog import model_ids, resolve_model
     from conversations.api.protocol import NotFound, ServiceUnavailable
+    from conversations.runtime import ModelNotReady, get_runtime
 
     def loading():
         raise ModelNotReady("the model is still loading")

@@ -14,7 +14,7 @@ import pytest
 from django.test import AsyncClient
 from llguidance import LLMatcher
 
-from conversations import services
+from conversations import actions
 from conversations.api.protocol import parse_chat_request
 from conversations.api.tool_format import (
     ArgumentsPiece,
@@ -273,7 +273,7 @@ def tiny_tagged(tmp_path_factory):
 
 @pytest.fixture
 def key(alice, alpha):
-    return services.create_api_key(alice, alpha, "tools")
+    return actions.create_api_key(alice, alpha, "tools")
 
 
 async def call(raw: str, **fields):

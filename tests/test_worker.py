@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chatsite import worker as worker_module
 from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded
+from inference.remote import client as worker_module
 from inference.sampling import SamplingParams
 from tests.paced_model import PACE_MS, paced_env, write_paced_model
 from tests.worker_process import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker

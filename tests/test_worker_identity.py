@@ -10,10 +10,10 @@ import uuid
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from chatsite import worker as worker_module
 from chatsite.management.commands.inferenceworker import Worker
 from inference.jobs import Delta
 from inference.model import ChatModel
+from inference.remote import client as worker_module
 from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
+from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
 from tests.worker_process import ROOT, start_worker, stop_worker
 
 

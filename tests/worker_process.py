@@ -13,8 +13,8 @@ from pathlib import Path
 
 from channels_redis.core import RedisChannelLayer
 
-from chatsite.worker import WorkerClient
 from inference.gguf import read_gguf
+from inference.remote.client import WorkerClient
 from inference.sampling import SamplingParams
 from inference.tokenizer import Tokenizer
 

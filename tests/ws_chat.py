@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import replies
+from conversations.live import replies
 from conversations.models import Message
 from inference.model import ChatModel
 from inference.sampling import SamplingParams

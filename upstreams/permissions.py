@@ -21,7 +21,7 @@ def allowed_models(team_id: int) -> list[str] | None:
 
 def embedded_model_id() -> str:
     """The embedded model's id (the loaded model's, else the configured file's)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     runtime = get_runtime()
     return runtime.model.model_id if runtime.model is not None else runtime.model_id

@@ -20,8 +20,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
-from chatsite import faults
-from conversations import runner, services
+from conversations import actions, faults
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
@@ -39,6 +38,7 @@ from conversations.api.protocol import (
     parse_chat_request,
 )
 from conversations.api.tools import Output, plan_output
+from conversations.live import runner
 from conversations.models import ApiKey, Message
 from inference.jobs import (
     BackendUnreachable,
@@ -98,7 +98,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         **fingerprints,
     }
     try:
-        call = await database_sync_to_async(services.start_api_call)(
+        call = await database_sync_to_async(actions.start_api_call)(
             key,
             model_id=model.model_id,
             messages=prompt.logged,
@@ -113,7 +113,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         await ratelimits.refund(reservation)
         raise
     if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
-        await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
+        await database_sync_to_async(actions.record_tools)([r.pk for r in call.replies], plan.record)
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
@@ -260,7 +260,7 @@ class Reply:
             return
         for message_id, (index, f) in zip(self.message_ids, enumerate(finished), strict=True):
             calls = [c.model_dump() for c in self.output.calls(index, f)]
-            await database_sync_to_async(services.record_tool_calls)(message_id, plan.record, calls)
+            await database_sync_to_async(actions.record_tool_calls)(message_id, plan.record, calls)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(

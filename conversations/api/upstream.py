@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from conversations import runner, services
+from conversations import actions
 from conversations.api import ratelimits
 from conversations.api.protocol import (
     APIError,
@@ -31,6 +31,7 @@ from conversations.api.protocol import (
     check_storable,
     parse_chat_request,
 )
+from conversations.live import runner
 from conversations.models import ApiKey, Message
 from inference.streaming import DONE, sse
 from inference.upstream.errors import (
@@ -177,7 +178,7 @@ def log_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 def token_counter() -> TokenCounter | None:
     """Counting with the embedded model's tokenizer, when the upstream reports no usage (an
     estimate: the upstream's model has its own tokenizer)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     model = get_runtime().model
     if model is None:
@@ -246,7 +247,7 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
     jobs = new_jobs(n, f"user-{key.user_id}")
     relay = Relay(jobs, with_chunks=stream, count_tokens=count, prompt_tokens=prompt_tokens)
     try:
-        call = await database_sync_to_async(services.start_api_call)(
+        call = await database_sync_to_async(actions.start_api_call)(
             key,
             model_id=model_id,
             messages=messages,

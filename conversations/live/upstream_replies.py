@@ -15,8 +15,9 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
-from conversations import runner, services, webchat
+from conversations import actions, queries
 from conversations.api.upstream import token_counter
+from conversations.live import runner
 from conversations.models import Conversation, Message
 from inference.sampling import SamplingParams
 from inference.upstream.connection import Opened
@@ -42,8 +43,10 @@ async def generate(
     model_id: str,
     params: SamplingParams,
     track: Callable[[int, runner.Run], None],
+    *,
+    version_of: int | None = None,
 ) -> None:
-    history = await database_sync_to_async(webchat.prompt_messages)(conversation)
+    history = await database_sync_to_async(queries.prompt_messages)(conversation)
     messages = chat_messages(conversation.system_prompt, history)
     body = {
         "model": model_id,
@@ -66,8 +69,8 @@ async def generate(
         "max_tokens": params.max_tokens,
         "dropped_messages": 0,
     }
-    (message,) = await database_sync_to_async(services.start_assistant_messages)(
-        conversation, 1, params=record, prompt_tokens=prompt_tokens
+    (message,) = await database_sync_to_async(actions.start_assistant_messages)(
+        conversation, 1, params=record, prompt_tokens=prompt_tokens, version_of=version_of
     )
     pool = await registry.apool()
 

@@ -35,7 +35,6 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
-from chatsite.receiving import close_receiver, receive_until_closed
 from inference.gguf import GGUFInfo, read_gguf
 from inference.jobs import (
     BackendUnreachable,
@@ -51,6 +50,7 @@ from inference.jobs import (
     Usage,
     finish_or_cancel,
 )
+from inference.remote.receiving import close_receiver, receive_until_closed
 from inference.sampling import SamplingParams, TokenLogprob
 from inference.scheduler import resolve_max_tokens
 
@@ -123,7 +123,7 @@ class WorkerClient:
                 self._watchdog = self.loop.create_task(self._watch())
 
     async def aclose(self) -> None:
-        """Stop receiving (see ``chatsite.receiving``)."""
+        """Stop receiving (see ``inference.remote.receiving``)."""
         task, self._task = self._task, None
         if self._watchdog is not None:
             self._watchdog.cancel()
