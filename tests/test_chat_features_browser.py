@@ -52,7 +52,7 @@ for name in ("alice", "bob"):
     user.save()
 call_command("addmember", "alpha", "alice", "--admin")  # a team admin: she reviews in the admin
 alice, alpha = User.objects.get(username="alice"), Team.objects.get(name="alpha")
-chat = services.start_conversation(alice, alpha, title="A long conversation")
+chat = services.start_conversation(alice, alpha, title="A long conversation", visibility="team")
 for i in range(12):
     services.add_user_message(chat, f"Question {{i}}: " + "words " * 40, author=alice)
     (reply,) = services.start_assistant_messages(chat, 1, params={{"model": "tiny"}}, prompt_tokens=5)
@@ -316,6 +316,9 @@ def test_dark_mode_follows_the_browser_and_the_toggle_is_remembered(browser, ser
     assert background(page) == "rgb(20, 23, 27)"  # dark, as the browser prefers
     new_conversation(page, "A question at night")
     assert axe(page) == []  # the dark colours keep their contrast
+    page.goto(server.url + f"/c/{server.long_chat}/")  # shared by alice: answers with highlighted code
+    assert axe(page) == []
+    page.go_back()
     page.screenshot(path=str(SCREENSHOTS / "chat-dark.png"))
     page.click("#theme-toggle")  # shown dark: the toggle chooses light
     page.wait_for_load_state()
