@@ -108,7 +108,7 @@ def log_in(browser, server: LiveServer, username: str = "alice", **context_optio
     return page
 
 
-def new_conversation(page, first: str) -> None:
+def new_conversation(page, first: str = "Hi") -> None:
     """Start a conversation from the sidebar with its first message, and wait for its answer.
     (Either flow: a conversation made at once, or made with its first message from /c/new.)"""
     page.click("text=+ New conversation")
