@@ -84,10 +84,13 @@ class Runtime:
                     "CHAT_MODEL_PATH", "no model is configured and the default model is not installed"
                 )
             if self.use_worker:
+                from channels.layers import get_channel_layer
+
                 from inference.remote.client import load_remote_model
 
                 self.model = load_remote_model(
                     self.model_path,
+                    get_channel_layer(),
                     context_length=self.context_length,
                     slots=self.slots,
                     queue_max=self.queue_max,
