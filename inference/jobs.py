@@ -147,6 +147,11 @@ class Job:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def on_cancel(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` when the job is cancelled (its backend's own hook: the scheduler
+        drops it from the queue, the worker client tells the worker)."""
+        self._on_cancel = callback
+
     # --- consumer side ---
     def cancel(self) -> None:
         """Ask the job to stop: at most one more token is produced after this call."""

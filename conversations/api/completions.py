@@ -170,7 +170,7 @@ async def admit(
 ) -> list[Job]:
     """All n choices are admitted together, or the answer is 429 before anything is written."""
     scheduler = model.scheduler
-    capacity = len(scheduler.slots) + scheduler.queue_max
+    capacity = scheduler.capacity
     if n > capacity:  # could never be admitted: a retry would not help, so this is not a 429
         raise InvalidRequest(
             f"n={n} is more than this server can run at once (at most {capacity}).", param="n"

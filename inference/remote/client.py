@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 
@@ -50,6 +50,9 @@ from inference.remote.messages import ALIVE_INTERVAL, WORKER_CHANNEL, Admitted, 
 from inference.remote.receiving import close_receiver, receive_until_closed
 from inference.sampling import SamplingParams
 from inference.scheduler import resolve_max_tokens
+
+if TYPE_CHECKING:
+    from inference.model import ChatModel
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,10 @@ class WorkerClient:
                 worker = self._owners.get(job_id, ("", 0, ""))[0]
                 if now - max(self._heard.get(worker, 0.0), job.submitted_at) > WORKER_SILENCE:
                     self._give_up(job_id, f"the inference worker has not answered for {WORKER_SILENCE:g} s")
+
+    def waiting_jobs(self) -> list[Job]:
+        """This process's jobs whose end has not arrived yet."""
+        return list(self._jobs.values())
 
     def _give_up(self, job_id: str, why: str) -> None:
         job = self._jobs.pop(job_id, None)
@@ -185,7 +192,7 @@ class WorkerClient:
             for i, (job_id, seq) in enumerate(zip(message.job_ids, message.seqs, strict=True)):
                 job = Job(prompt_ids, params, user_key, message.max_tokens, seed_offset=i)
                 job.id = job_id
-                job._on_cancel = self._cancel
+                job.on_cancel(self._cancel)
                 self._jobs[job_id] = job
                 self._owners[job_id] = (message.worker, seq, message.worker_channel)
                 jobs.append(job)
@@ -228,12 +235,16 @@ class RemoteScheduler:
     def __init__(self, client: WorkerClient, *, context_length: int, slots: int, queue_max: int) -> None:
         self.client = client
         self.context_length = context_length
-        self.slots = [None] * slots  # only their number is known here
+        self.n_slots = slots  # the worker's; only their number is known here
         self.queue_max = queue_max
         self.draining = False
         # The worker's queue and slots are its own: its /metrics and status report them.
         self.queue_depth = 0
         self.running = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.n_slots + self.queue_max
 
     def resolve_max_tokens(self, n_prompt: int, max_tokens: int | None) -> int:
         return resolve_max_tokens(self.context_length, n_prompt, max_tokens)
@@ -260,14 +271,16 @@ class RemoteScheduler:
         """This process's jobs (in the worker) may finish for ``timeout`` s; the rest are cancelled,
         so that their replies are saved by this process's runner before it exits."""
         self.draining = True
-        finished, cancelled = finish_or_cancel(list(self.client._jobs.values()), timeout)
+        finished, cancelled = finish_or_cancel(self.client.waiting_jobs(), timeout)
         return {"queued_cancelled": 0, "finished": finished, "cancelled": cancelled}
 
     def close(self) -> None:
         pass
 
 
-def load_remote_model(model_path: str, layer, *, context_length: int | None, slots: int, queue_max: int):
+def load_remote_model(
+    model_path: str, layer: Any, *, context_length: int | None, slots: int, queue_max: int
+) -> ChatModel:
     """A ChatModel whose generations run in the inference worker, reached over the channel
     ``layer``: the tokenizer and the chat template are loaded here (prompts are built in the web
     process), the weights are not."""
@@ -280,8 +293,8 @@ def load_remote_model(model_path: str, layer, *, context_length: int | None, slo
     scheduler = RemoteScheduler(WorkerClient(layer), context_length=ctx, slots=slots, queue_max=queue_max)
     return ChatModel(
         model_id_for(model_path),
-        RemoteEngine(info, ctx),  # type: ignore[arg-type]
+        RemoteEngine(info, ctx),
         Tokenizer.from_gguf(info),
         ChatTemplate.from_gguf(info),
-        scheduler,  # type: ignore[arg-type]
+        scheduler,
     )
