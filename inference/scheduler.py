@@ -103,7 +103,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, deque[Job]] = OrderedDict()
         self._n_pending = 0
-        self._last_ahead: dict[int, int] = {}
+        self._last_ahead: dict[str, int] = {}  # job id → the n_ahead it was last told
         self._last_served: dict[str, int] = {}
         self._serve_count = 0
         self._draining = False

@@ -120,6 +120,7 @@ class WorkerClient:
     ) -> list[Job]:
         """Ask the worker to admit n jobs; return them, or raise Overloaded / ContextLengthExceeded."""
         await self._ensure_started()
+        assert self.loop is not None and self.reply_channel is not None  # set by _ensure_started
         request_id = uuid.uuid4().hex
         answer = self.loop.create_future()
         self._answers[request_id] = (answer, list(prompt_ids), params, user_key)
@@ -208,6 +209,7 @@ class WorkerClient:
         # Job.cancel may be called from any thread. To the job's own worker: with several workers
         # on one Redis, the shared channel would hand it to any of them.
         message = messages.dump(messages.Cancel(job_id=job_id))
+        assert self.loop is not None  # a job exists only once the client has started
         sent = asyncio.run_coroutine_threadsafe(self.layer.send(channel, message), self.loop)
 
         def check(future) -> None:
