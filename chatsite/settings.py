@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import tempfile
 from datetime import timedelta
@@ -81,6 +82,7 @@ INSTALLED_APPS = [
     "conversations",
     "review",
     "upstreams",
+    "teams",
 ]
 
 MIDDLEWARE = [
@@ -110,6 +112,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "conversations.preferences.context",
             ],
         },
     },
@@ -353,6 +356,46 @@ if EMAIL_HOST:
     SERVER_EMAIL = DEFAULT_FROM_EMAIL
 else:
     EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+
+# --- Single sign-on with OpenID Connect (teams/oidc.py): off unless CHAT_OIDC_ISSUER is set --------
+# The provider's endpoints come from its discovery document unless set here one by one. Password
+# login stays the default; the login page offers single sign-on beside it.
+CHAT_OIDC_ISSUER = env_str("CHAT_OIDC_ISSUER", "")
+CHAT_OIDC = bool(CHAT_OIDC_ISSUER)
+CHAT_OIDC_LABEL = env_str("CHAT_OIDC_LABEL", "single sign-on")
+CHAT_OIDC_TEAMS_CLAIM = env_str("CHAT_OIDC_TEAMS_CLAIM", "")
+OIDC_RP_CLIENT_ID = env_str("CHAT_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = env_str("CHAT_OIDC_CLIENT_SECRET", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("CHAT_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = env_str("CHAT_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = env_str("CHAT_OIDC_JWKS_URI", "")
+OIDC_OP_USER_ENDPOINT = env_str("CHAT_OIDC_USERINFO_ENDPOINT", "")
+OIDC_RP_SIGN_ALGO = env_str("CHAT_OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("CHAT_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+LOGIN_REDIRECT_URL = "/"
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+if CHAT_OIDC:
+    if not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+        raise ImproperlyConfigured(
+            "CHAT_OIDC_ISSUER is set: set CHAT_OIDC_CLIENT_ID and CHAT_OIDC_CLIENT_SECRET too."
+        )
+    if not CHAT_OIDC_ISSUER.startswith("https://") and not re.match(
+        r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", CHAT_OIDC_ISSUER
+    ):
+        raise ImproperlyConfigured(
+            f"CHAT_OIDC_ISSUER={CHAT_OIDC_ISSUER!r} must be an https:// address (http only on this machine)."
+        )
+    if not OIDC_RP_SIGN_ALGO.startswith(("RS", "ES", "PS")):
+        raise ImproperlyConfigured(
+            f"CHAT_OIDC_SIGN_ALGO={OIDC_RP_SIGN_ALGO!r}: use RS256 (or another RS/ES/PS)."
+        )
+# Listed always (it answers None at once while single sign-on is off), after the password backends.
+AUTHENTICATION_BACKENDS += ["teams.oidc.Backend"]
+
+# The site's public address, for links made outside a request (``manage.py invite``).
+CHAT_SITE_URL = env_str("CHAT_SITE_URL", "http://127.0.0.1:8000")
 
 # Secrets shown once (a new API key) are kept in the session until shown: the session must stay
 # in the database, never in a cookie (conversations/once.py refuses a cookie-based session engine).

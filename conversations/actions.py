@@ -5,10 +5,15 @@ async code through ``database_sync_to_async``). Reads are in conversations/queri
 
 Decisions the chat page relies on:
 - **Regenerate** marks the last answer ``superseded_at`` (hidden from the conversation and from
-  later prompts, kept for reviewers) and generates a new one.
+  later prompts) and generates a new one, a new *version* of it (``Message.version_of``).
 - **Edit and resend** keeps every earlier message. The edited user message and everything after it
-  are superseded the same way (hidden, kept for reviewers); the edited text becomes a new user
-  message at the end, and a new answer is generated for it.
+  (its branch) are superseded the same way; the edited text becomes a new user message at the end,
+  a new version of the edited one, and a new answer is generated for it.
+- **Versions** (‹ 1 / 3 › in the page): choosing another version of a message hides the shown one
+  with its branch, and shows the chosen one with the branch it had when it was hidden. The
+  messages of one branch are hidden together, with one timestamp unique in the conversation, which
+  is how they are found again. The visible messages are always one path through the versions, in
+  id order: the prompt, the exports and the search read that path; reviewers see every version.
 - **Delete** is soft: ``deleted_at`` hides the conversation from everyone in the chat; reviewers
   keep it until a retention policy purges it.
 - Only the owner renames, deletes, shares or changes the settings; teammates of a shared
@@ -31,10 +36,10 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from conversations import queries
+from conversations import queries, sidebar
 from conversations.models import ApiKey, Conversation, Membership, Message, Team
 
 KEY_PREFIX = "csk-"  # chatsite key
@@ -238,13 +243,15 @@ def start_assistant_messages(
     params: dict[str, Any],
     prompt_tokens: int,
     new_conversation: bool = False,
+    version_of: int | None = None,
 ) -> list[Message]:
     """Create the ``n`` assistant messages (status streaming) a generation will fill in.
 
     The database holds one streaming answer per conversation and choice (the constraint
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
-    died) is marked interrupted first, so it does not block the conversation.
+    died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
+    first version of the answer this one regenerates (conversations/webchat.py).
     """
     now = timezone.now()
     messages = [
@@ -257,6 +264,7 @@ def start_assistant_messages(
             status=Message.Status.STREAMING,
             owner_process=OWNER_PROCESS,
             heartbeat_at=now,
+            version_of_id=version_of,
         )
         for i in range(n)
     ]
@@ -490,12 +498,33 @@ def current_team(user: AbstractBaseUser, team_id: int | None) -> Team:
 def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
     if not Membership.objects.filter(team=team, user=owner).exists():
         raise PermissionDenied("Not a member of this team.")
-    return start_conversation(owner, team, source=Conversation.Source.WEB)
+    with transaction.atomic():
+        conversation = start_conversation(owner, team, source=Conversation.Source.WEB)
+        notify_lists(conversation)
+    return conversation
+
+
+def discard_empty_conversation(conversation: Conversation) -> None:
+    """Remove a conversation made for a first message that was then refused (it holds nothing)."""
+    with transaction.atomic():
+        if not conversation.messages.exists():
+            Conversation.objects.filter(pk=conversation.pk).delete()
+            notify_lists(conversation)
+
+
+def notify_lists(conversation: Conversation, fields: Iterable[str] = ()) -> None:
+    """Tell (on commit) every open conversation list that shows or showed ``conversation`` that it
+    changed: its owner's and, when it is or was shared, its team's (conversations/sidebar.py)."""
+    send_on_commit(sidebar.user_group(conversation.owner_id), sidebar.CHANGED)
+    if conversation.visibility == Conversation.Visibility.TEAM or "visibility" in fields:
+        send_on_commit(sidebar.team_group(conversation.team_id), sidebar.CHANGED)
 
 
 def _changed(conversation: Conversation, fields: list[str]) -> None:
     conversation.save(update_fields=[*fields, "updated"])
     broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+    if {"title", "visibility", "deleted_at"} & set(fields):
+        notify_lists(conversation, fields)
 
 
 def rename(conversation: Conversation, title: str) -> None:
@@ -571,12 +600,45 @@ def post_user_message(conversation: Conversation, text: str, author: AbstractBas
 
 
 def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:
-    """Hide ``messages`` from the conversation (kept for reviewers)."""
+    """Hide ``messages`` (one branch) from the conversation, kept for reviewers and for browsing the
+    versions. The branch gets a timestamp no other hidden branch of the conversation has."""
     ids = [m.pk for m in messages]
     if ids:
-        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=timezone.now())
+        stamp = timezone.now()
+        latest = (
+            conversation.messages.filter(superseded_at__isnull=False)
+            .order_by("-superseded_at")
+            .values_list("superseded_at", flat=True)
+            .first()
+        )
+        if latest is not None and stamp <= latest:
+            stamp = latest + timedelta(microseconds=1)
+        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=stamp)
         broadcast(conversation.pk, {"type": "chat.superseded", "message_ids": ids})
     return ids
+
+
+def select_version(conversation: Conversation, message_id: int) -> None:
+    """Show the version ``message_id`` of a message instead of the one shown, with its branch.
+
+    The shown version and everything after it are hidden (one branch); the chosen version and the
+    messages hidden together with it come back. Refused while a reply is being written."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        chosen = conversation.messages.filter(pk=message_id).first()
+        if chosen is None:
+            raise ValueError("There is no such version.")
+        if chosen.superseded_at is None:
+            return  # already shown
+        root = queries.version_root(chosen)
+        shown = queries.visible_messages(conversation).filter(Q(pk=root) | Q(version_of=root)).first()
+        if shown is None:
+            raise ValueError("This version belongs to a branch that is not shown.")
+        branch = conversation.messages.filter(superseded_at=chosen.superseded_at, pk__gte=chosen.pk)
+        restored = list(branch.values_list("pk", flat=True))
+        supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=shown.pk))
+        Message.objects.filter(pk__in=restored).update(superseded_at=None)
+        broadcast(conversation.pk, {"type": "chat.refresh"})
 
 
 def prepare_regenerate(conversation: Conversation) -> Message | None:
@@ -588,7 +650,23 @@ def prepare_regenerate(conversation: Conversation) -> Message | None:
         if last is None or last.role != Message.Role.ASSISTANT:
             raise ValueError("There is no answer to regenerate.")
         supersede(conversation, [last])
-        return queries.visible_messages(conversation).filter(role=Message.Role.USER).last()
+        question = queries.visible_messages(conversation).filter(role=Message.Role.USER).last()
+        if question is not None:
+            question.answer_version_of = queries.version_root(last)  # the new answer: its next version
+            question.replaced_answer = last.pk  # shown again if the new one cannot be started
+        return question
+
+
+def undo_regenerate(conversation: Conversation, question: Message) -> None:
+    """The new answer could not be started (``prepare_regenerate`` hid the shown one): show that
+    answer again, and the question as answered, as they were."""
+    with transaction.atomic():
+        if queries.visible_messages(conversation).filter(pk__gt=question.pk).exists():
+            return
+        replaced = conversation.messages.filter(pk=question.replaced_answer)
+        replaced.update(superseded_at=None)
+        Message.objects.filter(pk=question.pk).update(status=Message.Status.COMPLETE, error="")
+        broadcast(conversation.pk, {"type": "chat.refresh"})
 
 
 def prepare_retry(conversation: Conversation, message_id: int) -> Message:
@@ -615,12 +693,17 @@ def edit_and_resend(
         if target is None or not queries.can_edit(target, conversation, author):
             raise ValueError("You can edit only your own messages.")
         supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=target.pk))
-        return add_user_message(conversation, text, author=author)
+        message = add_user_message(conversation, text, author=author)
+        message.version_of_id = queries.version_root(target)
+        message.save(update_fields=["version_of"])
+        return message
 
 
-def mark_unanswered(message: Message, reason: str = "") -> None:
-    """The model could not take the reply (queue full, still loading, too long): keep the message."""
+def mark_unanswered(message: Message, reason: str = "", *, never_fits: bool = False) -> None:
+    """The model could not take the reply (queue full, still loading, too long): keep the message.
+    ``never_fits``: it is longer than the model's context (the page offers no Retry then)."""
     message.status = Message.Status.UNANSWERED
     message.error = reason
-    message.save(update_fields=["status", "error"])
+    message.params = {**(message.params or {}), "never_fits": True} if never_fits else message.params
+    message.save(update_fields=["status", "error", "params"])
     broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})

@@ -6,6 +6,7 @@ there is no existence oracle.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -25,12 +26,20 @@ def teams_of(user: AbstractBaseUser) -> list[Team]:
     return list(Team.objects.filter(memberships__user=user).order_by("name"))
 
 
-def sidebar_conversations(user: AbstractBaseUser, team: Team, query: str = "") -> QuerySet[Conversation]:
+def sidebar_conversations(
+    user: AbstractBaseUser, team: Team, query: str = "", source: str = Conversation.Source.WEB
+) -> QuerySet[Conversation]:
     """The user's browser conversations in ``team`` and the team's shared ones, newest first;
     ``query`` searches titles and the text of visible messages. (API calls are logged as
-    conversations too; they stay out of the sidebar, which would otherwise fill with scripts' calls.)
+    conversations too; they stay out of the default list, which would otherwise fill with scripts'
+    calls: ``source="api"`` lists the user's own calls, made with their keys in ``team``.)
     """
-    conversations = visible_conversations(user).filter(team=team, source=Conversation.Source.WEB)
+    if source == Conversation.Source.API:
+        conversations = visible_conversations(user).filter(
+            team=team, source=Conversation.Source.API, owner=user
+        )
+    else:
+        conversations = visible_conversations(user).filter(team=team, source=Conversation.Source.WEB)
     query = query.strip()
     if query:
         matching = Message.objects.filter(content__icontains=query, superseded_at__isnull=True).values(
@@ -42,6 +51,23 @@ def sidebar_conversations(user: AbstractBaseUser, team: Team, query: str = "") -
 
 def visible_messages(conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.filter(superseded_at__isnull=True).order_by("id")
+
+
+def version_root(message: Message) -> int:
+    """The id of the first version of ``message`` (its own when it is one)."""
+    return message.version_of_id or message.pk
+
+
+def versions_of(messages: Iterable[Message]) -> dict[int, list[int]]:
+    """For each message, the ids of all its versions, oldest first (a message with one version
+    maps to ``[its id]``)."""
+    messages = list(messages)
+    roots = {version_root(m) for m in messages}
+    groups: dict[int, list[int]] = {root: [] for root in roots}
+    rows = Message.objects.filter(Q(pk__in=roots) | Q(version_of__in=roots)).order_by("id")
+    for pk, version_of in rows.values_list("pk", "version_of"):
+        groups[version_of or pk].append(pk)
+    return {m.pk: groups[version_root(m)] for m in messages}
 
 
 def get_conversation_for_owner(user: AbstractBaseUser, conversation_id: int) -> Conversation:

@@ -135,9 +135,15 @@ def _door_to_the_admin(user: AbstractBaseUser, role: str) -> None:
 
 
 def add_member(
-    team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER, *, by: AbstractBaseUser | None
+    team: Team,
+    user: AbstractBaseUser,
+    role: str = Membership.Role.MEMBER,
+    *,
+    by: AbstractBaseUser | None,
+    via: str = "",
 ) -> Membership:
-    """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership)."""
+    """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership).
+    ``via``: how, for the audit (an invite, single sign-on)."""
     with transaction.atomic():
         membership = conversation_actions.add_member(team, user, role)
         if membership.role != role:
@@ -149,7 +155,7 @@ def add_member(
             AuditEntry.Action.MEMBERSHIP,
             team=team,
             object_repr=f"{user.get_username()} in {team}",
-            detail=f"added as {role}",
+            detail=f"added as {role}" + (f" ({via})" if via else ""),
         )
     access.forget(user)
     return membership
@@ -173,8 +179,9 @@ def set_role(membership: Membership, role: str, *, by: AbstractBaseUser | None) 
     return membership
 
 
-def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int:
-    """Remove a membership and revoke the member's API keys for that team. Returns the keys revoked."""
+def remove_member(membership: Membership, *, by: AbstractBaseUser | None, via: str = "") -> int:
+    """Remove a membership and revoke the member's API keys for that team. Returns the keys revoked.
+    ``via``: how, for the audit (single sign-on)."""
     with transaction.atomic():
         keys = list(
             ApiKey.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None)
@@ -186,7 +193,7 @@ def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int
             AuditEntry.Action.MEMBERSHIP,
             team=membership.team,
             object_repr=f"{membership.user.get_username()} in {membership.team}",
-            detail=f"removed; {len(keys)} API key(s) revoked",
+            detail=f"removed; {len(keys)} API key(s) revoked" + (f" ({via})" if via else ""),
         )
         membership.delete()
     return len(keys)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from conversations import actions
 from conversations.models import Message
+from teams import services as team_services
 from tests.review_data import World, logged_in
 
 pytestmark = pytest.mark.slow
@@ -206,6 +207,24 @@ TARGETS: dict[str, Target] = {
         lambda w: reverse("admin:review_audit_export"),
         ["action__exact", "actor", "team", "created__gte", "q"],
     ),
+    "team invite": (
+        "alice",
+        "POST",
+        lambda w: reverse("teams:create_invite", args=[w.alpha.pk]),
+        ["role", "email"],
+    ),
+    "team role": (
+        "alice",
+        "POST",
+        lambda w: reverse("teams:set_role", args=[w.alpha.pk, w.alpha.memberships.get(user=w.bob).pk]),
+        ["role"],
+    ),
+    "invite accept": (
+        "anonymous",
+        "POST",
+        lambda w: team_services.invite_path(team_services.create_invite(w.alpha, by=w.alice)[1]),
+        ["username", "password1", "password2"],
+    ),
     "usage": ("alice", "GET", lambda w: reverse("review:usage"), ["start", "end", "team"]),
     "usage csv": ("root", "GET", lambda w: reverse("review:usage_csv"), ["start", "end", "team"]),
 }
@@ -253,6 +272,7 @@ ID_ROUTES = [
     ("alice", "chat:export_json"),
     ("alice", "chat:revoke_key"),
     ("alice", "review:team_policy"),
+    ("alice", "teams:team"),
 ]
 
 
@@ -317,8 +337,8 @@ async def fuzz_socket(alice, alpha, settings):
 
     from inference.model import ChatModel
     from tests.chat_runtime import serving
-    from tests.test_chat_consumer import connect
     from tests.tiny_gguf import write_tiny_llama
+    from tests.ws_chat import connect
 
     settings.CHAT_MAX_TOKENS_CAP = 4
     folder = Path(tempfile.mkdtemp(prefix="fuzz-ws-"))

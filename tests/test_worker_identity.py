@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test modules)
 """Job ids and the end of a worker: a restarted worker and a worker's shutdown never cost a job
 its reply (real Redis, real worker processes on the tiny
 model, or the worker's loop in this process on a real scheduler)."""
@@ -15,8 +14,7 @@ from inference.jobs import Delta
 from inference.model import ChatModel
 from inference.remote import client as worker_module
 from inference.remote.server import Worker
-from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
-from tests.test_worker import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker, tiny  # noqa: F401
+from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 
 @pytest.fixture

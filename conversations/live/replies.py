@@ -37,6 +37,7 @@ from upstreams.permissions import allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ _waiters: set[asyncio.Future] = set()  # strong references until each run is for
 
 class ChatError(Exception):
     """Something to tell the person in the page (nothing is lost)."""
+
+
+class TooLong(ChatError):
+    """The message does not fit the model's context even as the only turn: retrying cannot help."""
 
 
 @dataclass
@@ -79,7 +84,7 @@ def build_prompt(
         return Prompt(ids, max_tokens, start)
     room = scheduler.context_length - len(ids)
     if room < MIN_ROOM:
-        raise ChatError(
+        raise TooLong(
             f"This message is too long for the model: {len(ids)} tokens with the system prompt, "
             f"and the model's context holds {scheduler.context_length}."
         )
@@ -91,7 +96,7 @@ def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None =
     temperature = conversation.temperature
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=0.95,
+        top_p=DEFAULT_TOP_P,
         max_tokens=min(max_tokens, cap) if cap else max_tokens,
         grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
     )
@@ -122,6 +127,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             model_id,
             _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
             _track,
+            version_of=_version_of(user_message),
         )
         return
     try:
@@ -136,8 +142,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
             model, conversation.system_prompt, history, wanted
         )
-    except ChatError as exc:
-        await _unanswered(user_message, str(exc))
+    except TooLong as exc:
+        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
         return
     try:
         grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
@@ -169,7 +175,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         record["response_format"] = answer_format
     try:
         (message,) = await database_sync_to_async(actions.start_assistant_messages, thread_sensitive=False)(
-            conversation, 1, params=record, prompt_tokens=len(prompt.ids)
+            conversation,
+            1,
+            params=record,
+            prompt_tokens=len(prompt.ids),
+            version_of=_version_of(user_message),
         )
     except actions.ReplyInProgress as exc:
         # Another web process started a reply here after our busy check: ours gives its place back.
@@ -181,6 +191,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         raise
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
+
+
+def _version_of(user_message: Message | None) -> int | None:
+    """The answer a regenerated one is a new version of (``actions.prepare_regenerate`` says)."""
+    return getattr(user_message, "answer_version_of", None)
 
 
 async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
@@ -205,10 +220,12 @@ def _track(conversation_id: int, run: runner.Run) -> None:
     waiter.add_done_callback(lambda _: _runs.pop(conversation_id, None))
 
 
-async def _unanswered(message: Message | None, reason: str) -> None:
+async def _unanswered(message: Message | None, reason: str, *, never_fits: bool = False) -> None:
     if message is None:
         raise ChatError(reason)
-    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(message, reason)
+    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(
+        message, reason, never_fits=never_fits
+    )
     raise ChatError(reason)
 
 
@@ -219,7 +236,8 @@ async def _start(
     generate the reply, with no other start or run in this conversation meanwhile. The limits
     (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
-        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        busy = ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise _kept(busy, text)
     _starting.add(conversation.pk)
     try:
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
@@ -230,8 +248,16 @@ async def _start(
                 # (conversations/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (actions.Busy, ValueError) as exc:
-                raise ChatError(str(exc)) from None
-            await _generate(user, conversation, message)
+                raise _kept(ChatError(str(exc)), text) from None
+            try:
+                await _generate(user, conversation, message)
+            except ChatError:
+                if _version_of(message) is not None and run_of(conversation.pk) is None:
+                    # A regenerate the model could not take: the answer it replaced comes back.
+                    await database_sync_to_async(actions.undo_regenerate, thread_sensitive=False)(
+                        conversation, message
+                    )
+                raise
         except BaseException:
             await database_sync_to_async(reservation.refund, thread_sensitive=False)()
             raise
@@ -244,12 +270,30 @@ async def _start(
         _starting.discard(conversation.pk)
 
 
+def _kept(exc: ChatError, text: str | None) -> ChatError:
+    """``exc`` for a message that was not written: the page puts ``text`` back in the box."""
+    if text is not None:
+        exc.args = (f"{exc} Your message was not sent; it is still in the box.",)
+        exc.keep_text = text  # type: ignore[attr-defined]
+    return exc
+
+
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
     await _start(user, conversation, actions.post_user_message, text, user, text=text)
 
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
     await _start(user, conversation, actions.prepare_regenerate)
+
+
+async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    """Show another version of a message (and its branch); nothing is generated."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    try:
+        await database_sync_to_async(actions.select_version, thread_sensitive=False)(conversation, message_id)
+    except (actions.Busy, ValueError) as exc:
+        raise ChatError(str(exc)) from None
 
 
 async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:

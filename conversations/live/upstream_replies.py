@@ -43,6 +43,8 @@ async def generate(
     model_id: str,
     params: SamplingParams,
     track: Callable[[int, runner.Run], None],
+    *,
+    version_of: int | None = None,
 ) -> None:
     history = await database_sync_to_async(queries.prompt_messages)(conversation)
     messages = chat_messages(conversation.system_prompt, history)
@@ -68,7 +70,7 @@ async def generate(
         "dropped_messages": 0,
     }
     (message,) = await database_sync_to_async(actions.start_assistant_messages)(
-        conversation, 1, params=record, prompt_tokens=prompt_tokens
+        conversation, 1, params=record, prompt_tokens=prompt_tokens, version_of=version_of
     )
     pool = await registry.apool()
 
