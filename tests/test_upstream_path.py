@@ -18,10 +18,12 @@ from django.test import AsyncClient
 from conversations import services
 from conversations.models import Conversation, Message
 from tests.chat_runtime import serving, tiny_chat_model
+from tests.test_chat_consumer import connect, finish_run
 from tests.test_ready_probe import hold_write_lock
 from tests.upstream_servers import FaultServer
 from upstreams import registry
 from upstreams import services as upstream_services
+from upstreams.models import Upstream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -121,3 +123,46 @@ async def test_a_log_write_that_fails_closes_the_upstream_call_at_once(site, raw
     assert sent["model"] == "fault-hang"
     await asyncio.to_thread(faults.wait_for, lambda r: "disconnected" in r)
     assert not await Conversation.objects.filter(messages__content=text).aexists()
+
+
+async def test_a_browser_reply_names_its_connection_while_the_upstream_works_on_its_first_token(
+    site, alice, alpha, faults
+) -> None:
+    chat = await asyncio.to_thread(
+        services.start_conversation, alice, alpha, visibility="team", max_tokens=8, model_id="fault-hang"
+    )
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "name it"}))
+    await asyncio.to_thread(faults.wait_for, lambda r: "name it" in json.dumps(r.get("messages")))
+
+    async def named() -> bool:
+        reply = await Message.objects.filter(conversation=chat, role=Message.Role.ASSISTANT).afirst()
+        return reply is not None and reply.params.get("upstream") == "faults"
+
+    await wait_until(named)  # no second write once the call is open: the row had it from the start
+    await communicator.send_to(text_data=json.dumps({"action": "stop"}))
+    await finish_run(chat.pk)
+    await communicator.disconnect()
+
+
+async def test_a_stale_registry_answers_at_once_and_reads_the_rows_again_in_the_background(
+    site, faults
+) -> None:
+    assert set((await registry.apool()).connections) == {"faults"}
+    # Added by another process (no invalidate here): seen once the rows are read again.
+    await Upstream.objects.acreate(name="other", base_url=faults.url, listed_models=["fault-ok"])
+    registry._loaded_at -= registry.RELOAD_INTERVAL + 1
+    assert set((await registry.apool()).connections) == {"faults"}  # no wait for the read
+
+    async def reread() -> bool:
+        return "other" in (await registry.apool()).connections
+
+    await wait_until(reread)
+
+
+async def test_an_idle_registry_reads_the_rows_again_before_answering(site, faults) -> None:
+    assert set((await registry.apool()).connections) == {"faults"}
+    await Upstream.objects.acreate(name="other", base_url=faults.url, listed_models=["fault-ok"])
+    registry._loaded_at -= registry.MAX_AGE + 1
+    assert set((await registry.apool()).connections) == {"faults", "other"}
