@@ -4,7 +4,8 @@ The page connects to ``/ws/c/<id>/`` through htmx's ws extension, which sends ea
 object (``{"action": "send", "text": …, "HEADERS": {…}}``) and swaps every top-level element of a
 message received into the page by id (out of band). Actions:
 
-- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text}.
+- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text},
+  ``version`` {message_id} (show that version of a message, with its branch).
 
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
@@ -25,16 +26,23 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
-from chatsite.inputs import parse_id
-from conversations import live_access, replies, services, webchat
+from conversations import actions, live_access, queries
+from conversations.faults import (
+    DATABASE_UNAVAILABLE,
+    LAYER_ERRORS,
+    LAYER_UNAVAILABLE,
+    is_database_unavailable,
+)
+from conversations.fragments import message_html
+from conversations.ids import parse_id
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
-ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+ACTIONS = {"send", "stop", "regenerate", "retry", "edit", "version"}
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         if problem is not None:
             raise FrameError(f"The message cannot contain {problem}.")
         out["text"] = text
-    if action in ("retry", "edit"):
+    if action in ("retry", "edit", "version"):
         message_id = parse_id(data.get("message_id"))
         if message_id is None:
             raise FrameError("message_id must be a message's id.")
@@ -99,39 +107,6 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(message: Message, conversation: Conversation, user: Any) -> dict[str, Any]:
-    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer)."""
-    return {
-        "m": message,
-        "body": render_markdown(message.content),
-        "conversation": conversation,
-        "can_edit": webchat.can_edit(message, conversation, user),
-        "tool_calls": tool_calls_shown(message),
-    }
-
-
-def tool_calls_shown(message: Message) -> list[dict[str, str]]:
-    """An API reply's tool calls (``Message.tools``), each with its arguments as indented JSON
-    (as written when they are not JSON)."""
-    calls = (message.tools or {}).get("tool_calls") or []
-    shown = []
-    for call in calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        try:
-            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
-        shown.append(
-            {"id": call.get("id") or "", "name": function.get("name") or "?", "arguments": arguments}
-        )
-    return shown
-
-
-def message_html(message: Message, conversation: Conversation, user: Any) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation, user))
-
-
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
     html = message_html(message, conversation, user)
     if append:
@@ -150,7 +125,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         try:
-            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+            self.conversation = await database_sync_to_async(queries.get_conversation_for_user)(
                 user, conversation_id
             )
         except Http404:
@@ -159,7 +134,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.known: set[int] = set()
         self.started: list[Any] = []
-        group = services.group_name(conversation_id)
+        group = actions.group_name(conversation_id)
         try:
             await self.channel_layer.group_add(group, self.channel_name)
             self.group = group
@@ -226,6 +201,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
+        if conversation.source == Conversation.Source.API and action not in ("stop", "version"):
+            raise replies.ChatError("This conversation was logged from the API: it is read-only.")
         if action == "stop":
             if not await replies.astop(conversation.pk):
                 raise replies.ChatError("Nothing is being written in this conversation.")
@@ -238,6 +215,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await replies.retry(self.user, conversation, frame["message_id"])
         elif action == "edit":
             await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+        elif action == "version":
+            await replies.select_version(self.user, conversation, frame["message_id"])
+            return
         run = replies.run_of(conversation.pk)
         if run is not None:
             self.started.append(run)
@@ -295,6 +275,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ids = [int(i) for i in event["message_ids"]]
         self.known.difference_update(ids)
         await self.send(text_data="".join(f'<div id="m-{i}" hx-swap-oob="delete"></div>' for i in ids))
+
+    async def chat_refresh(self, event: dict[str, Any]) -> None:
+        """Another branch of the conversation is shown (a version was chosen): send it whole."""
+        await self._refresh()
 
     async def chat_conversation(self, event: dict[str, Any]) -> None:
         if not await self._still_visible():
@@ -358,8 +342,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         htmx-ext-ws reconnects by itself) is then shown, and nothing twice."""
 
         def load() -> tuple[set[int], str]:
-            messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            html = "".join(message_html(m, self.conversation, self.user) for m in messages)
+            messages = list(queries.visible_messages(self.conversation).select_related("author"))
+            versions = queries.versions_of(messages)
+            html = "".join(message_html(m, self.conversation, self.user, versions[m.pk]) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()

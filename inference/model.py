@@ -64,8 +64,10 @@ class ChatModel:
             raise
         return model
 
-    def prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        return build_prompt_ids(messages, self.template, self.tokenizer)
+    def prompt_ids(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return build_prompt_ids(messages, self.template, self.tokenizer, tools)
 
     def close(self) -> None:
         self.scheduler.close()

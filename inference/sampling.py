@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,6 +78,30 @@ class SamplingParams:
         object.__setattr__(self, "logit_bias", bias)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
+
+    def to_json(self, *, exclude: Sequence[str] = ()) -> dict[str, Any]:
+        """The parameters as JSON values (``logit_bias`` as ``{"token id": bias}``, ``stop`` as a
+        list): what the inference worker protocol sends and what the API's log records.
+        ``from_json`` reads it back."""
+        out: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": {str(k): v for k, v in dict(self.logit_bias).items()},
+            "seed": self.seed,
+            "stop": list(self.stop),
+            "max_tokens": self.max_tokens,
+            "grammar": self.grammar,
+            "logprobs": self.logprobs,
+        }
+        for name in exclude:
+            del out[name]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SamplingParams:
+        return cls(**data)
 
     def validate(self, vocab_size: int) -> None:
         """Raise ``SamplingError`` naming the first field that is out of range."""

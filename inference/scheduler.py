@@ -1,6 +1,6 @@
 """Slots x threads, a fair bounded queue, cancellation, prefix affinity and drain.
 
-Contract (see DESIGN.md):
+Contract (the backend interface: ARCHITECTURE.md):
 - ``submit`` decides admission synchronously: it returns a ``Job`` or raises ``Overloaded`` /
   ``ContextLengthExceeded`` before anything is evaluated.
 - ``submit_n`` admits n jobs (the n choices of one request) all or none; each counts as one place

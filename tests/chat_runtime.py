@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from chatsite.runtime import Runtime, get_runtime
+from conversations.runtime import Runtime, get_runtime
 from inference.model import ChatModel
 from tests.tiny_gguf import write_tiny_llama
 

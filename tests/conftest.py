@@ -56,10 +56,10 @@ def charlie(db):
 @pytest.fixture
 def alpha(alice, bob):
     """The team alice administers and bob belongs to; charlie is not in it."""
-    from conversations import services
+    from conversations import actions
 
-    team = services.create_team("alpha", admin=alice)
-    services.add_member(team, bob)
+    team = actions.create_team("alpha", admin=alice)
+    actions.add_member(team, bob)
     return team
 
 
@@ -114,3 +114,36 @@ def tiny_api_server(tmp_path_factory: pytest.TempPathFactory):
     ).start()
     yield server
     server.stop()
+
+
+# --- A small OpenID Connect provider (tests/oidc_provider.py) in its own process ---------------
+
+OIDC_CLIENT_ID = "chatsite-test"
+OIDC_CLIENT_SECRET = "a-client-secret-for-tests"
+
+
+@pytest.fixture(scope="session")
+def oidc_provider():
+    """The stub provider's process, serving at ``.issuer`` until the session ends."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tests.live_server import free_port
+
+    script = Path(__file__).with_name("oidc_provider.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(free_port()), OIDC_CLIENT_ID, OIDC_CLIENT_SECRET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()  # blocks until it listens (or exits)
+    if not line.startswith("ready "):
+        process.kill()
+        pytest.fail(f"the stub OpenID provider did not start: {line!r}", pytrace=False)
+    yield SimpleNamespace(
+        issuer=line.split()[1], client_id=OIDC_CLIENT_ID, client_secret=OIDC_CLIENT_SECRET, process=process
+    )
+    process.terminate()
+    process.wait(timeout=10)

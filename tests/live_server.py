@@ -31,12 +31,12 @@ import io, json, django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from conversations import services
+from conversations import actions
 call_command("migrate", verbosity=0)
 User = get_user_model()
 users = {name: User.objects.create_user(name) for name in ("alice", "bob", "charlie")}
-alpha = services.create_team("alpha", admin=users["alice"])
-services.add_member(alpha, users["bob"])
+alpha = actions.create_team("alpha", admin=users["alice"])
+actions.add_member(alpha, users["bob"])
 
 def key(*args):
     out = io.StringIO()
@@ -45,7 +45,7 @@ def key(*args):
 
 keys = {"alice": key("alice", "--name", "tests"), "bob": key("bob"), "charlie": key("charlie")}
 keys["revoked"] = key("alice", "--team", "alpha", "--name", "old")
-services.revoke_api_key(services.authenticate_api_key(keys["revoked"]))
+actions.revoke_api_key(actions.authenticate_api_key(keys["revoked"]))
 print(json.dumps(keys))
 """
 

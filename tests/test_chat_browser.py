@@ -38,20 +38,20 @@ SETUP = f"""
 import django
 django.setup()
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from conversations.models import Team
 User = get_user_model()
 for name in ("alice", "bob", "charlie"):
     user = User.objects.get(username=name)
     user.set_password({PASSWORD!r})
     user.save()
-services.default_team(User.objects.get(username="charlie"))  # charlie: a team of his own
+actions.default_team(User.objects.get(username="charlie"))  # charlie: a team of his own
 alice, bob = User.objects.get(username="alice"), User.objects.get(username="bob")
 alpha = Team.objects.get(name="alpha")
 for owner, title, visibility in [(alice, "Release notes draft", "private"),
                                  (bob, "Trip planning for the offsite", "team")]:
-    chat = services.start_conversation(owner, alpha, title=title, visibility=visibility)
-    services.add_user_message(chat, "Notes about " + title.lower(), author=owner)
+    chat = actions.start_conversation(owner, alpha, title=title, visibility=visibility)
+    actions.add_user_message(chat, "Notes about " + title.lower(), author=owner)
 """
 
 XSS = (

@@ -14,8 +14,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import replies, services, webchat
+from conversations import actions
 from conversations.consumers import MAX_FRAME_BYTES
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from inference.jobs import Overloaded
 from inference.model import ChatModel
@@ -44,12 +45,12 @@ def runtime(tiny_model):
 
 @pytest.fixture
 def bravo(charlie):
-    return services.create_team("bravo", admin=charlie)
+    return actions.create_team("bravo", admin=charlie)
 
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha, visibility="team", max_tokens=6)
+    return actions.start_conversation(alice, alpha, visibility="team", max_tokens=6)
 
 
 def cookie_for(user) -> tuple[bytes, bytes]:
@@ -131,7 +132,7 @@ async def test_it_refuses_anonymous_visitors(chat) -> None:
 
 
 async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None:
-    await sync_to_async(services.add_user_message)(chat, "sent before the socket opened", author=alice)
+    await sync_to_async(actions.add_user_message)(chat, "sent before the socket opened", author=alice)
     communicator = WebsocketCommunicator(
         application, f"/ws/c/{chat.pk}/", headers=[HOST, ORIGIN, await sync_to_async(cookie_for)(alice)]
     )
@@ -146,7 +147,7 @@ async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None
 async def test_it_closes_a_teammates_socket_when_the_owner_makes_it_private(alice, bob, chat) -> None:
     communicator, connected, _ = await connect(bob, chat.pk)
     assert connected
-    await sync_to_async(webchat.set_visibility)(chat, "private")
+    await sync_to_async(actions.set_visibility)(chat, "private")
     assert "no longer available" in await communicator.receive_from(timeout=5)
     assert (await communicator.receive_output(timeout=5))["type"] == "websocket.close"
     await communicator.disconnect()
@@ -162,7 +163,7 @@ async def test_it_refuses_someone_elses_conversation(charlie, bravo, chat) -> No
 
 
 async def test_it_refuses_a_teammate_on_a_private_conversation(alice, bob, alpha) -> None:
-    private = await sync_to_async(services.start_conversation)(alice, alpha)
+    private = await sync_to_async(actions.start_conversation)(alice, alpha)
     communicator, connected, code = await connect(bob, private.pk)
     assert not connected and code == 4404
     await communicator.disconnect()
@@ -375,7 +376,7 @@ async def test_it_stops_on_disconnect_when_the_site_says_so(alice, chat, runtime
 
 
 async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, runtime) -> None:
-    message = await sync_to_async(services.add_user_message)(chat, "alice wrote this", author=alice)
+    message = await sync_to_async(actions.add_user_message)(chat, "alice wrote this", author=alice)
     communicator, _, _ = await connect(bob, chat.pk)
     await communicator.send_to(
         text_data=json.dumps({"action": "edit", "message_id": message.pk, "text": "bob's words"})

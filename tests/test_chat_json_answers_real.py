@@ -9,7 +9,7 @@ import jsonschema_rs
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations import services
+from conversations import actions
 from conversations.models import Message
 from inference.model import ChatModel
 from tests.chat_runtime import serving
@@ -39,7 +39,7 @@ def real_model(tmp_path_factory):
 
 
 async def test_it_answers_schema_valid_json_with_the_real_model(alice, alpha, real_model) -> None:
-    chat = await sync_to_async(services.start_conversation)(
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=64, temperature=0.0, json_answers=True, json_schema=SCHEMA
     )
     with serving(real_model):

@@ -38,10 +38,10 @@ import json, django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.test import Client
-from conversations import services
+from conversations import actions
 alice = get_user_model().objects.get(username="alice")
-conversation = services.start_conversation(
-    alice, services.default_team(alice), title="Lighthouses", max_tokens=800, temperature=0.0
+conversation = actions.start_conversation(
+    alice, actions.default_team(alice), title="Lighthouses", max_tokens=800, temperature=0.0
 )
 client = Client()
 client.force_login(alice)

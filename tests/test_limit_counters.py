@@ -126,10 +126,10 @@ def sqlite_file_database(tmp_path: Path) -> dict[str, int] | None:
         + """
 import json
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from review import limits
 alice = get_user_model().objects.create_user("alice")
-alpha = services.create_team("alpha", admin=alice)
+alpha = actions.create_team("alpha", admin=alice)
 print(json.dumps({"team": alpha.pk, "user": alice.pk}))
 """
     )

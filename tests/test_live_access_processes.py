@@ -25,7 +25,7 @@ REMOVE_ALICE_THEN_WRITE = """
 import json, time, django
 django.setup()
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Membership
 from review import services as review_services
 membership = Membership.objects.get(team__name="alpha", user__username="alice")
@@ -33,7 +33,7 @@ review_services.remove_member(membership, by=None)
 removed_at = time.time()
 chat = Conversation.objects.get(title="Trip planning for the offsite")
 bob = get_user_model().objects.get(username="bob")
-services.add_user_message(chat, "written after alice left", author=bob)
+actions.add_user_message(chat, "written after alice left", author=bob)
 print(json.dumps({"removed_at": removed_at}))
 """
 

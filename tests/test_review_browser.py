@@ -34,7 +34,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message, Team
 User = get_user_model()
 for name in ("alice", "bob"):
@@ -46,11 +46,11 @@ call_command("addmember", "alpha", "alice", "--admin")
 alpha, bob = Team.objects.get(name="alpha"), User.objects.get(username="bob")
 now = timezone.now()
 for day in range(13, -1, -1):
-    chat = services.start_conversation(bob, alpha, title=f"notes {{day}}", visibility="team")
-    services.add_user_message(chat, f"Summarise day {{day}}")
+    chat = actions.start_conversation(bob, alpha, title=f"notes {{day}}", visibility="team")
+    actions.add_user_message(chat, f"Summarise day {{day}}")
     prompt = 40 + 7 * day
-    reply = services.start_assistant_messages(chat, 1, params={{"temperature": 0.3}}, prompt_tokens=prompt)[0]
-    services.finish_assistant_message(reply.pk, services.Outcome(
+    reply = actions.start_assistant_messages(chat, 1, params={{"temperature": 0.3}}, prompt_tokens=prompt)[0]
+    actions.finish_assistant_message(reply.pk, actions.Outcome(
         status="complete", content="A summary.", prompt_tokens=prompt,
         completion_tokens=20 + (day * 37) % 90, duration=1.0))
     Message.objects.filter(conversation=chat).update(created=now - timedelta(days=day))

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
 from conversations.models import Conversation, Message
 from review.search import message_matches
 from tests.review_data import ALPHA, World, api_call, logged_in, web_chat
@@ -196,8 +196,8 @@ def test_it_keeps_the_other_review_lists_to_a_fixed_number_of_queries(
     User = get_user_model()
     for i in range(20):
         user = User.objects.create_user(f"member{i}")
-        conversation_services.add_member(world.alpha, user)
-        conversation_services.create_team(f"team{i}", admin=user)
+        conversation_actions.add_member(world.alpha, user)
+        conversation_actions.create_team(f"team{i}", admin=user)
         client.get(
             reverse("admin:conversations_conversation_change", args=[world.conversations["bob_api"].pk])
         )

@@ -15,7 +15,7 @@ import time
 import pytest
 from django.test import AsyncClient
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
 from tests.chat_runtime import serving, tiny_chat_model
 from tests.test_chat_consumer import connect, finish_run
@@ -54,7 +54,7 @@ def site(tiny_model, faults):
 
 @pytest.fixture
 def raw_key(alice, alpha) -> str:
-    return services.create_api_key(alice, alpha, "path")[1]
+    return actions.create_api_key(alice, alpha, "path")[1]
 
 
 async def call(raw: str, model: str, text: str, **extra):
@@ -129,7 +129,7 @@ async def test_a_browser_reply_names_its_connection_while_the_upstream_works_on_
     site, alice, alpha, faults
 ) -> None:
     chat = await asyncio.to_thread(
-        services.start_conversation, alice, alpha, visibility="team", max_tokens=8, model_id="fault-hang"
+        actions.start_conversation, alice, alpha, visibility="team", max_tokens=8, model_id="fault-hang"
     )
     communicator, connected, _ = await connect(alice, chat.pk)
     assert connected

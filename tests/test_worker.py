@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from chatsite import worker as worker_module
-from chatsite.worker import WorkerClient
 from inference.gguf import read_gguf
 from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded
+from inference.remote import client as worker_module
+from inference.remote.client import WorkerClient
 from inference.sampling import SamplingParams
 from inference.tokenizer import Tokenizer
 from tests.paced_model import PACE_MS, paced_env, write_paced_model

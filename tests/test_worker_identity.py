@@ -11,10 +11,10 @@ import uuid
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from chatsite import worker as worker_module
 from chatsite.management.commands.inferenceworker import Worker
 from inference.jobs import Delta
 from inference.model import ChatModel
+from inference.remote import client as worker_module
 from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
 from tests.test_worker import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker, tiny  # noqa: F401
 

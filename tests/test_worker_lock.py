@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
+from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
 from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
 from tests.test_worker import ROOT, prefix, start_worker, stop_worker, tiny  # noqa: F401
 

@@ -20,24 +20,11 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
-from chatsite import faults
-from conversations import runner, services
+from conversations import actions, faults
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
-from conversations.api.tools import Output, plan_output
-from conversations.models import ApiKey, Message
-from inference.jobs import (
-    BackendUnreachable,
-    ContextLengthExceeded,
-    Delta,
-    Event,
-    Finished,
-    Job,
-    Overloaded,
-)
-from inference.model import ChatModel
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     ChatCompletion,
     ChatCompletionChunk,
@@ -50,6 +37,19 @@ from inference.protocol import (
     Usage,
     parse_chat_request,
 )
+from conversations.api.tools import Output, plan_output
+from conversations.live import runner
+from conversations.models import ApiKey, Message
+from inference.jobs import (
+    BackendUnreachable,
+    ContextLengthExceeded,
+    Delta,
+    Event,
+    Finished,
+    Job,
+    Overloaded,
+)
+from inference.model import ChatModel
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
 from review import replay
@@ -69,10 +69,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     body = parse_chat_request(data)
     model = resolve_model(body.model)
     # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
-    # a 400) and the messages as the template gets them (tools in the system prompt).
-    plan, messages = await sync_to_async(plan_output, thread_sensitive=False)(body, model.tokenizer)
+    # a 400) and the prompt: the tools in the template's own syntax, or in the system prompt.
+    plan, prompt = await sync_to_async(plan_output, thread_sensitive=False)(
+        body, model.tokenizer, model.template
+    )
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
-    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(messages)
+    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(prompt.messages, prompt.tools)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     n = body.n or 1
     # The limits first (review/limits.py): a refused call does no work and writes nothing.
@@ -96,10 +98,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         **fingerprints,
     }
     try:
-        call = await database_sync_to_async(services.start_api_call)(
+        call = await database_sync_to_async(actions.start_api_call)(
             key,
             model_id=model.model_id,
-            messages=messages,
+            messages=prompt.logged,
             params=logged,
             n=n,
             prompt_tokens=len(prompt_ids),
@@ -111,7 +113,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         await ratelimits.refund(reservation)
         raise
     if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
-        await database_sync_to_async(services.record_tools)([r.pk for r in call.replies], plan.record)
+        await database_sync_to_async(actions.record_tools)([r.pk for r in call.replies], plan.record)
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
@@ -191,16 +193,7 @@ async def admit(
 
 
 def _params_record(params: SamplingParams) -> dict[str, Any]:
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "logit_bias": {str(k): v for k, v in params.logit_bias},  # type: ignore[misc]
-        "seed": params.seed,
-        "stop": list(params.stop),
-        "max_tokens": params.max_tokens,
-    }
+    return params.to_json(exclude=("grammar", "logprobs"))
 
 
 def _unsaved(*, retry: bool = False) -> APIError:
@@ -267,7 +260,7 @@ class Reply:
             return
         for message_id, (index, f) in zip(self.message_ids, enumerate(finished), strict=True):
             calls = [c.model_dump() for c in self.output.calls(index, f)]
-            await database_sync_to_async(services.record_tool_calls)(message_id, plan.record, calls)
+            await database_sync_to_async(actions.record_tool_calls)(message_id, plan.record, calls)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(

@@ -14,10 +14,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
-from chatsite.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
-from conversations import services
-from conversations.models import ApiKey
-from inference.protocol import (
+from conversations import actions
+from conversations.api.protocol import (
     APIError,
     AuthenticationFailed,
     MethodNotAllowed,
@@ -27,6 +25,8 @@ from inference.protocol import (
     UnsupportedMediaType,
     parse_json_body,
 )
+from conversations.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
+from conversations.models import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def authenticate(request: HttpRequest) -> ApiKey:
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
-    key = await database_sync_to_async(services.authenticate_api_key)(raw)
+    key = await database_sync_to_async(actions.authenticate_api_key)(raw)
     if key is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {mask_key(raw)}.")
     return key

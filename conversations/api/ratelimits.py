@@ -6,8 +6,8 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from django.http import HttpResponseBase
 
+from conversations.api.protocol import RateLimited, ServiceUnavailable
 from conversations.models import ApiKey
-from inference.protocol import RateLimited, ServiceUnavailable
 from review import limits
 
 

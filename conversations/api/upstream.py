@@ -21,10 +21,9 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from conversations import runner, services
+from conversations import actions
 from conversations.api import ratelimits
-from conversations.models import ApiKey, Message
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     ChatCompletionRequest,
     InvalidRequest,
@@ -32,6 +31,8 @@ from inference.protocol import (
     check_storable,
     parse_chat_request,
 )
+from conversations.live import runner
+from conversations.models import ApiKey, Message
 from inference.streaming import DONE, sse
 from inference.upstream.connection import Opened
 from inference.upstream.errors import (
@@ -181,7 +182,7 @@ def log_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 def token_counter() -> TokenCounter | None:
     """Counting with the embedded model's tokenizer, when the upstream reports no usage (an
     estimate: the upstream's model has its own tokenizer)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     model = get_runtime().model
     if model is None:
@@ -246,7 +247,7 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
     try:
         opened, call = await _open_and_log(
             pool.open(model_id, forward, stream=stream, first=first),
-            lambda: services.start_api_call(
+            lambda: actions.start_api_call(
                 key,
                 model_id=model_id,
                 messages=messages,
@@ -292,8 +293,8 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
 
 
 async def _open_and_log(
-    opening: Coroutine[Any, Any, Opened], start_call: Callable[[], services.ApiCall], named: str | None
-) -> tuple[Opened, services.ApiCall]:
+    opening: Coroutine[Any, Any, Opened], start_call: Callable[[], actions.ApiCall], named: str | None
+) -> tuple[Opened, actions.ApiCall]:
     """Open the upstream call (up to its first token) and write its log rows at the same time: the
     write is off the way to the first token, and still no token reaches the client before the call
     is logged. The rows name the connection ``named``; if another replica took the call, they are
@@ -315,7 +316,7 @@ async def _open_and_log(
         opened = await open_task
         call = await log_task
         if opened.connection.name != named:
-            await database_sync_to_async(services.record_upstream, thread_sensitive=False)(
+            await database_sync_to_async(actions.record_upstream, thread_sensitive=False)(
                 [reply.pk for reply in call.replies], opened.connection.name
             )
         done = True
@@ -327,7 +328,7 @@ async def _open_and_log(
             await asyncio.shield(undoing)
 
 
-async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[services.ApiCall]) -> None:
+async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[actions.ApiCall]) -> None:
     """Close the opened call and delete the written rows of a call that did not go through."""
     open_task.cancel()
     await asyncio.wait((open_task, log_task))
@@ -335,7 +336,7 @@ async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[serv
         await open_task.result().aclose()
     if not log_task.cancelled() and log_task.exception() is None:
         try:
-            await database_sync_to_async(services.discard_api_call, thread_sensitive=False)(log_task.result())
+            await database_sync_to_async(actions.discard_api_call, thread_sensitive=False)(log_task.result())
         except Exception:  # the reply stays streaming: the sweep of stale heartbeats interrupts it
             log.exception("could not delete the log rows of an upstream call that did not go through")
 

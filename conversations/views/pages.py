@@ -12,14 +12,16 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from chatsite.inputs import parse_id
-from chatsite.runtime import get_runtime
-from conversations import json_answers, services, webchat
-from conversations.consumers import message_context
-from conversations.models import Conversation, Message
-from conversations.runner import STALE_AFTER
+from conversations import actions, json_answers, preferences, queries
+from conversations.actions import STALE_AFTER
+from conversations.fragments import message_context
+from conversations.ids import parse_id
+from conversations.live import replies
+from conversations.models import ChatPreferences, Conversation, Message
+from conversations.runtime import get_runtime
 from inference.constraints import ConstraintError
 from upstreams import choices
 
@@ -47,16 +49,23 @@ class SettingsForm(forms.Form):
 
 
 def _team(request: HttpRequest):
-    return webchat.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
+    return actions.current_team(request.user, request.session.get(TEAM_SESSION_KEY))
 
 
-def sidebar_context(request: HttpRequest, query: str = "") -> dict[str, Any]:
+def _source(request: HttpRequest) -> str:
+    """The sidebar's list: the browser chats, or (``?source=api``) the user's API calls."""
+    return Conversation.Source.API if request.GET.get("source") == "api" else Conversation.Source.WEB
+
+
+def sidebar_context(request: HttpRequest, query: str = "", source: str | None = None) -> dict[str, Any]:
     team = _team(request)
+    source = source or _source(request)
     return {
         "team": team,
-        "teams": webchat.teams_of(request.user),
-        "conversations": webchat.sidebar_conversations(request.user, team, query),
+        "teams": queries.teams_of(request.user),
+        "conversations": queries.sidebar_conversations(request.user, team, query, source),
         "query": query,
+        "source": source,
     }
 
 
@@ -77,7 +86,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def switch_team(request: HttpRequest) -> HttpResponse:
-    team = services.get_team_for_user(request.user, _int(request.POST.get("team")))
+    team = queries.get_team_for_user(request.user, _int(request.POST.get("team")))
     request.session[TEAM_SESSION_KEY] = team.pk
     return redirect("chat:home")
 
@@ -85,29 +94,37 @@ def switch_team(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def create(request: HttpRequest) -> HttpResponse:
-    conversation = webchat.create_conversation(request.user, _team(request))
+    conversation = actions.create_conversation(request.user, _team(request))
     return redirect("chat:conversation", conversation.pk)
 
 
 @require_safe
 @login_required
 def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = services.get_conversation_for_user(request.user, conversation_id)
+    conv = queries.get_conversation_for_user(request.user, conversation_id)
     # Replies left 'streaming' by a dead process (stale heartbeat) show as interrupted, with their
     # text and a Regenerate button. A live process's streams have fresh heartbeats: untouched.
     # (Read first: a page view writes only when there is something to mark.)
     stale_before = timezone.now() - timedelta(seconds=STALE_AFTER)
     if conv.messages.filter(status=Message.Status.STREAMING, heartbeat_at__lt=stale_before).exists():
         # This conversation's only (the periodic sweep does the others); open pages are told.
-        services.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
-    rows = list(webchat.visible_messages(conv).select_related("author"))
+        actions.interrupt_stale_messages(stale_before, conversation_id=conv.pk)
+    rows = list(queries.visible_messages(conv).select_related("author"))
+    versions = queries.versions_of(rows)
     is_owner = conv.owner_id == request.user.pk
-    context = sidebar_context(request)
+    context = sidebar_context(request, source=conv.source)
+    temperature = conv.temperature
     context.update(
         {
             "conversation": conv,
-            "is_owner": is_owner,
-            "rows": [message_context(m, conv, request.user) for m in rows],
+            "read_only": conv.source == Conversation.Source.API,
+            "is_owner": is_owner and conv.source != Conversation.Source.API,
+            "defaults": {
+                "temperature": replies.DEFAULT_TEMPERATURE,
+                "top_p": replies.DEFAULT_TOP_P,
+                "max_tokens": replies.DEFAULT_MAX_TOKENS,
+            },
+            "rows": [message_context(m, conv, request.user, versions[m.pk]) for m in rows],
             "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
             "model_choices": (model_choices := choices.choices(conv.team_id) if is_owner else []),
             # Kept selected (so that saving other settings keeps it) though no longer offered.
@@ -116,8 +133,9 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
             "settings_form": SettingsForm(
                 initial={
                     "system_prompt": conv.system_prompt,
-                    "temperature": conv.temperature,
-                    "max_tokens": conv.max_tokens,
+                    # The values in use: the conversation's own, else the defaults (not empty fields).
+                    "temperature": replies.DEFAULT_TEMPERATURE if temperature is None else temperature,
+                    "max_tokens": conv.max_tokens or replies.DEFAULT_MAX_TOKENS,
                     "model_id": conv.model_id,
                     "json_answers": conv.json_answers,
                     "json_schema": "" if conv.json_schema is None else json.dumps(conv.json_schema, indent=2),
@@ -131,31 +149,37 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
-    webchat.rename(conv, request.POST.get("title", ""))
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
+    actions.rename(conv, request.POST.get("title", ""))
     return redirect("chat:conversation", conv.pk)
 
 
 @require_POST
 @login_required
 def sharing(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     visibility = request.POST.get("visibility", "")
     if visibility in Conversation.Visibility.values:
-        webchat.set_visibility(conv, visibility)
+        actions.set_visibility(conv, visibility)
     return redirect("chat:conversation", conv.pk)
 
 
 @require_POST
 @login_required
 def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     form = SettingsForm(request.POST)
     if form.is_valid() and form.cleaned_data["model_id"] not in ("", conv.model_id):
         if form.cleaned_data["model_id"] not in [c.id for c in choices.choices(conv.team_id)]:
             form.add_error("model_id", "Choose one of the models your team may use.")
     if form.is_valid():
-        webchat.update_settings(conv, **form.cleaned_data)
+        # The form shows the defaults in use: a default left as it was stays "the default".
+        data = form.cleaned_data
+        if conv.temperature is None and data["temperature"] == replies.DEFAULT_TEMPERATURE:
+            data["temperature"] = None
+        if conv.max_tokens is None and data["max_tokens"] == replies.DEFAULT_MAX_TOKENS:
+            data["max_tokens"] = None
+        actions.update_settings(conv, **data)
         messages.success(request, "Settings saved.")
     else:
         messages.error(request, "Settings not saved: " + "; ".join(_form_errors(form)))
@@ -166,12 +190,25 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
 @login_required
 def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """GET asks (and says what delete means), POST deletes."""
-    conv = webchat.get_conversation_for_owner(request.user, conversation_id)
+    conv = queries.get_conversation_for_owner(request.user, conversation_id)
     if request.method == "POST":
-        webchat.soft_delete(conv)
+        actions.soft_delete(conv)
         messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
         return redirect("chat:home")
     return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
+
+
+@require_POST
+@login_required
+def theme(request: HttpRequest) -> HttpResponse:
+    """Remember the colour theme (auto: the browser's), then go back to the page it was chosen on."""
+    choice = request.POST.get("theme", "")
+    if choice in ChatPreferences.Theme.values:
+        preferences.set_theme(request.user, choice)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = "/"
+    return redirect(back)
 
 
 def _int(value: str | None) -> int:

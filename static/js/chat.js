@@ -49,6 +49,32 @@
       copyText(code ? code.textContent : "", copy);
       return;
     }
+    var copyAnswer = target.closest(".copy-answer");
+    if (copyAnswer) {
+      copyText(copyAnswer.getAttribute("data-markdown") || "", copyAnswer);
+      return;
+    }
+    if (target.closest("#jump-latest")) {
+      scrollToBottom();
+      stickToBottom = true;
+      return;
+    }
+    var sidebarToggle = target.closest("#sidebar-toggle");
+    if (sidebarToggle) {
+      var open = document.body.classList.toggle("sidebar-open");
+      sidebarToggle.setAttribute("aria-expanded", String(open));
+      return;
+    }
+    var theme = target.closest("#theme-toggle");
+    if (theme) {
+      // Post the opposite of what is shown (auto follows prefers-color-scheme).
+      var shown = document.documentElement.getAttribute("data-theme");
+      if (shown !== "light" && shown !== "dark") {
+        shown = window.matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+      }
+      theme.form.elements.theme.value = shown === "dark" ? "light" : "dark";
+      return;
+    }
     var toggle = target.closest(".edit-toggle");
     if (toggle) {
       var form = document.getElementById(toggle.getAttribute("aria-controls"));
@@ -88,11 +114,42 @@
     }
   });
 
+  // "Jump to latest" shows while the reader is scrolled up from the end of the conversation.
+  function updateJump() {
+    var jump = document.getElementById("jump-latest");
+    if (jump) jump.hidden = nearBottom();
+  }
+  window.addEventListener("scroll", updateJump, { passive: true });
+  window.addEventListener("resize", updateJump);
+
+  // The live region (#chat-announce) says once that an answer is finished, not every token: the
+  // answers seen streaming in this page are remembered, and announced when they end.
+  var streaming = {};
+  var announced = {};
+  function announceFinished() {
+    var region = document.getElementById("chat-announce");
+    if (!region) return;
+    document.querySelectorAll("#messages .msg-assistant").forEach(function (answer) {
+      if (answer.classList.contains("status-streaming")) {
+        streaming[answer.id] = true;
+      } else if (streaming[answer.id] && !announced[answer.id]) {
+        announced[answer.id] = true;
+        var status = answer.className.match(/status-(\w+)/);
+        var ended = status && status[1] !== "complete" ? " (" + status[1] + ")" : "";
+        var body = answer.querySelector(".msg-body");
+        var text = body ? body.textContent.trim() : "";
+        region.textContent = "Answer finished" + ended + ": " + text.slice(0, 300);
+      }
+    });
+  }
+
   var stickToBottom = true;
   document.addEventListener("htmx:wsBeforeMessage", function () { stickToBottom = nearBottom(); });
   document.addEventListener("htmx:wsAfterMessage", function () {
     addCopyButtons(document.getElementById("messages"));
+    announceFinished();
     if (stickToBottom) scrollToBottom();
+    updateJump();
   });
   document.addEventListener("htmx:wsAfterSend", function (event) {
     var form = event.target;
@@ -105,7 +162,9 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     addCopyButtons(document);
+    announceFinished();
     if (document.getElementById("messages")) scrollToBottom();
+    updateJump();
     var text = document.getElementById("composer-text");
     if (text) text.focus();
   });

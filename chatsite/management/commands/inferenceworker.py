@@ -16,12 +16,13 @@ from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
-from chatsite import metrics
-from chatsite.receiving import close_receiver, receive_until_closed
-from chatsite.runtime import ModelNotReady, get_runtime
-from chatsite.worker import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict, params_from_dict
-from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
+from conversations import metrics
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
+from inference.remote.client import ALIVE_INTERVAL, WORKER_CHANNEL, event_to_dict
+from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
+from inference.remote.receiving import close_receiver, receive_until_closed
+from inference.sampling import SamplingParams
 
 
 class Command(BaseCommand):
@@ -33,7 +34,7 @@ class Command(BaseCommand):
     def handle(self, *args, drain_timeout: float, **options):
         if not settings.REDIS_URL:
             raise CommandError("REDIS_URL is not set: the worker serves other processes through Redis")
-        # One worker per channel prefix, checked before the model loads (see chatsite/worker_lock.py).
+        # One worker per channel prefix, checked before the model loads (see inference/remote/lock.py).
         prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
         lock = WorkerLock(settings.REDIS_URL, prefix, f"{socket.gethostname()}:{os.getpid()}")
         try:
@@ -158,7 +159,7 @@ class Worker:
         reply_to = message["reply_channel"]
         base = {"request_id": message["request_id"]}
         try:
-            params = params_from_dict(message["params"])
+            params = SamplingParams.from_json(message["params"])
             jobs = self.scheduler.submit_n(
                 message["prompt_ids"], params, message["n"], user_key=message["user_key"]
             )

@@ -20,7 +20,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 
 log = logging.getLogger("chatsite.serve")
 
@@ -46,12 +46,13 @@ class Command(BaseCommand):
         from twisted.internet import reactor, task, threads
 
         from chatsite.asgi import application
-        from conversations import runner, services
+        from conversations import actions
+        from conversations.live import runner
 
         self.runtime = get_runtime()
         if not no_preload:
             self.runtime.start_loading()
-        orphaned = services.interrupt_orphaned_messages()
+        orphaned = actions.interrupt_orphaned_messages()
         if orphaned:
             self.stdout.write(f"marked {orphaned} replies of a stopped process as interrupted")
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_serializer,
 )
 
-from inference.protocol_tools import (
+from conversations.api.protocol_tools import (
     MAX_TOOLS,
     ChoiceLogprobs,
     FunctionCallChoice,
@@ -32,11 +32,15 @@ from inference.protocol_tools import (
     ToolChoice,
     ToolDefinition,
 )
+from inference.sampling import MAX_STOP_STRINGS
 from inference.text import unstorable
 
 MODEL_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-0301")  # the ids the spec names
 MAX_N = 128
-MAX_STOP = 4
+# Accepted for old clients, and not offered in /v1/openapi.json: the legacy spellings of tools and
+# tool_choice.
+LEGACY_FIELDS = ("functions", "function_call")
+MAX_STOP = MAX_STOP_STRINGS  # the sampler's limit, one source (inference/sampling.py)
 INT64 = 2**63
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -206,7 +210,7 @@ class ChatCompletionRequest(BaseModel):
 
 def check_supported(request: ChatCompletionRequest) -> None:
     """Refuse, naming the param, what is well-formed but cannot be honoured as asked."""
-    from inference.tools import check_tool_request  # the tools' own rules (no cycle at import)
+    from conversations.api.tool_format import check_tool_request  # the tools' own rules (no cycle at import)
 
     check_messages(request.messages)
     check_tool_request(request)

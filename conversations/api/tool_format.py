@@ -1,7 +1,10 @@
 """Tools and structured outputs: the prompt, the grammar, and reading the calls back.
 
-One documented tool-call format, Hermes-style, for every model (SmolLM2's template has no tool
-syntax, and the model's own template is only given messages):
+A model whose chat template has its own tool syntax (``ChatTemplate.tool_syntax``, found by
+rendering a probe call: Qwen2.5's and Hermes' templates, for example) gets the tools and the calls
+the way its template writes them: the template receives ``tools`` and messages with
+``tool_calls`` and ``role: tool``, and the grammar and the parser use the template's call text.
+Every other model (SmolLM2's template has no tool syntax) gets one documented format, Hermes-style:
 
 - the tool list goes into the system prompt, one JSON object per line between ``<tools>`` and
   ``</tools>`` (see ``TOOLS_PROMPT``);
@@ -19,6 +22,7 @@ listed function may follow (a lazy lexeme); ``none`` offers no tools at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -26,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from conversations.api.protocol_tools import FunctionDefinition, NamedToolChoice, ToolCall
 from inference.constraints import (
     JSON_SEPARATORS,
     ConstraintError,
@@ -33,13 +38,13 @@ from inference.constraints import (
     json_schema_grammar,
     lark_grammar,
 )
-from inference.protocol_tools import FunctionDefinition, NamedToolChoice, ToolCall
+from inference.prompts import HERMES, ToolSyntax
 
 if TYPE_CHECKING:
-    from inference.protocol import ChatCompletionRequest, ChatMessage
+    from conversations.api.protocol import ChatCompletionRequest, ChatMessage
     from inference.tokenizer import Tokenizer
 
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+CALL_OPEN, CALL_CLOSE = HERMES.open, HERMES.close
 TOOLS_PROMPT = (
     "You can call functions to answer. They are described below as JSON, one per line, between "
     "<tools> and </tools>:\n<tools>\n{tools}\n</tools>\n"
@@ -51,7 +56,7 @@ Mode = Literal["none", "auto", "required", "named"]
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> Exception:
-    from inference.protocol import InvalidRequest
+    from conversations.api.protocol import InvalidRequest
 
     return InvalidRequest(message, param=param, code=code)
 
@@ -146,13 +151,13 @@ def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
 # --- The grammar ---------------------------------------------------------------------------------
 
 
-def _call_schema(function: FunctionDefinition) -> str:
+def _call_schema(function: FunctionDefinition, arguments_key: str = "arguments") -> str:
     parameters = function.parameters if function.parameters is not None else {"type": "object"}
     return json.dumps(
         {
             "type": "object",
-            "properties": {"name": {"const": function.name}, "arguments": parameters},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": function.name}, arguments_key: parameters},
+            "required": ["name", arguments_key],
             "additionalProperties": False,
             "x-guidance": JSON_SEPARATORS,
         }
@@ -165,9 +170,15 @@ def _format_schema(plan: ToolPlan) -> dict[str, Any] | None:
     return {"type": "object"} if plan.json_object else None
 
 
-def grammar_for(plan: ToolPlan, tokenizer: Tokenizer) -> str | None:
+def _literal(text: str) -> str:
+    """``text`` as a Lark string literal."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def grammar_for(plan: ToolPlan, tokenizer: Tokenizer, syntax: ToolSyntax = HERMES) -> str | None:
     """The checked grammar of the output, or None (free text). Raises InvalidRequest naming the
-    param whose schema llguidance cannot compile, with its reason."""
+    param whose schema llguidance cannot compile, with its reason. Calls are written in
+    ``syntax``."""
     fmt = _format_schema(plan)
     if not plan.offers_tools:
         if fmt is None:
@@ -181,17 +192,18 @@ def grammar_for(plan: ToolPlan, tokenizer: Tokenizer) -> str | None:
             tokenizer,
             f"tools[{plan.functions.index(function)}].function.parameters",
         )
-    lines = [f"c{i}: %json {_call_schema(f)}" for i, f in enumerate(offered)]
-    lines.append("body: (" + " | ".join(f"c{i}" for i in range(len(offered))) + f') "{CALL_CLOSE}"')
-    lines.append(f'call: "{CALL_OPEN}" body')
-    more = ' ("\\n" call)*' if plan.parallel else ""
+    key = syntax.arguments_key
+    lines = [f"c{i}: %json {_call_schema(f, key)}" for i, f in enumerate(offered)]
+    lines.append("body: (" + " | ".join(f"c{i}" for i in range(len(offered))) + f") {_literal(syntax.close)}")
+    lines.append(f"call: {_literal(syntax.open)} body")
+    more = f" ({_literal(syntax.between)} call)*" if plan.parallel and syntax.parallel else ""
     if plan.mode == "auto":
         if fmt is None:
             answer = "TEXT"
         else:
             answer = "answer"
             lines.append(f"answer: %json {json.dumps({**fmt, 'x-guidance': JSON_SEPARATORS})}")
-        lines.append(f'prefix[lazy]: TEXT "{CALL_OPEN}"')
+        lines.append(f"prefix[lazy]: TEXT {_literal(syntax.open)}")
         lines.insert(0, f"start: {answer} | prefix body{more}")
         lines.append("TEXT: /(.|\\n)*/")
     else:
@@ -225,8 +237,12 @@ def format_call(name: str, arguments: str) -> str:
     return CALL_OPEN + json.dumps(call, ensure_ascii=False) + CALL_CLOSE
 
 
-def prompt_messages(request: ChatCompletionRequest, plan: ToolPlan) -> list[dict[str, Any]]:
-    """The request's messages as the chat template gets them (roles system/user/assistant)."""
+def prompt_messages(
+    request: ChatCompletionRequest, plan: ToolPlan, *, describe_tools: bool = True
+) -> list[dict[str, Any]]:
+    """The request's messages in chatsite's own format (roles system/user/assistant): what a
+    template without a tool syntax gets, and what the log keeps. ``describe_tools``: the tool list
+    and the format go into the system prompt."""
     out: list[dict[str, Any]] = []
     names_by_id: dict[str, str] = {}
     responses: list[str] = []
@@ -245,7 +261,7 @@ def prompt_messages(request: ChatCompletionRequest, plan: ToolPlan) -> list[dict
         flush_responses()
         out.append(_plain(message, names_by_id))
     flush_responses()
-    if plan.offers_tools:
+    if plan.offers_tools and describe_tools:
         offered = [f for f in plan.functions if plan.named is None or f.name == plan.named]
         tools = "\n".join(
             json.dumps({"type": "function", "function": f.model_dump(exclude_none=True)}, ensure_ascii=False)
@@ -257,6 +273,54 @@ def prompt_messages(request: ChatCompletionRequest, plan: ToolPlan) -> list[dict
             out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{text}"}
         else:
             out.insert(0, {"role": "system", "content": text})
+    return out
+
+
+def offered_tools(plan: ToolPlan) -> list[dict[str, Any]] | None:
+    """The tools the model is offered, as a template with a tool syntax gets them."""
+    if not plan.offers_tools:
+        return None
+    offered = [f for f in plan.functions if plan.named is None or f.name == plan.named]
+    return [{"type": "function", "function": f.model_dump(exclude_none=True)} for f in offered]
+
+
+def template_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's messages for a template with its own tool syntax, as HF transformers gives
+    them: assistant ``tool_calls`` (arguments as objects), ``role: tool`` results with the
+    function's name; ``developer`` is system, the legacy ``function_call``/``role: function`` are
+    tool calls and results."""
+    out: list[dict[str, Any]] = []
+    names_by_id: dict[str, str] = {}
+    for message in request.messages:
+        text = message.text()
+        if message.role in ("tool", "function"):
+            if message.role == "function":
+                name = message.name or ""
+            else:
+                name = names_by_id.get(message.tool_call_id or "", "")
+            result: dict[str, Any] = {"role": "tool", "content": text, "name": name}
+            if message.tool_call_id:
+                result["tool_call_id"] = message.tool_call_id
+            out.append(result)
+            continue
+        role = "system" if message.role == "developer" else message.role
+        item: dict[str, Any] = {"role": role, "content": text}
+        if message.name:
+            item["name"] = message.name
+        calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+        if message.function_call is not None:
+            calls.append((new_call_id(), message.function_call.name, message.function_call.arguments))
+        if calls:
+            item["tool_calls"] = [
+                {
+                    "id": id_,
+                    "type": "function",
+                    "function": {"name": name, "arguments": _arguments_value(args)},
+                }
+                for id_, name, args in calls
+            ]
+            names_by_id.update((id_, name) for id_, name, _ in calls)
+        out.append(item)
     return out
 
 
@@ -278,7 +342,12 @@ def _plain(message: ChatMessage, names_by_id: dict[str, str]) -> dict[str, Any]:
 
 # --- Reading the calls back ------------------------------------------------------------------------
 
-_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+@functools.cache
+def _head(arguments_key: str) -> re.Pattern[str]:
+    """The start of a call's JSON up to its arguments (``arguments_key``: "arguments" for most)."""
+    key = re.escape(json.dumps(arguments_key))
+    return re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*' + key + r"\s*:\s*")
 
 
 def new_call_id() -> str:
@@ -308,7 +377,7 @@ Piece = CallStarted | ArgumentsPiece | ContentPiece
 
 @dataclass
 class ToolCallParser:
-    """Splits a reply's text, as it streams, into content and tool calls (Hermes format).
+    """Splits a reply's text, as it streams, into content and tool calls (written in ``syntax``).
 
     ``push`` returns what is certain now: content (a tail that could become ``<tool_call>`` is held
     back), a call's start (index, id and name, once the name is complete), and its arguments in
@@ -316,6 +385,7 @@ class ToolCallParser:
     sent). Fed the whole text at once or piece by piece, it gives the same calls.
     """
 
+    syntax: ToolSyntax = HERMES
     _buffer: str = ""
     _state: Literal["text", "head", "arguments", "after"] = "text"
     calls: list[ToolCall] = field(default_factory=list)
@@ -328,22 +398,23 @@ class ToolCallParser:
 
     def _drain(self) -> Iterator[Piece]:
         while True:
+            opener, closer = self.syntax.open, self.syntax.close
             if self._state in ("text", "after"):
-                at = self._buffer.find(CALL_OPEN)
+                at = self._buffer.find(opener)
                 if at < 0:
-                    cut = len(self._buffer) - _partial_suffix(self._buffer, CALL_OPEN)
+                    cut = len(self._buffer) - _partial_suffix(self._buffer, opener)
                     emit, self._buffer = self._buffer[:cut], self._buffer[cut:]
                     if emit and self._state == "text":
                         self.content += emit
                         yield ContentPiece(emit)
                     return
-                before, self._buffer = self._buffer[:at], self._buffer[at + len(CALL_OPEN) :]
+                before, self._buffer = self._buffer[:at], self._buffer[at + len(opener) :]
                 if before and self._state == "text":
                     self.content += before
                     yield ContentPiece(before)
                 self._state = "head"
             if self._state == "head":
-                head = _HEAD.match(self._buffer)
+                head = _head(self.syntax.arguments_key).match(self._buffer)
                 if head is None or head.end() == len(self._buffer):  # more whitespace may follow
                     return
                 name = json.loads(f'"{head.group(1)}"')
@@ -353,15 +424,15 @@ class ToolCallParser:
                 yield CallStarted(len(self.calls) - 1, self.calls[-1].id, name)
             if self._state == "arguments":
                 index, call = len(self.calls) - 1, self.calls[-1]
-                end = self._buffer.find(CALL_CLOSE)
+                end = self._buffer.find(closer)
                 if end >= 0:
                     rest = self._buffer[:end].rstrip()
                     emit = rest[:-1].rstrip() if rest.endswith("}") else rest
-                    self._buffer = self._buffer[end + len(CALL_CLOSE) :]
+                    self._buffer = self._buffer[end + len(closer) :]
                     self._state = "after"
                     self.complete += 1
                 else:
-                    hold = _closing_tail(self._buffer)
+                    hold = _closing_tail(self._buffer, closer)
                     emit, self._buffer = self._buffer[:hold], self._buffer[hold:]
                 if emit:
                     call.function.arguments += emit
@@ -390,11 +461,11 @@ def _partial_suffix(text: str, token: str) -> int:
     return 0
 
 
-def _closing_tail(buffer: str) -> int:
+def _closing_tail(buffer: str, closer: str = CALL_CLOSE) -> int:
     """Where the part of ``buffer`` that may be the call's closing ``}`` (and whitespace, and the
-    start of ``</tool_call>``) begins: everything before it is surely arguments."""
+    start of ``closer``, ``</tool_call>``) begins: everything before it is surely arguments."""
     brace = buffer.rfind("}")
-    if brace >= 0 and CALL_CLOSE.startswith(buffer[brace + 1 :].lstrip()):
+    if brace >= 0 and closer.lstrip().startswith(buffer[brace + 1 :].lstrip()):
         start = brace
         while start > 0 and buffer[start - 1].isspace():
             start -= 1
@@ -403,8 +474,8 @@ def _closing_tail(buffer: str) -> int:
     return len(stripped)  # trailing whitespace may still precede the closing brace
 
 
-def parse_reply(text: str) -> ToolCallParser:
-    parser = ToolCallParser()
+def parse_reply(text: str, syntax: ToolSyntax = HERMES) -> ToolCallParser:
+    parser = ToolCallParser(syntax)
     parser.push(text)
     parser.finish()
     return parser

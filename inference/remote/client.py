@@ -35,7 +35,6 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
-from chatsite.receiving import close_receiver, receive_until_closed
 from inference.gguf import GGUFInfo, read_gguf
 from inference.jobs import (
     BackendUnreachable,
@@ -51,6 +50,7 @@ from inference.jobs import (
     Usage,
     finish_or_cancel,
 )
+from inference.remote.receiving import close_receiver, receive_until_closed
 from inference.sampling import SamplingParams, TokenLogprob
 from inference.scheduler import resolve_max_tokens
 
@@ -60,19 +60,6 @@ WORKER_CHANNEL = "chatsite.inference"
 ADMISSION_TIMEOUT = 10.0  # seconds to wait for the worker's answer before calling it overloaded
 ALIVE_INTERVAL = 2.0  # seconds between the worker's alive messages to each web process
 WORKER_SILENCE = 20.0  # seconds without a word from the worker after which its jobs are given up
-
-
-def params_to_dict(params: SamplingParams) -> dict[str, Any]:
-    d = dataclasses.asdict(params)
-    d["logit_bias"] = [[int(k), float(v)] for k, v in dict(params.logit_bias).items()]
-    d["stop"] = list(params.stop)
-    return d
-
-
-def params_from_dict(d: dict[str, Any]) -> SamplingParams:
-    return SamplingParams(
-        **{**d, "logit_bias": {int(k): v for k, v in d["logit_bias"]}, "stop": tuple(d["stop"])}
-    )
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
@@ -136,7 +123,7 @@ class WorkerClient:
                 self._watchdog = self.loop.create_task(self._watch())
 
     async def aclose(self) -> None:
-        """Stop receiving (see ``chatsite.receiving``)."""
+        """Stop receiving (see ``inference.remote.receiving``)."""
         task, self._task = self._task, None
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -172,7 +159,7 @@ class WorkerClient:
             "request_id": request_id,
             "reply_channel": self.reply_channel,
             "prompt_ids": list(prompt_ids),
-            "params": params_to_dict(params),
+            "params": params.to_json(),
             "n": n,
             "user_key": user_key,
         }

@@ -9,7 +9,7 @@ For each (job, message) pair a task on the event loop consumes the job's events 
 - checkpoints the text so far, with a heartbeat, to the row at least every second (only text that
   has gone out to clients: after a crash the saved text is a prefix of what they saw);
 - at the end writes the final text, token ids, usage, timings and status in one transaction
-  (``services.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
+  (``actions.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
 
 The job belongs to the runner, not to whoever started it: closing a browser tab or returning an
 HTTP response does not lose the reply. ``Run.cancel(status)`` stops it; the status says why
@@ -31,15 +31,14 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
-from chatsite import metrics
-from chatsite.receiving import close_receiver, receive_until_closed
-from conversations import saving, services
+from conversations import actions, metrics
+from conversations.live import saving
 from conversations.models import Message
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
+from inference.remote.receiving import close_receiver, receive_until_closed
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER = 30.0  # seconds without a heartbeat after which a 'streaming' row is interrupted
 PUBLISH_INTERVAL = 0.1  # seconds between delta broadcasts (renders) per reply
 CHECKPOINT_INTERVAL = 1.0  # seconds between text checkpoints (and heartbeats) per reply
 
@@ -48,7 +47,7 @@ _tasks: set[asyncio.Task] = set()
 _swept = False
 
 
-def outcome_for(finished: Finished, cancel_status: str | None) -> services.Outcome:
+def outcome_for(finished: Finished, cancel_status: str | None) -> actions.Outcome:
     """The row's final state for a job's Finished event."""
     if finished.reason not in ("cancelled", "error"):  # stop, length, or an upstream's own (tool_calls, …)
         status, finish_reason = Message.Status.COMPLETE, finished.reason
@@ -57,7 +56,7 @@ def outcome_for(finished: Finished, cancel_status: str | None) -> services.Outco
     else:
         status, finish_reason = Message.Status.ERROR, ""
     t = finished.timings
-    return services.Outcome(
+    return actions.Outcome(
         status=status,
         content=finished.text,
         finish_reason=finish_reason,
@@ -195,7 +194,7 @@ class Run:
             await asyncio.wait([checkpointing])
         if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
             # The database cannot be written (full, locked): the clients are told in-band, and
-            # the row is saved later or marked interrupted (conversations/saving.py).
+            # the row is saved later or marked interrupted (conversations/live/saving.py).
             self.unsaved.add(message_id)
             await self._send({"type": "chat.unsaved", "message_id": message_id})
         return finished
@@ -216,7 +215,7 @@ class Run:
         if layer is None:
             return
         try:
-            await layer.group_send(services.group_name(self.conversation_id), event)
+            await layer.group_send(actions.group_name(self.conversation_id), event)
         except Exception:  # a full or broken channel layer must not stop the reply being saved
             log.exception("could not publish %s of conversation %s", event["type"], self.conversation_id)
 
@@ -225,7 +224,7 @@ class Run:
         try:
             # Not thread-sensitive: that one thread serves every request's database work, and a
             # write waiting for the lock there would stall them all.
-            await database_sync_to_async(services.checkpoint_assistant_message, thread_sensitive=False)(
+            await database_sync_to_async(actions.checkpoint_assistant_message, thread_sensitive=False)(
                 message_id, text
             )
         except Exception:
@@ -233,7 +232,7 @@ class Run:
 
 
 def start(conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]) -> Run:
-    """Follow admitted ``jobs`` into their ``messages`` (rows created by the services, status streaming)."""
+    """Follow admitted ``jobs`` into their ``messages`` (rows made by ``actions``, status streaming)."""
     global _swept
     if not _swept:
         # Once per process: replies left 'streaming' by a process that died are interrupted.
@@ -267,7 +266,7 @@ def _keep(task: asyncio.Task) -> None:
 
 def sweep_stale_sync() -> int:
     """Mark replies whose heartbeat stopped STALE_AFTER seconds ago as interrupted (any process)."""
-    return services.interrupt_stale_messages(timezone.now() - timedelta(seconds=STALE_AFTER))
+    return actions.interrupt_stale_messages(timezone.now() - timedelta(seconds=actions.STALE_AFTER))
 
 
 async def wait_all(timeout: float) -> None:
@@ -354,7 +353,7 @@ class StopListener:
             run.cancel(message.get("status") or Message.Status.STOPPED)
 
     async def aclose(self) -> None:
-        """End the receive loop (see ``chatsite.receiving``)."""
+        """End the receive loop (see ``inference.remote.receiving``)."""
         task, self.task = self.task, None
         await close_receiver(get_channel_layer(), self.channel, task)
 

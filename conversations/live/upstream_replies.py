@@ -15,8 +15,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
-from conversations import runner, services, webchat
+from conversations import actions, queries
 from conversations.api.upstream import token_counter
+from conversations.live import runner
 from conversations.models import Conversation
 from inference.sampling import SamplingParams
 from inference.upstream.connection import Opened
@@ -37,13 +38,15 @@ async def generate(
     model_id: str,
     params: SamplingParams,
     track: Callable[[int, runner.Run], None],
+    *,
+    version_of: int | None = None,
 ) -> None:
     count = token_counter()
 
     def prompt() -> tuple[list[dict[str, str]], int]:
         # One trip to a thread: the history (a read) and its count (an estimate, until the
         # upstream reports its usage; a long history must not stall the event loop).
-        messages = chat_messages(conversation.system_prompt, webchat.prompt_messages(conversation))
+        messages = chat_messages(conversation.system_prompt, queries.prompt_messages(conversation))
         return messages, count("\n".join(m["content"] for m in messages)) if count is not None else 0
 
     messages, prompt_tokens = await database_sync_to_async(prompt, thread_sensitive=False)()
@@ -68,15 +71,15 @@ async def generate(
         "dropped_messages": 0,
         **({"upstream": first.name} if first is not None else {}),
     }
-    (message,) = await database_sync_to_async(services.start_assistant_messages)(
-        conversation, 1, params=record, prompt_tokens=prompt_tokens
+    (message,) = await database_sync_to_async(actions.start_assistant_messages)(
+        conversation, 1, params=record, prompt_tokens=prompt_tokens, version_of=version_of
     )
 
     async def opening() -> Opened:
         opened = await pool.open(model_id, body, stream=True, first=first)
         if opened.connection.name != record.get("upstream"):
             try:
-                await database_sync_to_async(services.record_upstream)([message.pk], opened.connection.name)
+                await database_sync_to_async(actions.record_upstream)([message.pk], opened.connection.name)
             except BaseException:
                 await opened.aclose()
                 raise

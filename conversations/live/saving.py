@@ -17,8 +17,8 @@ import logging
 
 from channels.db import database_sync_to_async
 
-from chatsite.faults import is_database_unavailable
-from conversations import services
+from conversations import actions
+from conversations.faults import is_database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,11 @@ LATER_FOR = 600.0  # for this long; after that the stale sweep marks the row int
 _later: set[asyncio.Task] = set()
 
 
-async def _attempt(message_id: int, outcome: services.Outcome) -> bool | None:
+async def _attempt(message_id: int, outcome: actions.Outcome) -> bool | None:
     """One write: True when written, False on an error a retry will not mend (logged), None when
     the database is unavailable for now (locked, full, unreachable)."""
     try:
-        await database_sync_to_async(services.finish_assistant_message, thread_sensitive=False)(
+        await database_sync_to_async(actions.finish_assistant_message, thread_sensitive=False)(
             message_id, outcome
         )
     except Exception as exc:
@@ -45,7 +45,7 @@ async def _attempt(message_id: int, outcome: services.Outcome) -> bool | None:
     return True
 
 
-async def save_final(message_id: int, outcome: services.Outcome) -> bool:
+async def save_final(message_id: int, outcome: actions.Outcome) -> bool:
     """Write the final state of ``message_id``; False if it could not be written (yet)."""
     for delay in (*RETRY_DELAYS, None):
         written = await _attempt(message_id, outcome)
@@ -61,7 +61,7 @@ async def save_final(message_id: int, outcome: services.Outcome) -> bool:
     return False
 
 
-async def _save_later(message_id: int, outcome: services.Outcome) -> None:
+async def _save_later(message_id: int, outcome: actions.Outcome) -> None:
     loop = asyncio.get_running_loop()
     give_up = loop.time() + LATER_FOR
     while loop.time() < give_up:

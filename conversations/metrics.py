@@ -6,11 +6,9 @@ CHAT_METRICS_TOKEN. Counters are per process (each web process and the worker ex
 
 from __future__ import annotations
 
-from django.http import HttpResponseBase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
-from chatsite.middleware import ResponseMiddleware
 from inference.jobs import Finished
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -89,18 +87,10 @@ def observe_generation(finished: Finished) -> None:
 
 def refresh_gauges() -> None:
     """Read the scheduler's state at scrape time."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     status = get_runtime().status()
     QUEUE_DEPTH.set(status["queue_depth"])
     RUNNING.set(status["running"])
     SLOTS.set(status["slots"])
     MODEL_READY.set(1 if status["state"] == "ready" else 0)
-
-
-class ResponseCodeMiddleware(ResponseMiddleware):
-    """Count every HTTP response by status code (429s and 503s included)."""
-
-    def process(self, response: HttpResponseBase) -> HttpResponseBase:
-        RESPONSES.labels(str(response.status_code)).inc()
-        return response

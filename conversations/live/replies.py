@@ -1,12 +1,12 @@
 """Starting and stopping the browser chat's replies (called by the websocket consumer).
 
-The path of one message: the user message is committed (``webchat``), the prompt is built from the
+The path of one message: the user message is committed (``actions``), the prompt is built from the
 visible history (the oldest turns are left out when it outgrows the context; the system prompt
 stays), the scheduler admits the job or the message becomes ``unanswered``, and the runner owns
 the job from then on: closing the tab does not lose the reply.
 
 One generation runs at a time per conversation: this process keeps its runs by conversation,
-``webchat`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
+``actions`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
 process), and the database holds at most one streaming answer per conversation, so of two
 processes that passed that check at once, the second is told the conversation is busy (its message
 is kept as unanswered, and its job cancelled).
@@ -24,9 +24,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from chatsite.runtime import ModelNotReady, get_runtime
-from conversations import chat_limits, json_answers, runner, services, upstream_replies, webchat
+from conversations import actions, chat_limits, json_answers, queries
+from conversations.live import runner, upstream_replies
 from conversations.models import Conversation, Message
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.constraints import ConstraintError
 from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
@@ -36,6 +37,7 @@ from upstreams.permissions import allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None =
     temperature = conversation.temperature
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=0.95,
+        top_p=DEFAULT_TOP_P,
         max_tokens=min(max_tokens, cap) if cap else max_tokens,
         grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
     )
@@ -121,6 +123,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             model_id,
             _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
             _track,
+            version_of=_version_of(user_message),
         )
         return
     try:
@@ -128,7 +131,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ModelNotReady as exc:
         await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
         return
-    history = await database_sync_to_async(webchat.prompt_messages)(conversation)
+    history = await database_sync_to_async(queries.prompt_messages)(conversation)
     wanted = conversation.max_tokens or DEFAULT_MAX_TOKENS
     try:
         # Tokenizing a long history would stall the event loop: a worker thread does it.
@@ -167,10 +170,14 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     if (answer_format := json_answers.response_format(conversation)) is not None:
         record["response_format"] = answer_format
     try:
-        (message,) = await database_sync_to_async(services.start_assistant_messages, thread_sensitive=False)(
-            conversation, 1, params=record, prompt_tokens=len(prompt.ids)
+        (message,) = await database_sync_to_async(actions.start_assistant_messages, thread_sensitive=False)(
+            conversation,
+            1,
+            params=record,
+            prompt_tokens=len(prompt.ids),
+            version_of=_version_of(user_message),
         )
-    except services.ReplyInProgress as exc:
+    except actions.ReplyInProgress as exc:
         # Another web process started a reply here after our busy check: ours gives its place back.
         job.cancel()
         await _unanswered(user_message, str(exc))
@@ -180,6 +187,11 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         raise
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
+
+
+def _version_of(user_message: Message | None) -> int | None:
+    """The answer a regenerated one is a new version of (``actions.prepare_regenerate`` says)."""
+    return getattr(user_message, "answer_version_of", None)
 
 
 async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
@@ -207,14 +219,14 @@ def _track(conversation_id: int, run: runner.Run) -> None:
 async def _unanswered(message: Message | None, reason: str) -> None:
     if message is None:
         raise ChatError(reason)
-    await database_sync_to_async(webchat.mark_unanswered, thread_sensitive=False)(message, reason)
+    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(message, reason)
     raise ChatError(reason)
 
 
 async def _start(
     user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any, text: str | None = None
 ) -> None:
-    """Run ``prepare`` (a webchat write that returns the user message to answer, or None) and
+    """Run ``prepare`` (an actions write that returns the user message to answer, or None) and
     generate the reply, with no other start or run in this conversation meanwhile. The limits
     (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
@@ -225,11 +237,20 @@ async def _start(
         try:
             try:
                 # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
-                # waiting for the lock there would stall every socket of the process (chatsite/faults.py).
+                # waiting for the lock there would stall every socket of the process
+                # (conversations/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
-            except (webchat.Busy, ValueError) as exc:
+            except (actions.Busy, ValueError) as exc:
                 raise ChatError(str(exc)) from None
-            await _generate(user, conversation, message)
+            try:
+                await _generate(user, conversation, message)
+            except ChatError:
+                if _version_of(message) is not None and run_of(conversation.pk) is None:
+                    # A regenerate the model could not take: the answer it replaced comes back.
+                    await database_sync_to_async(actions.undo_regenerate, thread_sensitive=False)(
+                        conversation, message
+                    )
+                raise
         except BaseException:
             await database_sync_to_async(reservation.refund, thread_sensitive=False)()
             raise
@@ -243,19 +264,29 @@ async def _start(
 
 
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
-    await _start(user, conversation, webchat.add_user_message, text, user, text=text)
+    await _start(user, conversation, actions.post_user_message, text, user, text=text)
 
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
-    await _start(user, conversation, webchat.prepare_regenerate)
+    await _start(user, conversation, actions.prepare_regenerate)
+
+
+async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    """Show another version of a message (and its branch); nothing is generated."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    try:
+        await database_sync_to_async(actions.select_version, thread_sensitive=False)(conversation, message_id)
+    except (actions.Busy, ValueError) as exc:
+        raise ChatError(str(exc)) from None
 
 
 async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
-    await _start(user, conversation, webchat.prepare_retry, message_id)
+    await _start(user, conversation, actions.prepare_retry, message_id)
 
 
 async def edit(user: AbstractBaseUser, conversation: Conversation, message_id: int, text: str) -> None:
-    await _start(user, conversation, webchat.edit_and_resend, message_id, text, user, text=text)
+    await _start(user, conversation, actions.edit_and_resend, message_id, text, user, text=text)
 
 
 def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:

@@ -1,8 +1,23 @@
 """Every write to the conversation data goes through here, and broadcasts after the commit.
 
-Views, the websocket consumer, the runner and the API call these (from async code through
-``database_sync_to_async``). The ``get_<object>_for_user`` helpers answer 404 for a forbidden
-object and a missing one alike, so there is no existence oracle.
+Views, the websocket consumer, the live side (conversations/live/) and the API call these (from
+async code through ``database_sync_to_async``). Reads are in conversations/queries.py.
+
+Decisions the chat page relies on:
+- **Regenerate** marks the last answer ``superseded_at`` (hidden from the conversation and from
+  later prompts) and generates a new one, a new *version* of it (``Message.version_of``).
+- **Edit and resend** keeps every earlier message. The edited user message and everything after it
+  (its branch) are superseded the same way; the edited text becomes a new user message at the end,
+  a new version of the edited one, and a new answer is generated for it.
+- **Versions** (‹ 1 / 3 › in the page): choosing another version of a message hides the shown one
+  with its branch, and shows the chosen one with the branch it had when it was hidden. The
+  messages of one branch are hidden together, with one timestamp unique in the conversation, which
+  is how they are found again. The visible messages are always one path through the versions, in
+  id order: the prompt, the exports and the search read that path; reviewers see every version.
+- **Delete** is soft: ``deleted_at`` hides the conversation from everyone in the chat; reviewers
+  keep it until a retention policy purges it.
+- Only the owner renames, deletes, shares or changes the settings; teammates of a shared
+  conversation read, send, stop and regenerate. Each person edits only their own messages.
 """
 
 from __future__ import annotations
@@ -19,17 +34,20 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
-from django.http import Http404
 from django.utils import timezone
 
+from conversations import queries
 from conversations.models import ApiKey, Conversation, Membership, Message, Team
 
 KEY_PREFIX = "csk-"  # chatsite key
 PREFIX_CHARS = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one last_used_at write per key per minute
 OWNER_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+STALE_AFTER = 30.0  # seconds without a heartbeat after which a 'streaming' row is interrupted
+TITLE_CHARS = 60
 
 
 def group_name(conversation_id: int) -> str:
@@ -85,13 +103,6 @@ def default_team(user: AbstractBaseUser) -> Team:
     while Team.objects.filter(name=name).exists():
         name = f"{user.get_username()}-{secrets.token_hex(2)}"
     return create_team(name, admin=user)
-
-
-def get_team_for_user(user: AbstractBaseUser, team_id: int) -> Team:
-    try:
-        return Team.objects.get(pk=team_id, memberships__user=user)
-    except Team.DoesNotExist:
-        raise Http404("No such team") from None
 
 
 # --- API keys ------------------------------------------------------------------------------------
@@ -174,45 +185,7 @@ def record_key_use(key: ApiKey) -> None:
         key.last_used_at = now
 
 
-def get_api_key_for_user(user: AbstractBaseUser, key_id: int) -> ApiKey:
-    try:
-        return ApiKey.objects.get(pk=key_id, user=user)
-    except ApiKey.DoesNotExist:
-        raise Http404("No such API key") from None
-
-
 # --- Conversations and messages ------------------------------------------------------------------
-
-
-def visible_conversations(user: AbstractBaseUser) -> QuerySet[Conversation]:
-    """The conversations ``user`` may read: their own private ones, and their teams' shared ones
-    (not deleted).
-
-    Team conversations stay with the team: one shared with a team is visible only to the team's
-    members, its owner included, so a member removed from the team loses the shared conversations
-    he owned (the team and its reviewers keep them). His private conversations stay his."""
-    teams = Membership.objects.filter(user=user).values("team_id")
-    return Conversation.objects.filter(
-        Q(owner=user, visibility=Conversation.Visibility.PRIVATE)
-        | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
-        deleted_at__isnull=True,
-    )
-
-
-def get_conversation_for_user(user: AbstractBaseUser, conversation_id: int) -> Conversation:
-    try:
-        return visible_conversations(user).get(pk=conversation_id)
-    except Conversation.DoesNotExist:
-        raise Http404("No such conversation") from None
-
-
-def get_message_for_user(user: AbstractBaseUser, message_id: int) -> Message:
-    try:
-        return Message.objects.select_related("conversation").get(
-            pk=message_id, conversation__in=visible_conversations(user)
-        )
-    except Message.DoesNotExist:
-        raise Http404("No such message") from None
 
 
 def start_conversation(
@@ -270,16 +243,16 @@ def start_assistant_messages(
     params: dict[str, Any],
     prompt_tokens: int,
     new_conversation: bool = False,
+    version_of: int | None = None,
 ) -> list[Message]:
     """Create the ``n`` assistant messages (status streaming) a generation will fill in.
 
     The database holds one streaming answer per conversation and choice (the constraint
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
-    died) is marked interrupted first, so it does not block the conversation.
+    died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
+    first version of the answer this one regenerates (conversations/webchat.py).
     """
-    from conversations.runner import STALE_AFTER  # the runner imports this module
-
     now = timezone.now()
     messages = [
         Message(
@@ -291,6 +264,7 @@ def start_assistant_messages(
             status=Message.Status.STREAMING,
             owner_process=OWNER_PROCESS,
             heartbeat_at=now,
+            version_of_id=version_of,
         )
         for i in range(n)
     ]
@@ -310,13 +284,6 @@ def start_assistant_messages(
             "A reply is being written in this conversation: wait for it, or press Stop."
         ) from None
     return messages
-
-
-def mark_unanswered(message: Message) -> None:
-    """The queue refused the reply to this user message: keep it, so the page can offer a retry."""
-    message.status = Message.Status.UNANSWERED
-    message.save(update_fields=["status"])
-    broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})
 
 
 @dataclass(frozen=True)
@@ -383,12 +350,6 @@ def checkpoint_assistant_message(message_id: int, content: str) -> None:
     """Save the text so far and the heartbeat of a streaming reply."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
         content=content, heartbeat_at=timezone.now(), owner_process=OWNER_PROCESS
-    )
-
-
-def heartbeat(message_ids: Iterable[int]) -> None:
-    Message.objects.filter(pk__in=list(message_ids), status=Message.Status.STREAMING).update(
-        heartbeat_at=timezone.now()
     )
 
 
@@ -526,3 +487,213 @@ def record_tools(message_ids: Sequence[int], record: dict[str, Any]) -> None:
 def record_tool_calls(message_id: int, record: dict[str, Any], calls: list[dict[str, Any]]) -> None:
     """Add the tool calls a finished reply made to its record."""
     Message.objects.filter(pk=message_id).update(tools={**record, "tool_calls": calls})
+
+
+# --- The browser chat: conversation writes (owner only; the views check) and message writes ---------
+
+
+class Busy(Exception):
+    """A reply is already being generated in this conversation."""
+
+
+def current_team(user: AbstractBaseUser, team_id: int | None) -> Team:
+    """The team the user chose (``team_id`` from the session) if they are still in it, else their first
+    team; a user with no team gets a personal one."""
+    teams = queries.teams_of(user)
+    for team in teams:
+        if team.pk == team_id:
+            return team
+    if teams:
+        return teams[0]
+    return default_team(user)
+
+
+def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
+    if not Membership.objects.filter(team=team, user=owner).exists():
+        raise PermissionDenied("Not a member of this team.")
+    return start_conversation(owner, team, source=Conversation.Source.WEB)
+
+
+def _changed(conversation: Conversation, fields: list[str]) -> None:
+    conversation.save(update_fields=[*fields, "updated"])
+    broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+
+
+def rename(conversation: Conversation, title: str) -> None:
+    with transaction.atomic():
+        conversation.title = " ".join(title.split())[:200]
+        _changed(conversation, ["title"])
+
+
+def set_visibility(conversation: Conversation, visibility: str) -> None:
+    if visibility not in Conversation.Visibility.values:
+        raise ValueError(f"unknown visibility {visibility!r}")
+    with transaction.atomic():
+        conversation.visibility = visibility
+        _changed(conversation, ["visibility"])
+
+
+def update_settings(
+    conversation: Conversation,
+    *,
+    system_prompt: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    model_id: str | None = None,
+    json_answers: bool | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> None:
+    """``model_id``: None keeps the model; blank: the default model (recorded at the next reply).
+    ``json_answers``: None keeps "Answer as JSON" and its schema; else both are set (the schema
+    checked by the caller: conversations/json_answers.py)."""
+    fields = ["system_prompt", "temperature", "max_tokens"]
+    with transaction.atomic():
+        conversation.system_prompt = system_prompt
+        conversation.temperature = temperature
+        conversation.max_tokens = max_tokens
+        if json_answers is not None:
+            conversation.json_answers = json_answers
+            conversation.json_schema = json_schema
+            fields += ["json_answers", "json_schema"]
+        if model_id is not None:
+            conversation.model_id = model_id
+            fields.append("model_id")
+        _changed(conversation, fields)
+
+
+def soft_delete(conversation: Conversation) -> None:
+    from review.services import record_deleted  # the audit trail lives in review
+
+    with transaction.atomic():
+        conversation.deleted_at = timezone.now()
+        _changed(conversation, ["deleted_at"])
+        record_deleted(conversation, conversation.owner)  # only the owner deletes
+
+
+def _check_not_busy(conversation: Conversation) -> None:
+    """One generation at a time per conversation: a streaming row whose heartbeat is fresh (in any
+    process) means one is running. A stale one is left to the interrupted-sweep."""
+    fresh = timezone.now() - timedelta(seconds=STALE_AFTER)
+    if conversation.messages.filter(status=Message.Status.STREAMING, heartbeat_at__gte=fresh).exists():
+        raise Busy("A reply is being written in this conversation: wait for it, or press Stop.")
+
+
+def post_user_message(conversation: Conversation, text: str, author: AbstractBaseUser) -> Message:
+    """Commit the user's message (and the title, from the first one) before anything is generated."""
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        _check_not_busy(locked)
+        message = add_user_message(locked, text, author=author)
+        if not locked.title:
+            locked.title = " ".join(text.split())[:TITLE_CHARS]
+            _changed(locked, ["title"])
+        conversation.title = locked.title
+    return message
+
+
+def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:
+    """Hide ``messages`` (one branch) from the conversation, kept for reviewers and for browsing the
+    versions. The branch gets a timestamp no other hidden branch of the conversation has."""
+    ids = [m.pk for m in messages]
+    if ids:
+        stamp = timezone.now()
+        latest = (
+            conversation.messages.filter(superseded_at__isnull=False)
+            .order_by("-superseded_at")
+            .values_list("superseded_at", flat=True)
+            .first()
+        )
+        if latest is not None and stamp <= latest:
+            stamp = latest + timedelta(microseconds=1)
+        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=stamp)
+        broadcast(conversation.pk, {"type": "chat.superseded", "message_ids": ids})
+    return ids
+
+
+def select_version(conversation: Conversation, message_id: int) -> None:
+    """Show the version ``message_id`` of a message instead of the one shown, with its branch.
+
+    The shown version and everything after it are hidden (one branch); the chosen version and the
+    messages hidden together with it come back. Refused while a reply is being written."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        chosen = conversation.messages.filter(pk=message_id).first()
+        if chosen is None:
+            raise ValueError("There is no such version.")
+        if chosen.superseded_at is None:
+            return  # already shown
+        root = queries.version_root(chosen)
+        shown = queries.visible_messages(conversation).filter(Q(pk=root) | Q(version_of=root)).first()
+        if shown is None:
+            raise ValueError("This version belongs to a branch that is not shown.")
+        branch = conversation.messages.filter(superseded_at=chosen.superseded_at, pk__gte=chosen.pk)
+        restored = list(branch.values_list("pk", flat=True))
+        supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=shown.pk))
+        Message.objects.filter(pk__in=restored).update(superseded_at=None)
+        broadcast(conversation.pk, {"type": "chat.refresh"})
+
+
+def prepare_regenerate(conversation: Conversation) -> Message | None:
+    """Supersede the last answer, so that a new one can be generated; return the user message it
+    answered (marked unanswered if the model cannot take the new reply)."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        last = queries.visible_messages(conversation).last()
+        if last is None or last.role != Message.Role.ASSISTANT:
+            raise ValueError("There is no answer to regenerate.")
+        supersede(conversation, [last])
+        question = queries.visible_messages(conversation).filter(role=Message.Role.USER).last()
+        if question is not None:
+            question.answer_version_of = queries.version_root(last)  # the new answer: its next version
+            question.replaced_answer = last.pk  # shown again if the new one cannot be started
+        return question
+
+
+def undo_regenerate(conversation: Conversation, question: Message) -> None:
+    """The new answer could not be started (``prepare_regenerate`` hid the shown one): show that
+    answer again, and the question as answered, as they were."""
+    with transaction.atomic():
+        if queries.visible_messages(conversation).filter(pk__gt=question.pk).exists():
+            return
+        replaced = conversation.messages.filter(pk=question.replaced_answer)
+        replaced.update(superseded_at=None)
+        Message.objects.filter(pk=question.pk).update(status=Message.Status.COMPLETE, error="")
+        broadcast(conversation.pk, {"type": "chat.refresh"})
+
+
+def prepare_retry(conversation: Conversation, message_id: int) -> Message:
+    """An unanswered user message, the conversation's last, becomes an ordinary one to answer."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        last = queries.visible_messages(conversation).last()
+        if last is None or last.pk != message_id or last.status != Message.Status.UNANSWERED:
+            raise ValueError("Only the last, unanswered message can be retried.")
+        last.status = Message.Status.COMPLETE
+        last.error = ""
+        last.save(update_fields=["status", "error"])
+        broadcast(conversation.pk, {"type": "chat.message", "message_id": last.pk})
+    return last
+
+
+def edit_and_resend(
+    conversation: Conversation, message_id: int, text: str, author: AbstractBaseUser
+) -> Message:
+    """Supersede the user message and everything after it; add the edited text as a new message."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        target = queries.get_visible_message(conversation, message_id)
+        if target is None or not queries.can_edit(target, conversation, author):
+            raise ValueError("You can edit only your own messages.")
+        supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=target.pk))
+        message = add_user_message(conversation, text, author=author)
+        message.version_of_id = queries.version_root(target)
+        message.save(update_fields=["version_of"])
+        return message
+
+
+def mark_unanswered(message: Message, reason: str = "") -> None:
+    """The model could not take the reply (queue full, still loading, too long): keep the message."""
+    message.status = Message.Status.UNANSWERED
+    message.error = reason
+    message.save(update_fields=["status", "error"])
+    broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})

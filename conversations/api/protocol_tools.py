@@ -1,4 +1,4 @@
-"""The OpenAI shapes of tools, structured outputs and logprobs (used by inference/protocol.py)."""
+"""The OpenAI shapes of tools, structured outputs and logprobs (used by conversations/api/protocol.py)."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class Runtime:
                     "CHAT_MODEL_PATH", "no model is configured and the default model is not installed"
                 )
             if self.use_worker:
-                from chatsite.worker import load_remote_model
+                from inference.remote.client import load_remote_model
 
                 self.model = load_remote_model(
                     self.model_path,
