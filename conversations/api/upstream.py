@@ -246,7 +246,7 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         logged["upstream"] = first.name
     try:
         opened, call = await _open_and_log(
-            pool.open(model_id, forward, stream=stream, first=first),
+            lambda sent: pool.open(model_id, forward, stream=stream, first=first, sent=sent),
             lambda: actions.start_api_call(
                 key,
                 model_id=model_id,
@@ -293,11 +293,14 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
 
 
 async def _open_and_log(
-    opening: Coroutine[Any, Any, Opened], start_call: Callable[[], actions.ApiCall], named: str | None
+    opening: Callable[[Callable[[], None]], Coroutine[Any, Any, Opened]],
+    start_call: Callable[[], actions.ApiCall],
+    named: str | None,
 ) -> tuple[Opened, actions.ApiCall]:
-    """Open the upstream call (up to its first token) and write its log rows at the same time: the
-    write is off the way to the first token, and still no token reaches the client before the call
-    is logged. The rows name the connection ``named``; if another replica took the call, they are
+    """Open the upstream call (up to its first token) and write its log rows meanwhile: the write
+    starts once the request is on its way (``opening`` calls the function it is given then) and
+    is off the way to the first token; still no token reaches the client before the call is
+    logged. The rows name the connection ``named``; if another replica took the call, they are
     corrected before this returns.
 
     If either fails, or the client goes away, the other is undone before this returns or raises:
@@ -306,10 +309,20 @@ async def _open_and_log(
     between leaves a streaming reply without text, which the next start-up (or the sweep of stale
     heartbeats) marks interrupted.
     """
-    open_task = asyncio.ensure_future(opening)
-    log_task = asyncio.ensure_future(database_sync_to_async(start_call, thread_sensitive=False)())
+    sent = asyncio.Event()
+    open_task = asyncio.ensure_future(opening(sent.set))
+    log_task: asyncio.Future[actions.ApiCall] | None = None
     done = False
     try:
+        # Not before the request has left: the write's thread would compete with sending it.
+        sending = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait((open_task, sending), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sending.cancel()
+        if open_task.done() and open_task.exception() is not None:
+            await open_task  # it failed before sending (or before any token): nothing to log
+        log_task = asyncio.ensure_future(database_sync_to_async(start_call, thread_sensitive=False)())
         await asyncio.wait((open_task, log_task), return_when=asyncio.FIRST_EXCEPTION)
         if log_task.done() and log_task.exception() is not None:
             raise log_task.exception()  # type: ignore[misc]  # no need to wait for the first token
@@ -328,13 +341,13 @@ async def _open_and_log(
             await asyncio.shield(undoing)
 
 
-async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[actions.ApiCall]) -> None:
+async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[actions.ApiCall] | None) -> None:
     """Close the opened call and delete the written rows of a call that did not go through."""
     open_task.cancel()
-    await asyncio.wait((open_task, log_task))
+    await asyncio.wait((open_task,) if log_task is None else (open_task, log_task))
     if not open_task.cancelled() and open_task.exception() is None:
         await open_task.result().aclose()
-    if not log_task.cancelled() and log_task.exception() is None:
+    if log_task is not None and not log_task.cancelled() and log_task.exception() is None:
         try:
             await database_sync_to_async(actions.discard_api_call, thread_sensitive=False)(log_task.result())
         except Exception:  # the reply stays streaming: the sweep of stale heartbeats interrupts it

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +185,11 @@ class Connection:
 
     # --- one call -------------------------------------------------------------------------------
 
-    async def open(self, body: dict[str, Any], *, stream: bool) -> Opened:
+    async def open(
+        self, body: dict[str, Any], *, stream: bool, sent: Callable[[], None] | None = None
+    ) -> Opened:
         """Send one chat completion and wait for its first token (streaming) or its whole answer.
+        ``sent`` is called once the request is on its way (its body written to the connection).
 
         Holds a slot from here until ``Opened.aclose``. Raises ``UpstreamQueueFull``,
         ``UpstreamRejected`` (4xx), ``UpstreamTimeout``, or ``UpstreamUnavailable`` (connection
@@ -199,8 +202,10 @@ class Connection:
         opened = Opened(self, submitted, queue_wait)
         try:
             client = self.client()
+            extensions = {"trace": _on_sent(sent)} if sent is not None else None
+            request = client.build_request("POST", "chat/completions", json=body, extensions=extensions)
             if not stream:
-                response = await client.post("chat/completions", json=body)
+                response = await client.send(request)
                 _raise_for_status(response.status_code, response.content)
                 opened.body = response.json()
                 if not isinstance(opened.body, dict):
@@ -209,7 +214,6 @@ class Connection:
                     )
                 opened.first_token_at = time.monotonic()
                 return opened
-            request = client.build_request("POST", "chat/completions", json=body)
             opened.response = await client.send(request, stream=True)
             if opened.response.status_code >= 400:
                 _raise_for_status(opened.response.status_code, await opened.response.aread())
@@ -294,6 +298,16 @@ class Opened:
                 await self.response.aclose()
             except Exception:
                 log.debug("closing the response of %s", connection.name, exc_info=True)
+
+
+def _on_sent(sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore ``trace`` hook that calls ``sent`` when the request's body has been written."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            sent()
+
+    return trace
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:

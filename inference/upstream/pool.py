@@ -9,7 +9,7 @@ has been read, a call is never sent again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from inference.upstream.connection import Connection, Opened, UpstreamConfig
@@ -60,11 +60,17 @@ class Pool:
         return min(healthy, key=lambda c: (c.load(), c.in_flight))
 
     async def open(
-        self, model_id: str, body: dict[str, Any], *, stream: bool, first: Connection | None = None
+        self,
+        model_id: str,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        first: Connection | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> Opened:
         """Open a call on a replica of ``model_id`` (``first``: the one ``pick`` chose already),
         trying one other replica if the first cannot be reached or fails before its first token.
-        See ``Connection.open`` for what it raises."""
+        See ``Connection.open`` for what it raises, and for ``sent``."""
         tried: set[str] = set()
         error: UpstreamUnavailable | None = None
         for attempt in range(ATTEMPTS):
@@ -73,7 +79,7 @@ class Pool:
                 break
             tried.add(connection.name)
             try:
-                return await connection.open(body, stream=stream)
+                return await connection.open(body, stream=stream, sent=sent)
             except UpstreamUnavailable as exc:
                 log.warning("upstream %s failed before the first token: %s", connection.name, exc)
                 connection.mark_unhealthy(str(exc))
