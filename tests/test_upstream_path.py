@@ -17,10 +17,10 @@ from django.test import AsyncClient
 
 from conversations import actions
 from conversations.models import Conversation, Message
-from tests.chat_runtime import serving, tiny_chat_model
-from tests.test_chat_consumer import connect, finish_run
+from tests.chat_runtime import serving
 from tests.test_ready_probe import hold_write_lock
 from tests.upstream_servers import FaultServer
+from tests.ws_chat import connect, finish_run
 from upstreams import registry
 from upstreams import services as upstream_services
 from upstreams.models import Upstream
@@ -35,14 +35,8 @@ def faults(tmp_path_factory):
     server.kill()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    with tiny_chat_model(tmp_path_factory.mktemp("tiny-upstream-path"), context_length=2048) as model:
-        yield model
-
-
 @pytest.fixture
-def site(tiny_model, faults):
+def site(tiny_model, faults):  # tiny_model (tests/conftest.py): the token counter
     with serving(tiny_model):
         upstream_services.create_upstream(
             "faults", faults.url, read_timeout=30, models=["fault-ok", "fault-500", "fault-hang"]
