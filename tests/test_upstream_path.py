@@ -160,3 +160,22 @@ async def test_an_idle_registry_reads_the_rows_again_before_answering(site, faul
     await Upstream.objects.acreate(name="other", base_url=faults.url, listed_models=["fault-ok"])
     registry._loaded_at -= registry.MAX_AGE + 1
     assert set((await registry.apool()).connections) == {"faults", "other"}
+
+
+async def stream_body(response) -> bytes:
+    return b"".join([part async for part in response.streaming_content])
+
+
+async def test_the_stream_passes_the_upstreams_own_text_with_only_the_model_changed(
+    site, raw_key, settings
+) -> None:
+    """The fault server writes its chunks with Python's spacing (``"model": "fault-ok"``): they go
+    on as written, not decoded and encoded again; an alias gets its id written into that text."""
+    asked = await call(raw_key, "fault-ok", "as written", stream=True)
+    body = await stream_body(asked)
+    assert b'"model": "fault-ok", "choices": [{"index": 0, "delta": {"content": " two"}' in body
+    settings.CHAT_DEFAULT_MODEL = "fault-ok"
+    aliased = await call(raw_key, "gpt-3.5-turbo", "as written, aliased", stream=True)
+    body = await stream_body(aliased)
+    assert b'"model": "gpt-3.5-turbo", "choices": [{"index": 0, "delta": {"content": " two"}' in body
+    assert b'"fault-ok"' not in body

@@ -42,6 +42,7 @@ from inference.upstream.errors import (
     UpstreamTimeout,
 )
 from inference.upstream.relay import End, Relay, TokenCounter, new_jobs
+from inference.upstream.sse import with_model
 from review import limits
 from upstreams import permissions, registry
 
@@ -392,17 +393,24 @@ async def _stream(relay: Relay, run: runner.Run, model: str, include_usage: bool
                     complete = True
                     yield b"".join([*out, DONE])
                     return
-                if not include_usage:
-                    if "usage" in item and not item.get("choices"):
-                        continue
-                    item.pop("usage", None)
-                item["model"] = model
-                for choice in item.get("choices") or ():
+                chunk = item.data
+                for choice in chunk.get("choices") or ():
                     if isinstance(choice, dict) and isinstance(choice.get("index"), int):
                         content = (choice.get("delta") or {}).get("content")
                         if isinstance(content, str) and 0 <= choice["index"] < len(delivered):
                             delivered[choice["index"]] += len(content)
-                out.append(_encode(item))
+                if not include_usage and "usage" in chunk:
+                    if not chunk.get("choices"):
+                        continue
+                    chunk.pop("usage")
+                elif chunk.get("model") == model:  # the client reads it as we did: as it came
+                    out.append(b"data: " + item.raw.encode() + b"\n\n")
+                    continue
+                elif (text := with_model(item.raw, model)) is not None:  # edited, not re-encoded
+                    out.append(b"data: " + text.encode() + b"\n\n")
+                    continue
+                chunk["model"] = model
+                out.append(_encode(chunk))
             if out:
                 yield b"".join(out)
                 run.mark_delivered(delivered)

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2 as httpx
 
@@ -220,7 +220,7 @@ class Connection:
             opened.lines = opened.response.aiter_lines()
             async for chunk in opened.read_chunks():
                 opened.buffered.append(chunk)
-                if _has_token(chunk):
+                if _has_token(chunk.data):
                     opened.first_token_at = time.monotonic()
                     break
             else:
@@ -229,6 +229,13 @@ class Connection:
         except BaseException as exc:
             await opened.aclose(failed=not isinstance(exc, UpstreamRejected | asyncio.CancelledError))
             raise _translate(exc) from None
+
+
+class Chunk(NamedTuple):
+    """One chunk of a stream: decoded, and its JSON text as the upstream wrote it."""
+
+    data: dict[str, Any]
+    raw: str
 
 
 class Opened:
@@ -242,11 +249,11 @@ class Opened:
         self.body: dict[str, Any] | None = None  # a non-streaming answer
         self.response: httpx.Response | None = None
         self.lines: AsyncIterator[str] | None = None
-        self.buffered: list[dict[str, Any]] = []
+        self.buffered: list[Chunk] = []
         self.finished = False  # [DONE] was read
         self._closed = False
 
-    async def read_chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def read_chunks(self) -> AsyncIterator[Chunk]:
         """The stream's chunks up to [DONE]; ``UpstreamUnavailable`` if it stops short or is malformed."""
         assert self.lines is not None
         try:
@@ -268,12 +275,12 @@ class Opened:
                 if "error" in chunk and not chunk.get("choices"):
                     message = _error_message(chunk) or "an error"
                     raise UpstreamUnavailable(f"the upstream reported an error mid-stream: {message}")
-                yield chunk
+                yield Chunk(chunk, data)
         except httpx.HTTPError as exc:
             raise _translate(exc) from None
         raise UpstreamUnavailable("the upstream's stream ended before [DONE]")
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         """Every chunk: those read while opening, then the rest."""
         while self.buffered:
             yield self.buffered.pop(0)
