@@ -10,8 +10,8 @@ message received into the page by id (out of band). Actions:
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
 ``conversation-<id>`` become fragments: a new or changed message, a delta (the whole answer so far,
-rendered, at most ~10 a second: the runner coalesces them), the queue position, a superseded
-message removed, the title. Every viewer of the conversation gets them.
+at most ~10 a second, as the runner coalesced and rendered it once for every viewer), the queue
+position, a superseded message removed, the title. Every viewer of the conversation gets them.
 """
 
 from __future__ import annotations
@@ -252,7 +252,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.chat_message(event)
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
-        body = render_markdown(event.get("content", ""))
+        # Rendered once for every viewer, off the event loop, by the reply's runner.
+        body = event.get("html")
+        if body is None:  # from a process that sends the text only
+            body = render_markdown(event.get("content", ""))
         mid = int(event["message_id"])
         await self.send(
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'

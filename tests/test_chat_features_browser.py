@@ -43,7 +43,7 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from conversations import actions as services
+from conversations import actions
 from conversations.models import Team
 User = get_user_model()
 for name in ("alice", "bob"):
@@ -52,11 +52,11 @@ for name in ("alice", "bob"):
     user.save()
 call_command("addmember", "alpha", "alice", "--admin")  # a team admin: she reviews in the admin
 alice, alpha = User.objects.get(username="alice"), Team.objects.get(name="alpha")
-chat = services.start_conversation(alice, alpha, title="A long conversation")
+chat = actions.start_conversation(alice, alpha, title="A long conversation", visibility="team")
 for i in range(12):
-    services.add_user_message(chat, f"Question {{i}}: " + "words " * 40, author=alice)
-    (reply,) = services.start_assistant_messages(chat, 1, params={{"model": "tiny"}}, prompt_tokens=5)
-    services.finish_assistant_message(reply.pk, services.Outcome(
+    actions.add_user_message(chat, f"Question {{i}}: " + "words " * 40, author=alice)
+    (reply,) = actions.start_assistant_messages(chat, 1, params={{"model": "tiny"}}, prompt_tokens=5)
+    actions.finish_assistant_message(reply.pk, actions.Outcome(
         status="complete", content={ANSWER_MD!r}, completion_tokens=20, duration=0.5))
 print(chat.pk)
 """
@@ -109,14 +109,19 @@ def log_in(browser, server: LiveServer, username: str = "alice", **context_optio
 
 
 def new_conversation(page, first: str = "Hi") -> None:
-    """Start a conversation: it is made with its first message (issue 13), whose answer ends first."""
+    """Start a conversation from the sidebar with its first message, and wait for its answer.
+    (Either flow: a conversation made at once, or made with its first message from /c/new.)"""
     page.click("text=+ New conversation")
-    page.wait_for_url(re.compile(r"/c/new$"))
-    page.fill("#composer-text", first)
-    page.press("#composer-text", "Enter")
-    page.wait_for_url(re.compile(r"/c/\d+/$"))
-    page.wait_for_selector("body.ws-open")
-    wait_answer(page, 0)
+    page.wait_for_url(re.compile(r"/c/(\d+/|new)$"))
+    if "/c/new" in page.url:
+        page.fill("#composer-text", first)
+        page.press("#composer-text", "Enter")
+        page.wait_for_url(re.compile(r"/c/\d+/$"))
+        page.wait_for_selector("body.ws-open")
+        wait_answer(page, 0)
+    else:
+        page.wait_for_selector("body.ws-open")
+        send(page, first)
 
 
 def last_id(page) -> int:
@@ -159,8 +164,7 @@ def axe(page) -> list[str]:
 
 def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
-    send(page, "Hello there")
+    new_conversation(page, "Hello there")
     first = page.locator("#messages .msg-assistant").last.get_attribute("id")
     before = last_id(page)
     page.locator("#messages .msg-assistant").last.locator("button.regenerate").click()
@@ -176,6 +180,9 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     page.wait_for_selector(f"#{first}")
     answer = page.locator("#messages .msg-assistant").last
     assert answer.get_attribute("id") == first and answer.locator(".version-count").inner_text() == "1 / 2"
+    # The keyboard focus stays on the versions of that answer (the ‹ is disabled at 1: on the ›).
+    page.wait_for_function(f"() => document.activeElement.closest('#{first}') !== null")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Next version"
     assert page.locator(f"#{second}").count() == 0
     answer.locator("button.version-next").click()
     page.wait_for_selector(f"#{second}")
@@ -206,7 +213,7 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
 
 def test_skip_link_labelled_messages_one_announcement_and_axe(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
+    new_conversation(page, "Hello")
     # The skip link is the page's first focusable element; it shows when focused and takes the
     # focus to the composer.
     first = page.evaluate(
@@ -307,9 +314,11 @@ def background(page) -> str:
 def test_dark_mode_follows_the_browser_and_the_toggle_is_remembered(browser, server) -> None:
     page = log_in(browser, server, "bob", color_scheme="dark")
     assert background(page) == "rgb(20, 23, 27)"  # dark, as the browser prefers
-    new_conversation(page)
-    send(page, "A question at night")
+    new_conversation(page, "A question at night")
     assert axe(page) == []  # the dark colours keep their contrast
+    page.goto(server.url + f"/c/{server.long_chat}/")  # shared by alice: answers with highlighted code
+    assert axe(page) == []
+    page.go_back()
     page.screenshot(path=str(SCREENSHOTS / "chat-dark.png"))
     page.click("#theme-toggle")  # shown dark: the toggle chooses light
     page.wait_for_load_state()
@@ -361,7 +370,7 @@ def test_from_the_api_lists_her_calls_read_only(browser, server) -> None:
 
 def test_settings_show_the_defaults_in_use(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
+    new_conversation(page, "Hi")
     page.click(".chat-tools summary")
     assert page.input_value("#id_temperature") == "0.7"
     assert page.input_value("#id_max_tokens") == "512"

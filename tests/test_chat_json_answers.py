@@ -13,7 +13,7 @@ from django.test import Client
 
 from conversations import actions
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, finish_run, runtime, tiny_model  # noqa: F401 (fixtures)
+from tests.ws_chat import connect, finish_run
 
 SCHEMA = {
     "type": "object",
@@ -81,7 +81,7 @@ def test_it_refuses_an_invalid_schema_with_its_reason(alice, chat, text, reason)
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runtime) -> None:  # noqa: F811
+async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runtime) -> None:
     chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=96, temperature=1.0, json_answers=True, json_schema=SCHEMA
     )
@@ -100,7 +100,7 @@ async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runti
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runtime) -> None:  # noqa: F811
+async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runtime) -> None:
     chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=48, temperature=1.0, json_answers=True
     )

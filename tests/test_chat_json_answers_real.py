@@ -14,7 +14,7 @@ from conversations.models import Message
 from inference.model import ChatModel
 from tests.chat_runtime import serving
 from tests.fixtures_model import default_model_path
-from tests.test_chat_consumer import connect, finish_run
+from tests.ws_chat import connect, finish_run
 
 pytestmark = [pytest.mark.model, pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the fixtures imported from tests/test_chat_consumer.py are test arguments)
 """Versions of a message in the browser chat: regenerate and edit keep the earlier answers and
 branches; the page browses them (‹ 1 / 2 ›) over the websocket; the prompt is the chosen branch;
 review shows every version. Real websocket (Channels' communicator), real DB, the tiny model.
@@ -14,15 +13,7 @@ from asgiref.sync import sync_to_async
 from conversations import queries
 from conversations.models import Message
 from inference.jobs import Overloaded
-from tests.test_chat_consumer import (  # noqa: F401  (fixtures)
-    chat,
-    connect,
-    drain,
-    finish_run,
-    messages_of,
-    runtime,
-    tiny_model,
-)
+from tests.ws_chat import connect, drain, finish_run, messages_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

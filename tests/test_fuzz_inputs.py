@@ -338,8 +338,8 @@ async def fuzz_socket(alice, alpha, settings):
 
     from inference.model import ChatModel
     from tests.chat_runtime import serving
-    from tests.test_chat_consumer import connect
     from tests.tiny_gguf import write_tiny_llama
+    from tests.ws_chat import connect
 
     settings.CHAT_MAX_TOKENS_CAP = 4
     folder = Path(tempfile.mkdtemp(prefix="fuzz-ws-"))

@@ -14,7 +14,7 @@ from conversations.models import Conversation, Message
 from review import limits
 from review.models import AuditEntry
 from tests.chat_runtime import serving, tiny_chat_model
-from tests.test_chat_consumer import connect, finish_run, messages_of, receive_until
+from tests.ws_chat import connect, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

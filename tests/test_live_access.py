@@ -27,7 +27,6 @@ from conversations import actions
 from conversations.models import Conversation, Membership
 from review import access
 from review import services as review_services
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -17,7 +17,6 @@ import pytest
 
 from tests.live_server import PYTHON, ROOT, LiveServer
 from tests.test_chat_browser import PASSWORD, SETUP
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 from tests.test_ws_limit import open_ws, read_until_closed
 from tests.tiny_gguf import write_tiny_llama
 
@@ -39,7 +38,7 @@ print(json.dumps({"removed_at": removed_at}))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):  # noqa: F811
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     root = tmp_path_factory.mktemp("live-access")
     tiny = write_tiny_llama(root / "tiny.gguf")
     env = {

@@ -19,7 +19,6 @@ from tests.paced_model import paced_env, write_paced_model
 from tests.test_chat_browser import (
     LONG_PROMPT,
     SETUP,
-    browser,  # noqa: F401  (fixture)
     last_answer,
     log_in,
     open_socket,
@@ -28,14 +27,13 @@ from tests.test_chat_browser import (
     start_conversation,
     wait_last_answer,
 )
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
-from tests.test_worker import start_worker, stop_worker
+from tests.worker_process import start_worker, stop_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:  # noqa: F811
+def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
     root = tmp_path_factory.mktemp("two-processes")
     prefix = f"mp{uuid.uuid4().hex[:8]}"  # nothing left in Redis by an earlier run is shared
     model = write_paced_model(root / "model")
@@ -61,7 +59,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[t
         stop_worker(worker)
 
 
-def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:  # noqa: F811
+def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:
     a, b = site
     alice = log_in(browser, b, "alice")  # alice works on process B
     start_conversation(alice, "Hello")

@@ -15,7 +15,7 @@ from django.utils import timezone
 from conversations import actions
 from conversations.live import runner
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, receive_until
+from tests.ws_chat import connect, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

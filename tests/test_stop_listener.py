@@ -19,13 +19,13 @@ from conversations.live import runner
 from conversations.models import Message
 from inference.jobs import Delta, Finished, Job, Timings, Usage
 from inference.sampling import SamplingParams
-from tests.test_redis_layer import layer, redis_url  # noqa: F401  (fixture: skips without Redis)
+from tests.worker_process import redis_layer as layer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.fixture
-def prefix(settings, redis_url):  # noqa: F811
+def prefix(settings, redis_url):
     name = f"stop{uuid.uuid4().hex[:8]}"
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -81,7 +81,7 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
     alice,
     alpha,
     prefix,
-    redis_url,  # noqa: F811
+    redis_url,
 ) -> None:
     assert runner.shared_layer() and get_channel_layer().prefix == prefix
     conversation = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
@@ -106,7 +106,7 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
     await other_process.flush()
 
 
-async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:  # noqa: F811
+async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:
     first = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
     second = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
     job, run, message = await start_reply(first)

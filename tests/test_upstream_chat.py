@@ -14,8 +14,8 @@ from django.test import Client
 
 from conversations import actions
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, finish_run, receive_until
 from tests.upstream_servers import FaultServer, chatsite_upstream
+from tests.ws_chat import connect, finish_run, receive_until
 from upstreams import registry
 from upstreams import services as upstream_services
 

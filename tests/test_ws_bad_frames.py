@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from conversations import actions
 from conversations.consumers import MAX_FRAME_BYTES
 from conversations.models import Conversation
-from tests.test_chat_consumer import connect, messages_of
+from tests.ws_chat import connect, messages_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

@@ -340,6 +340,34 @@
     });
   });
 
+  // Browsing versions (‹ 1 / 2 ›): the page is sent again with the chosen version; the focus goes
+  // back to the same arrow on it (or the other one at either end), and the page stays there.
+  var pendingVersion = null;
+  document.addEventListener("htmx:wsAfterSend", function (event) {
+    var form = event.target;
+    if (!(form instanceof HTMLFormElement) || !form.elements.action || form.elements.action.value !== "version") return;
+    var button = form.querySelector("button");
+    pendingVersion = {
+      id: form.elements.message_id.value,
+      next: !!(button && button.classList.contains("version-next")),
+    };
+    stickToBottom = false;
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    if (!pendingVersion) return;
+    var chosen = document.getElementById("m-" + pendingVersion.id);
+    if (!chosen) return;
+    var buttons = chosen.querySelectorAll(".versions button");
+    var want = pendingVersion.next ? buttons[1] : buttons[0];
+    if (want && want.disabled) want = pendingVersion.next ? buttons[0] : buttons[1];
+    pendingVersion = null;
+    if (want) {
+      want.focus({ preventScroll: true });
+      chosen.scrollIntoView({ block: "nearest" });
+    }
+  });
+
+
   document.addEventListener("DOMContentLoaded", function () {
     addCopyButtons(document);
     updateStop();
