@@ -31,15 +31,15 @@ django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
-from conversations import services
+from conversations import actions
 from review import limits
 from review.limit_counters import counters
 call_command("migrate", verbosity=0)
 requests = int(sys.argv[1])
 User = get_user_model()
 alice = User.objects.create_user("bench-" + str(time.time_ns()))
-team = services.create_team("bench-" + str(time.time_ns()), admin=alice)
-key, _ = services.create_api_key(alice, team, "bench")
+team = actions.create_team("bench-" + str(time.time_ns()), admin=alice)
+key, _ = actions.create_api_key(alice, team, "bench")
 limits.set_limits(team=team, requests_per_minute=10**9, tokens_per_day=10**15, by=None)
 limits.set_limits(team=team, user=alice, requests_per_minute=10**9, by=None)
 limits.set_limits(api_key=key, tokens_per_day=10**15, by=None)

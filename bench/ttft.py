@@ -3,7 +3,7 @@
 Run with nothing else on the machine: ``.venv/bin/python -m bench.ttft`` (``--help`` for the knobs;
 ``python -m bench.api --ttft`` runs the same). For each database (SQLite, PostgreSQL) it starts a
 real server (Daphne in a subprocess) with ``CHAT_TTFT_TRACE`` on, which writes the server-side
-timestamps of every reply's path (chatsite/ttft.py), and keeps an in-process copy of the model for
+timestamps of every reply's path (conversations/ttft.py), and keeps an in-process copy of the model for
 the raw engine. Both use ``--threads`` threads and never run at the same time. Each round sends,
 through ``/v1`` (SSE) and through the chat websocket:
 
@@ -51,7 +51,7 @@ WARM_SYSTEM = "You are a brief assistant. Answer in a few words."
 MAX_TOKENS = 4
 
 # The parts of a reply's path, in order: (label, from mark, to mark). "send" and "receive" are the
-# client's own times; the others are the server's (chatsite/ttft.py).
+# client's own times; the others are the server's (conversations/ttft.py).
 V1_PARTS = [
     ("HTTP in: connection, Daphne, middleware", "send", "request"),
     ("auth: API key, team's models", "request", "auth"),

@@ -27,6 +27,8 @@ class LoginView(auth_views.LoginView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["password_reset"] = settings.CHAT_PASSWORD_RESET
+        context["sso_label"] = settings.CHAT_OIDC_LABEL if settings.CHAT_OIDC else ""
+        context["sso_failed"] = self.request.GET.get("sso") == "failed"
         return context
 
 

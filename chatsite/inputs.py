@@ -7,7 +7,7 @@ runs. (A lone surrogate cannot arrive this way: Django decodes bad UTF-8 in para
 The check covers it all the same.) A query-string parameter is also kept to ``MAX_QUERY_CHARS``:
 they are searches, filters and ids, and SQLite refuses a LIKE pattern past 50,000 bytes. /v1 is
 left out: it reads its own JSON body and checks every string of it, answering in OpenAI's shape
-(``inference.protocol``).
+(``conversations.api.protocol``).
 """
 
 from __future__ import annotations
@@ -17,23 +17,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
 from chatsite.middleware import ResponseMiddleware
 from inference.text import unstorable
 
-MAX_ID = 2**63 - 1  # the largest id a database row can have
 MAX_QUERY_CHARS = 1000
 API_PREFIX = "/v1"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def parse_id(value: object) -> int | None:
-    """A database id given as text (or a JSON integer): ASCII digits within 64 bits, else ``None``.
-
-    (``"²".isdigit()`` is true and ``int("²")`` fails; an id past 64 bits fails on SQLite.)
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        return None
-    digits = str(value) if isinstance(value, str) or 0 <= value <= MAX_ID else ""
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_ID:
-        return None
-    return int(digits)
 
 
 def _shown(name: str) -> str:

@@ -5,6 +5,8 @@ from collections.abc import Awaitable, Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
+from conversations.metrics import RESPONSES
+
 # No inline scripts or styles anywhere: pages load their code and CSS from /static/.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -46,4 +48,12 @@ class ContentSecurityPolicyMiddleware(ResponseMiddleware):
 
     def process(self, response: HttpResponseBase) -> HttpResponseBase:
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        return response
+
+
+class ResponseCodeMiddleware(ResponseMiddleware):
+    """Count every HTTP response by status code (429s and 503s included)."""
+
+    def process(self, response: HttpResponseBase) -> HttpResponseBase:
+        RESPONSES.labels(str(response.status_code)).inc()
         return response

@@ -15,8 +15,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chatsite import metrics
-from chatsite.runtime import get_runtime
+from conversations import metrics
+from conversations.runtime import get_runtime
 from upstreams.health import upstream_report
 
 PROBE_TIMEOUT_MS = 1000  # how long the probe waits for a write lock (a probe must answer fast)

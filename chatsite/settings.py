@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import tempfile
 from datetime import timedelta
@@ -81,6 +82,7 @@ INSTALLED_APPS = [
     "conversations",
     "review",
     "upstreams",
+    "teams",
 ]
 
 MIDDLEWARE = [
@@ -92,9 +94,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
-    "chatsite.metrics.ResponseCodeMiddleware",
+    "chatsite.middleware.ResponseCodeMiddleware",
     "chatsite.inputs.UnstorableInputMiddleware",
-    "chatsite.faults.DatabaseUnavailableMiddleware",
+    "conversations.faults.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -110,6 +112,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "conversations.preferences.context",
             ],
         },
     },
@@ -130,7 +133,7 @@ else:
         ) from None
 
 # How long a write waits for a lock another connection holds before it fails (and the request
-# answers 503 with Retry-After, chatsite/faults.py): SQLite's busy timeout, PostgreSQL's lock_timeout.
+# answers 503 with Retry-After, conversations/faults.py): SQLite's busy timeout, PostgreSQL's lock_timeout.
 CHAT_DB_BUSY_TIMEOUT = env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN, so a
@@ -139,12 +142,13 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         # Short: a request that cannot get the write lock answers 503 with Retry-After rather than
-        # hang (chatsite/faults.py); a reply's final save retries on its own (conversations/saving.py).
+        # hang (conversations/faults.py); a reply's final save retries on its own
+        # (conversations/live/saving.py).
         "timeout": CHAT_DB_BUSY_TIMEOUT,
     }
     _database["CONN_MAX_AGE"] = 0
     # The test database is a file too, not Django's default shared in-memory one: writes run in
-    # several threads (thread_sensitive=False, see chatsite/faults.py), and an in-memory database
+    # several threads (thread_sensitive=False, see conversations/faults.py), and an in-memory database
     # answers a second writer "database table is locked" at once instead of waiting for the lock
     # as a file does. One file per test process, so that parallel runs never share it.
     _database["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"chatsite-test-{os.getpid()}.sqlite3")}
@@ -255,7 +259,7 @@ if CHAT_TEST_ENGINE:
     except ValueError as exc:
         raise ImproperlyConfigured(f"CHAT_TEST_ENGINE={CHAT_TEST_ENGINE!r} is not valid: {exc}.") from None
 # Bench-only: a file to which every reply of the embedded model appends the server-side timestamps
-# of its path to the first token (chatsite/ttft.py). Refused with DEBUG off.
+# of its path to the first token (conversations/ttft.py). Refused with DEBUG off.
 CHAT_TTFT_TRACE = env_str("CHAT_TTFT_TRACE", "")
 if CHAT_TTFT_TRACE and not DEBUG:
     raise ImproperlyConfigured("CHAT_TTFT_TRACE is for benchmarks only: it is refused when DEBUG=0.")
@@ -326,9 +330,9 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each counted on its own
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = False  # a login to one's own account must not clear an address's count
 AXES_HTTP_RESPONSE_CODE = 429
-AXES_LOCKOUT_CALLABLE = "chatsite.login_throttle.lockout_response"
-AXES_CLIENT_IP_CALLABLE = "chatsite.login_throttle.client_address"
-AXES_USERNAME_CALLABLE = "chatsite.login_throttle.attempted_username"
+AXES_LOCKOUT_CALLABLE = "review.login_throttle.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "review.login_throttle.client_address"
+AXES_USERNAME_CALLABLE = "review.login_throttle.attempted_username"
 AXES_DISABLE_ACCESS_LOG = True  # successful logins go to the audit trail (review) instead
 # The client address: the TCP peer, except behind the README's same-host TLS proxy
 # (CHAT_BEHIND_TLS_PROXY=1), where a request whose peer is one of CHAT_TRUSTED_PROXIES is counted
@@ -358,8 +362,48 @@ if EMAIL_HOST:
 else:
     EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
 
+# --- Single sign-on with OpenID Connect (teams/oidc.py): off unless CHAT_OIDC_ISSUER is set --------
+# The provider's endpoints come from its discovery document unless set here one by one. Password
+# login stays the default; the login page offers single sign-on beside it.
+CHAT_OIDC_ISSUER = env_str("CHAT_OIDC_ISSUER", "")
+CHAT_OIDC = bool(CHAT_OIDC_ISSUER)
+CHAT_OIDC_LABEL = env_str("CHAT_OIDC_LABEL", "single sign-on")
+CHAT_OIDC_TEAMS_CLAIM = env_str("CHAT_OIDC_TEAMS_CLAIM", "")
+OIDC_RP_CLIENT_ID = env_str("CHAT_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = env_str("CHAT_OIDC_CLIENT_SECRET", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("CHAT_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = env_str("CHAT_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = env_str("CHAT_OIDC_JWKS_URI", "")
+OIDC_OP_USER_ENDPOINT = env_str("CHAT_OIDC_USERINFO_ENDPOINT", "")
+OIDC_RP_SIGN_ALGO = env_str("CHAT_OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("CHAT_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+LOGIN_REDIRECT_URL = "/"
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+if CHAT_OIDC:
+    if not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+        raise ImproperlyConfigured(
+            "CHAT_OIDC_ISSUER is set: set CHAT_OIDC_CLIENT_ID and CHAT_OIDC_CLIENT_SECRET too."
+        )
+    if not CHAT_OIDC_ISSUER.startswith("https://") and not re.match(
+        r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", CHAT_OIDC_ISSUER
+    ):
+        raise ImproperlyConfigured(
+            f"CHAT_OIDC_ISSUER={CHAT_OIDC_ISSUER!r} must be an https:// address (http only on this machine)."
+        )
+    if not OIDC_RP_SIGN_ALGO.startswith(("RS", "ES", "PS")):
+        raise ImproperlyConfigured(
+            f"CHAT_OIDC_SIGN_ALGO={OIDC_RP_SIGN_ALGO!r}: use RS256 (or another RS/ES/PS)."
+        )
+# Listed always (it answers None at once while single sign-on is off), after the password backends.
+AUTHENTICATION_BACKENDS += ["teams.oidc.Backend"]
+
+# The site's public address, for links made outside a request (``manage.py invite``).
+CHAT_SITE_URL = env_str("CHAT_SITE_URL", "http://127.0.0.1:8000")
+
 # Secrets shown once (a new API key) are kept in the session until shown: the session must stay
-# in the database, never in a cookie (chatsite/once.py refuses a cookie-based session engine).
+# in the database, never in a cookie (conversations/once.py refuses a cookie-based session engine).
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # Upstream inference servers (issue 12): the model the spec's aliases (gpt-3.5-turbo, …) and new

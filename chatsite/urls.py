@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from chatsite import accounts, ops, views
 from conversations.api import http as api_http
+from teams import oidc
 
 urlpatterns = [
     path("", include("conversations.urls")),
@@ -24,6 +25,10 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("review/", include("review.urls")),
+    path("", include("teams.urls")),
+    # Single sign-on (teams/oidc.py; 404 unless CHAT_OIDC_ISSUER is set): mozilla-django-oidc's names.
+    path("oidc/authenticate/", oidc.AuthenticationRequestView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", oidc.CallbackView.as_view(), name="oidc_authentication_callback"),
     path("v1", api_http.not_found),
     path("v1/", include("conversations.api.urls")),
 ]

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_safe
 @require_safe
 def status(request: HttpRequest) -> HttpResponse:
     """The status page (/status): what the model and its scheduler are doing."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     runtime = get_runtime()
     # Asking for the page is asking for the model: start loading it if nothing has yet

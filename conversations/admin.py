@@ -13,8 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-from chatsite import once
-from conversations import services
+from conversations import actions, once
 from conversations.models import ApiKey, Membership
 
 
@@ -59,10 +58,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             obj.save(update_fields=["name"])
             return
-        key, plain = services.create_api_key(obj.user, obj.team, obj.name, by=request.user)
+        key, plain = actions.create_api_key(obj.user, obj.team, obj.name, by=request.user)
         obj.pk = key.pk
         obj.refresh_from_db()
-        # Kept server-side until its change page shows it, once (chatsite/once.py).
+        # Kept server-side until its change page shows it, once (conversations/once.py).
         once.keep(request, f"admin_api_key:{key.pk}", plain)
 
     def response_add(
@@ -90,5 +89,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected API keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
-            services.revoke_api_key(key, by=request.user)
+            actions.revoke_api_key(key, by=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")

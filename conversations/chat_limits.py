@@ -16,11 +16,12 @@ class LimitRefused(Exception):
 
 def _estimate(conversation: Conversation, text: str | None) -> int:
     """Prompt + max tokens of the reply about to be asked for (settled with the real usage later)."""
-    from chatsite.runtime import ModelNotReady, get_runtime
-    from conversations import replies, webchat
+    from conversations import queries
+    from conversations.live import replies
+    from conversations.runtime import ModelNotReady, get_runtime
 
     wanted = conversation.max_tokens or replies.DEFAULT_MAX_TOKENS
-    history = webchat.prompt_messages(conversation)
+    history = queries.prompt_messages(conversation)
     if text is not None:
         history.append({"role": "user", "content": text})
     upstream_prompt = _upstream_prompt_tokens(conversation, history)
@@ -34,10 +35,10 @@ def _estimate(conversation: Conversation, text: str | None) -> int:
 
 
 def _upstream_prompt_tokens(conversation: Conversation, history: list[dict]) -> int | None:
-    """The prompt of a reply an upstream writes, counted as conversations/upstream_replies.py
+    """The prompt of a reply an upstream writes, counted as conversations/live/upstream_replies.py
     counts it (all the history, no template); None for the embedded model."""
-    from conversations import upstream_replies
     from conversations.api.upstream import token_counter
+    from conversations.live import upstream_replies
     from upstreams import choices
 
     if choices.model_for(conversation.model_id) == choices.embedded_model_id():

@@ -4,13 +4,14 @@ The page connects to ``/ws/c/<id>/`` through htmx's ws extension, which sends ea
 object (``{"action": "send", "text": …, "HEADERS": {…}}``) and swaps every top-level element of a
 message received into the page by id (out of band). Actions:
 
-- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text}.
+- ``send`` {text}, ``stop``, ``regenerate``, ``retry`` {message_id}, ``edit`` {message_id, text},
+  ``version`` {message_id} (show that version of a message, with its branch).
 
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
 ``conversation-<id>`` become fragments: a new or changed message, a delta (the whole answer so far,
-rendered, at most ~10 a second: the runner coalesces them), the queue position, a superseded
-message removed, the title. Every viewer of the conversation gets them.
+at most ~10 a second, as the runner coalesced and rendered it once for every viewer), the queue
+position, a superseded message removed, the title. Every viewer of the conversation gets them.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from chatsite import ttft
-from chatsite.faults import DATABASE_UNAVAILABLE, LAYER_ERRORS, LAYER_UNAVAILABLE, is_database_unavailable
-from chatsite.inputs import parse_id
-from conversations import live_access, replies, services, webchat
+from conversations import actions, live_access, queries, ttft
+from conversations.faults import (
+    DATABASE_UNAVAILABLE,
+    LAYER_ERRORS,
+    LAYER_UNAVAILABLE,
+    is_database_unavailable,
+)
+from conversations.fragments import message_html
+from conversations.ids import parse_id
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
-ACTIONS = {"send", "stop", "regenerate", "retry", "edit"}
+ACTIONS = {"send", "stop", "regenerate", "retry", "edit", "version"}
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,12 @@ CLOSE_UNAVAILABLE = 4503  # the channel layer is unreachable: try again later (l
 
 
 class FrameError(Exception):
-    """A frame the consumer refuses: its message goes back to the page."""
+    """A frame the consumer refuses: its message goes back to the page (and ``keep_text``, the
+    text of a message it refused, back in the composer)."""
+
+    def __init__(self, message: str, keep_text: str | None = None) -> None:
+        super().__init__(message)
+        self.keep_text = keep_text
 
 
 def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
@@ -72,13 +84,14 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise FrameError("Write a message first.")
+        kept = text if action == "send" else None  # a refused message goes back in the box
         if len(text) > MAX_TEXT_CHARS:
-            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).")
+            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).", kept)
         problem = unstorable(text)
         if problem is not None:
-            raise FrameError(f"The message cannot contain {problem}.")
+            raise FrameError(f"The message cannot contain {problem}.")  # (not sendable back either)
         out["text"] = text
-    if action in ("retry", "edit"):
+    if action in ("retry", "edit", "version"):
         message_id = parse_id(data.get("message_id"))
         if message_id is None:
             raise FrameError("message_id must be a message's id.")
@@ -100,39 +113,6 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
-def message_context(message: Message, conversation: Conversation, user: Any) -> dict[str, Any]:
-    """What ``chat/_message.html`` needs, for the person viewing it (the page and the consumer)."""
-    return {
-        "m": message,
-        "body": render_markdown(message.content),
-        "conversation": conversation,
-        "can_edit": webchat.can_edit(message, conversation, user),
-        "tool_calls": tool_calls_shown(message),
-    }
-
-
-def tool_calls_shown(message: Message) -> list[dict[str, str]]:
-    """An API reply's tool calls (``Message.tools``), each with its arguments as indented JSON
-    (as written when they are not JSON)."""
-    calls = (message.tools or {}).get("tool_calls") or []
-    shown = []
-    for call in calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        try:
-            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
-        shown.append(
-            {"id": call.get("id") or "", "name": function.get("name") or "?", "arguments": arguments}
-        )
-    return shown
-
-
-def message_html(message: Message, conversation: Conversation, user: Any) -> str:
-    return render_to_string("chat/_message.html", message_context(message, conversation, user))
-
-
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
     html = message_html(message, conversation, user)
     if append:
@@ -151,7 +131,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         try:
-            self.conversation = await database_sync_to_async(services.get_conversation_for_user)(
+            self.conversation = await database_sync_to_async(queries.get_conversation_for_user)(
                 user, conversation_id
             )
         except Http404:
@@ -160,7 +140,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.known: set[int] = set()
         self.started: list[Any] = []
-        group = services.group_name(conversation_id)
+        group = actions.group_name(conversation_id)
         try:
             await self.channel_layer.group_add(group, self.channel_name)
             self.group = group
@@ -204,7 +184,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             frame = parse_frame(text_data, bytes_data)
         except FrameError as exc:
-            await self.send(text_data=error_fragment(str(exc)))
+            kept = exc.keep_text
+            await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
             return
         if not await self._still_visible():
             return
@@ -229,9 +210,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _act(self, frame: dict[str, Any]) -> None:
         conversation, action = self.conversation, frame["action"]
+        if conversation.source == Conversation.Source.API and action not in ("stop", "version"):
+            raise replies.ChatError("This conversation was logged from the API: it is read-only.")
         if action == "stop":
-            if not await replies.astop(conversation.pk):
-                raise replies.ChatError("Nothing is being written in this conversation.")
+            # Nothing running (the reply ended as Stop was pressed, or Esc on an idle page): no error.
+            await replies.astop(conversation.pk)
             return
         if action == "send":
             await replies.send(self.user, conversation, frame["text"])
@@ -241,6 +224,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await replies.retry(self.user, conversation, frame["message_id"])
         elif action == "edit":
             await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+        elif action == "version":
+            await replies.select_version(self.user, conversation, frame["message_id"])
+            return
         run = replies.run_of(conversation.pk)
         if run is not None:
             self.started.append(run)
@@ -268,7 +254,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.chat_message(event)
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
-        body = render_markdown(event.get("content", ""))
+        # Rendered once for every viewer, off the event loop, by the reply's runner.
+        body = event.get("html")
+        if body is None:  # from a process that sends the text only
+            body = render_markdown(event.get("content", ""))
         mid = int(event["message_id"])
         await self.send(
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
@@ -299,6 +288,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ids = [int(i) for i in event["message_ids"]]
         self.known.difference_update(ids)
         await self.send(text_data="".join(f'<div id="m-{i}" hx-swap-oob="delete"></div>' for i in ids))
+
+    async def chat_refresh(self, event: dict[str, Any]) -> None:
+        """Another branch of the conversation is shown (a version was chosen): send it whole."""
+        await self._refresh()
 
     async def chat_conversation(self, event: dict[str, Any]) -> None:
         if not await self._still_visible():
@@ -362,8 +355,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         htmx-ext-ws reconnects by itself) is then shown, and nothing twice."""
 
         def load() -> tuple[set[int], str]:
-            messages = list(webchat.visible_messages(self.conversation).select_related("author"))
-            html = "".join(message_html(m, self.conversation, self.user) for m in messages)
+            messages = list(queries.visible_messages(self.conversation).select_related("author"))
+            versions = queries.versions_of(messages)
+            html = "".join(message_html(m, self.conversation, self.user, versions[m.pk]) for m in messages)
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()

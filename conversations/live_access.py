@@ -15,7 +15,7 @@ review services, the admin and its bulk actions, a queryset delete, a cascade, t
 - a logout → their group, naming the ended session (the session is flushed *after* Django's
   ``user_logged_out`` signal, so the database would still show it);
 - a conversation deleted for good → its conversation's group. (Made private or soft-deleted:
-  ``webchat`` broadcasts ``chat.conversation``, on which the socket checks again too.)
+  ``actions`` broadcasts ``chat.conversation``, on which the socket checks again too.)
 
 A ``QuerySet.update()`` on users or memberships sends no signal: such a change reaches open sockets
 at their next action, when access is checked again anyway.
@@ -35,7 +35,7 @@ from django.db.models.signals import post_delete, post_save
 from django.http import Http404, HttpRequest
 from django.utils.crypto import constant_time_compare
 
-from conversations import services
+from conversations import actions, queries
 from conversations.models import Conversation, Membership
 
 EVENT = "access.changed"
@@ -53,7 +53,7 @@ def session_digest(session_key: str | None) -> str:
 def _send_on_commit(group: str, event: dict[str, Any]) -> None:
     # With Redis down the change is committed all the same (and no socket can receive anything
     # then: the consumers close with 4503).
-    services.send_on_commit(group, {"type": EVENT, **event})
+    actions.send_on_commit(group, {"type": EVENT, **event})
 
 
 def user_changed(user_id: int, *, ended_session: str | None = None) -> None:
@@ -64,7 +64,7 @@ def user_changed(user_id: int, *, ended_session: str | None = None) -> None:
 
 def conversation_changed(conversation_id: int) -> None:
     """Every socket on the conversation checks its access again (after the commit)."""
-    _send_on_commit(services.group_name(conversation_id), {})
+    _send_on_commit(actions.group_name(conversation_id), {})
 
 
 # --- What a socket knows of how it was let in, and the check -------------------------------------
@@ -104,7 +104,7 @@ def check(credentials: Credentials, conversation_id: int) -> tuple[AbstractBaseU
         if str(store.get(SESSION_KEY, "")) != str(user.pk):
             return None  # logged out, expired, or now another user's
     try:
-        return user, services.get_conversation_for_user(user, conversation_id)
+        return user, queries.get_conversation_for_user(user, conversation_id)
     except Http404:
         return None
 

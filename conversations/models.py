@@ -1,6 +1,6 @@
 """Teams, conversations, messages and API keys: one vocabulary for the browser chat, the API and review.
 
-Every write goes through ``conversations.services``; this module only declares the data.
+Every write goes through ``conversations.actions`` (reads: ``queries``); this module only declares the data.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Message(models.Model):
     token_ids = models.JSONField(null=True, blank=True)
     params = models.JSONField(default=dict, blank=True)  # the sampling parameters used
     # An API reply's tools, tool_choice and response_format as requested, and the tool_calls
-    # it made (inference/tools.py's ToolPlan.record plus "tool_calls"); null for plain replies.
+    # it made (conversations/api/tool_format.py's ToolPlan.record plus "tool_calls"); null for plain replies.
     tools = models.JSONField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -148,6 +148,13 @@ class Message(models.Model):
     # Set when a regenerated answer or an edited user message replaced this one in the browser
     # chat: hidden from the conversation (and from later prompts), kept for reviewers.
     superseded_at = models.DateTimeField(null=True, blank=True)
+    # Versions: a regenerated answer, or an edited user message, is a new version of the message it
+    # replaced; ``version_of`` is the first version (null on a first version). The page browses the
+    # versions (‹ 1 / 3 ›); the one chosen, with the branch after it, is the visible one and the
+    # others are ``superseded_at`` (conversations/webchat.py: select_version).
+    version_of = models.ForeignKey(
+        "self", models.CASCADE, null=True, blank=True, related_name="later_versions"
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -168,3 +175,21 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class ChatPreferences(models.Model):
+    """A person's choices for the chat pages, kept on the server so they follow them to any browser."""
+
+    class Theme(models.TextChoices):
+        AUTO = "auto"  # the browser's prefers-color-scheme
+        LIGHT = "light"
+        DARK = "dark"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_preferences")
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.AUTO)
+
+    class Meta:
+        verbose_name_plural = "chat preferences"
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.theme}"

@@ -18,6 +18,7 @@ urlpatterns = [
     path("c/<int:conversation_id>/delete", pages.delete, name="delete"),
     path("c/<int:conversation_id>/export.json", export.export_json, name="export_json"),
     path("c/<int:conversation_id>/export.md", export.export_markdown, name="export_markdown"),
+    path("settings/theme", pages.theme, name="theme"),
     path("settings/keys", keys.api_keys, name="api_keys"),
     path("settings/keys/<int:key_id>/revoke", keys.revoke, name="revoke_key"),
 ]

@@ -5,13 +5,20 @@ rendered in Jinja's ``ImmutableSandboxedEnvironment`` with the settings and help
 provides (``trim_blocks``, ``lstrip_blocks``, ``raise_exception``, ``strftime_now``, a ``tojson``
 that does not HTML-escape, ``{% break %}``/``{% continue %}`` and a no-op ``{% generation %}``
 block). Files without a template get ChatML.
+
+A template that renders ``tools`` and assistant ``tool_calls`` has its own tool syntax:
+``ChatTemplate.tool_syntax`` finds it by rendering a probe call and reading how the call was
+written (see ``ToolSyntax``); ``conversations/api/tool_format.py`` then uses it for the prompt,
+the grammar and the parser. Other templates get chatsite's documented Hermes-style format.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from jinja2 import TemplateError, nodes
@@ -29,6 +36,29 @@ CHATML_TEMPLATE = (
 
 # Variables whose ``.name`` is not a message's name (tool and function schemas, tool calls).
 _NOT_MESSAGES = frozenset({"tool", "tools", "tool_call", "function", "func", "fn"})
+
+
+@dataclass(frozen=True)
+class ToolSyntax:
+    """How a model writes tool calls: each call is ``open`` + ``{"name": ..., "<arguments_key>":
+    {...}}`` (JSON with ``, `` and ``: ``) + ``close``, several calls joined by ``between``.
+
+    ``own``: the model's chat template renders the tool list and the calls itself (the messages
+    carry ``tool_calls`` and ``role: tool``, the template gets ``tools``); otherwise chatsite writes
+    them into the messages in this syntax. ``parallel``: the template can write several calls in
+    one message (some refuse to).
+    """
+
+    open: str = "<tool_call>"
+    close: str = "</tool_call>"
+    between: str = "\n"
+    arguments_key: str = "arguments"
+    parallel: bool = True
+    own: bool = False
+
+
+HERMES = ToolSyntax()
+"""chatsite's documented format, for models whose template has no tool syntax."""
 
 
 class PromptError(TemplateError, ValueError):
@@ -112,6 +142,7 @@ class ChatTemplate:
         except TemplateError as exc:
             raise PromptError(f"the chat template does not compile: {_describe(exc)}") from None
         self.uses_name = _references_name(ast)
+        self.uses_tools = any(n.name == "tools" for n in ast.find_all(nodes.Name))
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> ChatTemplate:
@@ -121,7 +152,11 @@ class ChatTemplate:
             eos_token=_token_text(info, info.eos_id),
         )
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> str:
+        """``tools``: the offered tools as OpenAI's ``[{"type": "function", "function": {...}}]``,
+        for a template with its own tool syntax (others ignore them)."""
         prepared = [self._prepare(i, m) for i, m in enumerate(messages)]
         try:
             return self._template.render(
@@ -129,7 +164,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
-                tools=None,
+                tools=tools or None,
                 documents=None,
             )
         except PromptError:
@@ -138,6 +173,11 @@ class ChatTemplate:
             raise PromptError(f"the chat template failed to render: {_describe(exc)}") from None
         except Exception as exc:  # a template can divide by zero, index out of range, ...
             raise PromptError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from None
+
+    @cached_property
+    def tool_syntax(self) -> ToolSyntax | None:
+        """The template's own tool syntax, or None (it has none that chatsite can use)."""
+        return _probe_tool_syntax(self) if self.uses_tools else None
 
     def _prepare(self, index: int, message: Any) -> dict[str, Any]:
         if not isinstance(message, Mapping):
@@ -150,12 +190,121 @@ class ChatTemplate:
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise PromptError(f"message {index}: name must be a string")
-        if name and not self.uses_name:
+        if name and not self.uses_name and role != "tool":  # a tool result names its function
             out["content"] = f"{name}: {out['content']}"
             del out["name"]
         elif not name:
             out.pop("name", None)
         return out
+
+
+_PROBE_NAME = "chatsite_probe_function"
+_PROBE_ARGUMENTS = {"probe_argument": "probe value"}
+_PROBE_TEXT = "chatsite probe text"
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": _PROBE_NAME,
+            "description": "A probe.",
+            "parameters": {
+                "type": "object",
+                "properties": {"probe_argument": {"type": "string"}},
+                "required": ["probe_argument"],
+            },
+        },
+    }
+]
+
+
+def _probe_call(i: int) -> dict[str, Any]:
+    return {
+        "id": f"call_probe{i}",
+        "type": "function",
+        # As HF transformers passes them: the arguments as an object (templates apply tojson).
+        "function": {"name": _PROBE_NAME, "arguments": dict(_PROBE_ARGUMENTS)},
+    }
+
+
+def _probe_tool_syntax(template: ChatTemplate) -> ToolSyntax | None:
+    """Render a probe conversation with one call, and with two, and read the syntax off the text.
+
+    Usable only if: the tool list reaches the prompt; a call renders as ``open + JSON + close`` in
+    the assistant's turn, with ``name`` first and the JSON as ``json.dumps`` writes it (so the
+    grammar can hold the model to the same text); ``open`` and ``close`` are not blank (a call
+    must be recognisable in free text); a tool result renders."""
+    user = {"role": "user", "content": "Hi"}
+
+    def render(messages: list[dict], generation: bool) -> str | None:
+        try:
+            return template.render(messages, add_generation_prompt=generation, tools=_PROBE_TOOLS)
+        except Exception:  # noqa: BLE001  (a template that cannot render the probe has no usable syntax)
+            return None
+
+    head = render([user], True)
+    plain = render([user, {"role": "assistant", "content": _PROBE_TEXT}], False)
+    if head is None or plain is None or _PROBE_NAME not in head or not plain.startswith(head):
+        return None
+    lead, _, end = plain[len(head) :].partition(_PROBE_TEXT)
+
+    def calls_text(n: int) -> str | None:
+        message = {"role": "assistant", "content": "", "tool_calls": [_probe_call(i) for i in range(n)]}
+        text = render([user, message], False)
+        if text is None or not text.startswith(head + lead) or not text.endswith(end):
+            return None
+        return text[len(head + lead) : len(text) - len(end)]
+
+    one = calls_text(1)
+    if one is None:
+        return None
+    found = _find_call(one)
+    if found is None:
+        return None
+    start, stop, key = found
+    syntax = ToolSyntax(open=one[:start], close=one[stop:], arguments_key=key, own=True)
+    if not syntax.open.strip() or not syntax.close.strip():
+        return None
+    result = {"role": "tool", "tool_call_id": "call_probe0", "name": _PROBE_NAME, "content": _PROBE_TEXT}
+    answered = render(
+        [user, {"role": "assistant", "content": "", "tool_calls": [_probe_call(0)]}, result], True
+    )
+    if answered is None or _PROBE_TEXT not in answered:
+        return None
+    call = one[start:stop]
+    two = calls_text(2)
+    single = syntax.open + call + syntax.close
+    if two is not None and two.startswith(single) and two.endswith(single) and len(two) > 2 * len(single):
+        return ToolSyntax(
+            open=syntax.open,
+            close=syntax.close,
+            between=two[len(single) : -len(single)],
+            arguments_key=key,
+            own=True,
+        )
+    return ToolSyntax(open=syntax.open, close=syntax.close, arguments_key=key, parallel=False, own=True)
+
+
+def _find_call(text: str) -> tuple[int, int, str] | None:
+    """Where the probe call's JSON lies in ``text``: (start, end, the arguments' key)."""
+    decoder = json.JSONDecoder()
+    at = text.find("{")
+    while at >= 0:
+        try:
+            value, stop = decoder.raw_decode(text, at)
+        except ValueError:
+            value, stop = None, at
+        if (
+            isinstance(value, dict)
+            and len(value) == 2
+            and list(value)[0] == "name"
+            and value["name"] == _PROBE_NAME
+        ):
+            key = list(value)[1]
+            if value[key] == _PROBE_ARGUMENTS and text[at:stop] == json.dumps(value):
+                return at, stop, key
+            return None
+        at = text.find("{", at + 1)
+    return None
 
 
 def content_text(index: int, content: Any) -> str:
@@ -213,7 +362,8 @@ def _is_name_const(node: nodes.Node) -> bool:
 
 
 def _describe(exc: TemplateError) -> str:
-    where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+    lineno = getattr(exc, "lineno", None)
+    where = f" (line {lineno})" if lineno else ""
     return f"{type(exc).__name__}: {exc.message or exc}{where}"
 
 

@@ -58,6 +58,7 @@ CSV_COLUMNS = [
     "superseded_at",
     "created",
     "tools",
+    "version_of",  # the first version of a regenerated answer or an edited message
 ]
 
 
@@ -100,6 +101,8 @@ def message_metadata(message: Message) -> dict[str, Any]:
         "author": message.author.get_username() if message.author else None,
         # Replaced by a regenerated answer or an edited question in the browser chat.
         "superseded_at": _iso(message.superseded_at),
+        # A later version (regenerated, or edited) of the message with this id; None: a first one.
+        "version_of": message.version_of_id,
         "created": _iso(message.created),
     }
 
@@ -190,6 +193,7 @@ def csv_lines(queryset: QuerySet[Conversation]) -> Iterator[str]:
                     _iso(m.superseded_at) or "",
                     _iso(m.created),
                     json.dumps(m.tools) if m.tools else "",
+                    m.version_of_id or "",
                 ]
             )
 

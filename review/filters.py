@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 
-from chatsite.inputs import parse_id
+from conversations.ids import parse_id
 from conversations.models import ApiKey, Conversation, Message
 from review import access
 

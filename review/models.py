@@ -81,6 +81,9 @@ class AuditEntry(models.Model):
         UPSTREAM_CHANGED = "upstream_set", "changed an upstream connection"
         UPSTREAM_REMOVED = "upstream_del", "removed an upstream connection"
         TEAM_MODELS = "team_models", "changed a team's models"
+        INVITE_CREATED = "invite_add", "created an invite"
+        INVITE_USED = "invite_used", "joined with an invite"
+        INVITE_REVOKED = "invite_del", "revoked an invite"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"

@@ -116,7 +116,7 @@ def check(reply: Message, model: Any) -> Replay | None:
 
 def replay(reply: Message) -> Replay:
     """Run ``reply`` again (blocking: call it from a thread) and compare."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     model = get_runtime().get()
     refused = check(reply, model)

@@ -15,8 +15,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from chatsite.runtime import ModelNotReady, get_runtime
 from conversations.models import Message
+from conversations.runtime import ModelNotReady, get_runtime
 from review import access, replay, services
 from review.models import AuditEntry
 from review.views import reviewer_required

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
 from conversations.models import ApiKey, Conversation, Membership, Team
 from review import access
 from review.models import AuditEntry, Flag, TeamReviewPolicy
@@ -104,7 +104,7 @@ def record_export(
 
 
 def create_team(name: str) -> Team:
-    return conversation_services.create_team(name)
+    return conversation_actions.create_team(name)
 
 
 def policy_for(team: Team) -> TeamReviewPolicy:
@@ -135,11 +135,17 @@ def _door_to_the_admin(user: AbstractBaseUser, role: str) -> None:
 
 
 def add_member(
-    team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER, *, by: AbstractBaseUser | None
+    team: Team,
+    user: AbstractBaseUser,
+    role: str = Membership.Role.MEMBER,
+    *,
+    by: AbstractBaseUser | None,
+    via: str = "",
 ) -> Membership:
-    """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership)."""
+    """Add ``user`` to ``team`` with ``role`` (or change the role of an existing membership).
+    ``via``: how, for the audit (an invite, single sign-on)."""
     with transaction.atomic():
-        membership = conversation_services.add_member(team, user, role)
+        membership = conversation_actions.add_member(team, user, role)
         if membership.role != role:
             membership.role = role
             membership.save(update_fields=["role"])
@@ -149,7 +155,7 @@ def add_member(
             AuditEntry.Action.MEMBERSHIP,
             team=team,
             object_repr=f"{user.get_username()} in {team}",
-            detail=f"added as {role}",
+            detail=f"added as {role}" + (f" ({via})" if via else ""),
         )
     access.forget(user)
     return membership
@@ -173,20 +179,21 @@ def set_role(membership: Membership, role: str, *, by: AbstractBaseUser | None) 
     return membership
 
 
-def remove_member(membership: Membership, *, by: AbstractBaseUser | None) -> int:
-    """Remove a membership and revoke the member's API keys for that team. Returns the keys revoked."""
+def remove_member(membership: Membership, *, by: AbstractBaseUser | None, via: str = "") -> int:
+    """Remove a membership and revoke the member's API keys for that team. Returns the keys revoked.
+    ``via``: how, for the audit (single sign-on)."""
     with transaction.atomic():
         keys = list(
             ApiKey.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None)
         )
         for key in keys:
-            conversation_services.revoke_api_key(key, by=by)
+            conversation_actions.revoke_api_key(key, by=by)
         audit(
             by,
             AuditEntry.Action.MEMBERSHIP,
             team=membership.team,
             object_repr=f"{membership.user.get_username()} in {membership.team}",
-            detail=f"removed; {len(keys)} API key(s) revoked",
+            detail=f"removed; {len(keys)} API key(s) revoked" + (f" ({via})" if via else ""),
         )
         membership.delete()
     return len(keys)

@@ -14,15 +14,18 @@ from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from chatsite.login_throttle import client_address, lockout
 from review import services
+from review.login_throttle import client_address, lockout
 
 
 @receiver(user_logged_in, dispatch_uid="review.audit_login")
 def audit_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    # Every password login (site form, admin form) is a POST; the test client's force_login,
-    # which starts a session without one, is not a login to audit.
-    if request is None or request.method != "POST":
+    # Every password login (site form, admin form) is a POST, and a single sign-on login comes
+    # through its backend (teams/oidc.py); the test client's force_login, which starts a session
+    # without either, is not a login to audit.
+    if request is None:
+        return
+    if request.method != "POST" and getattr(user, "backend", "") != "teams.oidc.Backend":
         return
     services.record_login(user, address=client_address(request), path=request.path)
 

@@ -19,7 +19,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import services as conversation_services
+from conversations import queries as conversation_queries
 from conversations.models import Membership
 from review import access, limits, services, usage
 from review.admin.limits import managed_limits
@@ -102,6 +102,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "requests": sum(r.requests for r in rows),
             "prompt": sum(r.prompt_tokens for r in rows),
             "completion": sum(r.completion_tokens for r in rows),
+            "total": sum(r.total for r in rows),
         },
         "csv_query": request.GET.urlencode(),
         "limits": limits.usage_against_limits(
@@ -134,7 +135,7 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
 @login_required
 def team_policy(request: HttpRequest, team_id: int) -> HttpResponse:
     """What the team's admins may review, shown to every member (404 for anyone else)."""
-    team = conversation_services.get_team_for_user(request.user, team_id)
+    team = conversation_queries.get_team_for_user(request.user, team_id)
     context = {"team": team, **policy_context(team)}
     return render(request, "review/team_policy.html", context)
 

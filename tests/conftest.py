@@ -29,6 +29,30 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
 
 
+# --- pytest-xdist (`make test` runs the suite in worker processes) ------------------------------
+
+# Modules that share a session-scoped live server (below) run on one worker, which starts it once.
+SHARED_SERVERS = ("api_server", "tiny_api_server")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup``, keep each test module whole on one worker, in its order: its
+    module-scoped servers and models start once, and its ordered tests (the browser chat) stay in
+    order. Without xdist the marks do nothing."""
+    group_of: dict[str, str] = {}  # module path: group
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        used = set(getattr(item, "fixturenames", ()))
+        shared = [name for name in SHARED_SERVERS if name in used]
+        if shared:
+            group_of[module] = shared[0]
+        group_of.setdefault(module, module)
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group_of[item.nodeid.split("::", 1)[0]]))
+
+
 # --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------
 
 
@@ -56,10 +80,10 @@ def charlie(db):
 @pytest.fixture
 def alpha(alice, bob):
     """The team alice administers and bob belongs to; charlie is not in it."""
-    from conversations import services
+    from conversations import actions
 
-    team = services.create_team("alpha", admin=alice)
-    services.add_member(team, bob)
+    team = actions.create_team("alpha", admin=alice)
+    actions.add_member(team, bob)
     return team
 
 
@@ -69,6 +93,108 @@ def world(alice, bob, charlie, alpha):
     from tests.review_data import build_world
 
     return build_world(alice, bob, charlie, alpha)
+
+
+# --- The websocket tests' tiny model and conversation (tests/ws_chat.py) --------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """The tiny random model of the websocket tests (tests/ws_chat.py), loaded once per module with
+    one slot and a queue of 4; a long context, so that a blocker (tests/ws_chat.py) can keep the
+    slot busy for seconds."""
+    from tests.chat_runtime import tiny_chat_model
+
+    with tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), context_length=4096, queue_max=4) as model:
+        yield model
+
+
+@pytest.fixture
+def runtime(tiny_model):
+    """The process's runtime serving the tiny model for the duration of a test."""
+    from tests.chat_runtime import serving
+
+    with serving(tiny_model) as rt:
+        yield rt
+
+
+@pytest.fixture
+def bravo(charlie):
+    """charlie's own team."""
+    from conversations import actions
+
+    return actions.create_team("bravo", admin=charlie)
+
+
+@pytest.fixture
+def chat(alice, alpha):
+    """A conversation of alice's, shared with her team, with short replies."""
+    from conversations import actions
+
+    return actions.start_conversation(alice, alpha, visibility="team", max_tokens=6)
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server's URL (REDIS_URL, default 127.0.0.1:6379/0); skips when it is unreachable
+    (and under CI a skip fails the run). Tests keep apart by a channel prefix of their own."""
+    import socket
+
+    host, port = "127.0.0.1", 6379
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError as exc:
+        pytest.skip(f"Redis is not reachable at {host}:{port} ({exc}); start it to run these tests")
+    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# --- The inference worker tests (tests/worker_process.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny test GGUF (context 512), written once per session: the inference worker tests'
+    model (tests/worker_process.py). Read-only: a test that needs another shape writes its own."""
+    from tests.tiny_gguf import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", context_length=512)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A channel prefix of the test's own: nothing in Redis is shared with another test or run."""
+    import uuid
+
+    return f"test{uuid.uuid4().hex[:8]}"
+
+
+# --- A real headless browser (Debian's chromium, driven by Playwright through its path) ---------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium for one test module (each test opens its own context). Screenshots go to
+    .data/screenshots/ (ignored by git)."""
+    from pathlib import Path
+
+    from tests.live_server import ROOT
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `scripts/setup.sh deps dev` (installs Debian's chromium)")
+    (ROOT / ".data" / "screenshots").mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 # --- Live API servers (tests/live_server.py), started once per session ------------------------
@@ -114,3 +240,36 @@ def tiny_api_server(tmp_path_factory: pytest.TempPathFactory):
     ).start()
     yield server
     server.stop()
+
+
+# --- A small OpenID Connect provider (tests/oidc_provider.py) in its own process ---------------
+
+OIDC_CLIENT_ID = "chatsite-test"
+OIDC_CLIENT_SECRET = "a-client-secret-for-tests"
+
+
+@pytest.fixture(scope="session")
+def oidc_provider():
+    """The stub provider's process, serving at ``.issuer`` until the session ends."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tests.live_server import free_port
+
+    script = Path(__file__).with_name("oidc_provider.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(free_port()), OIDC_CLIENT_ID, OIDC_CLIENT_SECRET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()  # blocks until it listens (or exits)
+    if not line.startswith("ready "):
+        process.kill()
+        pytest.fail(f"the stub OpenID provider did not start: {line!r}", pytrace=False)
+    yield SimpleNamespace(
+        issuer=line.split()[1], client_id=OIDC_CLIENT_ID, client_secret=OIDC_CLIENT_SECRET, process=process
+    )
+    process.terminate()
+    process.wait(timeout=10)

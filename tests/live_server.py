@@ -8,13 +8,16 @@ from its SQLite file (read-only), since the server is another process.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,12 +34,12 @@ import io, json, django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from conversations import services
+from conversations import actions
 call_command("migrate", verbosity=0)
 User = get_user_model()
 users = {name: User.objects.create_user(name) for name in ("alice", "bob", "charlie")}
-alpha = services.create_team("alpha", admin=users["alice"])
-services.add_member(alpha, users["bob"])
+alpha = actions.create_team("alpha", admin=users["alice"])
+actions.add_member(alpha, users["bob"])
 
 def key(*args):
     out = io.StringIO()
@@ -45,7 +48,7 @@ def key(*args):
 
 keys = {"alice": key("alice", "--name", "tests"), "bob": key("bob"), "charlie": key("charlie")}
 keys["revoked"] = key("alice", "--team", "alpha", "--name", "old")
-services.revoke_api_key(services.authenticate_api_key(keys["revoked"]))
+actions.revoke_api_key(actions.authenticate_api_key(keys["revoked"]))
 print(json.dumps(keys))
 """
 
@@ -136,12 +139,17 @@ class LiveServer:
         cache.mkdir(parents=True, exist_ok=True)
         if not (self.data_dir / "models").exists():
             (self.data_dir / "models").symlink_to(cache)
-        out = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=self._env(), capture_output=True, text=True, check=False
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"setting up the server's database failed:\n{out.stderr}")
-        self.keys = json.loads(out.stdout.strip().splitlines()[-1])
+        env = self._env()
+        if "DATABASE_URL" in env or self.db_path != self.data_dir / "db.sqlite3":
+            self.keys = run_setup(env)
+            return
+        # The usual case, an SQLite file in the data folder: a copy of one set up once per process
+        # (the migrations take seconds), with its secret key; the same users and keys.
+        template, keys = set_up_template()
+        for item in template.iterdir():
+            if item.is_file():
+                shutil.copy2(item, self.data_dir / item.name)
+        self.keys = dict(keys)
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait for the process, then for the model (a 1-token completion stops answering 503)."""
@@ -216,6 +224,30 @@ class LiveServer:
                 self.process.wait()
         if getattr(self, "log", None) is not None:
             self.log.close()
+
+
+def run_setup(env: dict[str, str]) -> dict[str, str]:
+    """Migrate the database of ``env``, make the users, teams and keys (SETUP); the keys."""
+    out = subprocess.run(
+        [PYTHON, "-c", SETUP], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"setting up the server's database failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_template: tuple[Path, dict[str, str]] | None = None
+
+
+def set_up_template() -> tuple[Path, dict[str, str]]:
+    """A data folder set up by SETUP once per test process (removed at exit), for servers to copy."""
+    global _template
+    if _template is None:
+        folder = Path(tempfile.mkdtemp(prefix="chatsite-live-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        keys = run_setup(LiveServer(folder, {})._env())
+        _template = folder, keys
+    return _template
 
 
 NO_EOS = {"0": -100, "1": -100, "2": -100}  # the default model's control tokens: replies run long

@@ -20,21 +20,21 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
-    from conversations import services
+    from conversations import actions
     from conversations.models import Conversation
 
     if sys.argv[1] == "setup":
         call_command("migrate", verbosity=0)
         user = get_user_model().objects.create_user("racer")
-        team = services.create_team("racers", admin=user)
-        print(services.start_conversation(user, team).pk)
+        team = actions.create_team("racers", admin=user)
+        print(actions.start_conversation(user, team).pk)
         return
     conversation = Conversation.objects.get(pk=int(sys.argv[2]))
     print("ready", flush=True)
     sys.stdin.readline()
     try:
-        (message,) = services.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
-    except services.ReplyInProgress as exc:
+        (message,) = actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
+    except actions.ReplyInProgress as exc:
         print(json.dumps({"refused": str(exc)}), flush=True)
     else:
         print(json.dumps({"started": message.pk}), flush=True)

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from conversations import services
+from conversations import actions
 from conversations.models import ApiKey, Conversation, Message, Team
 
 
@@ -45,7 +45,7 @@ def api_call(
     status: str = Message.Status.COMPLETE,
 ) -> Conversation:
     """A logged /v1/chat/completions call with len(answers) finished choices."""
-    call = services.start_api_call(
+    call = actions.start_api_call(
         key,
         model_id=model_id,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
@@ -55,9 +55,9 @@ def api_call(
         request_user=request_user,
     )
     for reply, answer in zip(call.replies, answers, strict=True):
-        services.finish_assistant_message(
+        actions.finish_assistant_message(
             reply.pk,
-            services.Outcome(
+            actions.Outcome(
                 status=status,
                 content=answer,
                 finish_reason="stop",
@@ -75,14 +75,12 @@ def api_call(
 def web_chat(
     owner: Any, team: Team, prompt: str, answer: str, *, visibility: str = "private"
 ) -> Conversation:
-    conversation = services.start_conversation(owner, team, title=prompt[:40], visibility=visibility)
-    services.add_user_message(conversation, prompt)
-    reply = services.start_assistant_messages(conversation, 1, params={"temperature": 0.2}, prompt_tokens=5)[
-        0
-    ]
-    services.finish_assistant_message(
+    conversation = actions.start_conversation(owner, team, title=prompt[:40], visibility=visibility)
+    actions.add_user_message(conversation, prompt)
+    reply = actions.start_assistant_messages(conversation, 1, params={"temperature": 0.2}, prompt_tokens=5)[0]
+    actions.finish_assistant_message(
         reply.pk,
-        services.Outcome(
+        actions.Outcome(
             status="complete", content=answer, prompt_tokens=5, completion_tokens=3, duration=0.4
         ),
     )
@@ -95,12 +93,12 @@ def build_world(alice: Any, bob: Any, charlie: Any, alpha: Team) -> World:
     for user in (alice, bob, charlie):
         user.is_staff = True
         user.save(update_fields=["is_staff"])
-    beta = services.create_team("beta", admin=charlie)
+    beta = actions.create_team("beta", admin=charlie)
     world = World(root=root, alice=alice, bob=bob, charlie=charlie, alpha=alpha, beta=beta)
     world.keys = {
-        "alice": services.create_api_key(alice, alpha, "alice's script")[0],
-        "bob": services.create_api_key(bob, alpha, "bob's script")[0],
-        "charlie": services.create_api_key(charlie, beta, "charlie's script")[0],
+        "alice": actions.create_api_key(alice, alpha, "alice's script")[0],
+        "bob": actions.create_api_key(bob, alpha, "bob's script")[0],
+        "charlie": actions.create_api_key(charlie, beta, "charlie's script")[0],
     }
     c = world.conversations
     c["bob_api"] = api_call(world.keys["bob"], "Name a colour", ["Blue."], request_user="user-42")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inference.protocol import InvalidRequest, parse_chat_request
+from conversations.api.protocol import InvalidRequest, parse_chat_request
 from tests.test_api_errors import assert_openai_error
 
 

@@ -10,8 +10,7 @@ import pytest
 from conversations.api.completions import sampling_params
 from conversations.api.http import mask_key
 from conversations.api.openapi import openapi_document
-from inference.jobs import ContextLengthExceeded
-from inference.protocol import (
+from conversations.api.protocol import (
     ChatCompletionChunk,
     ChunkChoice,
     ChunkDelta,
@@ -21,6 +20,7 @@ from inference.protocol import (
     parse_chat_request,
     parse_json_body,
 )
+from inference.jobs import ContextLengthExceeded
 from inference.streaming import DONE, sse
 
 HI = [{"role": "user", "content": "hi"}]
@@ -191,9 +191,9 @@ def test_it_names_the_param_the_model_refuses() -> None:
 
 
 def test_it_answers_503_while_the_model_loads(monkeypatch) -> None:
-    from chatsite.runtime import ModelNotReady, get_runtime
     from conversations.api.catalog import model_ids, resolve_model
-    from inference.protocol import NotFound, ServiceUnavailable
+    from conversations.api.protocol import NotFound, ServiceUnavailable
+    from conversations.runtime import ModelNotReady, get_runtime
 
     def loading():
         raise ModelNotReady("the model is still loading")
@@ -217,7 +217,7 @@ def test_it_answers_503_while_the_model_loads(monkeypatch) -> None:
     ],
 )
 def test_it_refuses_nul_characters_naming_the_field(body: dict, param: str) -> None:
-    from inference.protocol import InvalidRequest, parse_chat_request
+    from conversations.api.protocol import InvalidRequest, parse_chat_request
 
     with pytest.raises(InvalidRequest) as info:
         parse_chat_request({"model": "gpt-3.5-turbo", **body})

@@ -8,12 +8,13 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 
-from conversations import runner, services
+from conversations import actions
 from conversations.api.completions import Reply
+from conversations.api.protocol import parse_chat_request
 from conversations.api.tools import Output, plan_output
+from conversations.live import runner
 from conversations.models import Message
 from inference.jobs import Delta, Finished, Job, Timings, Usage
-from inference.protocol import parse_chat_request
 from inference.sampling import SamplingParams
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -26,8 +27,8 @@ def finished(reason: str, text: str, tokens: int, error: str | None = None) -> F
 
 @database_sync_to_async
 def replies_for(alice, alpha, n: int) -> list[Message]:
-    conversation = services.start_conversation(alice, alpha, source="api")
-    return services.start_assistant_messages(conversation, n, params={}, prompt_tokens=3)
+    conversation = actions.start_conversation(alice, alpha, source="api")
+    return actions.start_assistant_messages(conversation, n, params={}, prompt_tokens=3)
 
 
 @database_sync_to_async

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils.html import escape
 
-from conversations import services
+from conversations import actions
 from conversations.models import ApiKey, Conversation
 from review.models import Flag
 from tests.review_data import World, logged_in
@@ -30,7 +30,7 @@ def assert_refused_nul(response, field: str) -> None:
 
 @pytest.fixture
 def alice_chat(world: World) -> Conversation:
-    return services.start_conversation(world.alice, world.alpha, title="kept", source="web")
+    return actions.start_conversation(world.alice, world.alpha, title="kept", source="web")
 
 
 def test_it_refuses_a_nul_in_a_rename(world: World, alice_chat: Conversation) -> None:

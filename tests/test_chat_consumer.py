@@ -5,109 +5,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from chatsite.asgi import application
-from conversations import replies, services, webchat
+from conversations import actions, render
 from conversations.consumers import MAX_FRAME_BYTES
-from conversations.models import Conversation, Message
+from conversations.live import runner
+from conversations.models import Message
+from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
-from inference.model import ChatModel
-from inference.sampling import SamplingParams
-from tests.chat_runtime import serving, tiny_chat_model
+from tests.ws_chat import (
+    HOST,
+    ORIGIN,
+    blocker,
+    connect,
+    cookie_for,
+    drain,
+    finish_run,
+    messages_of,
+    receive_until,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-ORIGIN = (b"origin", b"http://localhost")
-HOST = (b"host", b"localhost")  # the site's origin is its Host's (chatsite/origin.py)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    # A long context, so that a blocker (below) can keep the slot busy for seconds.
-    with tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), context_length=4096, queue_max=4) as model:
-        yield model
-
-
-@pytest.fixture
-def runtime(tiny_model):
-    """The process's runtime serving the tiny model for the duration of a test."""
-    with serving(tiny_model) as rt:
-        yield rt
-
-
-@pytest.fixture
-def bravo(charlie):
-    return services.create_team("bravo", admin=charlie)
-
-
-@pytest.fixture
-def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha, visibility="team", max_tokens=6)
-
-
-def cookie_for(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
-
-
-async def connect(user, conversation_id: int, *, origin=ORIGIN):
-    headers = [HOST, origin] if origin else [HOST]
-    if user is not None:
-        headers.append(await sync_to_async(cookie_for)(user))
-    communicator = WebsocketCommunicator(application, f"/ws/c/{conversation_id}/", headers=headers)
-    connected, code = await communicator.connect()
-    if connected:  # the conversation as it is now, replacing the page's list
-        assert 'id="messages" hx-swap-oob="innerHTML"' in await communicator.receive_from()
-    return communicator, connected, code
-
-
-async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 10) -> list[str]:
-    """Frames up to and including the first that contains ``needle``."""
-    frames = []
-    while True:
-        frame = await communicator.receive_from(timeout=timeout)
-        frames.append(frame)
-        if needle in frame:
-            return frames
-
-
-async def drain(communicator: WebsocketCommunicator, quiet: float = 0.5) -> list[str]:
-    """Every frame until none comes for ``quiet`` seconds."""
-    frames = []
-    while not await communicator.receive_nothing(timeout=quiet):
-        frames.append(await communicator.receive_from())
-    return frames
-
-
-async def finish_run(conversation_id: int, answers: int = 1, timeout: float = 30) -> None:
-    """Wait until the conversation has ``answers`` assistant messages (superseded ones included),
-    all saved: none streaming, and no reply starting or running."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-
-    def state() -> tuple[int, bool]:
-        rows = Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
-        return rows.count(), rows.filter(status=Message.Status.STREAMING).exists()
-
-    while loop.time() < deadline:
-        count, streaming = await sync_to_async(state)()
-        if count >= answers and not streaming and not replies.is_running(conversation_id):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the reply did not finish ({answers} answers expected)")
-
-
-async def messages_of(conversation_id: int) -> list[Message]:
-    return await sync_to_async(lambda: list(Message.objects.filter(conversation_id=conversation_id)))()
-
 
 # --- Refusals ------------------------------------------------------------------------------------
 
@@ -131,7 +55,7 @@ async def test_it_refuses_anonymous_visitors(chat) -> None:
 
 
 async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None:
-    await sync_to_async(services.add_user_message)(chat, "sent before the socket opened", author=alice)
+    await sync_to_async(actions.add_user_message)(chat, "sent before the socket opened", author=alice)
     communicator = WebsocketCommunicator(
         application, f"/ws/c/{chat.pk}/", headers=[HOST, ORIGIN, await sync_to_async(cookie_for)(alice)]
     )
@@ -146,7 +70,7 @@ async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None
 async def test_it_closes_a_teammates_socket_when_the_owner_makes_it_private(alice, bob, chat) -> None:
     communicator, connected, _ = await connect(bob, chat.pk)
     assert connected
-    await sync_to_async(webchat.set_visibility)(chat, "private")
+    await sync_to_async(actions.set_visibility)(chat, "private")
     assert "no longer available" in await communicator.receive_from(timeout=5)
     assert (await communicator.receive_output(timeout=5))["type"] == "websocket.close"
     await communicator.disconnect()
@@ -162,7 +86,7 @@ async def test_it_refuses_someone_elses_conversation(charlie, bravo, chat) -> No
 
 
 async def test_it_refuses_a_teammate_on_a_private_conversation(alice, bob, alpha) -> None:
-    private = await sync_to_async(services.start_conversation)(alice, alpha)
+    private = await sync_to_async(actions.start_conversation)(alice, alpha)
     communicator, connected, code = await connect(bob, private.pk)
     assert not connected and code == 4404
     await communicator.disconnect()
@@ -192,7 +116,8 @@ async def test_it_answers_a_malformed_frame_with_an_error_and_stores_nothing(ali
     assert await messages_of(chat.pk) == []
     # The connection survives: a valid frame still gets its answer.
     await communicator.send_to(text_data=json.dumps({"action": "stop"}))
-    assert "Nothing is being written" in await communicator.receive_from(timeout=5)
+    cleared = await communicator.receive_from(timeout=5)  # Stop with nothing running: no error
+    assert 'id="chat-error"' in cleared and "hidden" in cleared
     await communicator.disconnect()
 
 
@@ -242,7 +167,7 @@ async def test_it_keeps_the_message_as_unanswered_when_the_queue_is_full(
     alice, chat, runtime, monkeypatch
 ) -> None:
     def full(*args, **kwargs):
-        raise Overloaded("the model is busy: 1 running and 4 waiting (queue limit 4)")
+        raise Overloaded("1 running and 4 waiting, queue limit 4")
 
     monkeypatch.setattr(runtime.model.scheduler, "submit", full)
     communicator, _, _ = await connect(alice, chat.pk)
@@ -318,13 +243,6 @@ async def test_it_edits_and_resends_hiding_the_later_messages(alice, chat, runti
     await communicator.disconnect()
 
 
-def blocker(model: ChatModel, user_key: str = "other"):
-    """A job that keeps the only slot busy for seconds (4000 tokens, no early stop), until cancelled."""
-    bias = {i: -100.0 for i in model.tokenizer.special_ids}
-    prompt = model.prompt_ids([{"role": "user", "content": "Tell me a story."}])
-    return model.scheduler.submit(prompt, SamplingParams(max_tokens=4000, logit_bias=bias), user_key=user_key)
-
-
 async def test_it_says_waiting_n_ahead_while_the_model_is_busy(alice, chat, runtime) -> None:
     # Alice's own earlier jobs (fair order is FIFO within a user): one running, one waiting.
     jobs = [blocker(runtime.model, f"user-{alice.pk}") for _ in range(2)]
@@ -375,7 +293,7 @@ async def test_it_stops_on_disconnect_when_the_site_says_so(alice, chat, runtime
 
 
 async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, runtime) -> None:
-    message = await sync_to_async(services.add_user_message)(chat, "alice wrote this", author=alice)
+    message = await sync_to_async(actions.add_user_message)(chat, "alice wrote this", author=alice)
     communicator, _, _ = await connect(bob, chat.pk)
     await communicator.send_to(
         text_data=json.dumps({"action": "edit", "message_id": message.pk, "text": "bob's words"})
@@ -384,3 +302,46 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
     rows = await messages_of(chat.pk)
     assert [(m.content, m.superseded_at) for m in rows] == [("alice wrote this", None)]
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("viewers", [1, 4])
+async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
+    alice, bob, chat, runtime, monkeypatch, viewers
+) -> None:
+    """The reply's runner renders each delta once (``StreamRender.add``), in a render thread, and
+    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, and the
+    renders are as many as the deltas a viewer gets, with one viewer as with four."""
+    chat.temperature, chat.max_tokens = 0, 60
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
+    adds: list[str] = []
+    add = StreamRender.add
+
+    def counted_add(self, more):
+        adds.append(more)
+        return add(self, more)
+
+    monkeypatch.setattr(StreamRender, "add", counted_add)
+    md = render._markdown()
+    parse, parsed_in = md.parse, []
+
+    def counted_parse(src, env=None):
+        parsed_in.append(threading.get_ident())
+        return parse(src, env)
+
+    monkeypatch.setattr(md, "parse", counted_parse)
+    sockets = [(await connect(alice if i % 2 == 0 else bob, chat.pk))[0] for i in range(viewers)]
+    await sockets[0].send_to(text_data=json.dumps({"action": "send", "text": "Hello"}))
+    await finish_run(chat.pk)
+    _, answer = await messages_of(chat.pk)
+    assert answer.content and answer.status == Message.Status.COMPLETE
+    delta = f'<div id="m-{answer.pk}-body" hx-swap-oob="innerHTML">'
+    seen = [[f for f in await drain(socket) if f.startswith(delta)] for socket in sockets]
+    assert threading.get_ident() not in parsed_in  # nothing rendered on the event loop
+    assert "".join(adds) == answer.content
+    whole = str(render_markdown(answer.content))
+    for frames in seen:
+        assert len(frames) == len(adds) >= 1  # one render per delta, whatever the viewers
+        assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
+    for socket in sockets:
+        await socket.disconnect()

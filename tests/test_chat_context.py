@@ -7,9 +7,10 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import Client
 
-from conversations import replies, services
+from conversations import actions
+from conversations.live import replies
+from conversations.live.replies import ChatError, build_prompt
 from conversations.models import Message
-from conversations.replies import ChatError, build_prompt
 from tests.chat_runtime import serving, tiny_chat_model
 
 CONTEXT = 512
@@ -76,9 +77,9 @@ def test_it_refuses_a_message_too_long_for_the_model(tiny_model) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_it_records_and_shows_the_left_out_turns(alice, alpha, tiny_model) -> None:
-    chat = services.start_conversation(alice, alpha, system_prompt=SYSTEM, max_tokens=100)
+    chat = actions.start_conversation(alice, alpha, system_prompt=SYSTEM, max_tokens=100)
     for message in history(12)[:-1]:
-        services.add_message(chat, message["role"], message["content"])
+        actions.add_message(chat, message["role"], message["content"])
 
     async def send() -> None:
         await replies.send(alice, chat, "And now?")

@@ -11,9 +11,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, finish_run, runtime, tiny_model  # noqa: F401 (fixtures)
+from tests.ws_chat import connect, finish_run
 
 SCHEMA = {
     "type": "object",
@@ -34,7 +34,7 @@ def client_for(user) -> Client:
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha)
+    return actions.start_conversation(alice, alpha)
 
 
 @pytest.mark.django_db
@@ -81,8 +81,8 @@ def test_it_refuses_an_invalid_schema_with_its_reason(alice, chat, text, reason)
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runtime) -> None:  # noqa: F811
-    chat = await sync_to_async(services.start_conversation)(
+async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runtime) -> None:
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=96, temperature=1.0, json_answers=True, json_schema=SCHEMA
     )
     communicator, connected, _ = await connect(alice, chat.pk)
@@ -100,8 +100,8 @@ async def test_it_answers_with_schema_valid_json_in_the_chat(alice, alpha, runti
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runtime) -> None:  # noqa: F811
-    chat = await sync_to_async(services.start_conversation)(
+async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runtime) -> None:
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=48, temperature=1.0, json_answers=True
     )
     communicator, connected, _ = await connect(alice, chat.pk)
@@ -118,18 +118,18 @@ async def test_it_answers_with_a_json_object_without_a_schema(alice, alpha, runt
 
 @pytest.mark.django_db
 def test_it_shows_an_api_replys_tool_calls_readably_in_the_page(alice, alpha) -> None:
-    logged = services.start_conversation(alice, alpha, source=Conversation.Source.API, title="weather script")
-    services.add_user_message(logged, "Weather in Paris?", author=None)
-    (answer,) = services.start_assistant_messages(logged, 1, params={"model": "m"}, prompt_tokens=5)
-    services.finish_assistant_message(
-        answer.pk, services.Outcome(status="complete", content="", completion_tokens=9, duration=0.1)
+    logged = actions.start_conversation(alice, alpha, source=Conversation.Source.API, title="weather script")
+    actions.add_user_message(logged, "Weather in Paris?", author=None)
+    (answer,) = actions.start_assistant_messages(logged, 1, params={"model": "m"}, prompt_tokens=5)
+    actions.finish_assistant_message(
+        answer.pk, actions.Outcome(status="complete", content="", completion_tokens=9, duration=0.1)
     )
     call = {
         "id": "call_1",
         "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
     }
-    services.record_tool_calls(answer.pk, {"tools": [], "tool_choice": "auto"}, [call])
+    actions.record_tool_calls(answer.pk, {"tools": [], "tool_choice": "auto"}, [call])
     page = client_for(alice).get(f"/c/{logged.pk}/").content.decode()
     assert 'class="msg-tool-calls"' in page
     assert "get_weather" in page and "call_1" in page

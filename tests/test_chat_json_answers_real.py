@@ -9,12 +9,12 @@ import jsonschema_rs
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations import services
+from conversations import actions
 from conversations.models import Message
 from inference.model import ChatModel
 from tests.chat_runtime import serving
 from tests.fixtures_model import default_model_path
-from tests.test_chat_consumer import connect, finish_run
+from tests.ws_chat import connect, finish_run
 
 pytestmark = [pytest.mark.model, pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -39,7 +39,7 @@ def real_model(tmp_path_factory):
 
 
 async def test_it_answers_schema_valid_json_with_the_real_model(alice, alpha, real_model) -> None:
-    chat = await sync_to_async(services.start_conversation)(
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, max_tokens=64, temperature=0.0, json_answers=True, json_schema=SCHEMA
     )
     with serving(real_model):

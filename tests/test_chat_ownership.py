@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation
 
 pytestmark = pytest.mark.django_db
@@ -26,20 +26,20 @@ OWNER_POSTS = {
 
 @pytest.fixture
 def bravo(charlie):
-    return services.create_team("bravo", admin=charlie)
+    return actions.create_team("bravo", admin=charlie)
 
 
 @pytest.fixture
 def private(alice, alpha) -> Conversation:
-    conversation = services.start_conversation(alice, alpha, title="alice private")
-    services.add_user_message(conversation, "hello")
+    conversation = actions.start_conversation(alice, alpha, title="alice private")
+    actions.add_user_message(conversation, "hello")
     return conversation
 
 
 @pytest.fixture
 def shared(alice, alpha) -> Conversation:
-    conversation = services.start_conversation(alice, alpha, title="alice shared", visibility="team")
-    services.add_user_message(conversation, "hello team")
+    conversation = actions.start_conversation(alice, alpha, title="alice shared", visibility="team")
+    actions.add_user_message(conversation, "hello team")
     return conversation
 
 
@@ -90,7 +90,7 @@ def test_it_sends_anonymous_visitors_to_the_login_page(client, url) -> None:
 
 
 def test_it_revokes_only_your_own_api_keys(alice, bob, alpha) -> None:
-    key, _ = services.create_api_key(alice, alpha, "alice's")
+    key, _ = actions.create_api_key(alice, alpha, "alice's")
     assert client_for(bob).post(f"/settings/keys/{key.pk}/revoke").status_code == 404
     key.refresh_from_db()
     assert key.revoked_at is None

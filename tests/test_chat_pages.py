@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chatsite.middleware import CONTENT_SECURITY_POLICY
-from conversations import services
+from conversations import actions
 from conversations.models import ApiKey, Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -26,22 +26,43 @@ def client_for(user) -> Client:
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    conversation = services.start_conversation(alice, alpha, title="Sea poems")
-    services.add_user_message(conversation, "Write about *waves*", author=alice)
-    (answer,) = services.start_assistant_messages(conversation, 1, params={"model": "m"}, prompt_tokens=5)
-    services.finish_assistant_message(
+    conversation = actions.start_conversation(alice, alpha, title="Sea poems")
+    actions.add_user_message(conversation, "Write about *waves*", author=alice)
+    (answer,) = actions.start_assistant_messages(conversation, 1, params={"model": "m"}, prompt_tokens=5)
+    actions.finish_assistant_message(
         answer.pk,
-        services.Outcome(status="complete", content="Waves `roll`.", completion_tokens=3, duration=0.5),
+        actions.Outcome(status="complete", content="Waves `roll`.", completion_tokens=3, duration=0.5),
     )
     return conversation
 
 
-def test_it_creates_a_conversation_in_the_current_team(alice, alpha) -> None:
-    response = client_for(alice).post("/c/new")
+@pytest.mark.django_db(transaction=True)  # the reply's writes run on other threads
+def test_it_creates_a_conversation_with_its_first_message_in_the_current_team(alice, alpha) -> None:
+    client = client_for(alice)
+    page = client.get("/c/new")  # the new conversation's page saves nothing
+    assert page.status_code == 200 and 'id="composer-text"' in page.content.decode()
+    assert client.post("/c/new")["Location"] == "/c/new"  # an older page's empty POST: nothing saved
+    assert not Conversation.objects.exists()
+    response = client.post("/c/new", {"text": "First words"})
     conversation = Conversation.objects.get()
     assert response["Location"] == f"/c/{conversation.pk}/"
     assert (conversation.owner, conversation.team, conversation.source) == (alice, alpha, "web")
-    assert conversation.visibility == "private"
+    assert conversation.visibility == "private" and conversation.title == "First words"
+    assert [m.content for m in conversation.messages.all()] == ["First words"]
+
+
+def test_a_refused_first_message_saves_nothing_and_comes_back_in_the_box(alice) -> None:
+    response = client_for(alice).post("/c/new", {"text": "x" * 40_000})
+    assert response.status_code == 400 and "too long" in response.content.decode()
+    assert "x" * 40_000 in response.content.decode()
+    assert not Conversation.objects.exists()
+
+
+def test_a_new_conversation_can_start_from_ones_message(alice, bob, chat) -> None:
+    message = chat.messages.get(role="user")
+    page = client_for(alice).get(f"/c/new?from={message.pk}").content.decode()
+    assert "Write about *waves*</textarea>" in page
+    assert client_for(bob).get(f"/c/new?from={message.pk}").status_code == 404  # private
 
 
 def test_it_shows_the_messages_rendered_inside_hx_disable_under_a_strict_csp(alice, chat) -> None:
@@ -68,10 +89,10 @@ def test_it_lists_own_and_shared_conversations_newest_first_in_few_queries(
     alice, bob, alpha, django_assert_max_num_queries
 ) -> None:
     for i in range(3):
-        services.start_conversation(alice, alpha, title=f"mine {i}")
-    services.start_conversation(bob, alpha, title="bob shared", visibility="team")
-    services.start_conversation(bob, alpha, title="bob private")
-    services.start_conversation(alice, alpha, title="an API call", source="api")
+        actions.start_conversation(alice, alpha, title=f"mine {i}")
+    actions.start_conversation(bob, alpha, title="bob shared", visibility="team")
+    actions.start_conversation(bob, alpha, title="bob private")
+    actions.start_conversation(alice, alpha, title="an API call", source="api")
     client = client_for(alice)
     with django_assert_max_num_queries(8):
         page = client.get("/").content.decode()
@@ -81,7 +102,7 @@ def test_it_lists_own_and_shared_conversations_newest_first_in_few_queries(
 
 
 def test_it_searches_titles_and_message_text(alice, chat, alpha) -> None:
-    services.start_conversation(alice, alpha, title="Taxes")
+    actions.start_conversation(alice, alpha, title="Taxes")
     client = client_for(alice)
     assert "Sea poems" in client.get("/conversations", {"q": "WAVES"}).content.decode()
     found = client.get("/conversations", {"q": "tax"}).content.decode()
@@ -94,20 +115,21 @@ def test_it_searches_no_superseded_text(alice, chat) -> None:
     assert "Sea poems" not in client_for(alice).get("/conversations", {"q": "write about"}).content.decode()
 
 
+@pytest.mark.django_db(transaction=True)  # the reply's writes run on other threads
 def test_it_switches_between_the_users_teams(alice, alpha) -> None:
-    beta = services.create_team("beta", admin=alice)
-    services.start_conversation(alice, beta, title="in beta")
+    beta = actions.create_team("beta", admin=alice)
+    actions.start_conversation(alice, beta, title="in beta")
     client = client_for(alice)
     assert "in beta" not in client.get("/").content.decode()  # alpha first (by name)
     assert client.post("/team", {"team": beta.pk}).status_code == 302
     page = client.get("/").content.decode()
     assert "in beta" in page
-    client.post("/c/new")
+    client.post("/c/new", {"text": "Hello beta"})
     assert Conversation.objects.latest("id").team == beta
 
 
 def test_it_refuses_to_switch_to_someone_elses_team(alice, charlie) -> None:
-    other = services.create_team("other", admin=charlie)
+    other = actions.create_team("other", admin=charlie)
     assert client_for(alice).post("/team", {"team": other.pk}).status_code == 404
 
 
@@ -163,10 +185,10 @@ def test_it_exports_markdown(alice, chat) -> None:
 
 
 def test_it_shows_a_stale_stream_as_interrupted_with_its_text_and_regenerate(alice, chat) -> None:
-    (stale,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)
-    services.checkpoint_assistant_message(stale.pk, "half an ans")
+    (stale,) = actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)
+    actions.checkpoint_assistant_message(stale.pk, "half an ans")
     Message.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    (live,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)  # fresh heartbeat
+    (live,) = actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)  # fresh heartbeat
     page = client_for(alice).get(f"/c/{chat.pk}/").content.decode()
     stale.refresh_from_db()
     live.refresh_from_db()
@@ -188,7 +210,7 @@ def test_it_creates_an_api_key_shown_once_and_lists_it_by_prefix(alice, alpha) -
     page = response.content.decode()
     key = ApiKey.objects.get()
     plain = re.search(r'<code id="new-key">([^<]+)</code>', page).group(1)
-    assert services.authenticate_api_key(plain) == key
+    assert actions.authenticate_api_key(plain) == key
     assert response["Cache-Control"] == "no-store"
     listing = client.get("/settings/keys").content.decode()
     assert plain not in listing and f"csk-{key.prefix}" in listing and "nightly" in listing
@@ -196,7 +218,7 @@ def test_it_creates_an_api_key_shown_once_and_lists_it_by_prefix(alice, alpha) -
 
 
 def test_it_refuses_a_key_for_a_team_the_user_is_not_in(alice, charlie) -> None:
-    other = services.create_team("other", admin=charlie)
+    other = actions.create_team("other", admin=charlie)
     assert client_for(alice).post("/settings/keys", {"team": other.pk}).status_code == 404
     assert not ApiKey.objects.exists()
 

@@ -9,25 +9,16 @@ import json
 import pytest
 
 from conversations.models import Message
-from tests.test_chat_consumer import (  # noqa: F401  (fixtures)
-    blocker,
-    chat,
-    connect,
-    finish_run,
-    messages_of,
-    receive_until,
-    runtime,
-    tiny_model,
-)
 from tests.test_ready_probe import hold_write_lock
+from tests.ws_chat import blocker, connect, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 async def test_it_tells_the_page_a_reply_was_not_saved_and_saves_it_later(
     alice,
-    chat,  # noqa: F811
-    runtime,  # noqa: F811
+    chat,
+    runtime,
 ) -> None:
     jobs = [blocker(runtime.model)]  # the reply waits, with its row written, until this ends
     release = None

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.http import Http404
 from django.utils import timezone
 
-from conversations import services
+from conversations import actions, queries
 from conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -19,51 +19,51 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    conversation = services.start_conversation(alice, alpha, title="Alice's chat")
-    services.add_user_message(conversation, "hello")
+    conversation = actions.start_conversation(alice, alpha, title="Alice's chat")
+    actions.add_user_message(conversation, "hello")
     return conversation
 
 
 def test_it_shows_alice_her_conversation_and_hides_it_from_others(alice, bob, charlie, chat) -> None:
-    assert services.get_conversation_for_user(alice, chat.pk) == chat
+    assert queries.get_conversation_for_user(alice, chat.pk) == chat
     for other in (bob, charlie):  # private: even her teammate gets the same 404 as a missing id
         with pytest.raises(Http404):
-            services.get_conversation_for_user(other, chat.pk)
+            queries.get_conversation_for_user(other, chat.pk)
     with pytest.raises(Http404):
-        services.get_conversation_for_user(alice, chat.pk + 1000)
+        queries.get_conversation_for_user(alice, chat.pk + 1000)
 
 
 def test_it_shares_a_team_conversation_with_the_team_only(alice, bob, charlie, chat) -> None:
     chat.visibility = Conversation.Visibility.TEAM
     chat.save(update_fields=["visibility"])
-    assert services.get_conversation_for_user(bob, chat.pk) == chat
+    assert queries.get_conversation_for_user(bob, chat.pk) == chat
     with pytest.raises(Http404):
-        services.get_conversation_for_user(charlie, chat.pk)
+        queries.get_conversation_for_user(charlie, chat.pk)
     message = chat.messages.get()
-    assert services.get_message_for_user(bob, message.pk) == message
+    assert queries.get_message_for_user(bob, message.pk) == message
     with pytest.raises(Http404):
-        services.get_message_for_user(charlie, message.pk)
+        queries.get_message_for_user(charlie, message.pk)
 
 
 def test_it_hides_a_deleted_conversation_from_its_owner(alice, chat) -> None:
     chat.deleted_at = timezone.now()
     chat.save(update_fields=["deleted_at"])
     with pytest.raises(Http404):
-        services.get_conversation_for_user(alice, chat.pk)
+        queries.get_conversation_for_user(alice, chat.pk)
     assert Conversation.objects.filter(pk=chat.pk).exists()  # kept for reviewers
 
 
 def test_it_lists_visible_conversations_in_one_query(alice, alpha, django_assert_num_queries) -> None:
     for i in range(5):
-        services.start_conversation(alice, alpha, title=f"chat {i}")
+        actions.start_conversation(alice, alpha, title=f"chat {i}")
     with django_assert_num_queries(1):
-        titles = [c.title for c in services.visible_conversations(alice).select_related("team")]
+        titles = [c.title for c in queries.visible_conversations(alice).select_related("team")]
     assert len(titles) == 5
 
 
 def test_it_logs_an_api_call(alice, alpha) -> None:
-    key, _ = services.create_api_key(alice, alpha, "script")
-    call = services.start_api_call(
+    key, _ = actions.create_api_key(alice, alpha, "script")
+    call = actions.start_api_call(
         key,
         model_id="tiny",
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What  is\nup?"}],
@@ -85,7 +85,7 @@ def test_it_logs_an_api_call(alice, alpha) -> None:
     for reply in call.replies:
         reply.refresh_from_db()
         assert reply.status == "streaming" and reply.prompt_tokens == 17
-        assert reply.owner_process == services.OWNER_PROCESS and reply.heartbeat_at is not None
+        assert reply.owner_process == actions.OWNER_PROCESS and reply.heartbeat_at is not None
     key.refresh_from_db()
     assert key.last_used_at is not None
 
@@ -93,14 +93,14 @@ def test_it_logs_an_api_call(alice, alpha) -> None:
 def test_it_finishes_a_reply_and_broadcasts_after_commit(
     alice, chat, django_capture_on_commit_callbacks
 ) -> None:
-    (reply,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)
+    (reply,) = actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=5)
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(services.group_name(chat.pk), channel)
-    services.checkpoint_assistant_message(reply.pk, "Hel")
+    async_to_sync(layer.group_add)(actions.group_name(chat.pk), channel)
+    actions.checkpoint_assistant_message(reply.pk, "Hel")
     reply.refresh_from_db()
     assert reply.content == "Hel" and reply.status == "streaming"
-    outcome = services.Outcome(
+    outcome = actions.Outcome(
         status="complete",
         content="Hello",
         finish_reason="stop",
@@ -112,7 +112,7 @@ def test_it_finishes_a_reply_and_broadcasts_after_commit(
         duration=0.3,
     )
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        services.finish_assistant_message(reply.pk, outcome)
+        actions.finish_assistant_message(reply.pk, outcome)
     assert len(callbacks) == 1
     event = async_to_sync(layer.receive)(channel)
     assert event == {
@@ -130,31 +130,31 @@ def test_it_finishes_a_reply_and_broadcasts_after_commit(
         2,
     )
     # A checkpoint arriving late never overwrites a finished reply.
-    services.checkpoint_assistant_message(reply.pk, "Hel")
+    actions.checkpoint_assistant_message(reply.pk, "Hel")
     reply.refresh_from_db()
     assert reply.content == "Hello"
 
 
 def test_it_marks_an_unanswered_message(chat) -> None:
-    message = services.add_user_message(chat, "are you there?")
-    services.mark_unanswered(message)
+    message = actions.add_user_message(chat, "are you there?")
+    actions.mark_unanswered(message)
     message.refresh_from_db()
     assert message.status == Message.Status.UNANSWERED
 
 
 def test_it_interrupts_only_stale_replies(chat) -> None:
-    stale, live = services.start_assistant_messages(chat, 2, params={}, prompt_tokens=3)
+    stale, live = actions.start_assistant_messages(chat, 2, params={}, prompt_tokens=3)
     Message.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    assert services.interrupt_stale_messages(timezone.now() - timedelta(seconds=30)) == 1
+    assert actions.interrupt_stale_messages(timezone.now() - timedelta(seconds=30)) == 1
     stale.refresh_from_db()
     live.refresh_from_db()
     assert stale.status == "interrupted" and live.status == "streaming"
 
 
 def test_it_logs_an_api_call_in_a_fixed_number_of_queries(alice, alpha, django_assert_num_queries) -> None:
-    key, _ = services.create_api_key(alice, alpha)
+    key, _ = actions.create_api_key(alice, alpha)
     messages = [{"role": "user", "content": f"question {i}"} for i in range(10)]
     # Key use, conversation, the request's messages in one insert, one insert per reply, and two
     # savepoints with their releases: the same for 10 messages as for 1.
     with django_assert_num_queries(9):
-        services.start_api_call(key, model_id="m", messages=messages, params={}, n=2, prompt_tokens=5)
+        actions.start_api_call(key, model_id="m", messages=messages, params={}, n=2, prompt_tokens=5)

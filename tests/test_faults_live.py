@@ -7,6 +7,10 @@
   and it gets its real final state once the disk has room again. /ready fails meanwhile.
 - Redis unreachable: /v1 still answers (it does not need Redis), nothing is left `streaming`, and a
   websocket gets a clear error and the close code 4503 (try again later) instead of a 500.
+
+The replies are the tiny test model's at a fixed pace (tests/paced_model.py): these tests need a
+reply still running while they act, not the real model's words, and then a reply's length in time
+does not depend on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_model import default_model_path
 from tests.live_server import PYTHON, ROOT, LiveServer, Stream, free_port
+from tests.paced_model import paced_env, write_paced_model
 from tests.tiny_gguf import write_tiny_llama
 
 BUSY_TIMEOUT = 3  # CHAT_DB_BUSY_TIMEOUT of the servers here
@@ -38,10 +42,10 @@ import json, django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.test import Client
-from conversations import services
+from conversations import actions
 alice = get_user_model().objects.get(username="alice")
-conversation = services.start_conversation(
-    alice, services.default_team(alice), title="Lighthouses", max_tokens=800, temperature=0.0
+conversation = actions.start_conversation(
+    alice, actions.default_team(alice), title="Lighthouses", max_tokens=800, temperature=0.0
 )
 client = Client()
 client.force_login(alice)
@@ -178,7 +182,6 @@ HI = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}],
 # --- A held write lock ---------------------------------------------------------------------------
 
 
-@pytest.mark.model
 @pytest.mark.slow
 def test_it_keeps_streaming_and_answers_503_while_another_connection_holds_the_write_lock(
     tmp_path: Path,
@@ -186,9 +189,8 @@ def test_it_keeps_streaming_and_answers_503_while_another_connection_holds_the_w
     server = LiveServer(
         tmp_path / "site",
         {
-            "CHAT_MODEL_PATH": str(default_model_path()),
+            **paced_env(write_paced_model(tmp_path / "model")),  # a reply that runs for 16 s
             "CHAT_SLOTS": "2",
-            "CHAT_THREADS": "2",
             "CHAT_DB_BUSY_TIMEOUT": str(BUSY_TIMEOUT),
         },
     ).start()
@@ -242,7 +244,7 @@ def locked_checks(server: LiveServer) -> tuple[str, int, Socket]:
         second.close()
 
         # A page that must write answers 503 with Retry-After, within the busy timeout.
-        status, headers, elapsed = post_page(server, "/c/new", session, csrf)
+        status, headers, elapsed = post_page(server, f"/c/{conversation}/rename", session, csrf)
         assert status == 503 and headers.get("Retry-After")
         assert elapsed < BUSY_TIMEOUT + 3
 
@@ -306,7 +308,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-@pytest.mark.model
 @pytest.mark.slow
 def test_it_tells_the_client_and_saves_the_reply_later_when_the_disk_is_full(
     tmp_path: Path, small_disk: Path
@@ -314,9 +315,8 @@ def test_it_tells_the_client_and_saves_the_reply_later_when_the_disk_is_full(
     server = ServerOnSmallDisk(
         tmp_path / "site",
         {
-            "CHAT_MODEL_PATH": str(default_model_path()),
+            **paced_env(write_paced_model(tmp_path / "model")),  # A's reply runs for 40 s
             "CHAT_SLOTS": "1",
-            "CHAT_THREADS": "2",
             "CHAT_QUEUE_MAX": "1",
         },
         db_dir=small_disk,

@@ -25,8 +25,9 @@ from django.urls import reverse
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from conversations import services
+from conversations import actions
 from conversations.models import Message
+from teams import services as team_services
 from tests.review_data import World, logged_in
 
 pytestmark = pytest.mark.slow
@@ -117,6 +118,7 @@ TARGETS: dict[str, Target] = {
     "conversation": ("alice", "GET", chat_url("chat:conversation"), ["q"]),
     "switch team": ("alice", "POST", lambda w: reverse("chat:switch_team"), ["team"]),
     "new chat": ("alice", "POST", lambda w: reverse("chat:create"), ["team"]),
+    "new chat from a message": ("bob", "GET", lambda w: reverse("chat:create"), ["from"]),
     "new key": ("alice", "POST", lambda w: reverse("chat:api_keys"), ["team", "name"]),
     "home search": ("bob", "GET", lambda w: reverse("chat:home"), ["q"]),
     "list search": ("bob", "GET", lambda w: reverse("chat:list"), ["q"]),
@@ -206,6 +208,24 @@ TARGETS: dict[str, Target] = {
         lambda w: reverse("admin:review_audit_export"),
         ["action__exact", "actor", "team", "created__gte", "q"],
     ),
+    "team invite": (
+        "alice",
+        "POST",
+        lambda w: reverse("teams:create_invite", args=[w.alpha.pk]),
+        ["role", "email"],
+    ),
+    "team role": (
+        "alice",
+        "POST",
+        lambda w: reverse("teams:set_role", args=[w.alpha.pk, w.alpha.memberships.get(user=w.bob).pk]),
+        ["role"],
+    ),
+    "invite accept": (
+        "anonymous",
+        "POST",
+        lambda w: team_services.invite_path(team_services.create_invite(w.alpha, by=w.alice)[1]),
+        ["username", "password1", "password2"],
+    ),
     "usage": ("alice", "GET", lambda w: reverse("review:usage"), ["start", "end", "team"]),
     "usage csv": ("root", "GET", lambda w: reverse("review:usage_csv"), ["start", "end", "team"]),
 }
@@ -220,7 +240,7 @@ def test_it_never_answers_5xx_to_a_form_or_filter(world: World, target: Target, 
     # Hashing is not under test: the login and password forms would spend 0.5 s an example on it.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     who, method, url_of, fields = target
-    world.conversations["alice_chat"] = services.start_conversation(world.alice, world.alpha, source="web")
+    world.conversations["alice_chat"] = actions.start_conversation(world.alice, world.alpha, source="web")
     client = Client() if who == "anonymous" else logged_in(getattr(world, who))
     url = url_of(world)
     before = snapshot()
@@ -253,6 +273,7 @@ ID_ROUTES = [
     ("alice", "chat:export_json"),
     ("alice", "chat:revoke_key"),
     ("alice", "review:team_policy"),
+    ("alice", "teams:team"),
 ]
 
 
@@ -317,8 +338,8 @@ async def fuzz_socket(alice, alpha, settings):
 
     from inference.model import ChatModel
     from tests.chat_runtime import serving
-    from tests.test_chat_consumer import connect
     from tests.tiny_gguf import write_tiny_llama
+    from tests.ws_chat import connect
 
     settings.CHAT_MAX_TOKENS_CAP = 4
     folder = Path(tempfile.mkdtemp(prefix="fuzz-ws-"))
@@ -329,8 +350,8 @@ async def fuzz_socket(alice, alpha, settings):
         threads=1,
         queue_max=4,
     )
-    chat = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team", max_tokens=4)
-    first = await sync_to_async(services.add_user_message)(chat, "kept as it was", author=alice)
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team", max_tokens=4)
+    first = await sync_to_async(actions.add_user_message)(chat, "kept as it was", author=alice)
     with serving(model):
         communicator, connected, _ = await connect(alice, chat.pk)
         assert connected

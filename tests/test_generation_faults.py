@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from channels.db import database_sync_to_async
 
-from conversations import runner, services
+from conversations import actions
+from conversations.live import runner
 from conversations.models import Message
 from inference.engine import CtransformersEngine
 from inference.jobs import Delta
@@ -59,9 +60,9 @@ def failing_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatMode
 async def test_it_keeps_the_streamed_text_when_a_generation_fails(failing_model, alice, alpha) -> None:
     @database_sync_to_async
     def new_reply() -> Message:
-        conversation = services.start_conversation(alice, alpha)
-        services.add_user_message(conversation, "Tell me a story.")
-        return services.start_assistant_messages(conversation, 1, params={}, prompt_tokens=1)[0]
+        conversation = actions.start_conversation(alice, alpha)
+        actions.add_user_message(conversation, "Tell me a story.")
+        return actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=1)[0]
 
     reply = await new_reply()
     bias = {i: -100.0 for i in failing_model.tokenizer.special_ids}

@@ -18,7 +18,6 @@ from review import limits
 from review.limit_counters import DatabaseCounters, Item, RedisCounters, Refused
 from review.models import LimitCounter
 from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 from tests.tiny_gguf import write_tiny_llama
 
 THREADS = 8
@@ -126,10 +125,10 @@ def sqlite_file_database(tmp_path: Path) -> dict[str, int] | None:
         + """
 import json
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from review import limits
 alice = get_user_model().objects.create_user("alice")
-alpha = services.create_team("alpha", admin=alice)
+alpha = actions.create_team("alpha", admin=alice)
 print(json.dumps({"team": alpha.pk, "user": alice.pk}))
 """
     )
@@ -246,7 +245,7 @@ print(json.dumps({"admitted": admitted}), flush=True)
 """
 
 
-def test_it_shares_one_limit_exactly_between_two_processes_over_redis(redis_url: str) -> None:  # noqa: F811
+def test_it_shares_one_limit_exactly_between_two_processes_over_redis(redis_url: str) -> None:
     import redis
 
     prefix = f"limits-{uuid.uuid4().hex[:8]}"
@@ -275,7 +274,7 @@ def test_it_shares_one_limit_exactly_between_two_processes_over_redis(redis_url:
     client.delete(*client.keys(f"{prefix}:*"))
 
 
-def test_it_limits_two_web_processes_sharing_redis(redis_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_it_limits_two_web_processes_sharing_redis(redis_url: str, tmp_path: Path) -> None:
     """Two Daphne processes on one database and one Redis: a key's 5 requests per minute hold
     across both (12 calls, 6 to each, at once)."""
     model = write_tiny_llama(tmp_path / "tiny.gguf", context_length=1024)

@@ -9,12 +9,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
 from review import limits
 from review.models import AuditEntry
 from tests.chat_runtime import serving, tiny_chat_model
-from tests.test_chat_consumer import connect, finish_run, messages_of, receive_until
+from tests.ws_chat import connect, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -33,7 +33,7 @@ def runtime(tiny_model):
 
 @pytest.fixture
 def key(alice, alpha):
-    return services.create_api_key(alice, alpha, "limited")
+    return actions.create_api_key(alice, alpha, "limited")
 
 
 async def call(raw: str, max_tokens: int = 4, **extra):
@@ -127,7 +127,7 @@ async def test_it_sends_no_rate_limit_headers_when_no_limit_applies(runtime, key
 
 
 async def test_it_refuses_a_browser_message_before_writing_and_keeps_the_text(runtime, alice, alpha) -> None:
-    chat = await sync_to_async(services.start_conversation)(alice, alpha, max_tokens=6)
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=6)
     await set_limits(team=alpha, user=alice, requests_per_minute=1)
     communicator, connected, _ = await connect(alice, chat.pk)
     assert connected
@@ -145,7 +145,7 @@ async def test_it_refuses_a_browser_message_before_writing_and_keeps_the_text(ru
 
 
 async def test_it_counts_a_browser_reply_s_tokens_and_gives_back_the_rest(runtime, alice, alpha) -> None:
-    chat = await sync_to_async(services.start_conversation)(alice, alpha, max_tokens=6)
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=6)
     await set_limits(team=alpha, tokens_per_day=100_000)
     communicator, connected, _ = await connect(alice, chat.pk)
     await communicator.send_to(text_data=json.dumps({"action": "send", "text": "count me"}))

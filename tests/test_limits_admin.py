@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from conversations import services
+from conversations import actions
 from review import limits
 from review.models import AuditEntry, Limit
 from tests.review_data import World, logged_in
@@ -79,7 +79,7 @@ def test_it_sets_shows_and_removes_limits_from_the_command_line(world: World) ->
 
 
 def test_it_shows_each_limited_scope_s_use_on_the_usage_page(world: World) -> None:
-    fresh, _ = services.create_api_key(world.bob, world.alpha, "fresh")  # nothing logged yet
+    fresh, _ = actions.create_api_key(world.bob, world.alpha, "fresh")  # nothing logged yet
     limits.set_limits(api_key=fresh, requests_per_minute=2, by=None)
     limits.set_limits(team=world.alpha, tokens_per_day=10_000, by=None)
     limits.set_limits(team=world.beta, requests_per_minute=9, by=None)

@@ -23,11 +23,10 @@ from django.db.models.signals import post_delete
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import services, webchat
+from conversations import actions
 from conversations.models import Conversation, Membership
 from review import access
 from review import services as review_services
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -56,7 +55,7 @@ def layer(request, settings) -> str:
 @pytest.fixture
 def chat(alice, alpha, layer) -> Conversation:
     """A conversation alice shares with her team (bob reads it)."""
-    return services.start_conversation(alice, alpha, visibility="team", title="Shared")
+    return actions.start_conversation(alice, alpha, visibility="team", title="Shared")
 
 
 def logged_in(user) -> Client:
@@ -108,7 +107,7 @@ async def assert_closed_before(
 
 
 async def after_change_send(conversation: Conversation, author, text: str) -> None:
-    await sync_to_async(services.add_user_message)(conversation, text, author=author)
+    await sync_to_async(actions.add_user_message)(conversation, text, author=author)
 
 
 # --- Membership removed --------------------------------------------------------------------------
@@ -166,16 +165,16 @@ async def test_it_closes_a_removed_members_socket_before_the_next_delta(alice, b
     """A reply streaming while the member is removed: he gets no delta after the change."""
     _, watcher = await socket_of(alice, chat.pk)
     _, removed = await socket_of(bob, chat.pk)
-    (reply,) = await sync_to_async(services.start_assistant_messages)(chat, 1, params={}, prompt_tokens=1)
+    (reply,) = await sync_to_async(actions.start_assistant_messages)(chat, 1, params={}, prompt_tokens=1)
     await receive_until(removed, f"m-{reply.pk}")
     await receive_until(watcher, f"m-{reply.pk}")
     layer = get_channel_layer()
     delta = {"type": "chat.delta", "message_id": reply.pk}
-    await layer.group_send(services.group_name(chat.pk), {**delta, "content": "before"})
+    await layer.group_send(actions.group_name(chat.pk), {**delta, "content": "before"})
     await receive_until(removed, "before")
     started = time.monotonic()
     await sync_to_async(remove_by_service)(alpha, bob, alice)
-    await layer.group_send(services.group_name(chat.pk), {**delta, "content": "after the removal"})
+    await layer.group_send(actions.group_name(chat.pk), {**delta, "content": "after the removal"})
     await assert_closed_before(removed, watcher, "after the removal", started)
     await removed.disconnect()
     await watcher.disconnect()
@@ -184,8 +183,8 @@ async def test_it_closes_a_removed_members_socket_before_the_next_delta(alice, b
 async def test_it_leaves_the_sockets_of_other_members_and_teams_open(
     alice, bob, charlie, alpha, chat
 ) -> None:
-    bravo = await sync_to_async(services.create_team)("bravo", admin=charlie)
-    await sync_to_async(services.add_member)(bravo, bob)
+    bravo = await sync_to_async(actions.create_team)("bravo", admin=charlie)
+    await sync_to_async(actions.add_member)(bravo, bob)
     _, watcher = await socket_of(alice, chat.pk)
     _, bobs = await socket_of(bob, chat.pk)
     await sync_to_async(remove_by_service)(bravo, bob, charlie)  # another team: alpha is untouched
@@ -243,7 +242,7 @@ async def test_it_closes_every_socket_of_a_user_whose_password_changed_or_who_wa
 # --- The conversation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change", [lambda c: webchat.set_visibility(c, "private"), webchat.soft_delete])
+@pytest.mark.parametrize("change", [lambda c: actions.set_visibility(c, "private"), actions.soft_delete])
 async def test_it_closes_a_teammates_socket_when_the_conversation_is_made_private_or_deleted(
     alice, bob, chat, change
 ) -> None:
@@ -268,9 +267,9 @@ async def test_it_closes_the_sockets_of_a_conversation_deleted_for_good(alice, b
 async def test_it_keeps_a_former_members_team_conversations_with_the_team(alice, bob, alpha, layer) -> None:
     """Rule: team conversations stay with the team. A former member loses access to those he owned
     (the team and its reviewers keep them); his private conversations stay his."""
-    shared = await sync_to_async(services.start_conversation)(bob, alpha, visibility="team", title="Bob's")
-    private = await sync_to_async(services.start_conversation)(bob, alpha, title="Bob's own")
-    key, raw_key = await sync_to_async(services.create_api_key)(bob, alpha, "script")
+    shared = await sync_to_async(actions.start_conversation)(bob, alpha, visibility="team", title="Bob's")
+    private = await sync_to_async(actions.start_conversation)(bob, alpha, title="Bob's own")
+    key, raw_key = await sync_to_async(actions.create_api_key)(bob, alpha, "script")
     bobs_client, bobs_socket = await socket_of(bob, shared.pk)
     started = time.monotonic()
     # Removed by a path that revokes nothing itself: the rule must hold in the one access helper.
@@ -287,7 +286,7 @@ async def test_it_keeps_a_former_members_team_conversations_with_the_team(alice,
         alice.is_staff = True  # the door to the review pages; she administers alpha
         alice.save(update_fields=["is_staff"])
         assert access.get_conversation_for_reviewer(alice, shared.pk) == shared
-        assert services.authenticate_api_key(raw_key) is None  # no new calls logged under alpha
+        assert actions.authenticate_api_key(raw_key) is None  # no new calls logged under alpha
         response = bobs_client.post(
             "/v1/chat/completions",
             json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}]}),

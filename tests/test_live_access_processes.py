@@ -17,7 +17,6 @@ import pytest
 
 from tests.live_server import PYTHON, ROOT, LiveServer
 from tests.test_chat_browser import PASSWORD, SETUP
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
 from tests.test_ws_limit import open_ws, read_until_closed
 from tests.tiny_gguf import write_tiny_llama
 
@@ -25,7 +24,7 @@ REMOVE_ALICE_THEN_WRITE = """
 import json, time, django
 django.setup()
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Membership
 from review import services as review_services
 membership = Membership.objects.get(team__name="alpha", user__username="alice")
@@ -33,13 +32,13 @@ review_services.remove_member(membership, by=None)
 removed_at = time.time()
 chat = Conversation.objects.get(title="Trip planning for the offsite")
 bob = get_user_model().objects.get(username="bob")
-services.add_user_message(chat, "written after alice left", author=bob)
+actions.add_user_message(chat, "written after alice left", author=bob)
 print(json.dumps({"removed_at": removed_at}))
 """
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):  # noqa: F811
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     root = tmp_path_factory.mktemp("live-access")
     tiny = write_tiny_llama(root / "tiny.gguf")
     env = {

@@ -144,7 +144,7 @@ def test_it_counts_the_address_the_trusted_proxy_forwarded(dora) -> None:
 
 
 def test_it_ignores_x_forwarded_for_from_anyone_but_the_trusted_proxy() -> None:
-    from chatsite.login_throttle import client_address
+    from review.login_throttle import client_address
 
     factory = RequestFactory()
     spoofed = factory.post(SITE, REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR="203.0.113.9")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from django.test import Client
 
-from chatsite import runtime as runtime_module
-from chatsite.runtime import Runtime
-from conversations import services
+from conversations import actions
+from conversations import runtime as runtime_module
+from conversations.runtime import Runtime
 from inference.gguf import ModelFileError, read_gguf
 from inference.model import ChatModel
 from tests.tiny_gguf import write_tiny_llama
@@ -39,13 +39,11 @@ def damaged_runtime(tmp_path: Path, settings):
     settings.CHAT_MODEL_PATH = str(damaged_copy(tmp_path))
     settings.CHAT_SLOTS = 1
     settings.CHAT_THREADS = 1
-    saved = runtime_module._runtime
-    runtime_module._runtime = runtime = Runtime()
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-        runtime_module._runtime = saved
+    with runtime_module.installed(Runtime()) as runtime:
+        try:
+            yield runtime
+        finally:
+            runtime.close()
 
 
 def test_it_refuses_to_load_a_model_whose_first_logits_are_not_finite(tmp_path: Path) -> None:
@@ -68,7 +66,7 @@ def test_it_reports_a_damaged_model_as_failed(damaged_runtime: Runtime, alice, a
     assert response.status_code == 503
     assert response.json()["checks"]["model"] == "error"
 
-    _, raw = services.create_api_key(alice, alpha)
+    _, raw = actions.create_api_key(alice, alpha)
     response = Client().post(
         "/v1/chat/completions",
         json.dumps({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}),

@@ -19,22 +19,21 @@ from tests.paced_model import paced_env, write_paced_model
 from tests.test_chat_browser import (
     LONG_PROMPT,
     SETUP,
-    browser,  # noqa: F401  (fixture)
     last_answer,
     log_in,
     open_socket,
     send,
     set_max_tokens,
+    start_conversation,
     wait_last_answer,
 )
-from tests.test_redis_layer import redis_url  # noqa: F401  (fixture: skips without Redis)
-from tests.test_worker import start_worker, stop_worker
+from tests.worker_process import start_worker, stop_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:  # noqa: F811
+def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
     root = tmp_path_factory.mktemp("two-processes")
     prefix = f"mp{uuid.uuid4().hex[:8]}"  # nothing left in Redis by an earlier run is shared
     model = write_paced_model(root / "model")
@@ -60,13 +59,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[t
         stop_worker(worker)
 
 
-def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:  # noqa: F811
+def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:
     a, b = site
     alice = log_in(browser, b, "alice")  # alice works on process B
-    alice.click("text=+ New conversation")
-    alice.wait_for_url(re.compile(r"/c/\d+/$"))
+    start_conversation(alice, "Hello")
     path = re.search(r"/c/\d+/$", alice.url).group(0)
-    open_socket(alice)
+    wait_last_answer(alice, "complete")
     alice.click(".chat-tools summary")
     alice.select_option("#visibility-select", "team")
     alice.click("text=Save sharing")

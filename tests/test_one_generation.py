@@ -17,7 +17,8 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.utils import timezone
 
-from conversations import replies, services, webchat
+from conversations import actions
+from conversations.live import replies
 from conversations.models import Conversation, Message
 from inference.sampling import SamplingParams
 from tests.chat_runtime import serving, tiny_chat_model
@@ -28,7 +29,7 @@ BUSY = "A reply is being written in this conversation"
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha, visibility="team", max_tokens=4)
+    return actions.start_conversation(alice, alpha, visibility="team", max_tokens=4)
 
 
 def streaming_rows(conversation: Conversation) -> list[Message]:
@@ -87,8 +88,8 @@ def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp
 
 @pytest.mark.django_db(transaction=True)
 def test_it_still_starts_the_n_choices_of_one_api_call(alice, alpha) -> None:
-    key, _ = services.create_api_key(alice, alpha)
-    call = services.start_api_call(
+    key, _ = actions.create_api_key(alice, alpha)
+    call = actions.start_api_call(
         key, model_id="m", messages=[{"role": "user", "content": "hi"}], params={}, n=3, prompt_tokens=2
     )
     assert sorted(m.choice_index for m in streaming_rows(call.conversation)) == [0, 1, 2]
@@ -96,9 +97,9 @@ def test_it_still_starts_the_n_choices_of_one_api_call(alice, alpha) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_it_interrupts_a_dead_processs_stale_row_when_a_reply_starts(chat) -> None:
-    (stale,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
+    (stale,) = actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
     Message.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    (new,) = services.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
+    (new,) = actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=3)
     stale.refresh_from_db()
     assert stale.status == Message.Status.INTERRUPTED
     assert [m.pk for m in streaming_rows(chat)] == [new.pk]
@@ -128,8 +129,8 @@ async def test_it_answers_busy_to_the_second_process_and_keeps_its_message(
         prompt, SamplingParams(max_tokens=4000, logit_bias=bias), user_key="x"
     )
     with serving(tiny_model):
-        first = await sync_to_async(webchat.add_user_message)(chat, "from process A", alice)
-        second = await sync_to_async(webchat.add_user_message)(chat, "from process B", bob)
+        first = await sync_to_async(actions.post_user_message)(chat, "from process A", alice)
+        second = await sync_to_async(actions.post_user_message)(chat, "from process B", bob)
         submitted = []
         scheduler = tiny_model.scheduler
         original = scheduler.asubmit

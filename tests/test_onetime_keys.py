@@ -11,7 +11,7 @@ from django.contrib.messages.storage.cookie import CookieStorage
 from django.http import HttpRequest
 from django.test import Client
 
-from conversations import services
+from conversations import actions
 from conversations.models import ApiKey
 
 pytestmark = pytest.mark.django_db
@@ -57,7 +57,7 @@ def test_it_shows_an_admin_made_key_once_and_never_in_a_cookie(alice, alpha) -> 
     assert created["Location"] == f"/admin/conversations/apikey/{key.pk}/change/"
     shown = client.get(created["Location"])
     plain = SHOWN.search(shown.content.decode()).group(1)
-    assert services.authenticate_api_key(plain) == key
+    assert actions.authenticate_api_key(plain) == key
     assert "no-store" in shown["Cache-Control"]
     assert_nowhere_in_cookies(client, plain, created, shown)
     # Shown once: gone from the session, and a reload shows only the prefix.
@@ -73,7 +73,7 @@ def test_it_shows_a_key_made_on_the_keys_page_once_and_never_in_a_cookie(alice, 
     assert created.status_code == 302 and created["Location"] == "/settings/keys"
     shown = client.get("/settings/keys")
     plain = SHOWN.search(shown.content.decode()).group(1)
-    assert services.authenticate_api_key(plain) == ApiKey.objects.get()
+    assert actions.authenticate_api_key(plain) == ApiKey.objects.get()
     assert "no-store" in shown["Cache-Control"]
     assert_nowhere_in_cookies(client, plain, created, shown)
     assert secret_of(plain) not in session_texts(client)
@@ -88,4 +88,4 @@ def test_it_shows_each_of_two_keys_made_before_the_page_is_seen(alice, alpha) ->
     client.post("/settings/keys", {"team": alpha.pk, "name": "two"})
     page = client.get("/settings/keys").content.decode()
     shown = re.findall(r'<div class="card new-key".*?<code[^>]*>([^<]+)</code>', page, re.DOTALL)
-    assert sorted(services.authenticate_api_key(p).name for p in shown) == ["one", "two"]
+    assert sorted(actions.authenticate_api_key(p).name for p in shown) == ["one", "two"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from chatsite import metrics
-from chatsite.runtime import get_runtime
+from conversations import metrics
+from conversations.runtime import get_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import Client
 
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 from tests.live_server import PYTHON, ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)

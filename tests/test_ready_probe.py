@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

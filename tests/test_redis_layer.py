@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -17,23 +16,9 @@ import pytest
 from channels_redis.core import RedisChannelLayer
 
 from tests.live_server import LiveServer
+from tests.worker_process import redis_layer as layer
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    host, port = "127.0.0.1", 6379
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            pass
-    except OSError as exc:
-        pytest.skip(f"Redis is not reachable at {host}:{port} ({exc}); start it to run these tests")
-    return REDIS_URL
-
-
-def layer(url: str, prefix: str) -> RedisChannelLayer:
-    return RedisChannelLayer(hosts=[{"address": url, "socket_timeout": 15}], prefix=prefix)
 
 
 def test_it_delivers_a_group_message_to_another_layer_instance(redis_url: str) -> None:

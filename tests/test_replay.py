@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 from django.urls import reverse
 
-from conversations import services
+from conversations import actions
 from conversations.models import Message
 from inference.model import ChatModel
 from review.models import AuditEntry
@@ -59,7 +59,7 @@ def api_answer(raw_key: str, **fields) -> Message:
 
 
 def test_it_replays_a_seeded_answer_token_for_token(tiny_models, root, alice, alpha) -> None:
-    _, raw = services.create_api_key(alice, alpha)
+    _, raw = actions.create_api_key(alice, alpha)
     with serving(tiny_models[0]):
         reply = api_answer(raw, seed=7, temperature=0.9)
         assert len(reply.params["model_sha256"]) == 64 and reply.token_ids
@@ -77,7 +77,7 @@ def test_it_replays_a_seeded_answer_token_for_token(tiny_models, root, alice, al
 
 
 def test_it_highlights_the_first_difference(tiny_models, root, alice, alpha) -> None:
-    _, raw = services.create_api_key(alice, alpha)
+    _, raw = actions.create_api_key(alice, alpha)
     with serving(tiny_models[0]):
         reply = api_answer(raw, temperature=0)
         changed = list(reply.token_ids)
@@ -89,7 +89,7 @@ def test_it_highlights_the_first_difference(tiny_models, root, alice, alpha) -> 
 
 
 def test_it_says_when_the_model_file_changed(tiny_models, root, alice, alpha) -> None:
-    _, raw = services.create_api_key(alice, alpha)
+    _, raw = actions.create_api_key(alice, alpha)
     with serving(tiny_models[0]):
         reply = api_answer(raw, seed=3)
     with serving(tiny_models[1]):  # another file is served now
@@ -100,8 +100,8 @@ def test_it_says_when_the_model_file_changed(tiny_models, root, alice, alpha) ->
 
 
 def test_it_refuses_random_sampling_and_other_teams(tiny_models, root, alice, bob, charlie, alpha) -> None:
-    _, raw = services.create_api_key(alice, alpha)
-    beta = services.create_team("beta", admin=charlie)
+    _, raw = actions.create_api_key(alice, alpha)
+    beta = actions.create_team("beta", admin=charlie)
     charlie.is_staff = True
     charlie.save()
     with serving(tiny_models[0]):
@@ -118,7 +118,7 @@ def test_it_replays_a_seeded_answer_of_the_real_model(root, alice, alpha, tmp_pa
 
     cache = tmp_path_factory.getbasetemp() / "model-cache"  # shared with tests/test_model_real.py
     model = ChatModel.load(default_model_path(), cache_dir=cache, slots=1, threads=2, queue_max=2)
-    _, raw = services.create_api_key(alice, alpha)
+    _, raw = actions.create_api_key(alice, alpha)
     try:
         with serving(model):
             reply = api_answer(raw, seed=11, temperature=0.8, max_tokens=24)

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
 from review import retention
 from review import services as review_services
@@ -26,12 +26,12 @@ SECOND = timedelta(seconds=1)
 
 def chat(owner, team, *, last_message_at, deleted_at=None, text="secret words") -> Conversation:
     """A conversation whose last message was written at ``last_message_at``."""
-    conversation = services.start_conversation(owner, team, title=text[:20], system_prompt="be terse")
-    services.add_user_message(conversation, text, author=owner)
-    (reply,) = services.start_assistant_messages(conversation, 1, params={"model": "m"}, prompt_tokens=7)
-    services.finish_assistant_message(
+    conversation = actions.start_conversation(owner, team, title=text[:20], system_prompt="be terse")
+    actions.add_user_message(conversation, text, author=owner)
+    (reply,) = actions.start_assistant_messages(conversation, 1, params={"model": "m"}, prompt_tokens=7)
+    actions.finish_assistant_message(
         reply.pk,
-        services.Outcome(status="complete", content="an answer", token_ids=[1, 2, 3], completion_tokens=3),
+        actions.Outcome(status="complete", content="an answer", token_ids=[1, 2, 3], completion_tokens=3),
     )
     conversation.messages.update(created=last_message_at - timedelta(minutes=5))
     conversation.messages.filter(pk=reply.pk).update(created=last_message_at)
@@ -88,7 +88,7 @@ def test_it_purges_deleted_conversations_after_the_default_30_days(alice, alpha)
 
 
 def test_it_keeps_what_a_legal_hold_covers_and_audits_holds(alice, bob, charlie, alpha) -> None:
-    beta = services.create_team("beta", admin=charlie)
+    beta = actions.create_team("beta", admin=charlie)
     alice.is_staff = charlie.is_staff = True
     alice.save()
     charlie.save()
@@ -115,7 +115,7 @@ def test_it_keeps_what_a_legal_hold_covers_and_audits_holds(alice, bob, charlie,
 
 
 def test_it_lets_only_a_team_s_reviewers_place_holds(alice, bob, charlie, alpha) -> None:
-    beta = services.create_team("beta", admin=charlie)
+    beta = actions.create_team("beta", admin=charlie)
     for user in (alice, bob, charlie):
         user.is_staff = True
         user.save()

@@ -16,14 +16,14 @@ django.setup()
 from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Team
 from review import retention
 alpha = Team.objects.get(name="alpha")
 alice = get_user_model().objects.get(username="alice")
 retention.set_retention(alpha, keep_days=7, deleted_keep_days=30, by=None)
-old = services.start_conversation(alice, alpha, title="old secret")
-services.add_user_message(old, "old secret words", author=alice)
+old = actions.start_conversation(alice, alpha, title="old secret")
+actions.add_user_message(old, "old secret words", author=alice)
 long_ago = timezone.now() - timedelta(days=8)
 old.messages.update(created=long_ago)
 Conversation.objects.filter(pk=old.pk).update(created=long_ago)

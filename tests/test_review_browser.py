@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,6 @@ from tests.tiny_gguf import write_tiny_llama
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 PASSWORD = "a-long-test-password-7"
 SCREENSHOT = ROOT / ".data" / "screenshots" / "usage.png"
 
@@ -34,7 +31,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message, Team
 User = get_user_model()
 for name in ("alice", "bob"):
@@ -46,11 +43,11 @@ call_command("addmember", "alpha", "alice", "--admin")
 alpha, bob = Team.objects.get(name="alpha"), User.objects.get(username="bob")
 now = timezone.now()
 for day in range(13, -1, -1):
-    chat = services.start_conversation(bob, alpha, title=f"notes {{day}}", visibility="team")
-    services.add_user_message(chat, f"Summarise day {{day}}")
+    chat = actions.start_conversation(bob, alpha, title=f"notes {{day}}", visibility="team")
+    actions.add_user_message(chat, f"Summarise day {{day}}")
     prompt = 40 + 7 * day
-    reply = services.start_assistant_messages(chat, 1, params={{"temperature": 0.3}}, prompt_tokens=prompt)[0]
-    services.finish_assistant_message(reply.pk, services.Outcome(
+    reply = actions.start_assistant_messages(chat, 1, params={{"temperature": 0.3}}, prompt_tokens=prompt)[0]
+    actions.finish_assistant_message(reply.pk, actions.Outcome(
         status="complete", content="A summary.", prompt_tokens=prompt,
         completion_tokens=20 + (day * 37) % 90, duration=1.0))
     Message.objects.filter(conversation=chat).update(created=now - timedelta(days=day))
@@ -83,19 +80,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield live
     finally:
         live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh deps dev", pytrace=False)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def sign_in(browser, server: LiveServer, username: str, next_path: str):

@@ -194,3 +194,19 @@ def test_it_exports_who_wrote_a_message_and_what_was_superseded(world: World) ->
     assert (
         "by alice" in page.content.decode() and "review-message role-user superseded" in page.content.decode()
     )
+
+
+def test_it_exports_which_message_a_version_belongs_to(world: World) -> None:
+    """A regenerated answer or an edited message is a version of an earlier one (the browser chat's
+    ‹ 1 / 2 ›): both exports say which."""
+    shared = world.conversations["bob_shared"]
+    first, second = Message.objects.filter(conversation=shared).order_by("id")[:2]
+    Message.objects.filter(pk=second.pk).update(version_of=first)
+    records = jsonl_records(
+        logged_in(world.root).get(reverse("admin:conversations_conversation_export", args=["jsonl"]))
+    )
+    meta = next(r for r in records if r["metadata"]["id"] == shared.pk)["metadata"]["messages"]
+    assert [m["version_of"] for m in meta[:2]] == [None, first.pk]
+    lines = "".join(export.csv_lines(Conversation.objects.filter(pk=shared.pk)))
+    rows = list(csv.DictReader(io.StringIO(lines)))
+    assert [row["version_of"] for row in rows[:2]] == ["", str(first.pk)]

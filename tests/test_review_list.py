@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
 from conversations.models import Conversation, Message
 from review.search import message_matches
 from tests.review_data import ALPHA, World, api_call, logged_in, web_chat
@@ -156,9 +156,9 @@ def count_queries(client: Client, url: str) -> int:
 
 # The list page of a team admin: session, user, their admin teams, the four filters that list
 # choices (teams, users, keys, models, connections), the COUNT, the page of rows (with owner, team, key and
-# flag joined in), and the two permission lookups of the sidebar's API-key admin. A superuser
-# skips the team and permission lookups.
-@pytest.mark.parametrize("role, expected", [("alice", 12), ("root", 9)])
+# flag joined in), the two permission lookups of the sidebar's API-key admin, and the user's theme
+# (the page follows their dark-mode choice). A superuser skips the team and permission lookups.
+@pytest.mark.parametrize("role, expected", [("alice", 13), ("root", 10)])
 def test_it_makes_a_fixed_number_of_queries_whatever_the_row_count(
     world: World, role: str, expected: int, django_assert_num_queries
 ) -> None:
@@ -196,8 +196,8 @@ def test_it_keeps_the_other_review_lists_to_a_fixed_number_of_queries(
     User = get_user_model()
     for i in range(20):
         user = User.objects.create_user(f"member{i}")
-        conversation_services.add_member(world.alpha, user)
-        conversation_services.create_team(f"team{i}", admin=user)
+        conversation_actions.add_member(world.alpha, user)
+        conversation_actions.create_team(f"team{i}", admin=user)
         client.get(
             reverse("admin:conversations_conversation_change", args=[world.conversations["bob_api"].pk])
         )

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from conversations import services as conversation_services
+from conversations import actions as conversation_actions
 from conversations.models import ApiKey, Membership, Team
 from review.models import AuditEntry, TeamReviewPolicy
 from tests.review_data import World, logged_in
@@ -58,8 +58,8 @@ def test_it_lets_a_team_admin_change_a_role(world: World) -> None:
 
 
 def test_it_removes_a_member_and_revokes_their_keys_for_that_team_only(world: World) -> None:
-    conversation_services.add_member(world.beta, world.bob)
-    beta_key, _ = conversation_services.create_api_key(world.bob, world.beta, "beta key")
+    conversation_actions.add_member(world.beta, world.bob)
+    beta_key, _ = conversation_actions.create_api_key(world.bob, world.beta, "beta key")
     bob = membership(world, world.bob, world.alpha)
     response = logged_in(world.alice).post(
         reverse("admin:conversations_membership_delete", args=[bob.pk]), {"post": "yes"}
@@ -147,7 +147,7 @@ def test_it_adds_members_and_admins_from_the_command_line(alice, bob, db) -> Non
     assert "bob is now admin of gamma" in out.getvalue()
     # Naming an existing admin again still opens the admin's door (here: a team made elsewhere).
     charlie = get_user_model().objects.create_user("charlie")
-    conversation_services.create_team("delta", admin=charlie)
+    conversation_actions.create_team("delta", admin=charlie)
     call_command("addmember", "delta", "charlie", "--admin", stdout=out)
     charlie.refresh_from_db()
     assert charlie.is_staff and "charlie is already admin of delta" in out.getvalue()

@@ -9,7 +9,8 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from conversations import runner, services
+from conversations import actions
+from conversations.live import runner
 from conversations.models import Message
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
@@ -32,9 +33,9 @@ def submit(model: ChatModel, max_tokens: int):
 
 @database_sync_to_async
 def new_reply(alice, alpha) -> Message:
-    conversation = services.start_conversation(alice, alpha)
-    services.add_user_message(conversation, "Tell me a story.")
-    (reply,) = services.start_assistant_messages(conversation, 1, params={}, prompt_tokens=1)
+    conversation = actions.start_conversation(alice, alpha)
+    actions.add_user_message(conversation, "Tell me a story.")
+    (reply,) = actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=1)
     return reply
 
 
@@ -51,15 +52,15 @@ async def test_it_saves_the_reply_and_publishes_coalesced_deltas(
     reply = await new_reply(alice, alpha)
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(services.group_name(reply.conversation_id), channel)
+    await layer.group_add(actions.group_name(reply.conversation_id), channel)
     checkpoints: list[str] = []
-    original = services.checkpoint_assistant_message
+    original = actions.checkpoint_assistant_message
 
     def checkpoint(message_id: int, text: str) -> None:
         checkpoints.append(text)
         original(message_id, text)
 
-    monkeypatch.setattr(services, "checkpoint_assistant_message", checkpoint)
+    monkeypatch.setattr(actions, "checkpoint_assistant_message", checkpoint)
     monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL", 0.0)  # a checkpoint after every event
 
     job = submit(tiny_model, 200)

@@ -12,21 +12,22 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 from django.utils import timezone
 
-from conversations import runner, services
+from conversations import actions
+from conversations.live import runner
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, receive_until
+from tests.ws_chat import connect, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha, visibility="team", title="watched")
+    return actions.start_conversation(alice, alpha, visibility="team", title="watched")
 
 
 def stale_reply(conversation: Conversation) -> Message:
-    (reply,) = services.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
-    services.checkpoint_assistant_message(reply.pk, "half an answer")
+    (reply,) = actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
+    actions.checkpoint_assistant_message(reply.pk, "half an answer")
     Message.objects.filter(pk=reply.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     return reply
 
@@ -50,7 +51,7 @@ async def test_it_sweeps_only_the_shown_conversation_on_a_page_view_and_tells_it
     alice, bob, alpha, chat
 ) -> None:
     reply = await sync_to_async(stale_reply)(chat)
-    other = await sync_to_async(services.start_conversation)(alice, alpha)
+    other = await sync_to_async(actions.start_conversation)(alice, alpha)
     elsewhere = await sync_to_async(stale_reply)(other)
     communicator, connected, _ = await connect(bob, chat.pk)
     assert connected
@@ -72,7 +73,7 @@ async def test_it_tells_open_pages_when_a_new_reply_interrupts_a_stale_one(alice
     reply = await sync_to_async(stale_reply)(chat)
     communicator, connected, _ = await connect(bob, chat.pk)
     assert connected
-    await sync_to_async(services.start_assistant_messages)(chat, 1, params={}, prompt_tokens=3)
+    await sync_to_async(actions.start_assistant_messages)(chat, 1, params={}, prompt_tokens=3)
     frames = await receive_until(communicator, "Interrupted", timeout=5)
     assert "half an answer" in interrupted_article(frames, reply.pk)
     await communicator.disconnect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.template.loader import render_to_string
 
 from chatsite.middleware import CONTENT_SECURITY_POLICY
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 
 STATES = ("not loaded", "loading", "ready", "error")
 

@@ -14,17 +14,18 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from conversations import runner, services
+from conversations import actions
+from conversations.live import runner
 from conversations.models import Message
 from inference.jobs import Delta, Finished, Job, Timings, Usage
 from inference.sampling import SamplingParams
-from tests.test_redis_layer import layer, redis_url  # noqa: F401  (fixture: skips without Redis)
+from tests.worker_process import redis_layer as layer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.fixture
-def prefix(settings, redis_url):  # noqa: F811
+def prefix(settings, redis_url):
     name = f"stop{uuid.uuid4().hex[:8]}"
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -50,7 +51,7 @@ def finish_when_cancelled(job: Job, text: str) -> None:
 
 async def start_reply(conversation) -> tuple[Job, runner.Run, Message]:
     job = Job([1, 2, 3], SamplingParams(max_tokens=100), "user-1", 100)
-    (message,) = await sync_to_async(services.start_assistant_messages)(
+    (message,) = await sync_to_async(actions.start_assistant_messages)(
         conversation, 1, params={}, prompt_tokens=3
     )
     run = runner.start(conversation.pk, [job], [message])
@@ -80,10 +81,10 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
     alice,
     alpha,
     prefix,
-    redis_url,  # noqa: F811
+    redis_url,
 ) -> None:
     assert runner.shared_layer() and get_channel_layer().prefix == prefix
-    conversation = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
+    conversation = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
     other_process = layer(redis_url, prefix)
 
     # Two replies one after the other: the first one's end must not take the listener with it.
@@ -105,9 +106,9 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
     await other_process.flush()
 
 
-async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:  # noqa: F811
-    first = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
-    second = await sync_to_async(services.start_conversation)(alice, alpha, visibility="team")
+async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:
+    first = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
+    second = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
     job, run, message = await start_reply(first)
     await listening(first.pk)
     other_process = layer(redis_url, prefix)

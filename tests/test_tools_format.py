@@ -1,4 +1,4 @@
-"""The tool-call format (inference/tools.py): the prompt, the grammar of each tool_choice, and
+"""The tool-call format (conversations/api/tool_format.py): the prompt, the grammar of each tool_choice, and
 reading calls back from text, whole or streamed. The real model's tokenizer, no model."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import json
 import pytest
 from llguidance import LLMatcher
 
-from inference.constraints import lltokenizer
-from inference.protocol import InvalidRequest, parse_chat_request
-from inference.tools import (
+from conversations.api.protocol import InvalidRequest, parse_chat_request
+from conversations.api.tool_format import (
     ArgumentsPiece,
     CallStarted,
     ContentPiece,
@@ -20,6 +19,7 @@ from inference.tools import (
     prompt_messages,
     tool_plan,
 )
+from inference.constraints import lltokenizer
 from tests.fixtures_model import default_chat_template, default_tokenizer
 
 WEATHER = {

@@ -16,12 +16,12 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chatsite import ttft
-from conversations import runner, services
+from conversations import actions, ttft
 from conversations.api import http
 from conversations.api.completions import FLUSH_INTERVAL, Reply
+from conversations.api.protocol import NotFound
+from conversations.live import runner
 from inference.jobs import Delta
-from inference.protocol import NotFound
 from tests.test_api_streaming import finished, new_jobs, plain_output, replies_for
 from upstreams import permissions
 
@@ -29,14 +29,14 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 def new_key(alice, alpha) -> str:
-    _, plain = services.create_api_key(alice, alpha, name="ttft")
+    _, plain = actions.create_api_key(alice, alpha, name="ttft")
     return plain
 
 
 @database_sync_to_async
 def queries_of_the_key_check(plain: str) -> int:
     with CaptureQueriesContext(connection) as queries:
-        assert services.authenticate_api_key(plain) is not None
+        assert actions.authenticate_api_key(plain) is not None
     return len(queries)
 
 

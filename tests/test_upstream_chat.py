@@ -12,10 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
-from tests.test_chat_consumer import connect, finish_run, receive_until
 from tests.upstream_servers import FaultServer, chatsite_upstream
+from tests.ws_chat import connect, finish_run, receive_until
 from upstreams import registry
 from upstreams import services as upstream_services
 
@@ -51,7 +51,7 @@ def connections(upstream, faults):
 
 
 def conversation(alice, alpha, model_id: str, max_tokens: int = 8) -> Conversation:
-    return services.start_conversation(
+    return actions.start_conversation(
         alice, alpha, visibility="team", max_tokens=max_tokens, model_id=model_id
     )
 
@@ -113,7 +113,7 @@ async def test_it_streams_deltas_to_the_writer_and_a_watching_teammate(
 
 async def test_it_records_the_default_model_on_a_browser_chat(alice, alpha, connections, settings) -> None:
     settings.CHAT_DEFAULT_MODEL = "upstream-tiny"
-    chat = await sync_to_async(services.start_conversation)(alice, alpha, max_tokens=4)
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=4)
     communicator, _, _ = await connect(alice, chat.pk)
     await communicator.send_to(text_data=json.dumps({"action": "send", "text": "Hi"}))
     await finish_run(chat.pk)
@@ -181,7 +181,7 @@ async def test_it_lists_the_teams_models_with_their_connection_and_health_in_the
         from upstreams.models import TeamModels
 
         TeamModels.objects.create(team=alpha, models=["upstream-tiny", "fault-ok"])
-        chat = services.start_conversation(alice, alpha)
+        chat = actions.start_conversation(alice, alpha)
         client = Client()
         client.force_login(alice)
         page = client.get(f"/c/{chat.pk}/").content.decode()

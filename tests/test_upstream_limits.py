@@ -10,12 +10,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from conversations import services
+from conversations import actions
 from conversations.models import Conversation, Message
 from review import limits
 from tests.chat_runtime import serving, tiny_chat_model
-from tests.test_chat_consumer import connect, finish_run, receive_until
 from tests.upstream_servers import FaultServer
+from tests.ws_chat import connect, finish_run, receive_until
 from upstreams import registry
 from upstreams import services as upstream_services
 
@@ -50,7 +50,7 @@ def site(tiny_model, faults):
 
 @pytest.fixture
 def key(alice, alpha):
-    return services.create_api_key(alice, alpha, "limited")
+    return actions.create_api_key(alice, alpha, "limited")
 
 
 async def call(raw: str, model: str = "fault-ok", max_tokens: int = 50, **extra):
@@ -131,7 +131,7 @@ async def test_it_gives_back_the_reservation_of_a_failed_upstream_call(site, key
 
 
 async def test_it_reserves_a_browser_upstream_reply_on_the_upstream_s_count(site, alice, alpha) -> None:
-    chat = await sync_to_async(services.start_conversation)(
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, visibility="team", max_tokens=40, model_id="fault-ok"
     )
     await set_limits(team=alpha, user=alice, requests_per_minute=1)
@@ -154,7 +154,7 @@ async def test_it_estimates_a_browser_upstream_reply_as_the_upstream_path_counts
 ) -> None:
     from conversations.api.upstream import token_counter
 
-    chat = await sync_to_async(services.start_conversation)(
+    chat = await sync_to_async(actions.start_conversation)(
         alice, alpha, visibility="team", max_tokens=40, model_id="fault-ok", system_prompt="Be brief."
     )
     text = "count my words, not the template's"

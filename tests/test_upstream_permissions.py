@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conversations import services
+from conversations import actions
 from upstreams import registry
 from upstreams import services as upstream_services
 from upstreams.models import TeamModels
@@ -15,13 +15,13 @@ from upstreams.models import TeamModels
 
 @pytest.fixture
 def setup(alice, bob, alpha, settings, monkeypatch):
-    from chatsite import runtime
+    from conversations import runtime
 
     settings.CHAT_MODEL_PATH = "/models/front-tiny.gguf"  # its id; never loaded by these tests
     monkeypatch.setattr(runtime, "_runtime", None)
     upstream_services.create_upstream("gpu", "http://127.0.0.1:9/v1", models=["big-model", "other-model"])
     registry.invalidate()
-    _, plain = services.create_api_key(bob, alpha)
+    _, plain = actions.create_api_key(bob, alpha)
     return plain
 
 
@@ -59,7 +59,7 @@ def test_it_lets_team_admins_choose_only_their_teams_models(client, alice, bob, 
     for user in (alice, bob, charlie):
         user.is_staff = True
         user.save(update_fields=["is_staff"])
-    other = services.create_team("zeta-team", admin=charlie)
+    other = actions.create_team("zeta-team", admin=charlie)
     client.force_login(bob)  # a member, not an admin
     assert client.get("/admin/upstreams/teammodels/add/").status_code == 403
     client.force_login(alice)

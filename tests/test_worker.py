@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from channels_redis.core import RedisChannelLayer
 
-from chatsite import worker as worker_module
-from chatsite.worker import WorkerClient
-from inference.gguf import read_gguf
 from inference.jobs import ContextLengthExceeded, Delta, Finished, Overloaded
+from inference.remote import client as worker_module
 from inference.sampling import SamplingParams
-from inference.tokenizer import Tokenizer
 from tests.paced_model import PACE_MS, paced_env, write_paced_model
-from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
-from tests.tiny_gguf import write_tiny_llama
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", context_length=512)
+from tests.worker_process import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker
 
 
 @pytest.fixture(scope="module")
@@ -44,82 +28,7 @@ def paced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     return model, paced_env(model)
 
 
-@pytest.fixture
-def prefix() -> str:
-    return f"test{uuid.uuid4().hex[:8]}"
-
-
-def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) -> subprocess.Popen:
-    child = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
-    child.update(
-        {
-            "REDIS_URL": url,
-            "CHAT_CHANNEL_PREFIX": prefix,
-            "CHAT_MODEL_PATH": str(tiny),
-            "CHAT_DATA_DIR": str(tmp_path),
-            "CHAT_THREADS": "1",  # the tiny model needs no more; see tests/live_server.py
-            **env,
-        }
-    )
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe, and a full one blocks
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "inferenceworker"], cwd=ROOT, env=child, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if "inference worker:" in log.read_text():
-            return process
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the worker did not start:\n" + log.read_text())
-
-
-def stop_worker(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(30)
-
-
-def redis_layer(url: str, prefix: str) -> RedisChannelLayer:
-    # As the settings configure it (a socket timeout longer than channels_redis's 5 s blocking read).
-    return RedisChannelLayer(hosts=[{"address": url, "socket_timeout": 15}], prefix=prefix)
-
-
-def ids(tiny: Path, text: str) -> list[int]:
-    return Tokenizer.from_gguf(read_gguf(tiny)).encode(
-        f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
-def no_eos(**kwargs) -> SamplingParams:
-    return SamplingParams(temperature=0, logit_bias={0: -100, 1: -100, 2: -100}, **kwargs)
-
-
-_clients: list[WorkerClient] = []
-
-
-def new_client(url: str, prefix: str) -> WorkerClient:
-    """A web process's client; ``run`` closes it at the end (as a web process would at exit)."""
-    client = WorkerClient(redis_layer(url, prefix))
-    _clients.append(client)
-    return client
-
-
-def run(coro):
-    async def main():
-        try:
-            return await coro
-        finally:
-            while _clients:
-                await _clients.pop().aclose()
-
-    return asyncio.run(main())
-
-
-def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> None:
     process = start_worker(tiny, redis_url, prefix, tmp_path)
     try:
 
@@ -137,7 +46,7 @@ def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> 
         stop_worker(process)
 
 
-def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_path) -> None:
     process = start_worker(tiny, redis_url, prefix, tmp_path)
     try:
 
@@ -163,7 +72,7 @@ def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_pat
         stop_worker(process)
 
 
-def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix, tmp_path) -> None:
     process = start_worker(tiny, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_QUEUE_MAX="0")
     try:
 
@@ -183,7 +92,7 @@ def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix,
         stop_worker(process)
 
 
-def test_it_calls_a_missing_worker_overloaded(redis_url, prefix, monkeypatch) -> None:  # noqa: F811
+def test_it_calls_a_missing_worker_overloaded(redis_url, prefix, monkeypatch) -> None:
     monkeypatch.setattr(worker_module, "ADMISSION_TIMEOUT", 0.5)
 
     async def scenario():
@@ -204,7 +113,7 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.mark.model
-def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path) -> None:
     """Two Daphne processes on one database and Redis, the real model in the worker only."""
     from tests.fixtures_model import default_model_path
     from tests.live_server import LiveServer
@@ -254,7 +163,7 @@ def story(model: Path) -> list[int]:
 
 
 def test_a_job_whose_worker_dies_ends_with_the_text_so_far(
-    redis_url,  # noqa: F811
+    redis_url,
     prefix,
     tmp_path,
     monkeypatch,
@@ -286,7 +195,7 @@ def test_a_job_whose_worker_dies_ends_with_the_text_so_far(
 
 
 def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
-    redis_url,  # noqa: F811
+    redis_url,
     prefix,
     tmp_path,
     monkeypatch,
@@ -327,7 +236,7 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
         stop_worker(process)
 
 
-def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path, paced) -> None:  # noqa: F811
+def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path, paced) -> None:
     """The queue of a multi-process deployment is the worker's: it serves its gauges itself, read
     at each scrape."""
     import urllib.request

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test modules)
 """Job ids and the end of a worker: a restarted worker and a worker's shutdown never cost a job
 its reply (real Redis, real worker processes on the tiny
 model, or the worker's loop in this process on a real scheduler)."""
@@ -11,12 +10,11 @@ import uuid
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from chatsite import worker as worker_module
-from chatsite.management.commands.inferenceworker import Worker
 from inference.jobs import Delta
 from inference.model import ChatModel
-from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
-from tests.test_worker import ids, new_client, no_eos, redis_layer, run, start_worker, stop_worker, tiny  # noqa: F401
+from inference.remote import client as worker_module
+from inference.remote.server import Worker
+from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 
 @pytest.fixture
@@ -83,8 +81,9 @@ def test_it_sends_every_last_event_before_the_worker_exits(
 ) -> None:
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
     model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=2, threads=2)
-    worker = Worker(model.scheduler)
-    worker.layer = SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+    worker = Worker(
+        model.scheduler, SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+    )
 
     async def scenario():
         stop = asyncio.Event()

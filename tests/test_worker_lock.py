@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from chatsite.worker_lock import WorkerAlreadyRunning, WorkerLock
-from tests.test_redis_layer import redis_url  # noqa: F401  (the fixture: skips without Redis)
-from tests.test_worker import ROOT, prefix, start_worker, stop_worker, tiny  # noqa: F401
+from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
+from tests.worker_process import ROOT, start_worker, stop_worker
 
 
-def test_it_refuses_a_second_worker_on_the_same_prefix(tiny, redis_url, prefix, tmp_path) -> None:  # noqa: F811
+def test_it_refuses_a_second_worker_on_the_same_prefix(tiny, redis_url, prefix, tmp_path) -> None:
     first = start_worker(tiny, redis_url, prefix, tmp_path / "first")
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
@@ -50,7 +49,7 @@ def test_it_refuses_a_second_worker_on_the_same_prefix(tiny, redis_url, prefix, 
         stop_worker(first)
 
 
-def test_it_takes_over_the_lock_of_a_worker_that_died(redis_url) -> None:  # noqa: F811
+def test_it_takes_over_the_lock_of_a_worker_that_died(redis_url) -> None:
     key_prefix = f"test{uuid.uuid4().hex[:8]}"
     dead = WorkerLock(redis_url, key_prefix, "dead", ttl=1.0)
     dead.acquire()

@@ -8,17 +8,17 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations import services
+from conversations import actions
 from conversations.consumers import MAX_FRAME_BYTES
 from conversations.models import Conversation
-from tests.test_chat_consumer import connect, messages_of
+from tests.ws_chat import connect, messages_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.fixture
 def chat(alice, alpha) -> Conversation:
-    return services.start_conversation(alice, alpha, visibility="team", max_tokens=6)
+    return actions.start_conversation(alice, alpha, visibility="team", max_tokens=6)
 
 
 DEPTH = 20_000  # far deeper than Python's recursion limit, and within the frame size limit
@@ -42,7 +42,7 @@ BAD = {
 @pytest.mark.parametrize("frame", BAD.values(), ids=BAD.keys())
 async def test_it_answers_an_unusable_frame_with_an_error_and_keeps_the_socket(alice, chat, frame) -> None:
     assert len(frame.encode("utf-8", "surrogatepass")) <= MAX_FRAME_BYTES
-    kept = await sync_to_async(services.add_user_message)(chat, "kept as it was", author=alice)
+    kept = await sync_to_async(actions.add_user_message)(chat, "kept as it was", author=alice)
     communicator, connected, _ = await connect(alice, chat.pk)
     assert connected
     await communicator.send_to(text_data=frame)
@@ -52,7 +52,8 @@ async def test_it_answers_an_unusable_frame_with_an_error_and_keeps_the_socket(a
     assert [(m.pk, m.content) for m in await messages_of(chat.pk)] == [(kept.pk, "kept as it was")]
     # The connection survives: a valid frame still gets its answer.
     await communicator.send_to(text_data=json.dumps({"action": "stop"}))
-    assert "Nothing is being written" in await communicator.receive_from(timeout=5)
+    cleared = await communicator.receive_from(timeout=5)  # Stop with nothing running: no error
+    assert 'id="chat-error"' in cleared and "hidden" in cleared
     await communicator.disconnect()
 
 

@@ -17,19 +17,19 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
-from conversations import services
+from conversations import actions
 from tests.live_server import PYTHON, ROOT, LiveServer
 from tests.test_chat_browser import SETUP
-from tests.test_chat_consumer import cookie_for
 from tests.test_ws_limit import log_in
 from tests.tiny_gguf import write_tiny_llama
+from tests.ws_chat import cookie_for
 
 SITE = "127.0.0.1:8000"
 
 
 @pytest.fixture
 def chat(alice, alpha):
-    return services.start_conversation(alice, alpha, visibility="team")
+    return actions.start_conversation(alice, alpha, visibility="team")
 
 
 async def opens(

@@ -167,7 +167,7 @@ class UpstreamAdmin(admin.ModelAdmin):
 
 def available_models() -> list[str]:
     """The embedded model and every upstream model (the aliases follow CHAT_DEFAULT_MODEL)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     own = get_runtime().model_id
     return list(dict.fromkeys([*([own] if own else []), *registry.pool().model_ids()]))

@@ -8,8 +8,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from conversations.api.protocol import MODEL_ALIASES, NotFound
 from conversations.models import ApiKey
-from inference.protocol import MODEL_ALIASES, NotFound
 from upstreams.models import TeamModels
 
 _UNREAD: Any = object()
@@ -23,7 +23,7 @@ def allowed_models(team_id: int) -> list[str] | None:
 
 def embedded_model_id() -> str:
     """The embedded model's id (the loaded model's, else the configured file's)."""
-    from chatsite.runtime import get_runtime
+    from conversations.runtime import get_runtime
 
     runtime = get_runtime()
     return runtime.model.model_id if runtime.model is not None else runtime.model_id

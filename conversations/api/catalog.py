@@ -7,12 +7,12 @@ import os
 from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse
 
-from chatsite.runtime import ModelNotReady, get_runtime
-from conversations import services
+from conversations import actions
 from conversations.api.http import api_view, authenticate, json_response
+from conversations.api.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
 from conversations.models import ApiKey
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.model import ChatModel
-from inference.protocol import MODEL_ALIASES, ModelCard, ModelList, NotFound, ServiceUnavailable
 from upstreams import permissions, registry
 
 OWNER = "chatsite"
@@ -74,14 +74,14 @@ async def _all_cards(key: ApiKey) -> list[ModelCard]:
 @api_view("GET")
 async def list_models(request: HttpRequest) -> HttpResponse:
     key = await authenticate(request)
-    await database_sync_to_async(services.record_key_use)(key)
+    await database_sync_to_async(actions.record_key_use)(key)
     return json_response(ModelList(data=await _all_cards(key)))
 
 
 @api_view("GET")
 async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
     key = await authenticate(request)
-    await database_sync_to_async(services.record_key_use)(key)
+    await database_sync_to_async(actions.record_key_use)(key)
     card = next((c for c in await _all_cards(key) if c.id == model_id), None)
     if card is None:
         raise _not_found(model_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,24 +20,11 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
-from chatsite import faults, ttft
-from conversations import runner, services
+from conversations import actions, faults, ttft
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
-from conversations.api.tools import Output, OutputPlan, plan_output
-from conversations.models import ApiKey, Message
-from inference.jobs import (
-    BackendUnreachable,
-    ContextLengthExceeded,
-    Delta,
-    Event,
-    Finished,
-    Job,
-    Overloaded,
-)
-from inference.model import ChatModel
-from inference.protocol import (
+from conversations.api.protocol import (
     APIError,
     ChatCompletion,
     ChatCompletionChunk,
@@ -51,6 +37,19 @@ from inference.protocol import (
     Usage,
     parse_chat_request,
 )
+from conversations.api.tools import Output, OutputPlan, PromptPlan, plan_output
+from conversations.live import runner
+from conversations.models import ApiKey, Message
+from inference.jobs import (
+    BackendUnreachable,
+    ContextLengthExceeded,
+    Delta,
+    EventPump,
+    Finished,
+    Job,
+    Overloaded,
+)
+from inference.model import ChatModel
 from inference.sampling import SamplingError, SamplingParams
 from inference.streaming import DONE, sse
 from review import replay
@@ -74,7 +73,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     ttft.mark("parsed")
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: one trip to a
     # worker thread (each trip costs a thread hop on the way to the first token).
-    plan, messages, prompt_ids = await sync_to_async(_prompt, thread_sensitive=False)(body, model)
+    plan, prompt, prompt_ids = await sync_to_async(_prompt, thread_sensitive=False)(body, model)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
     ttft.mark("prompt")
     n = body.n or 1
@@ -101,7 +100,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         # While the slot evaluates the prompt. Not thread-sensitive: a write waiting for the lock in
         # the one thread that serves every request's database reads would stall them all.
         call = await database_sync_to_async(_log_call, thread_sensitive=False)(
-            key, model, body, plan, messages, prompt_ids, logged
+            key, model, body, plan, prompt, prompt_ids, logged
         )
     except BaseException:
         for job in jobs:
@@ -132,14 +131,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return ratelimits.with_headers(json_response(completion), reservation)
 
 
-def _prompt(
-    body: ChatCompletionRequest, model: ChatModel
-) -> tuple[OutputPlan, list[dict[str, Any]], list[int]]:
-    """The output plan (tools and response_format: the grammar, compiled and checked here, so a
-    schema it cannot use is a 400), the messages as the template gets them (tools in the system
-    prompt), and the prompt's token ids."""
-    plan, messages = plan_output(body, model.tokenizer)
-    return plan, messages, model.prompt_ids(messages)
+def _prompt(body: ChatCompletionRequest, model: ChatModel) -> tuple[OutputPlan, PromptPlan, list[int]]:
+    """Tools and response_format: the output plan (the grammar, compiled and checked here: a schema
+    it cannot use is a 400); the prompt (the tools in the template's own syntax, or in the system
+    prompt); and the prompt's token ids."""
+    plan, prompt = plan_output(body, model.tokenizer, model.template)
+    return plan, prompt, model.prompt_ids(prompt.messages, prompt.tools)
 
 
 def _log_call(
@@ -147,26 +144,27 @@ def _log_call(
     model: ChatModel,
     body: ChatCompletionRequest,
     plan: OutputPlan,
-    messages: list[dict[str, Any]],
+    prompt: PromptPlan,
     prompt_ids: list[int],
     logged: dict[str, Any],
-) -> services.ApiCall:
-    """Write the admitted call to the log (one trip to a database thread): its conversation, its
-    messages and its n streaming replies, with the model file's and the prompt's hashes so that a
-    reviewer can replay the answer (review/replay.py), and its tools or response_format."""
+) -> actions.ApiCall:
+    """Write the admitted call to the log in one trip to a database thread and one commit: its
+    conversation, messages and n streaming replies, with the model file's and the prompt's hashes
+    so that a reviewer can replay the answer (review/replay.py), and its tools or response_format
+    (kept with the replies; their calls are added at the end)."""
     params = {**logged, **replay.logged_fingerprints(model, prompt_ids)}
-    with transaction.atomic():  # one commit
-        call = services.start_api_call(
+    with transaction.atomic():
+        call = actions.start_api_call(
             key,
             model_id=model.model_id,
-            messages=messages,
+            messages=prompt.logged,
             params=params,
             n=body.n or 1,
             prompt_tokens=len(prompt_ids),
             request_user=body.user or "",
         )
-        if plan.record:  # kept with the replies (their calls at the end)
-            services.record_tools([r.pk for r in call.replies], plan.record)
+        if plan.record:
+            actions.record_tools([r.pk for r in call.replies], plan.record)
     return call
 
 
@@ -204,7 +202,7 @@ async def admit(
 ) -> list[Job]:
     """All n choices are admitted together, or the answer is 429 before anything is written."""
     scheduler = model.scheduler
-    capacity = len(scheduler.slots) + scheduler.queue_max
+    capacity = scheduler.capacity
     if n > capacity:  # could never be admitted: a retry would not help, so this is not a 429
         raise InvalidRequest(
             f"n={n} is more than this server can run at once (at most {capacity}).", param="n"
@@ -227,16 +225,7 @@ async def admit(
 
 
 def _params_record(params: SamplingParams) -> dict[str, Any]:
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "logit_bias": {str(k): v for k, v in params.logit_bias},  # type: ignore[misc]
-        "seed": params.seed,
-        "stop": list(params.stop),
-        "max_tokens": params.max_tokens,
-    }
+    return params.to_json(exclude=("grammar", "logprobs"))
 
 
 def _unsaved(*, retry: bool = False) -> APIError:
@@ -304,7 +293,7 @@ class Reply:
             return
         for message_id, (index, f) in zip(self.message_ids, enumerate(finished), strict=True):
             calls = [c.model_dump() for c in self.output.calls(index, f)]
-            await database_sync_to_async(services.record_tool_calls)(message_id, plan.record, calls)
+            await database_sync_to_async(actions.record_tool_calls)(message_id, plan.record, calls)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(
@@ -322,81 +311,61 @@ class Reply:
         (the task is cancelled) the jobs are cancelled, and the runner saves the partial replies
         as 'cancelled'.
         """
-        loop = asyncio.get_running_loop()
-        pending: deque[tuple[int, Event]] = deque()
-        ready = asyncio.Event()
-        waiting = [False]
-        listeners = []
-        for index, job in enumerate(self.run.jobs):
-
-            def listener(event: Event, index: int = index) -> None:
-                pending.append((index, event))
-                if waiting[0]:
-                    waiting[0] = False
-                    loop.call_soon_threadsafe(ready.set)
-
-            job.subscribe(listener)
-            listeners.append((job, listener))
-        complete = False
-        delivered = [0] * len(self.run.jobs)
-        try:
-            yield b"".join(
-                self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
-                for index in range(len(self.run.jobs))
-            )
-            open_choices = len(self.run.jobs)
-            # The first text is not held back: the pause between writes starts after it.
-            last_flush = -FLUSH_INTERVAL
-            while open_choices:
-                if not pending:
-                    ready.clear()
-                    waiting[0] = True  # before looking again: an event queued from now on wakes us
-                    if not pending:
-                        await ready.wait()
-                    waiting[0] = False
-                    pause = last_flush + FLUSH_INTERVAL - time.monotonic()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                out: list[bytes] = []
-                while pending:
-                    index, event = pending.popleft()
-                    if isinstance(event, Delta):
-                        out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
-                        delivered[index] += len(event.text)
-                    elif isinstance(event, Finished):
-                        open_choices -= 1
-                        if event.reason not in ("stop", "length"):
-                            # After the 200 has gone out, an error can only be told in-band. A job
-                            # the scheduler cancelled (draining at shutdown) leaves its siblings
-                            # interrupted.
-                            self.run.cancel(
-                                Message.Status.ERROR
-                                if event.reason == "error"
-                                else Message.Status.INTERRUPTED
-                            )
-                            complete = True
-                            yield b"".join([*out, sse(_failure(event).body()), DONE])
-                            return
-                        out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
-                if out:
-                    last_flush = time.monotonic()
-                    if self.trace is not None:
-                        self.trace.mark("first_write")
-                    yield b"".join(out)
-                    if self.trace is not None and not self.trace.written:
-                        self.trace.add_job(self.run.jobs[0])
-                        self.trace.write()  # after the write it times
-                    self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
-            finished = await self.run.wait()  # every reply is saved before [DONE]
-            await self.record_calls(finished)
-            complete = True
-            if self.run.unsaved:  # the client has the text, but the log does not: say so
-                yield sse(_unsaved().body()) + DONE
-                return
-            usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
-            yield usage + DONE
-        finally:
-            for job, listener in listeners:
-                job.unsubscribe(listener)
-            if not complete:
-                self.run.cancel(Message.Status.CANCELLED)
+        with EventPump(self.run.jobs) as pump:
+            complete = False
+            delivered = [0] * len(self.run.jobs)
+            try:
+                yield b"".join(
+                    self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+                    for index in range(len(self.run.jobs))
+                )
+                open_choices = len(self.run.jobs)
+                # The first text is not held back: the pause between writes starts after it.
+                last_flush = -FLUSH_INTERVAL
+                while open_choices:
+                    if not pump.pending:
+                        pump.arm()  # before looking again: an event queued from now on wakes us
+                        await pump.wait()
+                        pause = last_flush + FLUSH_INTERVAL - time.monotonic()
+                        if pause > 0:
+                            await asyncio.sleep(pause)
+                    out: list[bytes] = []
+                    for index, event in pump.take():
+                        if isinstance(event, Delta):
+                            out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
+                            delivered[index] += len(event.text)
+                        elif isinstance(event, Finished):
+                            open_choices -= 1
+                            if event.reason not in ("stop", "length"):
+                                # After the 200 has gone out, an error can only be told in-band. A job
+                                # the scheduler cancelled (draining at shutdown) leaves its siblings
+                                # interrupted.
+                                self.run.cancel(
+                                    Message.Status.ERROR
+                                    if event.reason == "error"
+                                    else Message.Status.INTERRUPTED
+                                )
+                                complete = True
+                                yield b"".join([*out, sse(_failure(event).body()), DONE])
+                                return
+                            out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
+                    if out:
+                        last_flush = time.monotonic()
+                        if self.trace is not None:
+                            self.trace.mark("first_write")
+                        yield b"".join(out)
+                        if self.trace is not None and not self.trace.written:
+                            self.trace.add_job(self.run.jobs[0])
+                            self.trace.write()  # after the write it times
+                        self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
+                finished = await self.run.wait()  # every reply is saved before [DONE]
+                await self.record_calls(finished)
+                complete = True
+                if self.run.unsaved:  # the client has the text, but the log does not: say so
+                    yield sse(_unsaved().body()) + DONE
+                    return
+                usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
+                yield usage + DONE
+            finally:
+                if not complete:
+                    self.run.cancel(Message.Status.CANCELLED)

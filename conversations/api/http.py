@@ -14,10 +14,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel
 
-from chatsite.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
-from conversations import services
-from conversations.models import ApiKey
-from inference.protocol import (
+from conversations import actions
+from conversations.api.protocol import (
     APIError,
     AuthenticationFailed,
     MethodNotAllowed,
@@ -27,6 +25,8 @@ from inference.protocol import (
     UnsupportedMediaType,
     parse_json_body,
 )
+from conversations.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
+from conversations.models import ApiKey
 from upstreams.permissions import allowed_models
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _key_and_models(raw: str) -> ApiKey | None:
     """The key, with the models its team may use (``key.allowed_models``, for
     ``upstreams.permissions.check``) read in the same trip to the database thread: each trip costs
     a thread hop on the way to the first token."""
-    key = services.authenticate_api_key(raw)
+    key = actions.authenticate_api_key(raw)
     if key is not None:
         key.allowed_models = allowed_models(key.team_id)
     return key

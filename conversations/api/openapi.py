@@ -9,7 +9,8 @@ from django.http import HttpRequest, JsonResponse
 from pydantic import BaseModel
 
 from conversations.api.http import api_view
-from inference.protocol import (
+from conversations.api.protocol import (
+    LEGACY_FIELDS,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -19,8 +20,6 @@ from inference.protocol import (
 )
 
 REF = "#/components/schemas/{model}"
-# Accepted for old clients, and not offered: the legacy spellings of tools and tool_choice.
-UNDOCUMENTED = ("functions", "function_call")
 
 
 @lru_cache(maxsize=1)
@@ -37,7 +36,7 @@ def openapi_document() -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": errors}}}
 
     request = ref(ChatCompletionRequest)
-    for name in UNDOCUMENTED:
+    for name in LEGACY_FIELDS:
         schemas["ChatCompletionRequest"]["properties"].pop(name)
     errors = ref(ErrorResponse)
     auth_errors = {"401": error("Missing, invalid or revoked API key")}

@@ -7,19 +7,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.jobs import Delta, Event, Finished
-from inference.protocol import ChatCompletionRequest, Choice, ChunkChoice, ChunkDelta, ResponseMessage
-from inference.protocol_tools import (
+from conversations.api.protocol import ChatCompletionRequest, Choice, ChunkChoice, ChunkDelta, ResponseMessage
+from conversations.api.protocol_tools import (
     ChoiceLogprobs,
     ToolCall,
     ToolCallDelta,
     ToolCallFunctionDelta,
     TopLogprob,
 )
-from inference.protocol_tools import TokenLogprob as LogprobOut
-from inference.sampling import SamplingParams, TokenLogprob
-from inference.tokenizer import Tokenizer
-from inference.tools import (
+from conversations.api.protocol_tools import TokenLogprob as LogprobOut
+from conversations.api.tool_format import (
     ArgumentsPiece,
     CallStarted,
     ContentPiece,
@@ -27,9 +24,15 @@ from inference.tools import (
     ToolCallParser,
     ToolPlan,
     grammar_for,
+    offered_tools,
     prompt_messages,
+    template_messages,
     tool_plan,
 )
+from inference.jobs import Delta, Event, Finished
+from inference.prompts import HERMES, ChatTemplate, ToolSyntax
+from inference.sampling import SamplingParams, TokenLogprob
+from inference.tokenizer import Tokenizer
 
 
 @dataclass
@@ -39,6 +42,7 @@ class OutputPlan:
     tools: ToolPlan
     grammar: str | None
     top_logprobs: int | None  # None: no logprobs
+    syntax: ToolSyntax = HERMES  # how the model writes calls
 
     def apply(self, params: SamplingParams) -> SamplingParams:
         return dataclasses.replace(params, grammar=self.grammar, logprobs=self.top_logprobs)
@@ -48,13 +52,33 @@ class OutputPlan:
         return self.tools.record
 
 
-def plan_output(body: ChatCompletionRequest, tokenizer: Tokenizer) -> tuple[OutputPlan, list[dict[str, Any]]]:
-    """The output plan (the grammar checked, or InvalidRequest naming the param) and the prompt's
-    messages. Compiling a grammar can take a while: call it off the event loop."""
+@dataclass
+class PromptPlan:
+    """The prompt's messages as the template gets them (with ``tools`` for a template with its own
+    tool syntax), and as the log keeps them (chatsite's own format, readable in review)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    logged: list[dict[str, Any]]
+
+
+def plan_output(
+    body: ChatCompletionRequest, tokenizer: Tokenizer, template: ChatTemplate | None = None
+) -> tuple[OutputPlan, PromptPlan]:
+    """The output plan (the grammar checked, or InvalidRequest naming the param) and the prompt.
+    ``template``: the model's chat template, whose own tool syntax is used when it has one.
+    Compiling a grammar can take a while: call it off the event loop."""
     tools = tool_plan(body)
-    grammar = grammar_for(tools, tokenizer)
+    syntax = template.tool_syntax if template is not None else None
+    grammar = grammar_for(tools, tokenizer, syntax or HERMES)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    return OutputPlan(tools, grammar, top), prompt_messages(body, tools)
+    if syntax is None:
+        messages = prompt_messages(body, tools)
+        prompt = PromptPlan(messages, None, messages)
+    else:
+        logged = prompt_messages(body, tools, describe_tools=False)
+        prompt = PromptPlan(template_messages(body), offered_tools(tools), logged)
+    return OutputPlan(tools, grammar, top, syntax or HERMES), prompt
 
 
 @dataclass
@@ -71,7 +95,7 @@ class Output:
         self.plan = plan
         self.tokenizer = tokenizer
         parse = plan.tools.offers_tools
-        self.choices = [_ChoiceState(ToolCallParser() if parse else None) for _ in range(n)]
+        self.choices = [_ChoiceState(ToolCallParser(plan.syntax) if parse else None) for _ in range(n)]
         self.streamed = False
         self._answers: dict[int, Choice] = {}
 
@@ -100,7 +124,7 @@ class Output:
         if state.parser is None:
             message = ResponseMessage(content=finished.text)
             return Choice(index=index, message=message, finish_reason=finished.reason, logprobs=logprobs)  # type: ignore[arg-type]
-        parser = ToolCallParser()
+        parser = ToolCallParser(self.plan.syntax)
         parser.push(finished.text)
         parser.finish()
         calls = parser.complete_calls

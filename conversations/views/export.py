@@ -9,7 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
 
-from conversations import services, webchat
+from conversations import queries
 from conversations.models import Conversation, Message
 
 
@@ -22,7 +22,7 @@ def _messages(conversation: Conversation) -> list[dict[str, str]]:
     out = []
     if conversation.system_prompt:
         out.append({"role": "system", "content": conversation.system_prompt})
-    for m in webchat.visible_messages(conversation).exclude(role=Message.Role.SYSTEM):
+    for m in queries.visible_messages(conversation).exclude(role=Message.Role.SYSTEM):
         if m.role == Message.Role.ASSISTANT and not m.content:
             continue
         out.append({"role": m.role, "content": m.content})
@@ -32,7 +32,7 @@ def _messages(conversation: Conversation) -> list[dict[str, str]]:
 @require_safe
 @login_required
 def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = services.get_conversation_for_user(request.user, conversation_id)
+    conversation = queries.get_conversation_for_user(request.user, conversation_id)
     body = {
         "title": conversation.title,
         "model": conversation.model_id or None,
@@ -46,7 +46,7 @@ def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
 @require_safe
 @login_required
 def export_markdown(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = services.get_conversation_for_user(request.user, conversation_id)
+    conversation = queries.get_conversation_for_user(request.user, conversation_id)
     parts = [f"# {conversation.title or 'Conversation'}\n"]
     for m in _messages(conversation):
         parts.append(f"## {m['role'].capitalize()}\n\n{m['content'].strip()}\n")

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from conversations import queries
 from conversations.models import Conversation
 from conversations.render import render_markdown
 from review import access, export, filters, services
@@ -153,6 +154,7 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
             raise PermissionDenied
         conversation = access.get_conversation_for_reviewer(request.user, object_id)
         messages_ = list(conversation.messages.select_related("author").order_by("id"))
+        versions = queries.versions_of(messages_)
         came_from = QueryDict(request.GET.get("_changelist_filters", ""))
         services.record_view(request.user, conversation, {key: came_from.getlist(key) for key in came_from})
         context = {
@@ -167,6 +169,10 @@ class ConversationAdmin(ReviewPermissions, admin.ModelAdmin):
                     "html": render_markdown(m.content),
                     "params": json.dumps(m.params, indent=2, sort_keys=True) if m.params else "",
                     "tools": json.dumps(m.tools, indent=2, ensure_ascii=False) if m.tools else "",
+                    # "version 2 of 3": a regenerated answer or an edited message (all are shown)
+                    "version": (versions[m.pk].index(m.pk) + 1, len(versions[m.pk]))
+                    if len(versions[m.pk]) > 1
+                    else None,
                 }
                 for m in messages_
             ],

@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chatsite.runtime import ModelNotReady, get_runtime
+from conversations.runtime import ModelNotReady, get_runtime
 from inference.jobs import Delta, Finished, Overloaded, Queued, SchedulerError
 from inference.sampling import SamplingError, SamplingParams
 

@@ -20,7 +20,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from chatsite.runtime import get_runtime
+from conversations.runtime import get_runtime
 
 log = logging.getLogger("chatsite.serve")
 
@@ -46,12 +46,13 @@ class Command(BaseCommand):
         from twisted.internet import reactor, task, threads
 
         from chatsite.asgi import application
-        from conversations import runner, services
+        from conversations import actions
+        from conversations.live import runner
 
         self.runtime = get_runtime()
         if not no_preload:
             self.runtime.start_loading()
-        orphaned = services.interrupt_orphaned_messages()
+        orphaned = actions.interrupt_orphaned_messages()
         if orphaned:
             self.stdout.write(f"marked {orphaned} replies of a stopped process as interrupted")
 
@@ -73,7 +74,7 @@ class Command(BaseCommand):
             threads.deferToThread(runner.sweep_stale_sync).addErrback(lambda f: log.error("sweep: %s", f))
 
         # Replies left 'streaming' by a process that died elsewhere: found by their stale heartbeats.
-        task.LoopingCall(sweep).start(runner.STALE_AFTER, now=False)
+        task.LoopingCall(sweep).start(actions.STALE_AFTER, now=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: reactor.callFromThread(self._on_signal, signum))
         from review.retention import start_daily_purge

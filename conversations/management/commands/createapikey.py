@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from conversations import services
+from conversations import actions
 from conversations.models import Team
 
 
@@ -30,12 +30,12 @@ class Command(BaseCommand):
             raise CommandError(f"There is no user {username!r}.") from None
         if team is None:
             try:
-                the_team = services.default_team(user)
-            except services.NoDefaultTeam:
+                the_team = actions.default_team(user)
+            except actions.NoDefaultTeam:
                 raise CommandError(f"{username} belongs to several teams: choose one with --team.") from None
         else:
             the_team = Team.objects.filter(name=team, memberships__user=user).first()
             if the_team is None:
                 raise CommandError(f"{username} is not a member of a team named {team!r}.")
-        _, plain = services.create_api_key(user, the_team, name, by=None)  # the operator
+        _, plain = actions.create_api_key(user, the_team, name, by=None)  # the operator
         self.stdout.write(plain)

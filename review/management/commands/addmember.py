@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -30,7 +31,12 @@ class Command(BaseCommand):
         User = get_user_model()
         user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
         if user is None:
-            raise CommandError(f"There is no user {username!r}.")
+            raise CommandError(
+                f"There is no user {username!r}. addmember adds existing accounts: to bring someone "
+                f"new, make an invite link with `manage.py invite {shlex.quote(the_team.name)} "
+                f"[--role admin]` (they choose their username and password), or create the account "
+                f"in the admin first."
+            )
         role = Membership.Role.ADMIN if admin else Membership.Role.MEMBER
         existing = Membership.objects.filter(team=the_team, user=user).first()
         if existing is None:

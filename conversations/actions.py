@@ -1,0 +1,732 @@
+"""Every write to the conversation data goes through here, and broadcasts after the commit.
+
+Views, the websocket consumer, the live side (conversations/live/) and the API call these (from
+async code through ``database_sync_to_async``). Reads are in conversations/queries.py.
+
+Decisions the chat page relies on:
+- **Regenerate** marks the last answer ``superseded_at`` (hidden from the conversation and from
+  later prompts) and generates a new one, a new *version* of it (``Message.version_of``).
+- **Edit and resend** keeps every earlier message. The edited user message and everything after it
+  (its branch) are superseded the same way; the edited text becomes a new user message at the end,
+  a new version of the edited one, and a new answer is generated for it.
+- **Versions** (‹ 1 / 3 › in the page): choosing another version of a message hides the shown one
+  with its branch, and shows the chosen one with the branch it had when it was hidden. The
+  messages of one branch are hidden together, with one timestamp unique in the conversation, which
+  is how they are found again. The visible messages are always one path through the versions, in
+  id order: the prompt, the exports and the search read that path; reviewers see every version.
+- **Delete** is soft: ``deleted_at`` hides the conversation from everyone in the chat; reviewers
+  keep it until a retention policy purges it.
+- Only the owner renames, deletes, shares or changes the settings; teammates of a shared
+  conversation read, send, stop and regenerate. Each person edits only their own messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from conversations import queries, sidebar
+from conversations.models import ApiKey, Conversation, Membership, Message, Team
+
+KEY_PREFIX = "csk-"  # chatsite key
+PREFIX_CHARS = 12
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one last_used_at write per key per minute
+OWNER_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+STALE_AFTER = 30.0  # seconds without a heartbeat after which a 'streaming' row is interrupted
+TITLE_CHARS = 60
+
+
+def group_name(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}"
+
+
+def send_on_commit(group: str, event: dict[str, Any]) -> None:
+    """Send ``event`` to a channel-layer group once the current transaction commits."""
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(group, event)
+
+    # Robust: the write is committed whatever happens to the send (Redis down, say); a failed send
+    # is logged, and must not turn a committed write into an error.
+    transaction.on_commit(send, robust=True)
+
+
+def broadcast(conversation_id: int, event: dict[str, Any]) -> None:
+    """Send ``event`` to the conversation's group once the current transaction commits."""
+    send_on_commit(group_name(conversation_id), event)
+
+
+# --- Teams ---------------------------------------------------------------------------------------
+
+
+def create_team(name: str, *, admin: AbstractBaseUser | None = None) -> Team:
+    with transaction.atomic():
+        team = Team.objects.create(name=name)
+        if admin is not None:
+            Membership.objects.create(team=team, user=admin, role=Membership.Role.ADMIN)
+    return team
+
+
+def add_member(team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER) -> Membership:
+    membership, _ = Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+    return membership
+
+
+class NoDefaultTeam(Exception):
+    """The user belongs to several teams: the caller must name one."""
+
+
+def default_team(user: AbstractBaseUser) -> Team:
+    """The user's only team; a user with no team gets a personal one (as its admin)."""
+    teams = list(Team.objects.filter(memberships__user=user)[:2])
+    if len(teams) == 1:
+        return teams[0]
+    if teams:
+        raise NoDefaultTeam(f"{user} belongs to several teams; name one")
+    name = user.get_username()
+    while Team.objects.filter(name=name).exists():
+        name = f"{user.get_username()}-{secrets.token_hex(2)}"
+    return create_team(name, admin=user)
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+SELF: Any = object()  # ``by`` for a key's own user (the keys page)
+
+
+def create_api_key(
+    user: AbstractBaseUser, team: Team, name: str = "", *, by: AbstractBaseUser | None = SELF
+) -> tuple[ApiKey, str]:
+    """Make a key for ``user`` in ``team`` and return it with its plain text (shown once, never stored).
+    ``by``: who made it (the audit's actor; None for an operator's command)."""
+    if not Membership.objects.filter(team=team, user=user).exists():
+        raise ValueError(f"{user} is not a member of {team}")
+    while True:
+        prefix = secrets.token_hex(PREFIX_CHARS // 2)
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    secret = secrets.token_urlsafe(32)  # 256 bits
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            user=user, team=team, name=name, prefix=prefix, secret_hash=_hash_secret(secret)
+        )
+        _audit_key(key, "key_created", user if by is SELF else by)
+    return key, f"{KEY_PREFIX}{prefix}-{secret}"
+
+
+def revoke_api_key(key: ApiKey, *, by: AbstractBaseUser | None = SELF) -> None:
+    """``by``: who revoked it (the audit's actor; None for an operator's command)."""
+    if key.revoked_at is None:
+        with transaction.atomic():
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            _audit_key(key, "key_revoked", key.user if by is SELF else by)
+
+
+def _audit_key(key: ApiKey, action: str, by: AbstractBaseUser | None) -> None:
+    from review.services import audit  # the audit trail lives in review, which builds on this app
+
+    audit(
+        by,
+        action,
+        team=key.team,
+        object_repr=f"API key {key.prefix} of {key.user.get_username()}",
+        detail=key.name,
+        filters={"api_key": key.pk},
+    )
+
+
+def authenticate_api_key(raw: str) -> ApiKey | None:
+    """The active key whose plain text is ``raw``, or None. Reads only."""
+    if not raw.startswith(KEY_PREFIX):
+        return None
+    prefix, dash, secret = raw[len(KEY_PREFIX) :].partition("-")
+    if len(prefix) != PREFIX_CHARS or not dash or not secret:
+        return None
+    # One query: the key, its user and team, and whether the user is still in the team.
+    key = (
+        ApiKey.objects.select_related("user", "team")
+        .annotate(
+            user_in_team=Exists(
+                Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
+            )
+        )
+        .filter(prefix=prefix)
+        .first()
+    )
+    # Hash and compare even when the prefix is unknown, so the timing says nothing about it.
+    expected = key.secret_hash if key is not None else "0" * 64
+    if not secrets.compare_digest(_hash_secret(secret), expected) or key is None:
+        return None
+    if key.revoked_at is not None or not key.user.is_active:
+        return None
+    # A key is for one team: it stops with its user's membership, however that was removed.
+    if not key.user_in_team:
+        return None
+    return key
+
+
+def record_key_use(key: ApiKey) -> None:
+    """Note that ``key`` was used (kept apart from authentication, so a refused call writes nothing)."""
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+# --- Conversations and messages ------------------------------------------------------------------
+
+
+def start_conversation(
+    owner: AbstractBaseUser,
+    team: Team,
+    *,
+    source: str = Conversation.Source.WEB,
+    title: str = "",
+    model_id: str = "",
+    **fields: Any,
+) -> Conversation:
+    """``fields``: the other Conversation fields (visibility, system_prompt, temperature, …)."""
+    return Conversation.objects.create(
+        owner=owner, team=team, source=source, title=title[:200], model_id=model_id, **fields
+    )
+
+
+def add_message(
+    conversation: Conversation,
+    role: str,
+    content: str,
+    *,
+    name: str = "",
+    author: AbstractBaseUser | None = None,
+) -> Message:
+    message = Message.objects.create(
+        conversation=conversation,
+        role=role,
+        content=content,
+        name=name,
+        author=author,
+        status=Message.Status.COMPLETE,
+    )
+    broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    return message
+
+
+def add_user_message(
+    conversation: Conversation, content: str, *, author: AbstractBaseUser | None = None
+) -> Message:
+    with transaction.atomic():
+        message = add_message(conversation, Message.Role.USER, content, author=author)
+        conversation.save(update_fields=["updated"])
+    return message
+
+
+class ReplyInProgress(Exception):
+    """A reply is already streaming in this conversation (started by this or another process)."""
+
+
+def start_assistant_messages(
+    conversation: Conversation,
+    n: int,
+    *,
+    params: dict[str, Any],
+    prompt_tokens: int,
+    new_conversation: bool = False,
+    version_of: int | None = None,
+) -> list[Message]:
+    """Create the ``n`` assistant messages (status streaming) a generation will fill in.
+
+    The database holds one streaming answer per conversation and choice (the constraint
+    ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
+    at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
+    died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
+    first version of the answer this one regenerates (conversations/webchat.py).
+    """
+    now = timezone.now()
+    messages = [
+        Message(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            choice_index=i,
+            params=params,
+            prompt_tokens=prompt_tokens,
+            status=Message.Status.STREAMING,
+            owner_process=OWNER_PROCESS,
+            heartbeat_at=now,
+            version_of_id=version_of,
+        )
+        for i in range(n)
+    ]
+    try:
+        with transaction.atomic():
+            if not new_conversation:
+                interrupt_stale_messages(
+                    now - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk
+                )
+            for message in messages:  # one by one: bulk_create gives no ids on every backend
+                message.save()
+                broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    except IntegrityError:
+        if not Conversation.objects.filter(pk=conversation.pk).exists():
+            raise
+        raise ReplyInProgress(
+            "A reply is being written in this conversation: wait for it, or press Stop."
+        ) from None
+    return messages
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    conversation: Conversation
+    replies: list[Message]
+
+
+def start_api_call(
+    key: ApiKey,
+    *,
+    model_id: str,
+    messages: Sequence[dict[str, str]],
+    params: dict[str, Any],
+    n: int,
+    prompt_tokens: int,
+    request_user: str = "",
+) -> ApiCall:
+    """Log one admitted /v1/chat/completions call: the conversation, its messages, n replies."""
+    title = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    with transaction.atomic():
+        record_key_use(key)
+        conversation = start_conversation(
+            key.user,
+            key.team,
+            source=Conversation.Source.API,
+            title=" ".join(title.split())[:80],
+            model_id=model_id,
+            api_key=key,
+            request_user=request_user,
+            temperature=params.get("temperature"),
+            max_tokens=params.get("max_tokens"),
+        )
+        Message.objects.bulk_create(
+            Message(
+                conversation=conversation,
+                role=m["role"],
+                content=m["content"],
+                name=m.get("name", ""),
+                status=Message.Status.COMPLETE,
+            )
+            for m in messages
+        )
+        replies = start_assistant_messages(
+            conversation, n, params=params, prompt_tokens=prompt_tokens, new_conversation=True
+        )
+    return ApiCall(conversation, replies)
+
+
+def discard_api_call(call: ApiCall) -> None:
+    """Delete a logged call that never went through (its upstream failed, or its client went away,
+    before the first token): the call leaves nothing in the log, as one refused before any write."""
+    Conversation.objects.filter(pk=call.conversation.pk).delete()
+
+
+def record_upstream(message_ids: Iterable[int], name: str) -> None:
+    """Name, in the replies' params, the upstream connection that took their call."""
+    with transaction.atomic():
+        for message in Message.objects.select_for_update().filter(pk__in=list(message_ids)):
+            Message.objects.filter(pk=message.pk).update(params={**message.params, "upstream": name})
+
+
+def checkpoint_assistant_message(message_id: int, content: str) -> None:
+    """Save the text so far and the heartbeat of a streaming reply."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+        content=content, heartbeat_at=timezone.now(), owner_process=OWNER_PROCESS
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended, in the terms the Message row records."""
+
+    status: str
+    content: str
+    finish_reason: str = ""
+    token_ids: list[int] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    queue_wait: float | None = None
+    ttft: float | None = None
+    duration: float | None = None
+    error: str = ""
+
+
+def finish_assistant_message(message_id: int, outcome: Outcome) -> None:
+    """Write the final text, token ids, usage, timings and status in one transaction."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().get(pk=message_id)
+        message.status = outcome.status
+        message.content = outcome.content
+        message.finish_reason = outcome.finish_reason
+        message.token_ids = outcome.token_ids
+        if outcome.prompt_tokens is not None:
+            message.prompt_tokens = outcome.prompt_tokens
+        message.completion_tokens = outcome.completion_tokens
+        message.queue_wait = outcome.queue_wait
+        message.ttft = outcome.ttft
+        message.duration = outcome.duration
+        message.error = outcome.error
+        message.heartbeat_at = timezone.now()
+        message.save(
+            update_fields=[
+                "status",
+                "content",
+                "finish_reason",
+                "token_ids",
+                "prompt_tokens",
+                "completion_tokens",
+                "queue_wait",
+                "ttft",
+                "duration",
+                "error",
+                "heartbeat_at",
+            ]
+        )
+        Conversation.objects.filter(pk=message.conversation_id).update(updated=timezone.now())
+        broadcast(
+            message.conversation_id,
+            {
+                "type": "chat.finished",
+                "message_id": message.pk,
+                "choice_index": message.choice_index,
+                "status": outcome.status,
+                "finish_reason": outcome.finish_reason,
+            },
+        )
+
+
+def interrupt_stale_messages(older_than: datetime, *, conversation_id: int | None = None) -> int:
+    """Mark replies still 'streaming' whose heartbeat stopped before ``older_than`` as interrupted
+    (of one conversation, or of all), and tell each one's open pages (``chat.finished``, on commit).
+
+    Only a stale heartbeat counts, so a sibling process's live stream is never touched.
+    """
+    stale = Message.objects.filter(status=Message.Status.STREAMING, heartbeat_at__lt=older_than)
+    if conversation_id is not None:
+        stale = stale.filter(conversation_id=conversation_id)
+    return _interrupt(stale)
+
+
+def _interrupt(streaming: QuerySet[Message]) -> int:
+    with transaction.atomic():
+        rows = list(streaming.select_for_update().values_list("pk", "conversation_id", "choice_index"))
+        if not rows:
+            return 0
+        count = Message.objects.filter(
+            pk__in=[pk for pk, _, _ in rows], status=Message.Status.STREAMING
+        ).update(status=Message.Status.INTERRUPTED, error="the server stopped during the reply")
+        for pk, conversation_id, choice_index in rows:
+            broadcast(
+                conversation_id,
+                {
+                    "type": "chat.finished",
+                    "message_id": pk,
+                    "choice_index": choice_index,
+                    "status": Message.Status.INTERRUPTED,
+                    "finish_reason": "",
+                },
+            )
+    return count
+
+
+def interrupt_orphaned_messages() -> int:
+    """At start-up: mark as interrupted the replies still 'streaming' that belong to a process of
+    this host that no longer runs (after a kill -9 the heartbeat is still fresh for a while).
+
+    Rows of live processes, and of other hosts (left to the stale-heartbeat rule), are untouched.
+    """
+    host = socket.gethostname()
+    dead = []
+    owners = (
+        Message.objects.filter(status=Message.Status.STREAMING, owner_process__startswith=f"{host}:")
+        .values_list("owner_process", flat=True)
+        .distinct()
+    )
+    for owner in owners:
+        pid = owner.rpartition(":")[2]
+        if owner != OWNER_PROCESS and pid.isdigit() and not _process_alive(int(pid)):
+            dead.append(owner)
+    if not dead:
+        return 0
+    return _interrupt(Message.objects.filter(status=Message.Status.STREAMING, owner_process__in=dead))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def record_tools(message_ids: Sequence[int], record: dict[str, Any]) -> None:
+    """Keep a reply's tools and response format (as requested) with it."""
+    Message.objects.filter(pk__in=list(message_ids)).update(tools=record)
+
+
+def record_tool_calls(message_id: int, record: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    """Add the tool calls a finished reply made to its record."""
+    Message.objects.filter(pk=message_id).update(tools={**record, "tool_calls": calls})
+
+
+# --- The browser chat: conversation writes (owner only; the views check) and message writes ---------
+
+
+class Busy(Exception):
+    """A reply is already being generated in this conversation."""
+
+
+def current_team(user: AbstractBaseUser, team_id: int | None) -> Team:
+    """The team the user chose (``team_id`` from the session) if they are still in it, else their first
+    team; a user with no team gets a personal one."""
+    teams = queries.teams_of(user)
+    for team in teams:
+        if team.pk == team_id:
+            return team
+    if teams:
+        return teams[0]
+    return default_team(user)
+
+
+def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
+    if not Membership.objects.filter(team=team, user=owner).exists():
+        raise PermissionDenied("Not a member of this team.")
+    with transaction.atomic():
+        conversation = start_conversation(owner, team, source=Conversation.Source.WEB)
+        notify_lists(conversation)
+    return conversation
+
+
+def discard_empty_conversation(conversation: Conversation) -> None:
+    """Remove a conversation made for a first message that was then refused (it holds nothing)."""
+    with transaction.atomic():
+        if not conversation.messages.exists():
+            Conversation.objects.filter(pk=conversation.pk).delete()
+            notify_lists(conversation)
+
+
+def notify_lists(conversation: Conversation, fields: Iterable[str] = ()) -> None:
+    """Tell (on commit) every open conversation list that shows or showed ``conversation`` that it
+    changed: its owner's and, when it is or was shared, its team's (conversations/sidebar.py)."""
+    send_on_commit(sidebar.user_group(conversation.owner_id), sidebar.CHANGED)
+    if conversation.visibility == Conversation.Visibility.TEAM or "visibility" in fields:
+        send_on_commit(sidebar.team_group(conversation.team_id), sidebar.CHANGED)
+
+
+def _changed(conversation: Conversation, fields: list[str]) -> None:
+    conversation.save(update_fields=[*fields, "updated"])
+    broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+    if {"title", "visibility", "deleted_at"} & set(fields):
+        notify_lists(conversation, fields)
+
+
+def rename(conversation: Conversation, title: str) -> None:
+    with transaction.atomic():
+        conversation.title = " ".join(title.split())[:200]
+        _changed(conversation, ["title"])
+
+
+def set_visibility(conversation: Conversation, visibility: str) -> None:
+    if visibility not in Conversation.Visibility.values:
+        raise ValueError(f"unknown visibility {visibility!r}")
+    with transaction.atomic():
+        conversation.visibility = visibility
+        _changed(conversation, ["visibility"])
+
+
+def update_settings(
+    conversation: Conversation,
+    *,
+    system_prompt: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    model_id: str | None = None,
+    json_answers: bool | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> None:
+    """``model_id``: None keeps the model; blank: the default model (recorded at the next reply).
+    ``json_answers``: None keeps "Answer as JSON" and its schema; else both are set (the schema
+    checked by the caller: conversations/json_answers.py)."""
+    fields = ["system_prompt", "temperature", "max_tokens"]
+    with transaction.atomic():
+        conversation.system_prompt = system_prompt
+        conversation.temperature = temperature
+        conversation.max_tokens = max_tokens
+        if json_answers is not None:
+            conversation.json_answers = json_answers
+            conversation.json_schema = json_schema
+            fields += ["json_answers", "json_schema"]
+        if model_id is not None:
+            conversation.model_id = model_id
+            fields.append("model_id")
+        _changed(conversation, fields)
+
+
+def soft_delete(conversation: Conversation) -> None:
+    from review.services import record_deleted  # the audit trail lives in review
+
+    with transaction.atomic():
+        conversation.deleted_at = timezone.now()
+        _changed(conversation, ["deleted_at"])
+        record_deleted(conversation, conversation.owner)  # only the owner deletes
+
+
+def _check_not_busy(conversation: Conversation) -> None:
+    """One generation at a time per conversation: a streaming row whose heartbeat is fresh (in any
+    process) means one is running. A stale one is left to the interrupted-sweep."""
+    fresh = timezone.now() - timedelta(seconds=STALE_AFTER)
+    if conversation.messages.filter(status=Message.Status.STREAMING, heartbeat_at__gte=fresh).exists():
+        raise Busy("A reply is being written in this conversation: wait for it, or press Stop.")
+
+
+def post_user_message(conversation: Conversation, text: str, author: AbstractBaseUser) -> Message:
+    """Commit the user's message (and the title, from the first one) before anything is generated."""
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        _check_not_busy(locked)
+        message = add_user_message(locked, text, author=author)
+        if not locked.title:
+            locked.title = " ".join(text.split())[:TITLE_CHARS]
+            _changed(locked, ["title"])
+        conversation.title = locked.title
+    return message
+
+
+def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:
+    """Hide ``messages`` (one branch) from the conversation, kept for reviewers and for browsing the
+    versions. The branch gets a timestamp no other hidden branch of the conversation has."""
+    ids = [m.pk for m in messages]
+    if ids:
+        stamp = timezone.now()
+        latest = (
+            conversation.messages.filter(superseded_at__isnull=False)
+            .order_by("-superseded_at")
+            .values_list("superseded_at", flat=True)
+            .first()
+        )
+        if latest is not None and stamp <= latest:
+            stamp = latest + timedelta(microseconds=1)
+        Message.objects.filter(pk__in=ids, conversation=conversation).update(superseded_at=stamp)
+        broadcast(conversation.pk, {"type": "chat.superseded", "message_ids": ids})
+    return ids
+
+
+def select_version(conversation: Conversation, message_id: int) -> None:
+    """Show the version ``message_id`` of a message instead of the one shown, with its branch.
+
+    The shown version and everything after it are hidden (one branch); the chosen version and the
+    messages hidden together with it come back. Refused while a reply is being written."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        chosen = conversation.messages.filter(pk=message_id).first()
+        if chosen is None:
+            raise ValueError("There is no such version.")
+        if chosen.superseded_at is None:
+            return  # already shown
+        root = queries.version_root(chosen)
+        shown = queries.visible_messages(conversation).filter(Q(pk=root) | Q(version_of=root)).first()
+        if shown is None:
+            raise ValueError("This version belongs to a branch that is not shown.")
+        branch = conversation.messages.filter(superseded_at=chosen.superseded_at, pk__gte=chosen.pk)
+        restored = list(branch.values_list("pk", flat=True))
+        supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=shown.pk))
+        Message.objects.filter(pk__in=restored).update(superseded_at=None)
+        broadcast(conversation.pk, {"type": "chat.refresh"})
+
+
+def prepare_regenerate(conversation: Conversation) -> Message | None:
+    """Supersede the last answer, so that a new one can be generated; return the user message it
+    answered (marked unanswered if the model cannot take the new reply)."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        last = queries.visible_messages(conversation).last()
+        if last is None or last.role != Message.Role.ASSISTANT:
+            raise ValueError("There is no answer to regenerate.")
+        supersede(conversation, [last])
+        question = queries.visible_messages(conversation).filter(role=Message.Role.USER).last()
+        if question is not None:
+            question.answer_version_of = queries.version_root(last)  # the new answer: its next version
+            question.replaced_answer = last.pk  # shown again if the new one cannot be started
+        return question
+
+
+def undo_regenerate(conversation: Conversation, question: Message) -> None:
+    """The new answer could not be started (``prepare_regenerate`` hid the shown one): show that
+    answer again, and the question as answered, as they were."""
+    with transaction.atomic():
+        if queries.visible_messages(conversation).filter(pk__gt=question.pk).exists():
+            return
+        replaced = conversation.messages.filter(pk=question.replaced_answer)
+        replaced.update(superseded_at=None)
+        Message.objects.filter(pk=question.pk).update(status=Message.Status.COMPLETE, error="")
+        broadcast(conversation.pk, {"type": "chat.refresh"})
+
+
+def prepare_retry(conversation: Conversation, message_id: int) -> Message:
+    """An unanswered user message, the conversation's last, becomes an ordinary one to answer."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        last = queries.visible_messages(conversation).last()
+        if last is None or last.pk != message_id or last.status != Message.Status.UNANSWERED:
+            raise ValueError("Only the last, unanswered message can be retried.")
+        last.status = Message.Status.COMPLETE
+        last.error = ""
+        last.save(update_fields=["status", "error"])
+        broadcast(conversation.pk, {"type": "chat.message", "message_id": last.pk})
+    return last
+
+
+def edit_and_resend(
+    conversation: Conversation, message_id: int, text: str, author: AbstractBaseUser
+) -> Message:
+    """Supersede the user message and everything after it; add the edited text as a new message."""
+    with transaction.atomic():
+        _check_not_busy(Conversation.objects.select_for_update().get(pk=conversation.pk))
+        target = queries.get_visible_message(conversation, message_id)
+        if target is None or not queries.can_edit(target, conversation, author):
+            raise ValueError("You can edit only your own messages.")
+        supersede(conversation, queries.visible_messages(conversation).filter(pk__gte=target.pk))
+        message = add_user_message(conversation, text, author=author)
+        message.version_of_id = queries.version_root(target)
+        message.save(update_fields=["version_of"])
+        return message
+
+
+def mark_unanswered(message: Message, reason: str = "", *, never_fits: bool = False) -> None:
+    """The model could not take the reply (queue full, still loading, too long): keep the message.
+    ``never_fits``: it is longer than the model's context (the page offers no Retry then)."""
+    message.status = Message.Status.UNANSWERED
+    message.error = reason
+    message.params = {**(message.params or {}), "never_fits": True} if never_fits else message.params
+    message.save(update_fields=["status", "error", "params"])
+    broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})

@@ -1,0 +1,356 @@
+"""Starting and stopping the browser chat's replies (called by the websocket consumer).
+
+The path of one message: the user message is committed (``actions``), the prompt is built from the
+visible history (the oldest turns are left out when it outgrows the context; the system prompt
+stays), the scheduler admits the job or the message becomes ``unanswered``, and the runner owns
+the job from then on: closing the tab does not lose the reply.
+
+One generation runs at a time per conversation: this process keeps its runs by conversation,
+``actions`` refuses a new message while a streaming row with a fresh heartbeat exists (in any
+process), and the database holds at most one streaming answer per conversation, so of two
+processes that passed that check at once, the second is told the conversation is busy (its message
+is kept as unanswered, and its job cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+
+from conversations import actions, chat_limits, json_answers, queries, ttft
+from conversations.live import runner, upstream_replies
+from conversations.models import Conversation, Message
+from conversations.runtime import ModelNotReady, get_runtime
+from inference.constraints import ConstraintError
+from inference.jobs import ContextLengthExceeded, Overloaded
+from inference.model import ChatModel
+from inference.sampling import SamplingParams
+from upstreams import choices, registry
+from upstreams.permissions import allowed_models
+
+DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
+
+log = logging.getLogger(__name__)
+_runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
+_starting: set[int] = set()
+_waiters: set[asyncio.Future] = set()  # strong references until each run is forgotten
+
+
+class ChatError(Exception):
+    """Something to tell the person in the page (nothing is lost)."""
+
+
+class TooLong(ChatError):
+    """The message does not fit the model's context even as the only turn: retrying cannot help."""
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    max_tokens: int
+    dropped: int  # messages left out (oldest first) to fit the context
+
+
+def build_prompt(
+    model: ChatModel, system_prompt: str, history: list[dict[str, Any]], max_tokens: int
+) -> Prompt:
+    """The prompt ids of ``history``, leaving out its oldest turns until it fits with ``max_tokens``.
+
+    A turn is a user message and the answers after it; the last turn is always kept (with fewer
+    tokens to generate if need be). The system prompt, and any system message of the history (a
+    conversation logged from the API may have them), always stay, first.
+    """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    system += [m for m in history if m["role"] == "system"]
+    history = [m for m in history if m["role"] != "system"]
+    starts = [i for i, m in enumerate(history) if m["role"] == "user"] or [0]
+    scheduler = model.scheduler
+    for start in starts:
+        ids = model.prompt_ids(system + history[start:])
+        try:
+            scheduler.resolve_max_tokens(len(ids), max_tokens)
+        except ContextLengthExceeded:
+            continue
+        return Prompt(ids, max_tokens, start)
+    room = scheduler.context_length - len(ids)
+    if room < MIN_ROOM:
+        raise TooLong(
+            f"This message is too long for the model: {len(ids)} tokens with the system prompt, "
+            f"and the model's context holds {scheduler.context_length}."
+        )
+    return Prompt(ids, room, starts[-1])
+
+
+def _prompt_and_grammar(model: ChatModel, conversation: Conversation) -> tuple[Prompt, str | None]:
+    """The prompt of the conversation's visible history and its "Answer as JSON" grammar (None
+    without), or ``ChatError`` saying why there can be no reply."""
+    history = queries.prompt_messages(conversation)
+    ttft.mark("history")
+    prompt = build_prompt(
+        model, conversation.system_prompt, history, conversation.max_tokens or DEFAULT_MAX_TOKENS
+    )
+    try:
+        grammar = json_answers.grammar(conversation, model.tokenizer)
+    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
+        raise ChatError(f"The JSON schema of this conversation cannot be used: {exc}") from None
+    return prompt, grammar
+
+
+def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None = None) -> SamplingParams:
+    cap = settings.CHAT_MAX_TOKENS_CAP  # test-only
+    temperature = conversation.temperature
+    return SamplingParams(
+        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+        top_p=DEFAULT_TOP_P,
+        max_tokens=min(max_tokens, cap) if cap else max_tokens,
+        grammar=grammar,  # "Answer as JSON" (conversations/json_answers.py)
+    )
+
+
+def is_running(conversation_id: int) -> bool:
+    """A reply is starting or running here. A run whose rows all have their final state (its
+    pages were told it ended) no longer counts, though it is forgotten a moment later: a message
+    a page queued until then is taken at once."""
+    run = _runs.get(conversation_id)
+    return conversation_id in _starting or (run is not None and not all(t.done() for t in run.tasks))
+
+
+async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
+    """Admit and start a reply to the conversation's visible history (``user_message``: the message
+    to mark unanswered if the model cannot take it)."""
+    model_id = await _chosen_model(conversation, user_message)
+    if model_id != choices.embedded_model_id():
+        if conversation.json_answers:  # only the embedded model decodes under a grammar
+            await _unanswered(
+                user_message,
+                f"“Answer as JSON” works with the embedded model only, not '{model_id}'. "
+                "Choose it, or turn the setting off, in the settings.",
+            )
+        if not (await registry.apool()).replicas(model_id):
+            await _unanswered(
+                user_message, f"The model '{model_id}' is not available now. Choose another in the settings."
+            )
+        await upstream_replies.generate(
+            user,
+            conversation,
+            model_id,
+            _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
+            _track,
+            version_of=_version_of(user_message),
+        )
+        return
+    try:
+        model = get_runtime().get()
+    except ModelNotReady as exc:
+        await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+        return
+    try:
+        # One trip to a worker thread (each costs a thread hop on the way to the first token): the
+        # history, its template and tokens (a long history would stall the event loop), the grammar.
+        prompt, grammar = await database_sync_to_async(_prompt_and_grammar, thread_sensitive=False)(
+            model, conversation
+        )
+    except TooLong as exc:
+        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
+        return
+    except ChatError as exc:  # the conversation's JSON schema
+        await _unanswered(user_message, str(exc))
+        return
+    params = _sampling(conversation, prompt.max_tokens, grammar)
+    ttft.mark("prompt")
+    try:
+        # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
+        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
+    except Overloaded as exc:
+        await _unanswered(
+            user_message, f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
+        )
+        return
+    except ContextLengthExceeded as exc:  # the context shrank between building and submitting
+        await _unanswered(user_message, str(exc))
+        return
+    ttft.mark("admitted")
+    record = {
+        "model": model.model_id,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "dropped_messages": prompt.dropped,
+    }
+    if (answer_format := json_answers.response_format(conversation)) is not None:
+        record["response_format"] = answer_format
+    try:
+        (message,) = await database_sync_to_async(actions.start_assistant_messages, thread_sensitive=False)(
+            conversation,
+            1,
+            params=record,
+            prompt_tokens=len(prompt.ids),
+            version_of=_version_of(user_message),
+        )
+    except actions.ReplyInProgress as exc:
+        # Another web process started a reply here after our busy check: ours gives its place back.
+        job.cancel()
+        await _unanswered(user_message, str(exc))
+        return
+    except BaseException:
+        job.cancel()
+        raise
+    ttft.mark("logged")
+    ttft.follow_message(message.pk, job)
+    run = runner.start(conversation.pk, [job], [message])
+    _track(conversation.pk, run)
+
+
+def _version_of(user_message: Message | None) -> int | None:
+    """The answer a regenerated one is a new version of (``actions.prepare_regenerate`` says)."""
+    return getattr(user_message, "answer_version_of", None)
+
+
+async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
+    """The conversation's model (recorded at its first reply), if its team may use it."""
+    model_id = choices.model_for(conversation.model_id)
+    allowed = await database_sync_to_async(allowed_models)(conversation.team_id)
+    if allowed is not None and model_id not in allowed:
+        await _unanswered(
+            user_message, f"Your team may not use the model '{model_id}'. Choose another in the settings."
+        )
+    if not conversation.model_id:
+        await Conversation.objects.filter(pk=conversation.pk, model_id="").aupdate(model_id=model_id)
+        conversation.model_id = model_id
+    return model_id
+
+
+def _track(conversation_id: int, run: runner.Run) -> None:
+    _runs[conversation_id] = run
+    waiter = asyncio.ensure_future(run.wait())
+    _waiters.add(waiter)
+    waiter.add_done_callback(_waiters.discard)
+    waiter.add_done_callback(lambda _: _forget(conversation_id, run))
+
+
+def _forget(conversation_id: int, run: runner.Run) -> None:
+    if _runs.get(conversation_id) is run:  # not a next run, started as this one ended
+        del _runs[conversation_id]
+
+
+async def _unanswered(message: Message | None, reason: str, *, never_fits: bool = False) -> None:
+    if message is None:
+        raise ChatError(reason)
+    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(
+        message, reason, never_fits=never_fits
+    )
+    raise ChatError(reason)
+
+
+async def _start(
+    user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any, text: str | None = None
+) -> None:
+    """Run ``prepare`` (an actions write that returns the user message to answer, or None) and
+    generate the reply, with no other start or run in this conversation meanwhile. The limits
+    (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
+    if is_running(conversation.pk):
+        busy = ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise _kept(busy, text)
+    _starting.add(conversation.pk)
+    try:
+        reservation = await chat_limits.reserve(user, conversation, text, ChatError)
+        ttft.mark("reserved")
+        try:
+            try:
+                # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
+                # waiting for the lock there would stall every socket of the process
+                # (conversations/faults.py).
+                message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
+                ttft.mark("user_row")
+            except (actions.Busy, ValueError) as exc:
+                raise _kept(ChatError(str(exc)), text) from None
+            try:
+                await _generate(user, conversation, message)
+            except ChatError:
+                if _version_of(message) is not None and run_of(conversation.pk) is None:
+                    # A regenerate the model could not take: the answer it replaced comes back.
+                    await database_sync_to_async(actions.undo_regenerate, thread_sensitive=False)(
+                        conversation, message
+                    )
+                raise
+        except BaseException:
+            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+            raise
+        run = _runs.get(conversation.pk)
+        if run is None:
+            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+        else:
+            chat_limits.limits.settle_after(run, reservation)
+    finally:
+        _starting.discard(conversation.pk)
+
+
+def _kept(exc: ChatError, text: str | None) -> ChatError:
+    """``exc`` for a message that was not written: the page puts ``text`` back in the box."""
+    if text is not None:
+        exc.args = (f"{exc} Your message was not sent; it is still in the box.",)
+        exc.keep_text = text  # type: ignore[attr-defined]
+    return exc
+
+
+async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
+    await _start(user, conversation, actions.post_user_message, text, user, text=text)
+
+
+async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
+    await _start(user, conversation, actions.prepare_regenerate)
+
+
+async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    """Show another version of a message (and its branch); nothing is generated."""
+    if is_running(conversation.pk):
+        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+    try:
+        await database_sync_to_async(actions.select_version, thread_sensitive=False)(conversation, message_id)
+    except (actions.Busy, ValueError) as exc:
+        raise ChatError(str(exc)) from None
+
+
+async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
+    await _start(user, conversation, actions.prepare_retry, message_id)
+
+
+async def edit(user: AbstractBaseUser, conversation: Conversation, message_id: int, text: str) -> None:
+    await _start(user, conversation, actions.edit_and_resend, message_id, text, user, text=text)
+
+
+def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
+    """Stop the conversation's reply (within one token); it is saved with its partial text."""
+    run = _runs.get(conversation_id)
+    if run is None:
+        return False
+    run.cancel(status)
+    return True
+
+
+async def astop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
+    """``stop``, also when the reply runs in another web process (several processes share Redis)."""
+    if stop(conversation_id, status):
+        return True
+    if not runner.shared_layer():
+        return False
+    streaming = await Message.objects.filter(
+        conversation_id=conversation_id, status=Message.Status.STREAMING
+    ).aexists()
+    if streaming:
+        log.info("stop for conversation %s sent to the process running it", conversation_id)
+        await runner.stop_elsewhere(conversation_id, status)
+    return streaming
+
+
+def run_of(conversation_id: int) -> runner.Run | None:
+    return _runs.get(conversation_id)

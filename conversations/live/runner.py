@@ -1,0 +1,370 @@
+"""Owns running generations: follows admitted jobs and keeps their assistant messages up to date.
+
+For each (job, message) pair a task on the event loop consumes the job's events and
+- publishes the new text to the group ``conversation-<id>`` at most ~10 times a second
+  (``{"type": "chat.delta", "message_id", "choice_index", "text", "html"}``: the text added since
+  the last one, and the whole answer so far rendered (``render.StreamRender``: once per reply, in a
+  render thread, only the open block again), which every viewer's consumer forwards as it is;
+- publishes the queue position and the start at once (``chat.queued`` with ``n_ahead``, ``chat.started``),
+  so a page can say "waiting, N ahead" instead of hanging;
+- checkpoints the text so far, with a heartbeat, to the row at least every second (only text that
+  has gone out to clients: after a crash the saved text is a prefix of what they saw);
+- at the end writes the final text, token ids, usage, timings and status in one transaction
+  (``actions.finish_assistant_message``, which broadcasts ``chat.finished`` on commit).
+
+The job belongs to the runner, not to whoever started it: closing a browser tab or returning an
+HTTP response does not lose the reply. ``Run.cancel(status)`` stops it; the status says why
+(``cancelled`` for an API client that went away, ``stopped`` for a person pressing Stop). A job
+cancelled by anyone else (the scheduler draining at shutdown) ends as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from html import escape
+
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.utils import timezone
+
+from conversations import actions, metrics, ttft
+from conversations.live import saving
+from conversations.models import Message
+from conversations.render import StreamRender
+from inference.jobs import Delta, EventPump, Finished, Job, Queued, Started
+from inference.remote.receiving import close_receiver, receive_until_closed
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL = 0.1  # seconds between delta broadcasts (renders) per reply
+CHECKPOINT_INTERVAL = 1.0  # seconds between text checkpoints (and heartbeats) per reply
+
+# Runs hold strong references to their tasks; this set holds the runs' tasks until they end.
+_tasks: set[asyncio.Task] = set()
+_swept = False
+# Deltas are rendered here, off the event loop: a reply's renders one after another (its task awaits
+# each), the replies of a process side by side.
+_render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+
+
+def outcome_for(finished: Finished, cancel_status: str | None) -> actions.Outcome:
+    """The row's final state for a job's Finished event."""
+    if finished.reason not in ("cancelled", "error"):  # stop, length, or an upstream's own (tool_calls, …)
+        status, finish_reason = Message.Status.COMPLETE, finished.reason
+    elif finished.reason == "cancelled":
+        status, finish_reason = cancel_status or Message.Status.INTERRUPTED, ""
+    else:
+        status, finish_reason = Message.Status.ERROR, ""
+    t = finished.timings
+    return actions.Outcome(
+        status=status,
+        content=finished.text,
+        finish_reason=finish_reason,
+        token_ids=list(finished.token_ids) if finished.token_ids is not None else None,
+        prompt_tokens=finished.usage.prompt_tokens,
+        completion_tokens=finished.usage.completion_tokens,
+        queue_wait=t.queue_wait,
+        ttft=t.ttft,
+        duration=t.duration,
+        error=finished.error or "",
+    )
+
+
+class Run:
+    """The generations of one reply (n of them for an API call with n > 1)."""
+
+    def __init__(self, conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]) -> None:
+        if len(jobs) != len(messages):
+            raise ValueError("one message per job")
+        self.conversation_id = conversation_id
+        self.jobs = list(jobs)
+        self.message_ids = [m.pk for m in messages]
+        self.cancel_status: str | None = None
+        # Replies whose final state could not be written when they ended (saving.save_final).
+        self.unsaved: set[int] = set()
+        # Characters of each reply that reached its client, for a consumer that reports them (an
+        # SSE stream): checkpoints then never save text the client has not seen. None: the
+        # runner's own broadcasts are what clients see.
+        self.delivered: list[int] | None = None
+        loop = asyncio.get_running_loop()
+        # A fresh context: the tasks outlive the request that started them, so they must not run
+        # their database calls in that request's (soon closed) thread-sensitive executor.
+        self.tasks = [
+            loop.create_task(self._follow(job, m.pk, m.choice_index), context=contextvars.Context())
+            for job, m in zip(self.jobs, messages, strict=True)
+        ]
+        for task in self.tasks:
+            _keep(task)
+        if shared_layer():
+            # Other web processes (sharing Redis) may show this conversation and press Stop there.
+            _keep(loop.create_task(_stops.follow(self), context=contextvars.Context()))
+
+    def track_delivery(self) -> None:
+        """From now on checkpoints save at most what ``mark_delivered`` reports (before the first
+        response byte, so nothing unsent is saved meanwhile)."""
+        self.delivered = [0] * len(self.jobs)
+
+    def mark_delivered(self, chars: Sequence[int]) -> None:
+        """The characters of each reply handed to the client's connection so far."""
+        self.delivered = list(chars)
+
+    def cancel(self, status: str = Message.Status.CANCELLED) -> None:
+        """Stop every job (within one token); their rows end with ``status`` and the partial text."""
+        if self.cancel_status is None:
+            self.cancel_status = status
+        for job in self.jobs:
+            job.cancel()
+
+    async def wait(self) -> list[Finished]:
+        """The jobs' Finished events, once every row has its final state written.
+
+        Cancelling the waiter does not cancel the run (the caller decides that with ``cancel``).
+        """
+        return list(await asyncio.shield(asyncio.gather(*self.tasks)))
+
+    async def _follow(self, job: Job, message_id: int, choice_index: int) -> Finished:
+        loop = asyncio.get_running_loop()
+        # The loop is not woken for every token: the pump wakes this task for the first text
+        # after a publish (it is re-armed there) and for the other, rare events.
+        texts: deque[str] = deque()
+        render = StreamRender()  # one per reply, whoever watches it
+        parts: list[str] = []
+        unsent: list[str] = []
+        last_publish, last_checkpoint = 0.0, time.monotonic()
+        checkpointing: asyncio.Task | None = None
+        finished: Finished | None = None
+        with EventPump([job]) as pump:
+            while finished is None:
+                now = time.monotonic()
+                due = last_checkpoint + CHECKPOINT_INTERVAL
+                if unsent or texts:
+                    due = min(due, last_publish + PUBLISH_INTERVAL)
+                await pump.wait(timeout=max(0.0, due - now))  # at once when events are pending
+                for _, event in pump.take():
+                    if isinstance(event, Delta):
+                        texts.append(event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    elif isinstance(event, Queued):
+                        queued = {"type": "chat.queued", "message_id": message_id, "n_ahead": event.n_ahead}
+                        await self._send(queued)
+                    elif isinstance(event, Started):
+                        await self._send({"type": "chat.started", "message_id": message_id})
+                if finished is not None:
+                    break
+                now = time.monotonic()
+                if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
+                    pump.arm()  # before taking: text queued from now on wakes the task
+                    _take(texts, parts, unsent)
+                    ttft.mark_message(message_id, "publish")
+                    await self._publish(message_id, choice_index, unsent, render)
+                    unsent, last_publish = [], now
+                if now - last_checkpoint >= CHECKPOINT_INTERVAL:
+                    # Only text that has gone out (broadcast, and delivered where that is tracked):
+                    # after a crash the saved text is a prefix of what every client saw.
+                    text = "".join(parts[: len(parts) - len(unsent)])
+                    if self.delivered is not None:
+                        text = text[: self.delivered[choice_index]]
+                    # In the background: a slow write (a held lock) must not stall the stream.
+                    if checkpointing is None or checkpointing.done():
+                        checkpointing = loop.create_task(self._checkpoint(message_id, text))
+                        _keep(checkpointing)
+                    last_checkpoint = now
+        _take(texts, parts, unsent)  # every Delta is queued before the Finished that follows it
+        metrics.observe_generation(finished)
+        if unsent:
+            await self._publish(message_id, choice_index, unsent, render)
+        if checkpointing is not None:  # the last checkpoint first: no write of this reply outlives it
+            await asyncio.wait([checkpointing])
+        if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
+            # The database cannot be written (full, locked): the clients are told in-band, and
+            # the row is saved later or marked interrupted (conversations/live/saving.py).
+            self.unsaved.add(message_id)
+            await self._send({"type": "chat.unsaved", "message_id": message_id})
+        return finished
+
+    async def _publish(
+        self, message_id: int, choice_index: int, texts: list[str], render: StreamRender
+    ) -> None:
+        text = "".join(texts)
+        html = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, render, text)
+        await self._send(
+            {
+                "type": "chat.delta",
+                "message_id": message_id,
+                "choice_index": choice_index,
+                "text": text,
+                "html": html,
+            }
+        )
+
+    async def _send(self, event: dict) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            await layer.group_send(actions.group_name(self.conversation_id), event)
+        except Exception:  # a full or broken channel layer must not stop the reply being saved
+            log.exception("could not publish %s of conversation %s", event["type"], self.conversation_id)
+
+    @staticmethod
+    async def _checkpoint(message_id: int, text: str) -> None:
+        try:
+            # Not thread-sensitive: that one thread serves every request's database work, and a
+            # write waiting for the lock there would stall them all.
+            await database_sync_to_async(actions.checkpoint_assistant_message, thread_sensitive=False)(
+                message_id, text
+            )
+        except Exception:
+            log.exception("could not checkpoint message %s", message_id)
+
+
+def start(conversation_id: int, jobs: Sequence[Job], messages: Sequence[Message]) -> Run:
+    """Follow admitted ``jobs`` into their ``messages`` (rows made by ``actions``, status streaming)."""
+    global _swept
+    if not _swept:
+        # Once per process: replies left 'streaming' by a process that died are interrupted.
+        _swept = True
+        _keep(asyncio.get_running_loop().create_task(_sweep(), context=contextvars.Context()))
+    return Run(conversation_id, jobs, messages)
+
+
+async def _sweep() -> None:
+    try:
+        count = await database_sync_to_async(sweep_stale_sync, thread_sensitive=False)()
+    except Exception:
+        log.exception("could not mark stale replies as interrupted")
+    else:
+        if count:
+            log.info("marked %d stale replies as interrupted", count)
+
+
+def _render(render: StreamRender, text: str) -> str:
+    """The whole answer so far as HTML, ``text`` added (in a render thread)."""
+    try:
+        return str(render.add(text))
+    except Exception:  # a renderer bug must not stop the reply: its text is shown plain meanwhile
+        log.exception("could not render a reply's text")
+        return f"<p>{escape(render.text)}</p>"
+
+
+def _take(texts: deque[str], parts: list[str], unsent: list[str]) -> None:
+    """Move the text the producer queued into the reply so far and the text not yet published."""
+    while texts:
+        text = texts.popleft()
+        parts.append(text)
+        unsent.append(text)
+
+
+def _keep(task: asyncio.Task) -> None:
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def sweep_stale_sync() -> int:
+    """Mark replies whose heartbeat stopped STALE_AFTER seconds ago as interrupted (any process)."""
+    return actions.interrupt_stale_messages(timezone.now() - timedelta(seconds=actions.STALE_AFTER))
+
+
+async def wait_all(timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until every run's final state is written: for a clean shutdown."""
+    pending = [t for t in _tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
+def shared_layer() -> bool:
+    """Whether the channel layer reaches other processes (Redis), not just this one."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
+def control_group_name(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}-control"
+
+
+async def stop_elsewhere(conversation_id: int, status: str, layer=None) -> None:
+    """Ask whichever process runs the conversation's reply to stop it (see ``StopListener``)."""
+    await (layer or get_channel_layer()).group_send(
+        control_group_name(conversation_id),
+        {"type": "chat.stop", "conversation_id": conversation_id, "status": status},
+    )
+
+
+class StopListener:
+    """Receives ``chat.stop`` (sent by ``stop_elsewhere`` from another web process) for the
+    conversations whose replies run in this process, and cancels those runs.
+
+    ONE receiver per process, on one channel that joins each running conversation's control
+    group, rather than one receiver per reply: channels_redis reads all of a process's channels
+    through whichever receiver holds its read, and a receiver cancelled in the middle of that read
+    (as a per-reply one would be at the end of every reply) can lose a message meant for another
+    channel of the process (one that Redis handed over but the receiver never read): a token, a
+    Stop, or the end of a reply.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.runs: dict[int, set[Run]] = {}
+
+    async def follow(self, run: Run) -> None:
+        """Listen for Stop on ``run``'s conversation until the run ends."""
+        layer = get_channel_layer()
+        group = control_group_name(run.conversation_id)
+        try:
+            await self._start(layer)
+            self.runs.setdefault(run.conversation_id, set()).add(run)
+            await layer.group_add(group, self.channel)
+        except Exception:
+            log.exception("Stop from other processes will not reach conversation %s", run.conversation_id)
+        try:
+            await asyncio.gather(*run.tasks, return_exceptions=True)
+        finally:
+            runs = self.runs.get(run.conversation_id, set())
+            runs.discard(run)
+            if not runs:
+                self.runs.pop(run.conversation_id, None)
+                try:
+                    await layer.group_discard(group, self.channel)
+                except Exception:
+                    log.exception("leaving %s", group)
+
+    async def _start(self, layer) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is not None and not self.task.done() and self.loop is loop:
+            return
+        if self.loop is not loop:  # a new event loop (tests): the old one's runs are gone
+            self.loop, self.runs = loop, {}
+        self.channel = await layer.new_channel()
+        receiving = receive_until_closed(layer, self.channel, self._on_message, "Stop requests")
+        self.task = loop.create_task(receiving, context=contextvars.Context())
+
+    def _on_message(self, message: dict) -> None:
+        if message.get("type") != "chat.stop":
+            return
+        conversation_id = message.get("conversation_id")
+        for run in list(self.runs.get(conversation_id, ())):
+            log.info("stop for conversation %s from another process", conversation_id)
+            run.cancel(message.get("status") or Message.Status.STOPPED)
+
+    async def aclose(self) -> None:
+        """End the receive loop (see ``inference.remote.receiving``)."""
+        task, self.task = self.task, None
+        await close_receiver(get_channel_layer(), self.channel, task)
+
+
+_stops = StopListener()
+
+
+async def stop_listening() -> None:
+    """At shutdown, after ``wait_all``: end the Stop listener's receive loop."""
+    await _stops.aclose()

@@ -1,0 +1,163 @@
+"""The conversation data as a user may see it: reads only (writes are in conversations/actions.py).
+
+The ``get_<object>_for_user`` helpers answer 404 for a forbidden object and a missing one alike, so
+there is no existence oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from conversations.models import ApiKey, Conversation, Membership, Message, Team
+
+SEARCH_LIMIT = 100
+
+
+# --- The browser chat --------------------------------------------------------------------------
+
+
+def teams_of(user: AbstractBaseUser) -> list[Team]:
+    return list(Team.objects.filter(memberships__user=user).order_by("name"))
+
+
+def sidebar_conversations(
+    user: AbstractBaseUser, team: Team, query: str = "", source: str = Conversation.Source.WEB
+) -> QuerySet[Conversation]:
+    """The user's browser conversations in ``team`` and the team's shared ones, newest first;
+    ``query`` searches titles and the text of visible messages. (API calls are logged as
+    conversations too; they stay out of the default list, which would otherwise fill with scripts'
+    calls: ``source="api"`` lists the user's own calls, made with their keys in ``team``.)
+    """
+    if source == Conversation.Source.API:
+        conversations = visible_conversations(user).filter(
+            team=team, source=Conversation.Source.API, owner=user
+        )
+    else:
+        conversations = visible_conversations(user).filter(team=team, source=Conversation.Source.WEB)
+    query = query.strip()
+    if query:
+        matching = Message.objects.filter(content__icontains=query, superseded_at__isnull=True).values(
+            "conversation_id"
+        )
+        conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=matching))
+    return conversations.select_related("owner").order_by("-updated")[:SEARCH_LIMIT]
+
+
+def visible_messages(conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.filter(superseded_at__isnull=True).order_by("id")
+
+
+def version_root(message: Message) -> int:
+    """The id of the first version of ``message`` (its own when it is one)."""
+    return message.version_of_id or message.pk
+
+
+def versions_of(messages: Iterable[Message]) -> dict[int, list[int]]:
+    """For each message, the ids of all its versions, oldest first (a message with one version
+    maps to ``[its id]``)."""
+    messages = list(messages)
+    roots = {version_root(m) for m in messages}
+    groups: dict[int, list[int]] = {root: [] for root in roots}
+    rows = Message.objects.filter(Q(pk__in=roots) | Q(version_of__in=roots)).order_by("id")
+    for pk, version_of in rows.values_list("pk", "version_of"):
+        groups[version_of or pk].append(pk)
+    return {m.pk: groups[version_root(m)] for m in messages}
+
+
+def get_conversation_for_owner(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+    """The conversation, for an owner-only action: 404 for whoever cannot see it, 403 for a teammate."""
+    conversation = get_conversation_for_user(user, conversation_id)
+    if conversation.owner_id != user.pk:
+        raise PermissionDenied("Only the owner can do this.")
+    return conversation
+
+
+def can_edit(message: Message, conversation: Conversation, user: AbstractBaseUser) -> bool:
+    """A user message can be edited by its author (by the owner when it has none: an API log)."""
+    if message.role != Message.Role.USER:
+        return False
+    if message.author_id is not None:
+        return message.author_id == user.pk
+    return conversation.owner_id == user.pk
+
+
+def get_visible_message(conversation: Conversation, message_id: int) -> Message | None:
+    return visible_messages(conversation).filter(pk=message_id).first()
+
+
+def prompt_messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """The conversation as chat messages for the model, oldest first, without the system prompt.
+
+    Left out: superseded messages, unanswered user messages other than the last, and answers
+    with no text. System messages (from an API call's log) are kept; ``replies.build_prompt`` puts
+    them first. An answer carries its generated ids (the KV cache is reused from them).
+    """
+    rows = list(visible_messages(conversation))
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(rows):
+        if m.role == Message.Role.USER:
+            if m.status == Message.Status.UNANSWERED and i != len(rows) - 1:
+                continue
+            out.append({"role": "user", "content": m.content})
+        elif m.role == Message.Role.SYSTEM:
+            out.append({"role": "system", "content": m.content})
+        elif m.role == Message.Role.ASSISTANT and m.content:
+            item: dict[str, Any] = {"role": "assistant", "content": m.content}
+            if m.status == Message.Status.COMPLETE and m.token_ids is not None:
+                item["token_ids"] = m.token_ids
+            out.append(item)
+    return out
+
+
+# --- Teams, keys, conversations and messages a user may see (404 for the others) ----------------
+
+
+def get_team_for_user(user: AbstractBaseUser, team_id: int) -> Team:
+    try:
+        return Team.objects.get(pk=team_id, memberships__user=user)
+    except Team.DoesNotExist:
+        raise Http404("No such team") from None
+
+
+def get_api_key_for_user(user: AbstractBaseUser, key_id: int) -> ApiKey:
+    try:
+        return ApiKey.objects.get(pk=key_id, user=user)
+    except ApiKey.DoesNotExist:
+        raise Http404("No such API key") from None
+
+
+def visible_conversations(user: AbstractBaseUser) -> QuerySet[Conversation]:
+    """The conversations ``user`` may read: their own private ones, and their teams' shared ones
+    (not deleted).
+
+    Team conversations stay with the team: one shared with a team is visible only to the team's
+    members, its owner included, so a member removed from the team loses the shared conversations
+    he owned (the team and its reviewers keep them). His private conversations stay his."""
+    teams = Membership.objects.filter(user=user).values("team_id")
+    return Conversation.objects.filter(
+        Q(owner=user, visibility=Conversation.Visibility.PRIVATE)
+        | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
+        deleted_at__isnull=True,
+    )
+
+
+def get_conversation_for_user(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+    try:
+        return visible_conversations(user).get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation") from None
+
+
+def get_message_for_user(user: AbstractBaseUser, message_id: int) -> Message:
+    try:
+        return Message.objects.select_related("conversation").get(
+            pk=message_id, conversation__in=visible_conversations(user)
+        )
+    except Message.DoesNotExist:
+        raise Http404("No such message") from None
