@@ -136,8 +136,13 @@ def main() -> None:
                 if server is front:
                     loop_cpu += main_thread_cpu(pid) - loop_before
                     process_cpu += process_cpu_seconds(pid) - process_before
-        crowd_direct = concurrent(upstream, args.clients, args.client_tokens, NO_EOS)
-        crowd_through = concurrent(front, args.clients, args.client_tokens, NO_EOS)
+        # Their own prompts too: the second crowd must not find the first's in the prompt cache.
+        crowd_direct = concurrent(
+            upstream, args.clients, args.client_tokens, NO_EOS, lambda i: f"(c{i}) {STORY}"
+        )
+        crowd_through = concurrent(
+            front, args.clients, args.client_tokens, NO_EOS, lambda i: f"(C{i}) {STORY}"
+        )
     finally:
         if front is not None:
             front.stop()
