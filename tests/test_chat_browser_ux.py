@@ -106,13 +106,16 @@ def stop_and_wait(page, after: int) -> None:
 
 
 def raw_frame(page, conversation_id: int, frame: dict) -> str:
-    """Send one frame on a second socket of the page's origin; the first frame answered."""
+    """Send one frame on a second socket of the page's origin; the server's answer to it (the
+    frame with the error box: every action's answer has one, cleared or not; the conversation's
+    events, such as a streaming answer's deltas, come on the socket too)."""
     return page.evaluate(
         """([path, frame]) => new Promise((resolve, reject) => {
             const ws = new WebSocket(`ws://${location.host}${path}`);
             let opened = false;
             ws.onmessage = (event) => {
                 if (!opened) { opened = true; ws.send(frame); return; }  // the first is the refresh
+                if (!event.data.includes('id="chat-error"')) return;
                 resolve(event.data);
                 ws.close();
             };
