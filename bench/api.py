@@ -1,6 +1,7 @@
 """The /v1 API under load: decode speed through SSE vs the raw engine loop, TTFT, concurrent streams.
 
-Run with nothing else on the machine: ``.venv/bin/python -m bench.api`` (``--help`` for the knobs).
+Run with nothing else on the machine: ``.venv/bin/python -m bench.api`` (``--help`` for the knobs;
+``--ttft`` runs bench/ttft.py instead: the time to the first token in parts, /v1 and websocket).
 It starts a real server (Daphne in a subprocess, its own data folder, keys made by createapikey),
 and keeps an in-process copy of the model for the raw loop; the two never run at the same time, and
 their runs are interleaved so that both see the same machine. Prints a table and writes
@@ -153,6 +154,11 @@ def report(rows: list[tuple[str, str]], results: dict, out: Path) -> None:
 
 
 def main() -> None:
+    if "--ttft" in sys.argv[1:]:  # the TTFT breakdown: bench/ttft.py, with the remaining arguments
+        from bench import ttft
+
+        ttft.main([a for a in sys.argv[1:] if a != "--ttft"])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -104,6 +104,77 @@ def raw_prefill(model: ChatModel, ids: list[int], batch: int, threads: int) -> f
     return len(ids) / elapsed
 
 
+PREFILL_BATCHES = (8, 16, 32, 48, 64, 96, 128, 256, 512)
+
+
+def matmul_params(model_path: str) -> int:
+    """The weights every token multiplies through (2-D tensors; the token embedding is a lookup,
+    but it is also the output matrix when the file has no output.weight of its own)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_elements) for t in GGUFReader(model_path).tensors if len(t.shape) == 2}
+    embedding = tensors.pop("token_embd.weight", 0)
+    return sum(tensors.values()) + (0 if "output.weight" in tensors else embedding)
+
+
+def cpu_peak() -> dict:
+    """The cores' fp32 FMA peak: cores x clock x lanes x 2 (multiply and add) x 2 FMA pipes.
+    ctransformers ships avx2/avx/basic builds only, so its kernels use 256-bit vectors even on a
+    CPU with AVX-512."""
+    text = Path("/proc/cpuinfo").read_text()
+    flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":")[1].split())
+    mhz = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    from ctransformers.lib import find_library
+
+    build = Path(find_library()).parent.name  # avx2, avx or basic
+    lanes = {"avx2": 8, "avx": 8, "basic": 4}.get(build, 8)
+    ghz = (max(mhz) if mhz else 2.0) / 1000
+    return {
+        "cores": CORES,
+        "ghz": round(ghz, 3),
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "ctransformers_build": build,
+        "lanes_fp32": lanes,
+        "peak_gflops": round(CORES * ghz * lanes * 2 * 2, 1),
+    }
+
+
+def prefill_sweep(model: ChatModel, model_path: str, ids: list[int], repeats: int) -> dict:
+    """Prefill tokens/s of ``ids`` at each batch size (median of ``repeats``), the slowest single
+    batch (the worst-case cancel latency at that chunk size: a cancel waits for the batch under
+    way), and the compute limit estimated from the model's size and the cores."""
+    rows = {}
+    for batch in PREFILL_BATCHES:
+        runs, worst = [], 0.0
+        for _ in range(repeats):
+            ctx = model.scheduler.slots[0].ctx
+            ctx.truncate(0)
+            start = time.perf_counter()
+            for i in range(0, len(ids), batch):
+                t = time.perf_counter()
+                ctx.eval(ids[i : i + batch], threads=CORES, batch_size=batch)
+                worst = max(worst, time.perf_counter() - t)
+            runs.append(len(ids) / (time.perf_counter() - start))
+            ctx.truncate(0)
+        rows[batch] = {"tok_s": round(statistics.median(runs), 1), "worst_batch_ms": round(1000 * worst, 1)}
+    params = matmul_params(model_path)
+    peak = cpu_peak()
+    limit = peak["peak_gflops"] * 1e9 / (2 * params)
+    best = max(rows, key=lambda b: rows[b]["tok_s"])
+    return {
+        "tokens": len(ids),
+        "threads": CORES,
+        "by_batch": rows,
+        "best_batch": best,
+        "matmul_params": params,
+        "gflop_per_token": round(2 * params / 1e9, 3),
+        "cpu": peak,
+        "compute_limit_tok_s": round(limit, 1),
+        "best_over_limit": round(rows[best]["tok_s"] / limit, 3),
+    }
+
+
 def sched_decode(model: ChatModel, prompt: list[int], n: int) -> float:
     for slot in model.scheduler.slots:
         slot.ctx.truncate(0)
@@ -248,6 +319,11 @@ def main() -> None:
     parser.add_argument(
         "--constrained-only", action="store_true", help="only the json_schema vs unconstrained decode figures"
     )
+    parser.add_argument(
+        "--prefill",
+        action="store_true",
+        help="only the prefill sweep: tokens/s at batch 8-512, worst-case cancel latency, compute limit",
+    )
     args = parser.parse_args()
     cache = Path(os.environ.get("CHAT_DATA_DIR", ROOT / ".data")) / "models"
     results: dict = {
@@ -258,6 +334,34 @@ def main() -> None:
 
     def show(label: str, value: str) -> None:
         print(f"{label:<58} {value}", flush=True)
+
+    if args.prefill:
+        model = ChatModel.load(args.model, cache_dir=cache, slots=1, threads=CORES)
+        ids = model.tokenizer.encode(" ".join(TURNS * 12))[:512]
+        raw_prefill(model, ids[:64], 64, CORES)  # warm-up
+        p = results["prefill"] = prefill_sweep(model, args.model, ids, args.repeats)
+        model.close()
+        for batch, row in p["by_batch"].items():
+            show(
+                f"prefill of {p['tokens']} tokens, batch {batch}: tok/s (slowest batch)",
+                f"{row['tok_s']} ({row['worst_batch_ms']} ms)",
+            )
+        cpu = p["cpu"]
+        show(
+            "compute limit: 2 x params FLOP/token vs cores x GHz x lanes x 2 x 2",
+            f"{p['gflop_per_token']} GFLOP/token; {cpu['cores']} x {cpu['ghz']} GHz x {cpu['lanes_fp32']}"
+            f" ({cpu['ctransformers_build']}) x 4 = {cpu['peak_gflops']} GFLOP/s",
+        )
+        show(
+            "  best prefill / compute limit",
+            f"{p['by_batch'][p['best_batch']]['tok_s']} / {p['compute_limit_tok_s']} tok/s"
+            f" = {p['best_over_limit']} (batch {p['best_batch']})",
+        )
+        out = Path(args.out)
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        out.write_text(json.dumps({**kept, "prefill": p}, indent=2) + "\n")
+        print(f"updated the prefill section of {args.out}")
+        return
 
     if args.constrained_only:
         model = ChatModel.load(args.model, cache_dir=cache, slots=1, threads=CORES)

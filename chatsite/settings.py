@@ -258,6 +258,11 @@ if CHAT_TEST_ENGINE:
         CHAT_TEST_TOKEN_PACE = parse_test_engine(CHAT_TEST_ENGINE)
     except ValueError as exc:
         raise ImproperlyConfigured(f"CHAT_TEST_ENGINE={CHAT_TEST_ENGINE!r} is not valid: {exc}.") from None
+# Bench-only: a file to which every reply of the embedded model appends the server-side timestamps
+# of its path to the first token (conversations/ttft.py). Refused with DEBUG off.
+CHAT_TTFT_TRACE = env_str("CHAT_TTFT_TRACE", "")
+if CHAT_TTFT_TRACE and not DEBUG:
+    raise ImproperlyConfigured("CHAT_TTFT_TRACE is for benchmarks only: it is refused when DEBUG=0.")
 
 # --- Passwords, language, time ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

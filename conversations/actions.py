@@ -36,7 +36,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from conversations import queries, sidebar
@@ -164,7 +164,17 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     prefix, dash, secret = raw[len(KEY_PREFIX) :].partition("-")
     if len(prefix) != PREFIX_CHARS or not dash or not secret:
         return None
-    key = ApiKey.objects.select_related("user", "team").filter(prefix=prefix).first()
+    # One query: the key, its user and team, and whether the user is still in the team.
+    key = (
+        ApiKey.objects.select_related("user", "team")
+        .annotate(
+            user_in_team=Exists(
+                Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
+            )
+        )
+        .filter(prefix=prefix)
+        .first()
+    )
     # Hash and compare even when the prefix is unknown, so the timing says nothing about it.
     expected = key.secret_hash if key is not None else "0" * 64
     if not secrets.compare_digest(_hash_secret(secret), expected) or key is None:
@@ -172,7 +182,7 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     if key.revoked_at is not None or not key.user.is_active:
         return None
     # A key is for one team: it stops with its user's membership, however that was removed.
-    if not Membership.objects.filter(user_id=key.user_id, team_id=key.team_id).exists():
+    if not key.user_in_team:
         return None
     return key
 

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.http import Http404
 from django.template.loader import render_to_string
 
-from conversations import actions, live_access, queries
+from conversations import actions, live_access, queries, ttft
 from conversations.faults import (
     DATABASE_UNAVAILABLE,
     LAYER_ERRORS,
@@ -180,6 +180,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- from the page ---------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        ttft.begin("ws")
         try:
             frame = parse_frame(text_data, bytes_data)
         except FrameError as exc:
@@ -188,6 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if not await self._still_visible():
             return
+        ttft.mark("auth")
         try:
             await self._act(frame)
         except replies.ChatError as exc:
@@ -261,6 +263,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
             + status_fragment(mid, "writing…")
         )
+        ttft.first_write(mid)
 
     async def chat_unsaved(self, event: dict[str, Any]) -> None:
         """The reply ended but could not be saved (the database cannot be written): say so."""

@@ -48,9 +48,12 @@ def run_job(
     prefill_chunk: int,
 ) -> Finished:
     """Run ``job`` to its end in ``ctx`` and return (and emit) its ``Finished`` event."""
-    start = time.monotonic()
+    start = job.started_at = time.monotonic()
     prompt = job.prompt_ids
-    # Reuse the cached prefix, and evaluate the last prompt token on its own.
+    # Reuse the cached prefix (at least the last prompt token is evaluated: its logits give the
+    # first token). The rest is evaluated in chunks of prefill_chunk, the last token with the last
+    # chunk: evaluating it on its own would cost a whole extra pass through the model before the
+    # first token (about one decode step).
     cached = common_prefix(ctx.tokens, prompt[:-1])
     if job.params.seed is not None:
         # A seeded reply must not depend on what the slot's cache holds. ggml's results for a token
@@ -58,13 +61,14 @@ def run_job(
         # positions plus a scalar tail that depends on the batch's end: measured up to 3.8 apart in
         # one logit), so a prefix cached by another request, or by generation one token at a time,
         # is not bit-identical to a fresh prefill. A seeded request therefore always evaluates its
-        # whole prompt from position 0 in SEEDED_PREFILL_CHUNK chunks, then its last token alone:
-        # the cost is the prompt's prefill (no cache reuse) for seeded requests only. The thread
-        # count does not matter (ggml splits rows across threads; measured bit-identical with 1
-        # and 2), so the core budget still shares the threads.
+        # whole prompt from position 0 in SEEDED_PREFILL_CHUNK chunks (the same batches for the same
+        # prompt, whatever the slot held): the cost is the prompt's prefill (no cache reuse) for
+        # seeded requests only. The thread count does not matter (ggml splits rows across threads;
+        # measured bit-identical with 1 and 2), so the core budget still shares the threads.
         cached = 0
         prefill_chunk = SEEDED_PREFILL_CHUNK
     ctx.truncate(cached)
+    job.cached_tokens = cached
     job.emit(Started(cached_tokens=cached))
 
     generated: list[int] = []
@@ -78,15 +82,14 @@ def run_job(
     first_token_at: float | None = None
     prefill_done = start
     try:
-        rest = prompt[cached:-1]
+        rest = prompt[cached:]
         for i in range(0, len(rest), prefill_chunk):
             if job.cancelled:
                 raise _Cancelled
             _eval(ctx, rest[i : i + prefill_chunk], budget, prefill_chunk)
         if job.cancelled:
             raise _Cancelled
-        _eval(ctx, prompt[-1:], budget, 1)
-        prefill_done = time.monotonic()
+        prefill_done = job.prefill_done_at = time.monotonic()
 
         vocab_size = len(ctx.logits())
         grammar = job.params.grammar
@@ -99,7 +102,7 @@ def run_job(
                 raise _Cancelled
             token = sampler.sample(ctx.logits())
             if first_token_at is None:
-                first_token_at = time.monotonic()
+                first_token_at = job.first_token_at = time.monotonic()
             if token in stop_ids:
                 break
             generated.append(token)
@@ -110,6 +113,8 @@ def run_job(
             # A NUL byte is valid model output but no use in chat text (and PostgreSQL rejects it).
             text, stopped = stopper.push(decoder.push(token).replace("\x00", "\ufffd"))
             if text:
+                if not emitted:
+                    job.first_delta_at = time.monotonic()
                 emitted.append(text)
                 job.emit(Delta(text, tuple(pending_ids), tuple(pending_logprobs)))
                 pending_ids, pending_logprobs = [], []

@@ -123,6 +123,12 @@ class Job:
         self._done = threading.Event()
         self._on_cancel: Callable[[Job], None] | None = None
         self.result: Finished | None = None
+        # time.monotonic() of the slot thread's steps to the first token (conversations/ttft.py).
+        self.started_at: float | None = None
+        self.prefill_done_at: float | None = None
+        self.first_token_at: float | None = None
+        self.first_delta_at: float | None = None
+        self.cached_tokens: int | None = None
 
     # --- producer side (scheduler threads) ---
     def emit(self, event: Event) -> None:

@@ -344,3 +344,28 @@ def test_it_never_emits_a_nul_character(make_model) -> None:
         prompt(model, "nul"), SamplingParams(temperature=0, max_tokens=3, logit_bias=bias)
     ).wait(30)
     assert result.text == "\ufffd" * 3
+
+
+def test_it_evaluates_a_prompt_that_fits_one_chunk_in_one_pass(make_model) -> None:
+    """The last prompt token is evaluated with the rest, not alone: one pass less before the first
+    token (issue 15). Longer prompts, and seeded ones, are cut into chunks the same way."""
+    model = make_model(slots=1, prefill_chunk=64)
+    ctx = model.scheduler.slots[0].ctx
+    passes: list[int] = []
+    evaluate = ctx.eval
+
+    def counting(ids, **kwargs) -> None:
+        passes.append(len(ids))
+        evaluate(ids, **kwargs)
+
+    ctx.eval = counting
+    short = prompt(model, "a short question")
+    assert len(short) <= 64
+    assert model.scheduler.submit(short, params(model, max_tokens=1)).wait(30).reason == "length"
+    assert passes == [len(short)]
+
+    passes.clear()
+    ctx.truncate(0)
+    long = prompt(model, "word " * 100)
+    assert model.scheduler.submit(long, params(model, max_tokens=1, seed=7)).wait(30).reason == "length"
+    assert passes == [64] * (len(long) // 64) + ([len(long) % 64] if len(long) % 64 else [])

@@ -12,6 +12,8 @@ from conversations.api.protocol import MODEL_ALIASES, NotFound
 from conversations.models import ApiKey
 from upstreams.models import TeamModels
 
+_UNREAD: Any = object()
+
 
 def allowed_models(team_id: int) -> list[str] | None:
     """The ids the team may use, or None for all."""
@@ -45,7 +47,10 @@ async def check(key: ApiKey, data: Any) -> None:
     """404 ``model_not_found`` when the key's team may not use the body's model."""
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         return  # the request's own validation answers
-    allowed = await database_sync_to_async(allowed_models)(key.team_id)
+    # Read with the key when it was authenticated (conversations/api/http.py): no second trip.
+    allowed = getattr(key, "allowed_models", _UNREAD)
+    if allowed is _UNREAD:
+        allowed = await database_sync_to_async(allowed_models)(key.team_id)
     if not may_use(allowed, data["model"]):
         raise NotFound(
             f"The model '{data['model']}' does not exist or you do not have access to it.",

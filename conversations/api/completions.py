@@ -17,9 +17,10 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
-from conversations import actions, faults
+from conversations import actions, faults, ttft
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
 from conversations.api.http import api_view, authenticate, json_response, read_json
@@ -36,7 +37,7 @@ from conversations.api.protocol import (
     Usage,
     parse_chat_request,
 )
-from conversations.api.tools import Output, plan_output
+from conversations.api.tools import Output, OutputPlan, PromptPlan, plan_output
 from conversations.live import runner
 from conversations.models import ApiKey, Message
 from inference.jobs import (
@@ -60,32 +61,32 @@ FLUSH_INTERVAL = 0.04  # seconds between two writes of a stream (the first is no
 
 @api_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    ttft.begin("v1")
     key = await authenticate(request)
     data = read_json(request)
     await permissions.check(key, data)  # the team's choice of models
+    ttft.mark("auth")
     if (upstream_model := await upstream.target(data)) is not None:  # served by an upstream server
         return await upstream.chat_completions(key, data, upstream_model)
     body = parse_chat_request(data)
     model = resolve_model(body.model)
-    # Tools and response_format: the grammar (compiled and checked here: a schema it cannot use is
-    # a 400) and the prompt: the tools in the template's own syntax, or in the system prompt.
-    plan, prompt = await sync_to_async(plan_output, thread_sensitive=False)(
-        body, model.tokenizer, model.template
-    )
-    # Rendering and tokenizing up to a megabyte of text would stall the event loop: use a thread.
-    prompt_ids = await sync_to_async(model.prompt_ids, thread_sensitive=False)(prompt.messages, prompt.tools)
+    ttft.mark("parsed")
+    # Rendering and tokenizing up to a megabyte of text would stall the event loop: one trip to a
+    # worker thread (each trip costs a thread hop on the way to the first token).
+    plan, prompt, prompt_ids = await sync_to_async(_prompt, thread_sensitive=False)(body, model)
     params = plan.apply(sampling_params(body, model, len(prompt_ids)))
+    ttft.mark("prompt")
     n = body.n or 1
     # The limits first (review/limits.py): a refused call does no work and writes nothing.
     reservation = await ratelimits.reserve(key, len(prompt_ids) + params.max_tokens * n)
+    ttft.mark("reserved")
     try:
         jobs = await admit(model, prompt_ids, params, n, key)
     except BaseException:
         await ratelimits.refund(reservation)
         raise
+    ttft.mark("admitted")
 
-    # The model file's and the prompt's hashes, so that a reviewer can replay the answer (review/replay.py).
-    fingerprints = await sync_to_async(replay.logged_fingerprints, thread_sensitive=False)(model, prompt_ids)
     completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
     # What the log records with each reply: the sampling actually used, and the request's own terms.
     logged = {
@@ -94,25 +95,19 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         "stream": bool(body.stream),
         "model": body.model,
         "id": completion_id,
-        **fingerprints,
     }
     try:
-        call = await database_sync_to_async(actions.start_api_call)(
-            key,
-            model_id=model.model_id,
-            messages=prompt.logged,
-            params=logged,
-            n=n,
-            prompt_tokens=len(prompt_ids),
-            request_user=body.user or "",
+        # While the slot evaluates the prompt. Not thread-sensitive: a write waiting for the lock in
+        # the one thread that serves every request's database reads would stall them all.
+        call = await database_sync_to_async(_log_call, thread_sensitive=False)(
+            key, model, body, plan, prompt, prompt_ids, logged
         )
     except BaseException:
         for job in jobs:
             job.cancel()
         await ratelimits.refund(reservation)
         raise
-    if plan.record:  # tools or a response_format: kept with the replies (their calls at the end)
-        await database_sync_to_async(actions.record_tools)([r.pk for r in call.replies], plan.record)
+    ttft.mark("logged")
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
@@ -122,6 +117,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         response = StreamingHttpResponse(reply.stream(include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        ttft.mark("response")
         return ratelimits.with_headers(response, reservation)
     try:
         finished = await run.wait()
@@ -133,6 +129,43 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     completion = reply.completion(finished)
     await reply.record_calls(finished)
     return ratelimits.with_headers(json_response(completion), reservation)
+
+
+def _prompt(body: ChatCompletionRequest, model: ChatModel) -> tuple[OutputPlan, PromptPlan, list[int]]:
+    """Tools and response_format: the output plan (the grammar, compiled and checked here: a schema
+    it cannot use is a 400); the prompt (the tools in the template's own syntax, or in the system
+    prompt); and the prompt's token ids."""
+    plan, prompt = plan_output(body, model.tokenizer, model.template)
+    return plan, prompt, model.prompt_ids(prompt.messages, prompt.tools)
+
+
+def _log_call(
+    key: ApiKey,
+    model: ChatModel,
+    body: ChatCompletionRequest,
+    plan: OutputPlan,
+    prompt: PromptPlan,
+    prompt_ids: list[int],
+    logged: dict[str, Any],
+) -> actions.ApiCall:
+    """Write the admitted call to the log in one trip to a database thread and one commit: its
+    conversation, messages and n streaming replies, with the model file's and the prompt's hashes
+    so that a reviewer can replay the answer (review/replay.py), and its tools or response_format
+    (kept with the replies; their calls are added at the end)."""
+    params = {**logged, **replay.logged_fingerprints(model, prompt_ids)}
+    with transaction.atomic():
+        call = actions.start_api_call(
+            key,
+            model_id=model.model_id,
+            messages=prompt.logged,
+            params=params,
+            n=body.n or 1,
+            prompt_tokens=len(prompt_ids),
+            request_user=body.user or "",
+        )
+        if plan.record:
+            actions.record_tools([r.pk for r in call.replies], plan.record)
+    return call
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:
@@ -229,6 +262,7 @@ class Reply:
         self.prompt_tokens = prompt_tokens
         self.run = run
         self.created = int(time.time())
+        self.trace = ttft.current()
 
     def usage(self, finished: list[Finished]) -> Usage:
         completion = sum(f.usage.completion_tokens for f in finished)
@@ -286,7 +320,8 @@ class Reply:
                     for index in range(len(self.run.jobs))
                 )
                 open_choices = len(self.run.jobs)
-                last_flush = time.monotonic()
+                # The first text is not held back: the pause between writes starts after it.
+                last_flush = -FLUSH_INTERVAL
                 while open_choices:
                     if not pump.pending:
                         pump.arm()  # before looking again: an event queued from now on wakes us
@@ -316,7 +351,12 @@ class Reply:
                             out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
                     if out:
                         last_flush = time.monotonic()
+                        if self.trace is not None:
+                            self.trace.mark("first_write")
                         yield b"".join(out)
+                        if self.trace is not None and not self.trace.written:
+                            self.trace.add_job(self.run.jobs[0])
+                            self.trace.write()  # after the write it times
                         self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
                 finished = await self.run.wait()  # every reply is saved before [DONE]
                 await self.record_calls(finished)

@@ -27,6 +27,7 @@ from conversations.api.protocol import (
 )
 from conversations.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations.models import ApiKey
+from upstreams.permissions import allowed_models
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,19 @@ def mask_key(raw: str) -> str:
     return f"{raw[:8]}{'*' * min(len(raw) - 12, 40)}{raw[-4:]}"
 
 
+def _key_and_models(raw: str) -> ApiKey | None:
+    """The key, with the models its team may use (``key.allowed_models``, for
+    ``upstreams.permissions.check``) read in the same trip to the database thread: each trip costs
+    a thread hop on the way to the first token."""
+    key = actions.authenticate_api_key(raw)
+    if key is not None:
+        key.allowed_models = allowed_models(key.team_id)
+    return key
+
+
 async def authenticate(request: HttpRequest) -> ApiKey:
-    """The API key of an ``Authorization: Bearer`` header, or 401. Session cookies are never looked at."""
+    """The API key of an ``Authorization: Bearer`` header, or 401. Session cookies are never looked
+    at. The key carries ``allowed_models``: the models its team may use (None: all)."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, raw = header.strip().partition(" ")
     raw = raw.strip()
@@ -127,7 +139,7 @@ async def authenticate(request: HttpRequest) -> ApiKey:
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
-    key = await database_sync_to_async(actions.authenticate_api_key)(raw)
+    key = await database_sync_to_async(_key_and_models)(raw)
     if key is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {mask_key(raw)}.")
     return key

@@ -19,12 +19,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from conversations import actions, chat_limits, json_answers, queries
+from conversations import actions, chat_limits, json_answers, queries, ttft
 from conversations.live import runner, upstream_replies
 from conversations.models import Conversation, Message
 from conversations.runtime import ModelNotReady, get_runtime
@@ -91,6 +90,21 @@ def build_prompt(
     return Prompt(ids, room, starts[-1])
 
 
+def _prompt_and_grammar(model: ChatModel, conversation: Conversation) -> tuple[Prompt, str | None]:
+    """The prompt of the conversation's visible history and its "Answer as JSON" grammar (None
+    without), or ``ChatError`` saying why there can be no reply."""
+    history = queries.prompt_messages(conversation)
+    ttft.mark("history")
+    prompt = build_prompt(
+        model, conversation.system_prompt, history, conversation.max_tokens or DEFAULT_MAX_TOKENS
+    )
+    try:
+        grammar = json_answers.grammar(conversation, model.tokenizer)
+    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
+        raise ChatError(f"The JSON schema of this conversation cannot be used: {exc}") from None
+    return prompt, grammar
+
+
 def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None = None) -> SamplingParams:
     cap = settings.CHAT_MAX_TOKENS_CAP  # test-only
     temperature = conversation.temperature
@@ -139,24 +153,20 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ModelNotReady as exc:
         await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
         return
-    history = await database_sync_to_async(queries.prompt_messages)(conversation)
-    wanted = conversation.max_tokens or DEFAULT_MAX_TOKENS
     try:
-        # Tokenizing a long history would stall the event loop: a worker thread does it.
-        prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
-            model, conversation.system_prompt, history, wanted
+        # One trip to a worker thread (each costs a thread hop on the way to the first token): the
+        # history, its template and tokens (a long history would stall the event loop), the grammar.
+        prompt, grammar = await database_sync_to_async(_prompt_and_grammar, thread_sensitive=False)(
+            model, conversation
         )
     except TooLong as exc:
         await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
         return
-    try:
-        grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
-            conversation, model.tokenizer
-        )
-    except ConstraintError as exc:  # checked when saved; this model's tokenizer may still refuse it
-        await _unanswered(user_message, f"The JSON schema of this conversation cannot be used: {exc}")
+    except ChatError as exc:  # the conversation's JSON schema
+        await _unanswered(user_message, str(exc))
         return
     params = _sampling(conversation, prompt.max_tokens, grammar)
+    ttft.mark("prompt")
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
@@ -168,6 +178,7 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except ContextLengthExceeded as exc:  # the context shrank between building and submitting
         await _unanswered(user_message, str(exc))
         return
+    ttft.mark("admitted")
     record = {
         "model": model.model_id,
         "temperature": params.temperature,
@@ -193,6 +204,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     except BaseException:
         job.cancel()
         raise
+    ttft.mark("logged")
+    ttft.follow_message(message.pk, job)
     run = runner.start(conversation.pk, [job], [message])
     _track(conversation.pk, run)
 
@@ -250,12 +263,14 @@ async def _start(
     _starting.add(conversation.pk)
     try:
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
+        ttft.mark("reserved")
         try:
             try:
                 # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
                 # waiting for the lock there would stall every socket of the process
                 # (conversations/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
+                ttft.mark("user_row")
             except (actions.Busy, ValueError) as exc:
                 raise _kept(ChatError(str(exc)), text) from None
             try:

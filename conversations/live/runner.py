@@ -34,7 +34,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.utils import timezone
 
-from conversations import actions, metrics
+from conversations import actions, metrics, ttft
 from conversations.live import saving
 from conversations.models import Message
 from conversations.render import StreamRender
@@ -163,6 +163,7 @@ class Run:
                 if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
                     pump.arm()  # before taking: text queued from now on wakes the task
                     _take(texts, parts, unsent)
+                    ttft.mark_message(message_id, "publish")
                     await self._publish(message_id, choice_index, unsent, render)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:

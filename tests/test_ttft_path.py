@@ -1,0 +1,103 @@
+"""The path of a /v1 call to its first token (issue 15): what it costs besides the model.
+
+In process, with jobs whose events the test emits by hand (as tests/test_api_streaming.py): the key
+check's database trips, the first content chunk's write, and the bench-only trace of the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+from channels.db import database_sync_to_async
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from conversations import actions, ttft
+from conversations.api import http
+from conversations.api.completions import FLUSH_INTERVAL, Reply
+from conversations.api.protocol import NotFound
+from conversations.live import runner
+from inference.jobs import Delta
+from tests.test_api_streaming import finished, new_jobs, plain_output, replies_for
+from upstreams import permissions
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def new_key(alice, alpha) -> str:
+    _, plain = actions.create_api_key(alice, alpha, name="ttft")
+    return plain
+
+
+@database_sync_to_async
+def queries_of_the_key_check(plain: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert actions.authenticate_api_key(plain) is not None
+    return len(queries)
+
+
+async def test_the_key_check_is_one_query(alice, alpha) -> None:
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    assert await queries_of_the_key_check(plain) == 1  # key, user, team and membership together
+
+
+async def test_the_key_comes_with_its_teams_models_and_the_model_check_uses_them(alice, alpha) -> None:
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    request = SimpleNamespace(META={"HTTP_AUTHORIZATION": f"Bearer {plain}"})
+    key = await http.authenticate(request)  # type: ignore[arg-type]
+    assert key.allowed_models is None  # the team has no choice of models: all of them
+    # The check reads what came with the key, not the database (which allows every model).
+    key.allowed_models = ["only-this-one"]
+    with pytest.raises(NotFound):
+        await permissions.check(key, {"model": "another"})
+    await permissions.check(key, {"model": "only-this-one"})
+
+
+async def test_the_first_content_chunk_is_not_held_back(alice, alpha) -> None:
+    """Writes are paced (FLUSH_INTERVAL) so that a fast stream does not cost a write per token, but
+    the first text goes out as soon as it exists, even right after the role chunk."""
+    messages = await replies_for(alice, alpha, 1)
+    jobs = new_jobs(1)
+    run = runner.start(messages[0].conversation_id, jobs, messages)
+    stream = Reply("chatcmpl-x", "tiny", 3, run, plain_output(1)).stream(include_usage=False)
+    await anext(stream)  # the role chunk
+    waiting = asyncio.ensure_future(anext(stream))  # as the server does: it asks for more at once
+    for _ in range(5):  # let the stream run until it waits for an event (nothing else runs)
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    start = time.monotonic()
+    jobs[0].emit(Delta("Hi", (5,)))
+    assert b'"Hi"' in await waiting
+    assert time.monotonic() - start < FLUSH_INTERVAL / 2
+    jobs[0].emit(finished("stop", "Hi", 1))
+    assert [chunk async for chunk in stream][-1].endswith(b"data: [DONE]\n\n")
+
+
+async def test_the_trace_records_the_path_when_it_is_on(alice, alpha, settings, tmp_path) -> None:
+    settings.CHAT_TTFT_TRACE = str(tmp_path / "ttft.jsonl")
+    messages = await replies_for(alice, alpha, 1)
+    jobs = new_jobs(1)
+    trace = ttft.begin("v1")
+    assert trace is not None
+    ttft.mark("auth")
+    run = runner.start(messages[0].conversation_id, jobs, messages)
+    stream = Reply("chatcmpl-x", "tiny", 3, run, plain_output(1)).stream(include_usage=False)
+    await anext(stream)
+    jobs[0].emit(Delta("Hi", (5,)))
+    await anext(stream)
+    jobs[0].emit(finished("stop", "Hi", 1))
+    [chunk async for chunk in stream]
+    [line] = (tmp_path / "ttft.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["kind"] == "v1" and record["prompt_ids"] == [1, 2, 3]
+    marks = record["marks"]
+    assert marks["request"] <= marks["auth"] <= marks["first_write"]
+
+
+async def test_nothing_is_traced_when_it_is_off(settings) -> None:
+    settings.CHAT_TTFT_TRACE = ""
+    assert ttft.begin("v1") is None
