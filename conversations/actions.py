@@ -39,7 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from conversations import queries
+from conversations import queries, sidebar
 from conversations.models import ApiKey, Conversation, Membership, Message, Team
 
 KEY_PREFIX = "csk-"  # chatsite key
@@ -498,12 +498,33 @@ def current_team(user: AbstractBaseUser, team_id: int | None) -> Team:
 def create_conversation(owner: AbstractBaseUser, team: Team) -> Conversation:
     if not Membership.objects.filter(team=team, user=owner).exists():
         raise PermissionDenied("Not a member of this team.")
-    return start_conversation(owner, team, source=Conversation.Source.WEB)
+    with transaction.atomic():
+        conversation = start_conversation(owner, team, source=Conversation.Source.WEB)
+        notify_lists(conversation)
+    return conversation
+
+
+def discard_empty_conversation(conversation: Conversation) -> None:
+    """Remove a conversation made for a first message that was then refused (it holds nothing)."""
+    with transaction.atomic():
+        if not conversation.messages.exists():
+            Conversation.objects.filter(pk=conversation.pk).delete()
+            notify_lists(conversation)
+
+
+def notify_lists(conversation: Conversation, fields: Iterable[str] = ()) -> None:
+    """Tell (on commit) every open conversation list that shows or showed ``conversation`` that it
+    changed: its owner's and, when it is or was shared, its team's (conversations/sidebar.py)."""
+    send_on_commit(sidebar.user_group(conversation.owner_id), sidebar.CHANGED)
+    if conversation.visibility == Conversation.Visibility.TEAM or "visibility" in fields:
+        send_on_commit(sidebar.team_group(conversation.team_id), sidebar.CHANGED)
 
 
 def _changed(conversation: Conversation, fields: list[str]) -> None:
     conversation.save(update_fields=[*fields, "updated"])
     broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+    if {"title", "visibility", "deleted_at"} & set(fields):
+        notify_lists(conversation, fields)
 
 
 def rename(conversation: Conversation, title: str) -> None:
@@ -678,9 +699,11 @@ def edit_and_resend(
         return message
 
 
-def mark_unanswered(message: Message, reason: str = "") -> None:
-    """The model could not take the reply (queue full, still loading, too long): keep the message."""
+def mark_unanswered(message: Message, reason: str = "", *, never_fits: bool = False) -> None:
+    """The model could not take the reply (queue full, still loading, too long): keep the message.
+    ``never_fits``: it is longer than the model's context (the page offers no Retry then)."""
     message.status = Message.Status.UNANSWERED
     message.error = reason
-    message.save(update_fields=["status", "error"])
+    message.params = {**(message.params or {}), "never_fits": True} if never_fits else message.params
+    message.save(update_fields=["status", "error", "params"])
     broadcast(message.conversation_id, {"type": "chat.message", "message_id": message.pk})

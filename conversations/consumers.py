@@ -10,8 +10,8 @@ message received into the page by id (out of band). Actions:
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
 ``conversation-<id>`` become fragments: a new or changed message, a delta (the whole answer so far,
-rendered, at most ~10 a second: the runner coalesces them), the queue position, a superseded
-message removed, the title. Every viewer of the conversation gets them.
+at most ~10 a second, as the runner coalesced and rendered it once for every viewer), the queue
+position, a superseded message removed, the title. Every viewer of the conversation gets them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ CLOSE_UNAVAILABLE = 4503  # the channel layer is unreachable: try again later (l
 
 
 class FrameError(Exception):
-    """A frame the consumer refuses: its message goes back to the page."""
+    """A frame the consumer refuses: its message goes back to the page (and ``keep_text``, the
+    text of a message it refused, back in the composer)."""
+
+    def __init__(self, message: str, keep_text: str | None = None) -> None:
+        super().__init__(message)
+        self.keep_text = keep_text
 
 
 def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
@@ -79,11 +84,12 @@ def parse_frame(text_data: str | None, bytes_data: bytes | None) -> dict[str, An
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise FrameError("Write a message first.")
+        kept = text if action == "send" else None  # a refused message goes back in the box
         if len(text) > MAX_TEXT_CHARS:
-            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).")
+            raise FrameError(f"The message is too long (at most {MAX_TEXT_CHARS} characters).", kept)
         problem = unstorable(text)
         if problem is not None:
-            raise FrameError(f"The message cannot contain {problem}.")
+            raise FrameError(f"The message cannot contain {problem}.")  # (not sendable back either)
         out["text"] = text
     if action in ("retry", "edit", "version"):
         message_id = parse_id(data.get("message_id"))
@@ -177,7 +183,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             frame = parse_frame(text_data, bytes_data)
         except FrameError as exc:
-            await self.send(text_data=error_fragment(str(exc)))
+            kept = exc.keep_text
+            await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
             return
         if not await self._still_visible():
             return
@@ -204,8 +211,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if conversation.source == Conversation.Source.API and action not in ("stop", "version"):
             raise replies.ChatError("This conversation was logged from the API: it is read-only.")
         if action == "stop":
-            if not await replies.astop(conversation.pk):
-                raise replies.ChatError("Nothing is being written in this conversation.")
+            # Nothing running (the reply ended as Stop was pressed, or Esc on an idle page): no error.
+            await replies.astop(conversation.pk)
             return
         if action == "send":
             await replies.send(self.user, conversation, frame["text"])
@@ -245,7 +252,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.chat_message(event)
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
-        body = render_markdown(event.get("content", ""))
+        # Rendered once for every viewer, off the event loop, by the reply's runner.
+        body = event.get("html")
+        if body is None:  # from a process that sends the text only
+            body = render_markdown(event.get("content", ""))
         mid = int(event["message_id"])
         await self.send(
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'

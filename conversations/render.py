@@ -8,10 +8,17 @@ could carry data out). Links get ``rel="noopener noreferrer nofollow"``.
 
 The templates put the result inside an element with ``hx-disable``, so even a surviving
 attribute could not make htmx act on it.
+
+``StreamRender`` renders a streaming answer as it grows, once per reply (the runner calls it off the
+event loop; every viewer gets the same HTML): the top-level blocks that later text can no longer
+change are rendered once and kept, and only the last, open block is rendered again. Each block goes
+through the same markdown-it → pygments → nh3 path, so the result equals ``render_markdown`` of the
+whole text (tests/test_chat_render.py checks both on the XSS corpus and on generated markdown).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from html import escape
 
@@ -63,8 +70,12 @@ def _markdown() -> MarkdownIt:
 
 def render_markdown(text: str) -> SafeString:
     """Untrusted markdown to safe HTML (the page shows it as is)."""
-    html = _markdown().render(text or "")
-    clean = nh3.clean(
+    return mark_safe(_clean(_markdown().render(text or "")))  # noqa: S308 - sanitised by _clean
+
+
+def _clean(html: str) -> str:
+    """markdown-it's HTML through the allow-list: what every rendered piece goes through."""
+    return nh3.clean(
         html,
         tags=ALLOWED_TAGS,
         attributes=ALLOWED_ATTRIBUTES,
@@ -73,4 +84,57 @@ def render_markdown(text: str) -> SafeString:
         link_rel=LINK_REL,
         strip_comments=True,
     )
-    return mark_safe(clean)  # noqa: S308 - sanitised just above
+
+
+# What markdown-it's normalize rule counts as a line break (it makes each one a "\n").
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
+class StreamRender:
+    """The HTML of a growing markdown text (a streaming answer), rendering each part once.
+
+    ``add(more)`` appends text and returns the HTML of the whole text so far, equal to
+    ``render_markdown(text)``. Only the tail after the blocks already finished is parsed again: a
+    top-level block is finished once the next block's first two lines are complete (the second
+    decides whether a table starts there), as CommonMark closes a block for good when a later line
+    starts another. The one document-wide construct, a link reference definition (``[x]: url``),
+    can change any earlier block: once one appears, the whole text is rendered at every ``add``.
+
+    Not thread-safe: the runner calls it from one thread at a time for each reply.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[str] = []  # the text of the finished blocks
+        self._done_html: list[str] = []  # and their HTML, sanitised
+        self._tail = ""  # the text after them
+        self._whole = False  # a reference definition was seen: render the whole text
+
+    @property
+    def text(self) -> str:
+        return "".join(self._done) + self._tail
+
+    def add(self, more: str) -> SafeString:
+        self._tail += more
+        if self._whole:
+            return render_markdown(self.text)
+        md, env = _markdown(), {}
+        tokens = md.parse(self._tail, env)
+        if "references" in env:
+            self._whole = True
+            return render_markdown(self.text)
+        # Where each top-level block starts: (token index, line).
+        starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
+        breaks = [m.end() for m in _LINE_BREAK.finditer(self._tail)]  # where lines 1, 2, … start
+        finished = 0
+        while finished + 1 < len(starts) and starts[finished + 1][1] + 2 <= len(breaks):
+            finished += 1
+        if finished:
+            end_token, end_line = starts[finished]
+            for (a, _), (b, _) in zip(starts[:finished], starts[1 : finished + 1], strict=True):
+                self._done_html.append(_clean(md.renderer.render(tokens[a:b], md.options, env)))
+            cut = breaks[end_line - 1]
+            self._done.append(self._tail[:cut])
+            self._tail = self._tail[cut:]
+            tokens = tokens[end_token:]
+        open_html = _clean(md.renderer.render(tokens, md.options, env))
+        return mark_safe("".join(self._done_html) + open_html)  # noqa: S308 - each part sanitised

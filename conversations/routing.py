@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.urls import path
 
 from conversations.consumers import ChatConsumer
+from conversations.sidebar import ListConsumer
 
 websocket_urlpatterns = [
     path("ws/c/<int:conversation_id>/", ChatConsumer.as_asgi()),
+    path("ws/list/", ListConsumer.as_asgi()),
 ]

@@ -143,8 +143,8 @@ class Scheduler:
             capacity = idle + self.queue_max - self._n_pending
             if n > capacity:
                 raise Overloaded(
-                    f"the model is busy: {self.running} running and {self._n_pending} waiting "
-                    f"(queue limit {self.queue_max})"
+                    # Said after "The model is busy" by each caller (chat, API, command).
+                    f"{self.running} running and {self._n_pending} waiting, queue limit {self.queue_max}"
                 )
             for job in jobs:
                 job._on_cancel = self._cancel_pending

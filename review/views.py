@@ -102,6 +102,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "requests": sum(r.requests for r in rows),
             "prompt": sum(r.prompt_tokens for r in rows),
             "completion": sum(r.completion_tokens for r in rows),
+            "total": sum(r.total for r in rows),
         },
         "csv_query": request.GET.urlencode(),
         "limits": limits.usage_against_limits(

@@ -102,6 +102,17 @@ def open_socket(page) -> None:
     page.wait_for_selector("body.ws-open")
 
 
+def start_conversation(page, first: str) -> None:
+    """Start a conversation from the sidebar: it is made with its first message (nothing is saved
+    before), and the page moves to it with its socket open."""
+    page.click("text=+ New conversation")
+    page.wait_for_url(re.compile(r"/c/new$"))
+    page.fill("#composer-text", first)
+    page.press("#composer-text", "Enter")
+    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    open_socket(page)
+
+
 def send(page, text: str) -> None:
     """Type and press Enter; return once the page shows the new user message."""
     count = page.locator("#messages .msg-user").count()
@@ -171,13 +182,9 @@ def watch_growth(page, *, until: str, samples: int = 1200) -> list[int]:
 
 def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state) -> None:
     page = log_in(browser, server, "alice")
-    page.click("text=+ New conversation")
-    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    start_conversation(page, "Write a short poem about the sea.")  # the reply starts at once
     state["url"], state["page"] = page.url, page
-    open_socket(page)
-    set_max_tokens(page, 200)
-    before = last_id(page)
-    send(page, "Write a short poem about the sea.")
+    before = 0
     page.wait_for_selector("#messages .msg-user >> text=Write a short poem about the sea.")
     page.wait_for_selector("#messages .msg-assistant")
     # Mid-stream: some text, not finished yet.

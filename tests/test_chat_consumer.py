@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
-from conversations import actions
+from conversations import actions, render
 from conversations.consumers import MAX_FRAME_BYTES
+from conversations.live import runner
 from conversations.models import Message
+from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
 from tests.ws_chat import (
     HOST,
@@ -113,7 +116,8 @@ async def test_it_answers_a_malformed_frame_with_an_error_and_stores_nothing(ali
     assert await messages_of(chat.pk) == []
     # The connection survives: a valid frame still gets its answer.
     await communicator.send_to(text_data=json.dumps({"action": "stop"}))
-    assert "Nothing is being written" in await communicator.receive_from(timeout=5)
+    cleared = await communicator.receive_from(timeout=5)  # Stop with nothing running: no error
+    assert 'id="chat-error"' in cleared and "hidden" in cleared
     await communicator.disconnect()
 
 
@@ -163,7 +167,7 @@ async def test_it_keeps_the_message_as_unanswered_when_the_queue_is_full(
     alice, chat, runtime, monkeypatch
 ) -> None:
     def full(*args, **kwargs):
-        raise Overloaded("the model is busy: 1 running and 4 waiting (queue limit 4)")
+        raise Overloaded("1 running and 4 waiting, queue limit 4")
 
     monkeypatch.setattr(runtime.model.scheduler, "submit", full)
     communicator, _, _ = await connect(alice, chat.pk)
@@ -298,3 +302,46 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
     rows = await messages_of(chat.pk)
     assert [(m.content, m.superseded_at) for m in rows] == [("alice wrote this", None)]
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("viewers", [1, 4])
+async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
+    alice, bob, chat, runtime, monkeypatch, viewers
+) -> None:
+    """The reply's runner renders each delta once (``StreamRender.add``), in a render thread, and
+    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, and the
+    renders are as many as the deltas a viewer gets, with one viewer as with four."""
+    chat.temperature, chat.max_tokens = 0, 60
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
+    adds: list[str] = []
+    add = StreamRender.add
+
+    def counted_add(self, more):
+        adds.append(more)
+        return add(self, more)
+
+    monkeypatch.setattr(StreamRender, "add", counted_add)
+    md = render._markdown()
+    parse, parsed_in = md.parse, []
+
+    def counted_parse(src, env=None):
+        parsed_in.append(threading.get_ident())
+        return parse(src, env)
+
+    monkeypatch.setattr(md, "parse", counted_parse)
+    sockets = [(await connect(alice if i % 2 == 0 else bob, chat.pk))[0] for i in range(viewers)]
+    await sockets[0].send_to(text_data=json.dumps({"action": "send", "text": "Hello"}))
+    await finish_run(chat.pk)
+    _, answer = await messages_of(chat.pk)
+    assert answer.content and answer.status == Message.Status.COMPLETE
+    delta = f'<div id="m-{answer.pk}-body" hx-swap-oob="innerHTML">'
+    seen = [[f for f in await drain(socket) if f.startswith(delta)] for socket in sockets]
+    assert threading.get_ident() not in parsed_in  # nothing rendered on the event loop
+    assert "".join(adds) == answer.content
+    whole = str(render_markdown(answer.content))
+    for frames in seen:
+        assert len(frames) == len(adds) >= 1  # one render per delta, whatever the viewers
+        assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
+    for socket in sockets:
+        await socket.disconnect()

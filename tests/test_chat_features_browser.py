@@ -108,10 +108,20 @@ def log_in(browser, server: LiveServer, username: str = "alice", **context_optio
     return page
 
 
-def new_conversation(page) -> None:
+def new_conversation(page, first: str = "Hi") -> None:
+    """Start a conversation from the sidebar with its first message, and wait for its answer.
+    (Either flow: a conversation made at once, or made with its first message from /c/new.)"""
     page.click("text=+ New conversation")
-    page.wait_for_url(re.compile(r"/c/\d+/$"))
-    page.wait_for_selector("body.ws-open")
+    page.wait_for_url(re.compile(r"/c/(\d+/|new)$"))
+    if "/c/new" in page.url:
+        page.fill("#composer-text", first)
+        page.press("#composer-text", "Enter")
+        page.wait_for_url(re.compile(r"/c/\d+/$"))
+        page.wait_for_selector("body.ws-open")
+        wait_answer(page, 0)
+    else:
+        page.wait_for_selector("body.ws-open")
+        send(page, first)
 
 
 def last_id(page) -> int:
@@ -154,8 +164,7 @@ def axe(page) -> list[str]:
 
 def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
-    send(page, "Hello there")
+    new_conversation(page, "Hello there")
     first = page.locator("#messages .msg-assistant").last.get_attribute("id")
     before = last_id(page)
     page.locator("#messages .msg-assistant").last.locator("button.regenerate").click()
@@ -171,6 +180,9 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
     page.wait_for_selector(f"#{first}")
     answer = page.locator("#messages .msg-assistant").last
     assert answer.get_attribute("id") == first and answer.locator(".version-count").inner_text() == "1 / 2"
+    # The keyboard focus stays on the versions of that answer (the ‹ is disabled at 1: on the ›).
+    page.wait_for_function(f"() => document.activeElement.closest('#{first}') !== null")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Next version"
     assert page.locator(f"#{second}").count() == 0
     answer.locator("button.version-next").click()
     page.wait_for_selector(f"#{second}")
@@ -201,7 +213,7 @@ def test_regenerate_and_edit_keep_versions_to_browse(browser, server) -> None:
 
 def test_skip_link_labelled_messages_one_announcement_and_axe(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
+    new_conversation(page, "Hello")
     # The skip link is the page's first focusable element; it shows when focused and takes the
     # focus to the composer.
     first = page.evaluate(
@@ -302,8 +314,7 @@ def background(page) -> str:
 def test_dark_mode_follows_the_browser_and_the_toggle_is_remembered(browser, server) -> None:
     page = log_in(browser, server, "bob", color_scheme="dark")
     assert background(page) == "rgb(20, 23, 27)"  # dark, as the browser prefers
-    new_conversation(page)
-    send(page, "A question at night")
+    new_conversation(page, "A question at night")
     assert axe(page) == []  # the dark colours keep their contrast
     page.screenshot(path=str(SCREENSHOTS / "chat-dark.png"))
     page.click("#theme-toggle")  # shown dark: the toggle chooses light
@@ -356,7 +367,7 @@ def test_from_the_api_lists_her_calls_read_only(browser, server) -> None:
 
 def test_settings_show_the_defaults_in_use(browser, server) -> None:
     page = log_in(browser, server)
-    new_conversation(page)
+    new_conversation(page, "Hi")
     page.click(".chat-tools summary")
     assert page.input_value("#id_temperature") == "0.7"
     assert page.input_value("#id_max_tokens") == "512"

@@ -36,12 +36,33 @@ def chat(alice, alpha) -> Conversation:
     return conversation
 
 
-def test_it_creates_a_conversation_in_the_current_team(alice, alpha) -> None:
-    response = client_for(alice).post("/c/new")
+@pytest.mark.django_db(transaction=True)  # the reply's writes run on other threads
+def test_it_creates_a_conversation_with_its_first_message_in_the_current_team(alice, alpha) -> None:
+    client = client_for(alice)
+    page = client.get("/c/new")  # the new conversation's page saves nothing
+    assert page.status_code == 200 and 'id="composer-text"' in page.content.decode()
+    assert client.post("/c/new")["Location"] == "/c/new"  # an older page's empty POST: nothing saved
+    assert not Conversation.objects.exists()
+    response = client.post("/c/new", {"text": "First words"})
     conversation = Conversation.objects.get()
     assert response["Location"] == f"/c/{conversation.pk}/"
     assert (conversation.owner, conversation.team, conversation.source) == (alice, alpha, "web")
-    assert conversation.visibility == "private"
+    assert conversation.visibility == "private" and conversation.title == "First words"
+    assert [m.content for m in conversation.messages.all()] == ["First words"]
+
+
+def test_a_refused_first_message_saves_nothing_and_comes_back_in_the_box(alice) -> None:
+    response = client_for(alice).post("/c/new", {"text": "x" * 40_000})
+    assert response.status_code == 400 and "too long" in response.content.decode()
+    assert "x" * 40_000 in response.content.decode()
+    assert not Conversation.objects.exists()
+
+
+def test_a_new_conversation_can_start_from_ones_message(alice, bob, chat) -> None:
+    message = chat.messages.get(role="user")
+    page = client_for(alice).get(f"/c/new?from={message.pk}").content.decode()
+    assert "Write about *waves*</textarea>" in page
+    assert client_for(bob).get(f"/c/new?from={message.pk}").status_code == 404  # private
 
 
 def test_it_shows_the_messages_rendered_inside_hx_disable_under_a_strict_csp(alice, chat) -> None:
@@ -94,6 +115,7 @@ def test_it_searches_no_superseded_text(alice, chat) -> None:
     assert "Sea poems" not in client_for(alice).get("/conversations", {"q": "write about"}).content.decode()
 
 
+@pytest.mark.django_db(transaction=True)  # the reply's writes run on other threads
 def test_it_switches_between_the_users_teams(alice, alpha) -> None:
     beta = actions.create_team("beta", admin=alice)
     actions.start_conversation(alice, beta, title="in beta")
@@ -102,7 +124,7 @@ def test_it_switches_between_the_users_teams(alice, alpha) -> None:
     assert client.post("/team", {"team": beta.pk}).status_code == 302
     page = client.get("/").content.decode()
     assert "in beta" in page
-    client.post("/c/new")
+    client.post("/c/new", {"text": "Hello beta"})
     assert Conversation.objects.latest("id").team == beta
 
 

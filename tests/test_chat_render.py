@@ -1,9 +1,9 @@
 """The one render function for untrusted text: markdown, highlighted code, and an XSS corpus.
 
-Every payload goes through ``render_markdown`` (as a user message, a model answer or a streaming
-partial would) and the output is parsed: only the allow-listed tags and attributes survive, no
-event handler, ``style`` or ``hx-*`` attribute, no URL with a scheme other than http(s)/mailto,
-and no image is ever loaded.
+Every payload goes through ``render_markdown`` (as a user message or a model answer would) and
+through ``StreamRender`` a character at a time (as a streaming answer is), and the output is
+parsed: only the allow-listed tags and attributes survive, no event handler, ``style`` or ``hx-*``
+attribute, no URL with a scheme other than http(s)/mailto, and no image is ever loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conversations.render import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, render_markdown
+from conversations.render import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, StreamRender, render_markdown
 from tests.helpers import case_id
 
 SAFE_SCHEMES = {"http", "https", "mailto"}
@@ -155,9 +155,21 @@ def test_it_has_a_corpus_of_at_least_100_distinct_payloads() -> None:
     assert len(set(CORPUS)) >= 100
 
 
+def streamed(text: str) -> str:
+    """Every partial HTML a viewer is sent while ``text`` streams in a character at a time, after
+    a few blocks (which are then finished and kept) and before more."""
+    render = StreamRender()
+    return "".join(str(render.add(ch)) for ch in f"Intro.\n\n- a\n- b\n\n{text}\n\nAfter.\n\nEnd.\n")
+
+
+def whole(text: str) -> str:
+    return str(render_markdown(text))
+
+
+@pytest.mark.parametrize("render", [whole, streamed])
 @pytest.mark.parametrize("payload", CORPUS, ids=[case_id(p) for p in CORPUS])
-def test_it_neutralises_the_payload(payload: str) -> None:
-    html = str(render_markdown(payload))
+def test_it_neutralises_the_payload(payload: str, render) -> None:
+    html = render(payload)
     for tag, attrs in parse(html):
         assert tag in ALLOWED_TAGS, (tag, html)
         assert tag not in {"img", "script", "iframe", "svg", "style", "form", "input", "button"}

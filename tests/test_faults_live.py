@@ -244,7 +244,7 @@ def locked_checks(server: LiveServer) -> tuple[str, int, Socket]:
         second.close()
 
         # A page that must write answers 503 with Retry-After, within the busy timeout.
-        status, headers, elapsed = post_page(server, "/c/new", session, csrf)
+        status, headers, elapsed = post_page(server, f"/c/{conversation}/rename", session, csrf)
         assert status == 503 and headers.get("Retry-After")
         assert elapsed < BUSY_TIMEOUT + 3
 

@@ -286,3 +286,23 @@ def test_two_people_racing_for_one_invite_make_one_account(alpha, alice) -> None
     assert sorted(results.values()) == ["joined", "used"], results
     assert get_user_model().objects.filter(username__in=["dora", "eve"]).count() == 1
     assert Membership.objects.filter(team=alpha, user__username__in=["dora", "eve"]).count() == 1
+
+
+def test_the_invite_command_lists_and_revokes(alpha, alice) -> None:
+    made, token = services.create_invite(alpha, "admin", by=alice)
+    out = io.StringIO()
+    call_command("invite", "alpha", "--list", stdout=out)
+    assert out.getvalue().startswith(f"{made.pk}\tadmin\tby alice\texpires ")
+    out = io.StringIO()
+    call_command("invite", "alpha", "--revoke", str(made.pk), stdout=out)
+    assert "Revoked invite" in out.getvalue()
+    assert Client().get(services.invite_path(token)).status_code == 410
+    entry = AuditEntry.objects.get(action=AuditEntry.Action.INVITE_REVOKED)
+    assert (entry.actor, entry.actor_name) == (None, "operator (manage.py)")
+    with pytest.raises(CommandError, match="already revoked"):
+        call_command("invite", "alpha", "--revoke", str(made.pk))
+    with pytest.raises(CommandError, match="no invite"):
+        call_command("invite", "alpha", "--revoke", "999")
+    out = io.StringIO()
+    call_command("invite", "alpha", "--list", stdout=out)
+    assert "no pending invites" in out.getvalue()

@@ -24,6 +24,7 @@ from tests.test_chat_browser import (
     open_socket,
     send,
     set_max_tokens,
+    start_conversation,
     wait_last_answer,
 )
 from tests.worker_process import start_worker, stop_worker
@@ -61,10 +62,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[t
 def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browser, site) -> None:
     a, b = site
     alice = log_in(browser, b, "alice")  # alice works on process B
-    alice.click("text=+ New conversation")
-    alice.wait_for_url(re.compile(r"/c/\d+/$"))
+    start_conversation(alice, "Hello")
     path = re.search(r"/c/\d+/$", alice.url).group(0)
-    open_socket(alice)
+    wait_last_answer(alice, "complete")
     alice.click(".chat-tools summary")
     alice.select_option("#visibility-select", "team")
     alice.click("text=Save sharing")

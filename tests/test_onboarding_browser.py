@@ -5,8 +5,8 @@ dora opens the link in her own browser, is refused a weak password, chooses a go
 in the chat as a member of alpha; the used and the revoked links then say so. alice removes dora
 on the team page after a confirmation. erin signs in through single sign-on with the stub OpenID
 provider (tests/oidc_provider.py, its own process) and lands in alpha from the groups claim. The
-run writes .data/screenshots/team.png and invite.png, and runs axe-core on the team page and the
-invite page when package.json pins it.
+run writes .data/screenshots/team.png, team-phone.png and invite.png, and runs axe-core on the
+team page and the invite page when package.json pins it.
 """
 
 from __future__ import annotations
@@ -151,6 +151,11 @@ def test_a_team_admin_invites_from_the_team_page(browser, server, state) -> None
     assert axe_violations(page) == []
     page.reload()
     assert page.locator("input.invite-link").count() == 0  # shown once
+    # On a phone the page fits the screen: wide tables scroll inside their card.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(SCREENSHOTS / "team-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1200, "height": 900})
     assert page.errors == []
     state.update(link=link, revoked=revoked, alice=page)
 

@@ -270,3 +270,15 @@ def test_a_half_configured_sso_stops_the_process_at_start(
         check=False,
     )
     assert done.returncode != 0 and "ImproperlyConfigured" in done.stderr and message in done.stderr
+
+
+def test_an_sso_account_is_not_offered_a_password_change(sso, alpha, alice) -> None:
+    """It has no password to give as the old one; the menu leaves the link out (alice keeps hers)."""
+    client = Client()
+    sign_in(client, sso)
+    assert 'href="/accounts/password_change/"' not in client.get("/settings/keys").content.decode()
+    alice.set_password(PASSWORD)
+    alice.save()
+    local = Client()
+    local.force_login(alice)
+    assert 'href="/accounts/password_change/"' in local.get("/settings/keys").content.decode()

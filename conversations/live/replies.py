@@ -50,6 +50,10 @@ class ChatError(Exception):
     """Something to tell the person in the page (nothing is lost)."""
 
 
+class TooLong(ChatError):
+    """The message does not fit the model's context even as the only turn: retrying cannot help."""
+
+
 @dataclass
 class Prompt:
     ids: list[int]
@@ -80,7 +84,7 @@ def build_prompt(
         return Prompt(ids, max_tokens, start)
     room = scheduler.context_length - len(ids)
     if room < MIN_ROOM:
-        raise ChatError(
+        raise TooLong(
             f"This message is too long for the model: {len(ids)} tokens with the system prompt, "
             f"and the model's context holds {scheduler.context_length}."
         )
@@ -138,8 +142,8 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
         prompt = await sync_to_async(build_prompt, thread_sensitive=False)(
             model, conversation.system_prompt, history, wanted
         )
-    except ChatError as exc:
-        await _unanswered(user_message, str(exc))
+    except TooLong as exc:
+        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
         return
     try:
         grammar = await sync_to_async(json_answers.grammar, thread_sensitive=False)(
@@ -216,10 +220,12 @@ def _track(conversation_id: int, run: runner.Run) -> None:
     waiter.add_done_callback(lambda _: _runs.pop(conversation_id, None))
 
 
-async def _unanswered(message: Message | None, reason: str) -> None:
+async def _unanswered(message: Message | None, reason: str, *, never_fits: bool = False) -> None:
     if message is None:
         raise ChatError(reason)
-    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(message, reason)
+    await database_sync_to_async(actions.mark_unanswered, thread_sensitive=False)(
+        message, reason, never_fits=never_fits
+    )
     raise ChatError(reason)
 
 
@@ -230,7 +236,8 @@ async def _start(
     generate the reply, with no other start or run in this conversation meanwhile. The limits
     (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
-        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        busy = ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise _kept(busy, text)
     _starting.add(conversation.pk)
     try:
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
@@ -241,7 +248,7 @@ async def _start(
                 # (conversations/faults.py).
                 message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
             except (actions.Busy, ValueError) as exc:
-                raise ChatError(str(exc)) from None
+                raise _kept(ChatError(str(exc)), text) from None
             try:
                 await _generate(user, conversation, message)
             except ChatError:
@@ -261,6 +268,14 @@ async def _start(
             chat_limits.limits.settle_after(run, reservation)
     finally:
         _starting.discard(conversation.pk)
+
+
+def _kept(exc: ChatError, text: str | None) -> ChatError:
+    """``exc`` for a message that was not written: the page puts ``text`` back in the box."""
+    if text is not None:
+        exc.args = (f"{exc} Your message was not sent; it is still in the box.",)
+        exc.keep_text = text  # type: ignore[attr-defined]
+    return exc
 
 
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:

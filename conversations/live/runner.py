@@ -2,8 +2,9 @@
 
 For each (job, message) pair a task on the event loop consumes the job's events and
 - publishes the new text to the group ``conversation-<id>`` at most ~10 times a second
-  (``{"type": "chat.delta", "message_id", "choice_index", "text", "content"}``: the text added since
-  the last one, and the whole text so far, for a viewer who joined mid-stream);
+  (``{"type": "chat.delta", "message_id", "choice_index", "text", "html"}``: the text added since
+  the last one, and the whole answer so far rendered (``render.StreamRender``: once per reply, in a
+  render thread, only the open block again), which every viewer's consumer forwards as it is;
 - publishes the queue position and the start at once (``chat.queued`` with ``n_ahead``, ``chat.started``),
   so a page can say "waiting, N ahead" instead of hanging;
 - checkpoints the text so far, with a heartbeat, to the row at least every second (only text that
@@ -25,7 +26,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from html import escape
 
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -34,6 +37,7 @@ from django.utils import timezone
 from conversations import actions, metrics
 from conversations.live import saving
 from conversations.models import Message
+from conversations.render import StreamRender
 from inference.jobs import Delta, Event, Finished, Job, Queued, Started
 from inference.remote.receiving import close_receiver, receive_until_closed
 
@@ -45,6 +49,9 @@ CHECKPOINT_INTERVAL = 1.0  # seconds between text checkpoints (and heartbeats) p
 # Runs hold strong references to their tasks; this set holds the runs' tasks until they end.
 _tasks: set[asyncio.Task] = set()
 _swept = False
+# Deltas are rendered here, off the event loop: a reply's renders one after another (its task awaits
+# each), the replies of a process side by side.
+_render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
 
 
 def outcome_for(finished: Finished, cancel_status: str | None) -> actions.Outcome:
@@ -142,6 +149,7 @@ class Run:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
         job.subscribe(listener)
+        render = StreamRender()  # one per reply, whoever watches it
         parts: list[str] = []
         unsent: list[str] = []
         last_publish, last_checkpoint = 0.0, time.monotonic()
@@ -171,7 +179,7 @@ class Run:
                 if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
                     wake_on_text[0] = True  # before taking: text queued from now on wakes the task
                     _take(texts, parts, unsent)
-                    await self._publish(message_id, choice_index, unsent, parts)
+                    await self._publish(message_id, choice_index, unsent, render)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:
                     # Only text that has gone out (broadcast, and delivered where that is tracked):
@@ -189,7 +197,7 @@ class Run:
         _take(texts, parts, unsent)  # every Delta is queued before the Finished that follows it
         metrics.observe_generation(finished)
         if unsent:
-            await self._publish(message_id, choice_index, unsent, parts)
+            await self._publish(message_id, choice_index, unsent, render)
         if checkpointing is not None:  # the last checkpoint first: no write of this reply outlives it
             await asyncio.wait([checkpointing])
         if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
@@ -199,14 +207,18 @@ class Run:
             await self._send({"type": "chat.unsaved", "message_id": message_id})
         return finished
 
-    async def _publish(self, message_id: int, choice_index: int, texts: list[str], parts: list[str]) -> None:
+    async def _publish(
+        self, message_id: int, choice_index: int, texts: list[str], render: StreamRender
+    ) -> None:
+        text = "".join(texts)
+        html = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, render, text)
         await self._send(
             {
                 "type": "chat.delta",
                 "message_id": message_id,
                 "choice_index": choice_index,
-                "text": "".join(texts),
-                "content": "".join(parts),
+                "text": text,
+                "html": html,
             }
         )
 
@@ -249,6 +261,15 @@ async def _sweep() -> None:
     else:
         if count:
             log.info("marked %d stale replies as interrupted", count)
+
+
+def _render(render: StreamRender, text: str) -> str:
+    """The whole answer so far as HTML, ``text`` added (in a render thread)."""
+    try:
+        return str(render.add(text))
+    except Exception:  # a renderer bug must not stop the reply: its text is shown plain meanwhile
+        log.exception("could not render a reply's text")
+        return f"<p>{escape(render.text)}</p>"
 
 
 def _take(texts: deque[str], parts: list[str], unsent: list[str]) -> None:

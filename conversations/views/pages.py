@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from conversations import actions, json_answers, preferences, queries
 from conversations.actions import STALE_AFTER
+from conversations.consumers import FrameError, parse_frame
 from conversations.fragments import message_context
 from conversations.ids import parse_id
 from conversations.live import replies
@@ -26,6 +28,7 @@ from inference.constraints import ConstraintError
 from upstreams import choices
 
 TEAM_SESSION_KEY = "team_id"
+NEW_TITLE = "New conversation"  # an untitled conversation's name, as the templates show it
 
 
 class SettingsForm(forms.Form):
@@ -57,7 +60,10 @@ def _source(request: HttpRequest) -> str:
     return Conversation.Source.API if request.GET.get("source") == "api" else Conversation.Source.WEB
 
 
-def sidebar_context(request: HttpRequest, query: str = "", source: str | None = None) -> dict[str, Any]:
+def sidebar_context(
+    request: HttpRequest, query: str = "", source: str | None = None, current_id: int | None = None
+) -> dict[str, Any]:
+    """The sidebar's: ``current_id`` is the conversation the page shows (highlighted in the list)."""
     team = _team(request)
     source = source or _source(request)
     return {
@@ -66,6 +72,7 @@ def sidebar_context(request: HttpRequest, query: str = "", source: str | None = 
         "conversations": queries.sidebar_conversations(request.user, team, query, source),
         "query": query,
         "source": source,
+        "current_id": current_id,
     }
 
 
@@ -79,8 +86,11 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_safe
 @login_required
 def conversation_list(request: HttpRequest) -> HttpResponse:
-    """The sidebar's list alone (htmx swaps it in while the user types a search)."""
-    return render(request, "chat/_conversation_list.html", sidebar_context(request, request.GET.get("q", "")))
+    """The sidebar's list alone (htmx swaps it in while the user types a search, and when the
+    list's socket says it changed); ``current``: the conversation the page shows."""
+    current = parse_id(request.GET.get("current"))
+    context = sidebar_context(request, request.GET.get("q", ""), current_id=current)
+    return render(request, "chat/_conversation_list.html", context)
 
 
 @require_POST
@@ -91,11 +101,41 @@ def switch_team(request: HttpRequest) -> HttpResponse:
     return redirect("chat:home")
 
 
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 @login_required
-def create(request: HttpRequest) -> HttpResponse:
-    conversation = actions.create_conversation(request.user, _team(request))
+async def create(request: HttpRequest) -> HttpResponse:
+    """A conversation is made with its first message, never empty. GET: the new conversation's
+    page (nothing saved; ``?from=<message id>``: that message's text in the box). POST {text}: the
+    conversation and its first message are saved and the reply starts, then the page redirects to
+    it; a refused message (too long, a limit reached) comes back in the box and nothing is saved."""
+    if request.method != "POST":
+        return await sync_to_async(_new_page)(request)
+    text = request.POST.get("text", "")
+    if not text.strip():  # the form of an older page: a new conversation to write in
+        return redirect("chat:create")
+    try:
+        parse_frame(json.dumps({"action": "send", "text": text}), None)  # the websocket's checks
+    except FrameError as exc:
+        return await sync_to_async(_new_page)(request, str(exc), text)
+    user = await request.auser()
+    conversation = await sync_to_async(lambda: actions.create_conversation(user, _team(request)))()
+    try:
+        await replies.send(user, conversation, text)
+    except replies.ChatError as exc:
+        if getattr(exc, "keep_text", None) is not None:  # nothing written: no conversation either
+            await sync_to_async(actions.discard_empty_conversation)(conversation)
+            return await sync_to_async(_new_page)(request, str(exc), text)
+        # Otherwise the message is saved, unanswered, with the reason: the conversation shows it.
     return redirect("chat:conversation", conversation.pk)
+
+
+def _new_page(request: HttpRequest, error: str = "", text: str = "") -> HttpResponse:
+    source = parse_id(request.GET.get("from"))
+    if source is not None and not text:
+        message = queries.get_message_for_user(request.user, source)
+        text = message.content if message.role == Message.Role.USER else ""
+    context = {**sidebar_context(request), "error": error, "text": text}
+    return render(request, "chat/new.html", context, status=400 if error else 200)
 
 
 @require_safe
@@ -112,13 +152,14 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     rows = list(queries.visible_messages(conv).select_related("author"))
     versions = queries.versions_of(rows)
     is_owner = conv.owner_id == request.user.pk
-    context = sidebar_context(request, source=conv.source)
+    context = sidebar_context(request, source=conv.source, current_id=conv.pk)
     temperature = conv.temperature
     context.update(
         {
             "conversation": conv,
             "read_only": conv.source == Conversation.Source.API,
             "is_owner": is_owner and conv.source != Conversation.Source.API,
+            "streaming": any(m.status == Message.Status.STREAMING for m in rows),  # Stop enabled
             "defaults": {
                 "temperature": replies.DEFAULT_TEMPERATURE,
                 "top_p": replies.DEFAULT_TOP_P,
@@ -193,9 +234,14 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conv = queries.get_conversation_for_owner(request.user, conversation_id)
     if request.method == "POST":
         actions.soft_delete(conv)
-        messages.success(request, f"“{conv}” was deleted: it is hidden from you and your team.")
+        name = conv.title or NEW_TITLE  # the name the pages show
+        messages.success(request, f"“{name}” was deleted: it is hidden from you and your team.")
         return redirect("chat:home")
-    return render(request, "chat/delete.html", {**sidebar_context(request), "conversation": conv})
+    from review.retention import policy_for  # the team's retention policy (review owns it)
+
+    context = {**sidebar_context(request, current_id=conv.pk), "conversation": conv}
+    context["policy"] = policy_for(conv.team)
+    return render(request, "chat/delete.html", context)
 
 
 @require_POST

@@ -74,7 +74,7 @@ class Command(BaseCommand):
             threads.deferToThread(runner.sweep_stale_sync).addErrback(lambda f: log.error("sweep: %s", f))
 
         # Replies left 'streaming' by a process that died elsewhere: found by their stale heartbeats.
-        task.LoopingCall(sweep).start(runner.STALE_AFTER, now=False)
+        task.LoopingCall(sweep).start(actions.STALE_AFTER, now=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: reactor.callFromThread(self._on_signal, signum))
         from review.retention import start_daily_purge

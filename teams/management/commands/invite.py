@@ -1,4 +1,5 @@
-"""invite TEAM [--role member|admin] [--email ADDRESS]: make an invite link and print it."""
+"""invite TEAM [--role member|admin] [--email ADDRESS]: make an invite link and print it.
+invite TEAM --list: the team's pending invites. invite TEAM --revoke ID: revoke one."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from django.core.validators import validate_email
 
 from conversations.models import Membership, Team
 from teams import services
+from teams.models import Invite
 
 
 class Command(BaseCommand):
     help = (
         "Make a single-use invite link to TEAM (valid 7 days) and print it, and only it. The person "
         "who opens it chooses a username and password and joins TEAM with the role. With --email "
-        "(and EMAIL_HOST set) the link is mailed too."
+        "(and EMAIL_HOST set) the link is mailed too. --list shows the pending invites, --revoke ID "
+        "revokes one."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,13 +32,43 @@ class Command(BaseCommand):
             default=None,
             help="the site's address the link starts with (default: CHAT_SITE_URL, else http://127.0.0.1:8000)",
         )
+        parser.add_argument(
+            "--list", dest="list_pending", action="store_true", help="list the team's pending invites instead"
+        )
+        parser.add_argument("--revoke", type=int, metavar="ID", help="revoke the team's invite ID instead")
 
     def handle(
-        self, *args: Any, team: str, role: str, email: str, site_url: str | None, **options: Any
+        self,
+        *args: Any,
+        team: str,
+        role: str,
+        email: str,
+        site_url: str | None,
+        list_pending: bool,
+        revoke: int | None,
+        **options: Any,
     ) -> None:
         the_team = Team.objects.filter(name=team).first()
         if the_team is None:
             raise CommandError(f"There is no team named {team!r} (create it with `createteam`).")
+        if list_pending:
+            pending = [i for i in Invite.objects.filter(team=the_team) if i.state() == Invite.State.PENDING]
+            for invite in pending:
+                self.stdout.write(
+                    f"{invite.pk}\t{invite.role}\tby {invite.created_by_name}\t"
+                    f"expires {invite.expires_at:%Y-%m-%d %H:%M} UTC\t{invite.email or '-'}"
+                )
+            if not pending:
+                self.stdout.write(f"{the_team.name} has no pending invites.")
+            return
+        if revoke is not None:
+            invite = Invite.objects.filter(team=the_team, pk=revoke).select_related("team").first()
+            if invite is None:
+                raise CommandError(f"{the_team.name} has no invite {revoke}.")
+            if not services.revoke_invite(invite, by=None):
+                raise CommandError(f"Invite {revoke} was already {invite.state()}.")
+            self.stdout.write(f"Revoked invite {revoke}: its link no longer works.")
+            return
         if email:
             try:
                 validate_email(email)

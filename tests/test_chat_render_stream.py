@@ -1,0 +1,115 @@
+"""Rendering a streaming answer once per reply, a block at a time (``StreamRender``): at every
+delta boundary its HTML equals ``render_markdown`` of the whole text so far, for generated markdown
+with code fences, lists, tables, quotes, headings and the constructs whose meaning a later line
+can change (setext underlines, table delimiter rows, lazy continuations, reference definitions)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from conversations.render import StreamRender, render_markdown
+
+WORDS = ["alpha", "*em*", "**strong**", "`code`", "[link](https://example.org)", "~~gone~~", "x | y", "<b>"]
+BLOCKS = [
+    "# Heading",
+    "## Sub *heading*",
+    "A paragraph with **bold** and `code`.",
+    "Setext heading\n===",
+    "Another\n---",
+    "---",
+    "***",
+    "- one\n- two\n- three",
+    "- loose\n\n- list",
+    "1. first\n2. second",
+    "3. starts at three",
+    "- outer\n  - inner\n    - deeper",
+    "- item\n\n  continued paragraph",
+    "> quoted\nlazy continuation",
+    "> quote\n>\n> - in a list",
+    "| a | b |\n| - | - |\n| 1 | 2 |",
+    "| h1 | h2 |\n|:--|--:|\n| x | y |\nrow without pipes",
+    "| only | header |",
+    "| a | b |\n| - | - | - |",
+    "```python\ndef f(x):\n    return x * 2\n```",
+    "```\nplain fence\n\n\nwith blank lines\n```",
+    "~~~js\nlet a = 1;\n~~~",
+    "```unclosed\ncode runs on",
+    "````\n```\nnested fence\n```\n````",
+    "    indented code\n    more",
+    "[ref]: https://example.org/ref",
+    "See [ref] and [other][ref].",
+    "<script>alert(1)</script>",
+    "Text\r\nwith CRLF\r\n",
+    "a\\\nhard break",
+    "* star list\n+ plus list",
+    "   ",
+]
+
+words = st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join)
+block = st.one_of(st.sampled_from(BLOCKS), words)
+separator = st.sampled_from(["\n\n", "\n", "\n\n\n", "\n  \n"])
+
+
+@st.composite
+def documents(draw) -> str:
+    blocks = draw(st.lists(block, min_size=1, max_size=8))
+    text = blocks[0]
+    for b in blocks[1:]:
+        text += draw(separator) + b
+    return text + draw(st.sampled_from(["", "\n", "\n\n"]))
+
+
+@st.composite
+def deltas(draw) -> list[str]:
+    """A document cut into deltas of 1 to 12 characters (as the runner coalesces tokens)."""
+    text = draw(documents())
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(text) - 1)), max_size=len(text)))))
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def assert_streams_as_whole(parts: list[str]) -> None:
+    render, text = StreamRender(), ""
+    for part in parts:
+        text += part
+        assert str(render.add(part)) == str(render_markdown(text)), text
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deltas())
+@example(["Foo\n| a | b |\n| - | -", " | - |\n"])  # a delimiter row that stops being one
+@example(["Foo\n```", "a`\n"])  # a fence opener that stops being one
+@example(["Foo\n***", "a\n"])
+@example(["[x]\n\nmore\n\n", "[x]: https://example.org\n"])  # a late reference definition
+def test_it_renders_every_delta_as_the_whole_text(parts: list[str]) -> None:
+    assert_streams_as_whole(parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(documents())
+def test_it_renders_a_character_at_a_time_as_the_whole_text(text: str) -> None:
+    assert_streams_as_whole(list(text))
+
+
+def test_it_keeps_finished_blocks_and_parses_only_the_open_one() -> None:
+    render = StreamRender()
+    for i in range(50):
+        render.add(f"Paragraph {i} of a long answer.\n\n")
+    assert len(render._tail) < 100  # the 48 first paragraphs are finished and not parsed again
+    assert str(render.add("Last.")) == str(render_markdown(render.text))
+
+
+def test_a_render_that_fails_shows_the_text_escaped_instead_of_ending_the_reply(monkeypatch, caplog) -> None:
+    """A renderer bug must not stop the reply being streamed and saved: the runner's render step
+    logs it and the viewers get the text so far, escaped."""
+    from conversations.live import runner
+
+    def broken(self, more):
+        self._tail += more
+        raise RuntimeError("a renderer bug")
+
+    render = StreamRender()
+    monkeypatch.setattr(StreamRender, "add", broken)
+    assert runner._render(render, "<b>bold?</b>") == "<p>&lt;b&gt;bold?&lt;/b&gt;</p>"
+    assert "could not render" in caplog.text
