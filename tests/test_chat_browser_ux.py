@@ -27,7 +27,6 @@ from tests.test_chat_browser import (
     PASSWORD,
     SCREENSHOTS,
     SETUP,
-    browser,  # noqa: F401  (fixture)
     last_answer,
     last_id,
     log_in,
@@ -127,7 +126,7 @@ def raw_frame(page, conversation_id: int, frame: dict) -> str:
 # --- 1. Never lose typed text ---------------------------------------------------------------------
 
 
-def test_a_message_sent_while_an_answer_is_written_is_queued_and_sent_when_it_ends(browser, server) -> None:  # noqa: F811
+def test_a_message_sent_while_an_answer_is_written_is_queued_and_sent_when_it_ends(browser, server) -> None:
     page = log_in(browser, server, "alice")
     conversation = new_conversation(page, max_tokens=2000)
     after = start_long_reply(page)
@@ -155,7 +154,7 @@ def test_a_message_sent_while_an_answer_is_written_is_queued_and_sent_when_it_en
     page.context.close()
 
 
-def test_an_error_shows_next_to_the_box_and_keeps_the_text(browser, server) -> None:  # noqa: F811
+def test_an_error_shows_next_to_the_box_and_keeps_the_text(browser, server) -> None:
     page = log_in(browser, server, "alice")
     new_conversation(page)
     # Some long earlier messages: the composer is at the bottom of a scrolled page.
@@ -185,7 +184,7 @@ def create_key(page, name: str) -> str:
     return page.locator("#new-key").inner_text().strip()
 
 
-def test_the_keys_page_shows_a_new_key_once_with_copy_and_a_working_sample_call(browser, server) -> None:  # noqa: F811
+def test_the_keys_page_shows_a_new_key_once_with_copy_and_a_working_sample_call(browser, server) -> None:
     page = log_in(browser, server, "alice")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.goto(server.url + "/settings/keys")
@@ -236,7 +235,7 @@ def test_the_keys_page_shows_a_new_key_once_with_copy_and_a_working_sample_call(
 # --- 3. Usage totals --------------------------------------------------------------------------------
 
 
-def test_the_usage_totals_row_has_its_total_and_lines_up_with_the_columns(browser, server) -> None:  # noqa: F811
+def test_the_usage_totals_row_has_its_total_and_lines_up_with_the_columns(browser, server) -> None:
     page = log_in(browser, server, "root")  # the server's readiness call used tokens already
     page.goto(server.url + "/review/usage/")
     table = page.locator("#usage-table")
@@ -265,7 +264,7 @@ def test_the_usage_totals_row_has_its_total_and_lines_up_with_the_columns(browse
 # --- 4, 5. Overload wording; Stop only when something runs -----------------------------------------
 
 
-def test_stop_is_disabled_when_nothing_runs_and_esc_sends_nothing(browser, server) -> None:  # noqa: F811
+def test_stop_is_disabled_when_nothing_runs_and_esc_sends_nothing(browser, server) -> None:
     page = log_in(browser, server, "alice")
     conversation = new_conversation(page, max_tokens=2000)
     assert page.locator("#stop-button").is_disabled()
@@ -285,7 +284,7 @@ def test_stop_is_disabled_when_nothing_runs_and_esc_sends_nothing(browser, serve
     page.context.close()
 
 
-def test_a_busy_model_is_said_once(browser, server) -> None:  # noqa: F811
+def test_a_busy_model_is_said_once(browser, server) -> None:
     alice = log_in(browser, server, "alice")
     new_conversation(alice, max_tokens=2000)
     bob = log_in(browser, server, "bob")
@@ -310,7 +309,7 @@ def test_a_busy_model_is_said_once(browser, server) -> None:  # noqa: F811
 
 
 def test_a_message_longer_than_the_context_offers_no_retry_but_a_new_conversation_with_it(
-    browser,  # noqa: F811
+    browser,
     server,
 ) -> None:
     page = log_in(browser, server, "alice")
@@ -340,7 +339,7 @@ def count_conversations(server: LiveServer) -> int:
     return server.query("SELECT COUNT(*) AS n FROM conversations_conversation")[0]["n"]
 
 
-def test_a_conversation_is_made_with_its_first_message_and_named_alike_everywhere(browser, server) -> None:  # noqa: F811
+def test_a_conversation_is_made_with_its_first_message_and_named_alike_everywhere(browser, server) -> None:
     page = log_in(browser, server, "alice")
     before = count_conversations(server)
     page.click("text=+ New conversation")
@@ -372,7 +371,7 @@ def test_a_conversation_is_made_with_its_first_message_and_named_alike_everywher
 # --- 8. The model recorded -----------------------------------------------------------------------
 
 
-def test_a_browser_chat_records_its_model(browser, server) -> None:  # noqa: F811
+def test_a_browser_chat_records_its_model(browser, server) -> None:
     page = log_in(browser, server, "alice")
     conversation = new_conversation(page)
     exported = page.request.get(f"{server.url}/c/{conversation}/export.json").json()
@@ -390,7 +389,7 @@ def test_a_browser_chat_records_its_model(browser, server) -> None:  # noqa: F81
 # --- 9. The connection's state across an offline/online cycle ------------------------------------
 
 
-def test_the_page_shows_its_connection_and_reconnects_at_once_when_back_online(browser, server) -> None:  # noqa: F811
+def test_the_page_shows_its_connection_and_reconnects_at_once_when_back_online(browser, server) -> None:
     page = log_in(browser, server, "alice")
     conversation = new_conversation(page)
     state = page.locator("#connection-state")
@@ -420,7 +419,7 @@ def test_the_page_shows_its_connection_and_reconnects_at_once_when_back_online(b
 # --- 10. The delete page's promise ---------------------------------------------------------------
 
 
-def test_the_delete_page_says_how_long_the_team_keeps_a_deleted_conversation(browser, server) -> None:  # noqa: F811
+def test_the_delete_page_says_how_long_the_team_keeps_a_deleted_conversation(browser, server) -> None:
     page = log_in(browser, server, "alice")
     conversation = new_conversation(page)
     page.goto(f"{server.url}/c/{conversation}/delete")
@@ -467,7 +466,7 @@ def rename(page, title: str) -> None:
 
 
 def test_new_and_renamed_conversations_appear_live_in_every_sidebar_and_the_tab_title(
-    browser,  # noqa: F811
+    browser,
     server,
 ) -> None:
     alice = log_in(browser, server, "alice")  # tab 1: the chat's home
