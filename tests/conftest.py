@@ -62,6 +62,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: (group_of[item.nodeid.split("::", 1)[0]] not in heavy, order[id(item)]))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Under xdist, a test marked ``cpu_exclusive`` (a model on two ggml threads: they spin-wait
+    for each other, and crawl when another process wants the cores) runs while the other workers
+    wait between tests: every test holds a shared lock, a cpu_exclusive one the exclusive lock. A
+    turnstile lets a waiting exclusive test in before new shared ones. Without xdist: nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    run = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    exclusive = request.node.get_closest_marker("cpu_exclusive") is not None
+    with open(run / "cpu.turnstile", "a") as gate, open(run / "cpu.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 # --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------
 
 
