@@ -333,6 +333,19 @@ def start_api_call(
     return ApiCall(conversation, replies)
 
 
+def discard_api_call(call: ApiCall) -> None:
+    """Delete a logged call that never went through (its upstream failed, or its client went away,
+    before the first token): the call leaves nothing in the log, as one refused before any write."""
+    Conversation.objects.filter(pk=call.conversation.pk).delete()
+
+
+def record_upstream(message_ids: Iterable[int], name: str) -> None:
+    """Name, in the replies' params, the upstream connection that took their call."""
+    with transaction.atomic():
+        for message in Message.objects.select_for_update().filter(pk__in=list(message_ids)):
+            Message.objects.filter(pk=message.pk).update(params={**message.params, "upstream": name})
+
+
 def checkpoint_assistant_message(message_id: int, content: str) -> None:
     """Save the text so far and the heartbeat of a streaming reply."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(

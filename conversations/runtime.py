@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,13 @@ class Runtime:
                     "CHAT_MODEL_PATH", "no model is configured and the default model is not installed"
                 )
             if self.use_worker:
+                from channels.layers import get_channel_layer
+
                 from inference.remote.client import load_remote_model
 
                 self.model = load_remote_model(
                     self.model_path,
+                    get_channel_layer(),
                     context_length=self.context_length,
                     slots=self.slots,
                     queue_max=self.queue_max,
@@ -163,14 +168,42 @@ class Runtime:
         if self.model is not None:
             self.model.close()
 
+    @contextmanager
+    def serving(self, model: ChatModel) -> Iterator[Runtime]:
+        """Serve ``model`` (loaded by the caller, e.g. a test's tiny model) while the block runs,
+        then what was there before. A load in progress finishes first, or it would replace
+        ``model`` half-way through."""
+        if self._thread is not None:
+            self._thread.join(timeout=300)
+        saved = self.model, self.state
+        self.model, self.state = model, "ready"
+        try:
+            yield self
+        finally:
+            self.model, self.state = saved
+
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
 def get_runtime() -> Runtime:
+    """The process's runtime (made from the settings at first use)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
             _runtime = Runtime()
         return _runtime
+
+
+@contextmanager
+def installed(runtime: Runtime) -> Iterator[Runtime]:
+    """Make ``runtime`` the process's runtime (what ``get_runtime`` returns) while the block runs."""
+    global _runtime
+    with _runtime_lock:
+        saved, _runtime = _runtime, runtime
+    try:
+        yield runtime
+    finally:
+        with _runtime_lock:
+            _runtime = saved

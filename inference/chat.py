@@ -45,9 +45,9 @@ def build_prompt_ids(
     for i, message in enumerate(messages):
         m = {k: v for k, v in message.items() if k != "token_ids"}
         marker = f"\x1e{tag}:{i}\x1e"
-        ids = message.get("token_ids")
-        if ids is not None and message.get("role") == "assistant":
-            pieces[marker] = list(ids)
+        given = message.get("token_ids")
+        if given is not None and message.get("role") == "assistant":
+            pieces[marker] = list(given)
         else:
             content = content_text(i, message.get("content"))
             if not content and m.get("tool_calls"):  # a template tests a call's content for emptiness

@@ -31,7 +31,7 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from inference.tokenizer import Tokenizer
 
-JSON_SEPARATORS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_SEPARATORS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _SPECIAL_MARK = b"\xff"  # llguidance's convention for special tokens
 _MATCHER_CACHE_SIZE = 32
 

@@ -21,8 +21,9 @@ class EngineError(RuntimeError):
 
 
 class EngineContext(Protocol):
-    tokens: list[int]
-    """The token ids whose keys/values are in this context's cache, in order."""
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids whose keys/values are in this context's cache, in order."""
 
     def eval(self, ids: list[int], *, threads: int, batch_size: int) -> None:
         """Evaluate ``ids`` after ``tokens``; afterwards ``logits()`` is for the last of them."""

@@ -1,9 +1,9 @@
 """Jobs and the events they yield (the scheduler's contract with the other layers).
 
 A job's events are produced in a worker thread. Readers either iterate them synchronously
-(``job.events()``), asynchronously (``job.aevents()``: delivered with ``call_soon_threadsafe`` into an
-asyncio queue), or subscribe a callback. Every reader sees every event from the first, whenever it
-starts reading.
+(``job.events()``), asynchronously (``job.aevents()``, or an ``EventPump`` over several jobs:
+the one bridge from the producer threads to an event loop), or subscribe a callback. Every
+reader sees every event from the first, whenever it starts reading.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -147,6 +148,11 @@ class Job:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def on_cancel(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` when the job is cancelled (its backend's own hook: the scheduler
+        drops it from the queue, the worker client tells the worker)."""
+        self._on_cancel = callback
+
     # --- consumer side ---
     def cancel(self) -> None:
         """Ask the job to stop: at most one more token is produced after this call."""
@@ -179,21 +185,14 @@ class Job:
                 return
 
     async def aevents(self) -> AsyncIterator[Event]:
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Event] = asyncio.Queue()
-
-        def listener(e: Event) -> None:
-            loop.call_soon_threadsafe(q.put_nowait, e)
-
-        self.subscribe(listener)
-        try:
+        with EventPump([self]) as pump:
             while True:
-                event = await q.get()
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            self.unsubscribe(listener)
+                pump.arm()  # every event wakes this reader
+                await pump.wait()
+                for _, event in pump.take():
+                    yield event
+                    if isinstance(event, Finished):
+                        return
 
     def wait(self, timeout: float | None = None) -> Finished | None:
         self._done.wait(timeout)
@@ -235,3 +234,76 @@ def finish_or_cancel(jobs: list[Job], timeout: float) -> tuple[int, int]:
     for job in cut:
         job.wait(30)
     return len(jobs) - len(cut), len(cut)
+
+
+class EventPump:
+    """Carries the events of ``jobs`` from their producer threads to one asyncio task, in order,
+    as ``(index of the job, event)``.
+
+    The event loop is not woken for every token: a ``Delta`` wakes a waiting ``wait`` only while
+    the pump is armed (it is at first, and again after each ``arm()``); the first such wake disarms
+    it. Every other event (Queued, Started, Finished: rare) always wakes it. A consumer that
+    batches text (the chat's publish, /v1's flush) re-arms when it has taken the batch; a wake per
+    token would take CPU from the model at every step.
+
+    Use as a context manager (subscribe on entry, unsubscribe on exit), from the event loop's
+    thread.
+    """
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.jobs = list(jobs)
+        self._pending: deque[tuple[int, Event]] = deque()
+        self._ready = asyncio.Event()
+        self._armed = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[tuple[Job, Callable[[Event], None]]] = []
+
+    def __enter__(self) -> EventPump:
+        self._loop = asyncio.get_running_loop()
+        for index, job in enumerate(self.jobs):
+
+            def listener(event: Event, index: int = index) -> None:
+                self._pending.append((index, event))
+                if isinstance(event, Delta):
+                    if not self._armed:
+                        return
+                    self._armed = False
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._ready.set)
+
+            job.subscribe(listener)
+            self._listeners.append((job, listener))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for job, listener in self._listeners:
+            job.unsubscribe(listener)
+        self._listeners.clear()
+
+    def arm(self) -> None:
+        """Let the next Delta wake the consumer."""
+        self._armed = True
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def take(self) -> list[tuple[int, Event]]:
+        """Every event that arrived so far, oldest first (none: an empty list)."""
+        out = []
+        while self._pending:
+            out.append(self._pending.popleft())
+        return out
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until an event is pending (True) or ``timeout`` seconds pass (False)."""
+        if self._pending:
+            return True
+        self._ready.clear()
+        if self._pending:  # queued between the look and the clear
+            return True
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            pass
+        return bool(self._pending)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.backend import Backend, ModelFile
 from inference.chat import build_prompt_ids
 from inference.engine import CtransformersEngine, Engine, EngineContext, EngineError
 from inference.gguf import ModelFileError
@@ -21,10 +22,10 @@ from inference.tokenizer import Tokenizer
 @dataclass
 class ChatModel:
     model_id: str
-    engine: Engine
+    engine: ModelFile
     tokenizer: Tokenizer
     template: ChatTemplate
-    scheduler: Scheduler
+    scheduler: Backend  # inference/backend.py: the local Scheduler, or the inference worker's client
 
     @classmethod
     def load(

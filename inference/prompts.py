@@ -362,7 +362,8 @@ def _is_name_const(node: nodes.Node) -> bool:
 
 
 def _describe(exc: TemplateError) -> str:
-    where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+    lineno = getattr(exc, "lineno", None)
+    where = f" (line {lineno})" if lineno else ""
     return f"{type(exc).__name__}: {exc.message or exc}{where}"
 
 

@@ -1,7 +1,7 @@
 """Choose the next token from the engine's logits, and cut the text at stop strings.
 
 ``Sampler.sample`` reads the engine's logits through a zero-copy float32 view and never writes to
-it. Its cost at 49,152 logits (measured with ``bench_sampler``): tens of microseconds greedy, a few
+it. Its cost at 49,152 logits (measured with ``python -m bench.sampler``): tens of microseconds greedy, a few
 hundred with temperature, with or without top_p. Sampling is exact up to float32 rounding: the
 softmax covers the whole vocabulary (sums in float64), and top_p finds the exact nucleus by bucketing
 the tokens by log-probability, so only the tokens of the bucket where the mass crosses top_p are
@@ -11,7 +11,6 @@ sorts it all: about 1.5 ms). Tokens tied at the nucleus boundary are all kept.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -414,36 +413,3 @@ class StopMatcher:
             if any(s.startswith(tail) for s in self.stop):
                 return size
         return 0
-
-
-def bench_sampler(vocab_size: int = 49_152, repeats: int = 200) -> dict[str, float]:
-    """Microseconds per ``sample`` call on random float32 logits (standard normal), by setting."""
-    logits = np.random.default_rng(0).standard_normal(vocab_size).astype(np.float32)
-    settings = {
-        "greedy": SamplingParams(temperature=0.0),
-        "greedy+penalties+bias": SamplingParams(
-            temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5, logit_bias={5: -100.0, 7: 3.0}
-        ),
-        "temperature 1, top_p 1.0": SamplingParams(temperature=1.0, seed=0),
-        "temperature 1, top_p 0.9": SamplingParams(temperature=1.0, top_p=0.9, seed=0),
-        "temperature 0.7, top_p 0.9, x3 logits": SamplingParams(temperature=0.7, top_p=0.9, seed=0),
-    }
-    results: dict[str, float] = {}
-    for name, params in settings.items():
-        sampler = Sampler(params, vocab_size)
-        source = logits * 3 if "x3" in name else logits
-        for token in range(300):
-            sampler.accept(token)
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            for _ in range(repeats):
-                sampler.sample(source)
-            best = min(best, (time.perf_counter() - started) / repeats)
-        results[name] = best * 1e6
-    return results
-
-
-if __name__ == "__main__":
-    for setting, micros in bench_sampler().items():
-        print(f"{setting:40s} {micros:8.1f} us")

@@ -103,7 +103,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, deque[Job]] = OrderedDict()
         self._n_pending = 0
-        self._last_ahead: dict[int, int] = {}
+        self._last_ahead: dict[str, int] = {}  # job id → the n_ahead it was last told
         self._last_served: dict[str, int] = {}
         self._serve_count = 0
         self._draining = False
@@ -147,7 +147,7 @@ class Scheduler:
                     f"{self.running} running and {self._n_pending} waiting, queue limit {self.queue_max}"
                 )
             for job in jobs:
-                job._on_cancel = self._cancel_pending
+                job.on_cancel(self._cancel_pending)
                 self._pending.setdefault(user_key, deque()).append(job)
                 self._n_pending += 1
             notices = self._dispatch_locked()
@@ -264,6 +264,10 @@ class Scheduler:
                 self._notify(notices)
 
     # --- introspection and shutdown ----------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return len(self.slots) + self.queue_max
+
     @property
     def running(self) -> int:
         return sum(1 for s in self.slots if s.job is not None)

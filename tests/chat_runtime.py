@@ -26,14 +26,5 @@ def tiny_chat_model(folder: Path, *, context_length: int, **load: int) -> Iterat
 
 @contextmanager
 def serving(model: ChatModel) -> Iterator[Runtime]:
-    runtime = get_runtime()
-    # A page test may have started loading the real model in the background: let that finish
-    # first, or it would replace the tiny model half-way through the test.
-    if runtime._thread is not None:
-        runtime._thread.join(timeout=300)
-    saved = runtime.model, runtime.state
-    runtime.model, runtime.state = model, "ready"
-    try:
+    with get_runtime().serving(model) as runtime:
         yield runtime
-    finally:
-        runtime.model, runtime.state = saved

@@ -43,7 +43,7 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from conversations import actions as services
+from conversations import actions
 from conversations.models import Team
 User = get_user_model()
 for name in ("alice", "bob"):
@@ -52,11 +52,11 @@ for name in ("alice", "bob"):
     user.save()
 call_command("addmember", "alpha", "alice", "--admin")  # a team admin: she reviews in the admin
 alice, alpha = User.objects.get(username="alice"), Team.objects.get(name="alpha")
-chat = services.start_conversation(alice, alpha, title="A long conversation")
+chat = actions.start_conversation(alice, alpha, title="A long conversation", visibility="team")
 for i in range(12):
-    services.add_user_message(chat, f"Question {{i}}: " + "words " * 40, author=alice)
-    (reply,) = services.start_assistant_messages(chat, 1, params={{"model": "tiny"}}, prompt_tokens=5)
-    services.finish_assistant_message(reply.pk, services.Outcome(
+    actions.add_user_message(chat, f"Question {{i}}: " + "words " * 40, author=alice)
+    (reply,) = actions.start_assistant_messages(chat, 1, params={{"model": "tiny"}}, prompt_tokens=5)
+    actions.finish_assistant_message(reply.pk, actions.Outcome(
         status="complete", content={ANSWER_MD!r}, completion_tokens=20, duration=0.5))
 print(chat.pk)
 """
@@ -316,6 +316,9 @@ def test_dark_mode_follows_the_browser_and_the_toggle_is_remembered(browser, ser
     assert background(page) == "rgb(20, 23, 27)"  # dark, as the browser prefers
     new_conversation(page, "A question at night")
     assert axe(page) == []  # the dark colours keep their contrast
+    page.goto(server.url + f"/c/{server.long_chat}/")  # shared by alice: answers with highlighted code
+    assert axe(page) == []
+    page.go_back()
     page.screenshot(path=str(SCREENSHOTS / "chat-dark.png"))
     page.click("#theme-toggle")  # shown dark: the toggle chooses light
     page.wait_for_load_state()

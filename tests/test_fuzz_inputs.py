@@ -118,6 +118,7 @@ TARGETS: dict[str, Target] = {
     "conversation": ("alice", "GET", chat_url("chat:conversation"), ["q"]),
     "switch team": ("alice", "POST", lambda w: reverse("chat:switch_team"), ["team"]),
     "new chat": ("alice", "POST", lambda w: reverse("chat:create"), ["team"]),
+    "new chat from a message": ("bob", "GET", lambda w: reverse("chat:create"), ["from"]),
     "new key": ("alice", "POST", lambda w: reverse("chat:api_keys"), ["team", "name"]),
     "home search": ("bob", "GET", lambda w: reverse("chat:home"), ["q"]),
     "list search": ("bob", "GET", lambda w: reverse("chat:list"), ["q"]),

@@ -39,13 +39,11 @@ def damaged_runtime(tmp_path: Path, settings):
     settings.CHAT_MODEL_PATH = str(damaged_copy(tmp_path))
     settings.CHAT_SLOTS = 1
     settings.CHAT_THREADS = 1
-    saved = runtime_module._runtime
-    runtime_module._runtime = runtime = Runtime()
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-        runtime_module._runtime = saved
+    with runtime_module.installed(Runtime()) as runtime:
+        try:
+            yield runtime
+        finally:
+            runtime.close()
 
 
 def test_it_refuses_to_load_a_model_whose_first_logits_are_not_finite(tmp_path: Path) -> None:

@@ -156,9 +156,9 @@ def count_queries(client: Client, url: str) -> int:
 
 # The list page of a team admin: session, user, their admin teams, the four filters that list
 # choices (teams, users, keys, models, connections), the COUNT, the page of rows (with owner, team, key and
-# flag joined in), and the two permission lookups of the sidebar's API-key admin. A superuser
-# skips the team and permission lookups.
-@pytest.mark.parametrize("role, expected", [("alice", 12), ("root", 9)])
+# flag joined in), the two permission lookups of the sidebar's API-key admin, and the user's theme
+# (the page follows their dark-mode choice). A superuser skips the team and permission lookups.
+@pytest.mark.parametrize("role, expected", [("alice", 13), ("root", 10)])
 def test_it_makes_a_fixed_number_of_queries_whatever_the_row_count(
     world: World, role: str, expected: int, django_assert_num_queries
 ) -> None:

@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
 from conversations import actions
-from tests.test_chat_consumer import HOST, ORIGIN, cookie_for
+from tests.ws_chat import HOST, ORIGIN, cookie_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

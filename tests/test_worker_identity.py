@@ -10,10 +10,10 @@ import uuid
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from chatsite.management.commands.inferenceworker import Worker
 from inference.jobs import Delta
 from inference.model import ChatModel
 from inference.remote import client as worker_module
+from inference.remote.server import Worker
 from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 
@@ -82,8 +82,9 @@ def test_it_sends_every_last_event_before_the_worker_exits(
 ) -> None:
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
     model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=2, threads=2)
-    worker = Worker(model.scheduler)
-    worker.layer = SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+    worker = Worker(
+        model.scheduler, SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+    )
 
     async def scenario():
         stop = asyncio.Event()

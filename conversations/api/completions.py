@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,7 +43,7 @@ from inference.jobs import (
     BackendUnreachable,
     ContextLengthExceeded,
     Delta,
-    Event,
+    EventPump,
     Finished,
     Job,
     Overloaded,
@@ -170,7 +169,7 @@ async def admit(
 ) -> list[Job]:
     """All n choices are admitted together, or the answer is 429 before anything is written."""
     scheduler = model.scheduler
-    capacity = len(scheduler.slots) + scheduler.queue_max
+    capacity = scheduler.capacity
     if n > capacity:  # could never be admitted: a retry would not help, so this is not a 429
         raise InvalidRequest(
             f"n={n} is more than this server can run at once (at most {capacity}).", param="n"
@@ -278,75 +277,55 @@ class Reply:
         (the task is cancelled) the jobs are cancelled, and the runner saves the partial replies
         as 'cancelled'.
         """
-        loop = asyncio.get_running_loop()
-        pending: deque[tuple[int, Event]] = deque()
-        ready = asyncio.Event()
-        waiting = [False]
-        listeners = []
-        for index, job in enumerate(self.run.jobs):
-
-            def listener(event: Event, index: int = index) -> None:
-                pending.append((index, event))
-                if waiting[0]:
-                    waiting[0] = False
-                    loop.call_soon_threadsafe(ready.set)
-
-            job.subscribe(listener)
-            listeners.append((job, listener))
-        complete = False
-        delivered = [0] * len(self.run.jobs)
-        try:
-            yield b"".join(
-                self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
-                for index in range(len(self.run.jobs))
-            )
-            open_choices = len(self.run.jobs)
-            last_flush = time.monotonic()
-            while open_choices:
-                if not pending:
-                    ready.clear()
-                    waiting[0] = True  # before looking again: an event queued from now on wakes us
-                    if not pending:
-                        await ready.wait()
-                    waiting[0] = False
-                    pause = last_flush + FLUSH_INTERVAL - time.monotonic()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                out: list[bytes] = []
-                while pending:
-                    index, event = pending.popleft()
-                    if isinstance(event, Delta):
-                        out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
-                        delivered[index] += len(event.text)
-                    elif isinstance(event, Finished):
-                        open_choices -= 1
-                        if event.reason not in ("stop", "length"):
-                            # After the 200 has gone out, an error can only be told in-band. A job
-                            # the scheduler cancelled (draining at shutdown) leaves its siblings
-                            # interrupted.
-                            self.run.cancel(
-                                Message.Status.ERROR
-                                if event.reason == "error"
-                                else Message.Status.INTERRUPTED
-                            )
-                            complete = True
-                            yield b"".join([*out, sse(_failure(event).body()), DONE])
-                            return
-                        out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
-                if out:
-                    last_flush = time.monotonic()
-                    yield b"".join(out)
-                    self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
-            finished = await self.run.wait()  # every reply is saved before [DONE]
-            await self.record_calls(finished)
-            complete = True
-            if self.run.unsaved:  # the client has the text, but the log does not: say so
-                yield sse(_unsaved().body()) + DONE
-                return
-            usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
-            yield usage + DONE
-        finally:
-            for job, listener in listeners:
-                job.unsubscribe(listener)
-            if not complete:
-                self.run.cancel(Message.Status.CANCELLED)
+        with EventPump(self.run.jobs) as pump:
+            complete = False
+            delivered = [0] * len(self.run.jobs)
+            try:
+                yield b"".join(
+                    self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+                    for index in range(len(self.run.jobs))
+                )
+                open_choices = len(self.run.jobs)
+                last_flush = time.monotonic()
+                while open_choices:
+                    if not pump.pending:
+                        pump.arm()  # before looking again: an event queued from now on wakes us
+                        await pump.wait()
+                        pause = last_flush + FLUSH_INTERVAL - time.monotonic()
+                        if pause > 0:
+                            await asyncio.sleep(pause)
+                    out: list[bytes] = []
+                    for index, event in pump.take():
+                        if isinstance(event, Delta):
+                            out.extend(self._chunk([c]) for c in self.output.delta_choices(index, event))
+                            delivered[index] += len(event.text)
+                        elif isinstance(event, Finished):
+                            open_choices -= 1
+                            if event.reason not in ("stop", "length"):
+                                # After the 200 has gone out, an error can only be told in-band. A job
+                                # the scheduler cancelled (draining at shutdown) leaves its siblings
+                                # interrupted.
+                                self.run.cancel(
+                                    Message.Status.ERROR
+                                    if event.reason == "error"
+                                    else Message.Status.INTERRUPTED
+                                )
+                                complete = True
+                                yield b"".join([*out, sse(_failure(event).body()), DONE])
+                                return
+                            out.extend(self._chunk([c]) for c in self.output.finish_choices(index, event))
+                    if out:
+                        last_flush = time.monotonic()
+                        yield b"".join(out)
+                        self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
+                finished = await self.run.wait()  # every reply is saved before [DONE]
+                await self.record_calls(finished)
+                complete = True
+                if self.run.unsaved:  # the client has the text, but the log does not: say so
+                    yield sse(_unsaved().body()) + DONE
+                    return
+                usage = self._chunk([], usage=self.usage(finished)) if include_usage else b""
+                yield usage + DONE
+            finally:
+                if not complete:
+                    self.run.cancel(Message.Status.CANCELLED)

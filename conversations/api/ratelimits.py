@@ -14,8 +14,13 @@ from review import limits
 async def reserve(key: ApiKey, tokens: int) -> limits.Reservation:
     """Take one request and ``tokens`` (prompt + max_tokens × n) from the key's team, user, member
     and key limits, or answer 429 (``type`` "requests" or "tokens") with ``Retry-After``."""
+    return await database_sync_to_async(reserve_now, thread_sensitive=False)(key, tokens)
+
+
+def reserve_now(key: ApiKey, tokens: int) -> limits.Reservation:
+    """``reserve`` from synchronous code (a thread that has more to do in the same trip)."""
     try:
-        return await limits.areserve(team_id=key.team_id, user_id=key.user_id, key_id=key.pk, tokens=tokens)
+        return limits.reserve(team_id=key.team_id, user_id=key.user_id, key_id=key.pk, tokens=tokens)
     except limits.LimitReached as exc:
         error = RateLimited(str(exc), headers={"Retry-After": str(exc.retry_after), **exc.headers})
         error.type = exc.rule.kind  # OpenAI's "requests" or "tokens"

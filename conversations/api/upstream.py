@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -34,6 +34,7 @@ from conversations.api.protocol import (
 from conversations.live import runner
 from conversations.models import ApiKey, Message
 from inference.streaming import DONE, sse
+from inference.upstream.connection import Opened
 from inference.upstream.errors import (
     UpstreamError,
     UpstreamQueueFull,
@@ -41,7 +42,11 @@ from inference.upstream.errors import (
     UpstreamTimeout,
 )
 from inference.upstream.relay import End, Relay, TokenCounter, new_jobs
+from inference.upstream.sse import with_model
+from review import limits
 from upstreams import permissions, registry
+
+log = logging.getLogger(__name__)
 
 # Checked by the upstream, not by chatsite: the fields the embedded engine refuses.
 PASSTHROUGH = (
@@ -220,17 +225,40 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         forward["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
     messages = log_messages(data["messages"])
     count = token_counter()
-    prompt_tokens = 0
-    if count is not None:
-        text = "\n".join(m["content"] for m in messages)
-        prompt_tokens = await sync_to_async(count, thread_sensitive=False)(text)
+    completion_tokens = reserved_max_tokens(body) * n
+
+    def count_and_reserve() -> tuple[int, limits.Reservation]:
+        # One trip to a thread for both: counting a long prompt must not stall the event loop, and
+        # each trip costs time on the way to the first token.
+        prompt_tokens = count("\n".join(m["content"] for m in messages)) if count is not None else 0
+        return prompt_tokens, ratelimits.reserve_now(key, prompt_tokens + completion_tokens)
 
     pool = await registry.apool()
     # The limits first (review/limits.py), as for the embedded model: a refused call is not sent on
     # and writes nothing; the reservation is settled with the real usage once the run ends.
-    reservation = await ratelimits.reserve(key, prompt_tokens + reserved_max_tokens(body) * n)
+    prompt_tokens, reservation = await database_sync_to_async(count_and_reserve, thread_sensitive=False)()
+    completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
+    # The replica is chosen before the call is opened, so that the log rows (written while it
+    # opens) name it; a call that moves to another replica has its rows corrected before any token.
+    first = pool.pick(model_id)
+    logged: dict[str, Any] = {k: data[k] for k in LOGGED_PARAMS if k in data}
+    logged.update(n=n, stream=stream, model=data["model"], id=completion_id)
+    if first is not None:
+        logged["upstream"] = first.name
     try:
-        opened = await pool.open(model_id, forward, stream=stream)
+        opened, call = await _open_and_log(
+            lambda sent: pool.open(model_id, forward, stream=stream, first=first, sent=sent),
+            lambda: actions.start_api_call(
+                key,
+                model_id=model_id,
+                messages=messages,
+                params=logged,
+                n=n,
+                prompt_tokens=prompt_tokens,
+                request_user=body.user or "",
+            ),
+            logged.get("upstream"),
+        )
     except UpstreamError as exc:
         await ratelimits.refund(reservation)
         error = api_error(exc)
@@ -241,25 +269,8 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
         await ratelimits.refund(reservation)
         raise
 
-    completion_id = f"chatcmpl-{secrets.token_urlsafe(18)}"
-    logged: dict[str, Any] = {k: data[k] for k in LOGGED_PARAMS if k in data}
-    logged.update(n=n, stream=stream, model=data["model"], id=completion_id, upstream=opened.connection.name)
     jobs = new_jobs(n, f"user-{key.user_id}")
     relay = Relay(jobs, with_chunks=stream, count_tokens=count, prompt_tokens=prompt_tokens)
-    try:
-        call = await database_sync_to_async(actions.start_api_call)(
-            key,
-            model_id=model_id,
-            messages=messages,
-            params=logged,
-            n=n,
-            prompt_tokens=prompt_tokens,
-            request_user=body.user or "",
-        )
-    except BaseException:
-        await opened.aclose()
-        await ratelimits.refund(reservation)
-        raise
     relay.start(opened)
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
@@ -280,6 +291,76 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
     answer["model"] = data["model"]
     response = HttpResponse(json.dumps(answer, ensure_ascii=False), content_type="application/json")
     return ratelimits.with_headers(response, reservation)
+
+
+async def _open_and_log(
+    opening: Callable[[Callable[[], None]], Coroutine[Any, Any, Opened]],
+    start_call: Callable[[], actions.ApiCall],
+    named: str | None,
+) -> tuple[Opened, actions.ApiCall]:
+    """Open the upstream call (up to its first token) and write its log rows meanwhile: the write
+    starts once the request is on its way (``opening`` calls the function it is given then) and
+    is off the way to the first token; still no token reaches the client before the call is
+    logged. The rows name the connection ``named``; if another replica took the call, they are
+    corrected before this returns.
+
+    If either fails, or the client goes away, the other is undone before this returns or raises:
+    an opened call is closed (the upstream frees its slot) and written rows are deleted, so a call
+    that never got a first token leaves nothing in the log, as before. A process that dies in
+    between leaves a streaming reply without text, which the next start-up (or the sweep of stale
+    heartbeats) marks interrupted.
+    """
+    sent = asyncio.Event()
+    open_task = asyncio.ensure_future(opening(sent.set))
+    log_task: asyncio.Future[actions.ApiCall] | None = None
+    done = False
+    try:
+        # Not before the request has left: the write's thread would compete with sending it.
+        sending = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait((open_task, sending), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sending.cancel()
+        if open_task.done() and open_task.exception() is not None:
+            await open_task  # it failed before sending (or before any token): nothing to log
+        log_task = asyncio.ensure_future(database_sync_to_async(start_call, thread_sensitive=False)())
+        await asyncio.wait((open_task, log_task), return_when=asyncio.FIRST_EXCEPTION)
+        if log_task.done() and log_task.exception() is not None:
+            raise log_task.exception()  # type: ignore[misc]  # no need to wait for the first token
+        opened = await open_task
+        call = await log_task
+        if opened.connection.name != named:
+            await database_sync_to_async(actions.record_upstream, thread_sensitive=False)(
+                [reply.pk for reply in call.replies], opened.connection.name
+            )
+        done = True
+        return opened, call
+    finally:
+        if not done:
+            undoing = asyncio.ensure_future(_undo(open_task, log_task))
+            _keep(undoing)  # it finishes even if this request is cancelled again meanwhile
+            await asyncio.shield(undoing)
+
+
+async def _undo(open_task: asyncio.Future[Opened], log_task: asyncio.Future[actions.ApiCall] | None) -> None:
+    """Close the opened call and delete the written rows of a call that did not go through."""
+    open_task.cancel()
+    await asyncio.wait((open_task,) if log_task is None else (open_task, log_task))
+    if not open_task.cancelled() and open_task.exception() is None:
+        await open_task.result().aclose()
+    if log_task is not None and not log_task.cancelled() and log_task.exception() is None:
+        try:
+            await database_sync_to_async(actions.discard_api_call, thread_sensitive=False)(log_task.result())
+        except Exception:  # the reply stays streaming: the sweep of stale heartbeats interrupts it
+            log.exception("could not delete the log rows of an upstream call that did not go through")
+
+
+_undoing: set[asyncio.Future[None]] = set()
+
+
+def _keep(task: asyncio.Future[None]) -> None:
+    _undoing.add(task)
+    task.add_done_callback(_undoing.discard)
 
 
 def _encode(chunk: dict[str, Any]) -> bytes:
@@ -312,17 +393,24 @@ async def _stream(relay: Relay, run: runner.Run, model: str, include_usage: bool
                     complete = True
                     yield b"".join([*out, DONE])
                     return
-                if not include_usage:
-                    if "usage" in item and not item.get("choices"):
-                        continue
-                    item.pop("usage", None)
-                item["model"] = model
-                for choice in item.get("choices") or ():
+                chunk = item.data
+                for choice in chunk.get("choices") or ():
                     if isinstance(choice, dict) and isinstance(choice.get("index"), int):
                         content = (choice.get("delta") or {}).get("content")
                         if isinstance(content, str) and 0 <= choice["index"] < len(delivered):
                             delivered[choice["index"]] += len(content)
-                out.append(_encode(item))
+                if not include_usage and "usage" in chunk:
+                    if not chunk.get("choices"):
+                        continue
+                    chunk.pop("usage")
+                elif chunk.get("model") == model:  # the client reads it as we did: as it came
+                    out.append(b"data: " + item.raw.encode() + b"\n\n")
+                    continue
+                elif (text := with_model(item.raw, model)) is not None:  # edited, not re-encoded
+                    out.append(b"data: " + text.encode() + b"\n\n")
+                    continue
+                chunk["model"] = model
+                out.append(_encode(chunk))
             if out:
                 yield b"".join(out)
                 run.mark_delivered(delivered)

@@ -103,7 +103,11 @@ def _sampling(conversation: Conversation, max_tokens: int, grammar: str | None =
 
 
 def is_running(conversation_id: int) -> bool:
-    return conversation_id in _runs or conversation_id in _starting
+    """A reply is starting or running here. A run whose rows all have their final state (its
+    pages were told it ended) no longer counts, though it is forgotten a moment later: a message
+    a page queued until then is taken at once."""
+    run = _runs.get(conversation_id)
+    return conversation_id in _starting or (run is not None and not all(t.done() for t in run.tasks))
 
 
 async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
@@ -217,7 +221,12 @@ def _track(conversation_id: int, run: runner.Run) -> None:
     waiter = asyncio.ensure_future(run.wait())
     _waiters.add(waiter)
     waiter.add_done_callback(_waiters.discard)
-    waiter.add_done_callback(lambda _: _runs.pop(conversation_id, None))
+    waiter.add_done_callback(lambda _: _forget(conversation_id, run))
+
+
+def _forget(conversation_id: int, run: runner.Run) -> None:
+    if _runs.get(conversation_id) is run:  # not a next run, started as this one ended
+        del _runs[conversation_id]
 
 
 async def _unanswered(message: Message | None, reason: str, *, never_fits: bool = False) -> None:

@@ -38,7 +38,7 @@ from conversations import actions, metrics
 from conversations.live import saving
 from conversations.models import Message
 from conversations.render import StreamRender
-from inference.jobs import Delta, Event, Finished, Job, Queued, Started
+from inference.jobs import Delta, EventPump, Finished, Job, Queued, Started
 from inference.remote.receiving import close_receiver, receive_until_closed
 
 log = logging.getLogger(__name__)
@@ -131,53 +131,37 @@ class Run:
 
     async def _follow(self, job: Job, message_id: int, choice_index: int) -> Finished:
         loop = asyncio.get_running_loop()
-        # The loop is not woken for every token: the producer thread queues the text, and wakes
-        # the task only for the first text after a publish (and for the other, rare events). A
-        # wake per token would take CPU from the model at every step.
+        # The loop is not woken for every token: the pump wakes this task for the first text
+        # after a publish (it is re-armed there) and for the other, rare events.
         texts: deque[str] = deque()
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        wake_on_text = [True]
-
-        def listener(event: Event) -> None:
-            if isinstance(event, Delta):
-                texts.append(event.text)
-                if not wake_on_text[0]:
-                    return
-                wake_on_text[0] = False
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        job.subscribe(listener)
         render = StreamRender()  # one per reply, whoever watches it
         parts: list[str] = []
         unsent: list[str] = []
         last_publish, last_checkpoint = 0.0, time.monotonic()
         checkpointing: asyncio.Task | None = None
-        try:
-            while True:
+        finished: Finished | None = None
+        with EventPump([job]) as pump:
+            while finished is None:
                 now = time.monotonic()
                 due = last_checkpoint + CHECKPOINT_INTERVAL
                 if unsent or texts:
                     due = min(due, last_publish + PUBLISH_INTERVAL)
-                try:
-                    event: Event | None = queue.get_nowait()  # never starve behind a due timer
-                except asyncio.QueueEmpty:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), timeout=max(0.0, due - now))
-                    except TimeoutError:
-                        event = None
-                if isinstance(event, Finished):
-                    finished = event
+                await pump.wait(timeout=max(0.0, due - now))  # at once when events are pending
+                for _, event in pump.take():
+                    if isinstance(event, Delta):
+                        texts.append(event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    elif isinstance(event, Queued):
+                        queued = {"type": "chat.queued", "message_id": message_id, "n_ahead": event.n_ahead}
+                        await self._send(queued)
+                    elif isinstance(event, Started):
+                        await self._send({"type": "chat.started", "message_id": message_id})
+                if finished is not None:
                     break
-                if isinstance(event, Queued):
-                    queued = {"type": "chat.queued", "message_id": message_id, "n_ahead": event.n_ahead}
-                    await self._send(queued)
-                elif isinstance(event, Started):
-                    await self._send({"type": "chat.started", "message_id": message_id})
                 now = time.monotonic()
                 if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
-                    wake_on_text[0] = True  # before taking: text queued from now on wakes the task
+                    pump.arm()  # before taking: text queued from now on wakes the task
                     _take(texts, parts, unsent)
                     await self._publish(message_id, choice_index, unsent, render)
                     unsent, last_publish = [], now
@@ -192,8 +176,6 @@ class Run:
                         checkpointing = loop.create_task(self._checkpoint(message_id, text))
                         _keep(checkpointing)
                     last_checkpoint = now
-        finally:
-            job.unsubscribe(listener)
         _take(texts, parts, unsent)  # every Delta is queued before the Finished that follows it
         metrics.observe_generation(finished)
         if unsent:

@@ -20,8 +20,9 @@ longer lists it (its end was lost on the way), or when that worker has said noth
 ``WORKER_SILENCE`` seconds (it died): a reply never waits forever, and never blocks its
 conversation.
 
-On the web side, ``WorkerClient`` turns them back into ``inference.jobs.Job`` objects, so the
-runner, the API and the websocket consumer use remote jobs exactly as local ones.
+The messages are declared in messages.py; the worker's side is server.py. On the web side,
+``WorkerClient`` turns them back into ``inference.jobs.Job`` objects, so the runner, the API and the
+websocket consumer use remote jobs exactly as local ones.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 
@@ -39,60 +40,24 @@ from inference.gguf import GGUFInfo, read_gguf
 from inference.jobs import (
     BackendUnreachable,
     ContextLengthExceeded,
-    Delta,
-    Event,
     Finished,
     Job,
     Overloaded,
-    Queued,
-    Started,
-    Timings,
-    Usage,
     finish_or_cancel,
 )
+from inference.remote import messages
+from inference.remote.messages import ALIVE_INTERVAL, WORKER_CHANNEL, Admitted, Alive, JobEvent, Refused
 from inference.remote.receiving import close_receiver, receive_until_closed
-from inference.sampling import SamplingParams, TokenLogprob
+from inference.sampling import SamplingParams
 from inference.scheduler import resolve_max_tokens
+
+if TYPE_CHECKING:
+    from inference.model import ChatModel
 
 log = logging.getLogger(__name__)
 
-WORKER_CHANNEL = "chatsite.inference"
 ADMISSION_TIMEOUT = 10.0  # seconds to wait for the worker's answer before calling it overloaded
-ALIVE_INTERVAL = 2.0  # seconds between the worker's alive messages to each web process
 WORKER_SILENCE = 20.0  # seconds without a word from the worker after which its jobs are given up
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    d = dataclasses.asdict(event)
-    if isinstance(event, Delta):
-        d["token_ids"] = list(event.token_ids)
-    if isinstance(event, Finished) and event.token_ids is not None:
-        d["token_ids"] = list(event.token_ids)
-    return d
-
-
-def event_from_dict(d: dict[str, Any]) -> Event:
-    kind = d["type"]
-    if kind == "queued":
-        return Queued(d["n_ahead"])
-    if kind == "started":
-        return Started(d["cached_tokens"])
-    if kind == "delta":
-        logprobs = tuple(
-            TokenLogprob(p["token_id"], p["logprob"], tuple((int(i), lp) for i, lp in p["top"]))
-            for p in d.get("logprobs", ())
-        )
-        return Delta(d["text"], tuple(d["token_ids"]), logprobs)
-    if kind == "finished":
-        return Finished(
-            reason=d["reason"],
-            usage=Usage(**d["usage"]),
-            timings=Timings(**d["timings"]),
-            text=d["text"],
-            token_ids=tuple(d["token_ids"]) if d["token_ids"] is not None else None,
-            error=d["error"],
-        )
-    raise ValueError(f"unknown event type {kind!r}")
 
 
 class WorkerClient:
@@ -139,6 +104,10 @@ class WorkerClient:
                 if now - max(self._heard.get(worker, 0.0), job.submitted_at) > WORKER_SILENCE:
                     self._give_up(job_id, f"the inference worker has not answered for {WORKER_SILENCE:g} s")
 
+    def waiting_jobs(self) -> list[Job]:
+        """This process's jobs whose end has not arrived yet."""
+        return list(self._jobs.values())
+
     def _give_up(self, job_id: str, why: str) -> None:
         job = self._jobs.pop(job_id, None)
         self._owners.pop(job_id, None)
@@ -151,21 +120,21 @@ class WorkerClient:
     ) -> list[Job]:
         """Ask the worker to admit n jobs; return them, or raise Overloaded / ContextLengthExceeded."""
         await self._ensure_started()
+        assert self.loop is not None and self.reply_channel is not None  # set by _ensure_started
         request_id = uuid.uuid4().hex
         answer = self.loop.create_future()
         self._answers[request_id] = (answer, list(prompt_ids), params, user_key)
-        message = {
-            "type": "inference.submit",
-            "request_id": request_id,
-            "reply_channel": self.reply_channel,
-            "prompt_ids": list(prompt_ids),
-            "params": params.to_json(),
-            "n": n,
-            "user_key": user_key,
-        }
+        message = messages.Submit(
+            request_id=request_id,
+            reply_channel=self.reply_channel,
+            prompt_ids=list(prompt_ids),
+            params=params.to_json(),
+            n=n,
+            user_key=user_key,
+        )
         try:
-            await self.layer.send(WORKER_CHANNEL, message)
-            reply = await asyncio.wait_for(answer, ADMISSION_TIMEOUT)
+            await self.layer.send(WORKER_CHANNEL, messages.dump(message))
+            reply, jobs = await asyncio.wait_for(answer, ADMISSION_TIMEOUT)
         except TimeoutError:
             raise BackendUnreachable(
                 "the inference worker did not answer (is `inferenceworker` running?)"
@@ -176,59 +145,60 @@ class WorkerClient:
             ) from None
         finally:
             self._answers.pop(request_id, None)
-        if reply["type"] == "inference.refused":
-            if reply["kind"] == "context":
+        if isinstance(reply, Refused):
+            if reply.kind == "context":
                 raise ContextLengthExceeded(
-                    reply["message"],
-                    prompt_tokens=reply["prompt_tokens"],
-                    max_tokens=reply["max_tokens"],
-                    context_length=reply["context_length"],
+                    reply.message,
+                    prompt_tokens=reply.prompt_tokens or 0,
+                    max_tokens=reply.max_tokens or 0,
+                    context_length=reply.context_length or 0,
                 )
-            raise Overloaded(reply["message"])
-        return reply["jobs"]
+            raise Overloaded(reply.message)
+        return jobs
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if "worker" in message:
-            self._heard[message["worker"]] = time.monotonic()
-        if kind == "inference.event":
-            job = self._jobs.get(message["job_id"])
+    def _dispatch(self, data: dict[str, Any]) -> None:
+        message = messages.parse(data)
+        if isinstance(message, JobEvent | Alive | Admitted):
+            self._heard[message.worker] = time.monotonic()
+        if isinstance(message, JobEvent):
+            job = self._jobs.get(message.job_id)
             if job is None:
                 return
-            event = event_from_dict(message["event"])
+            event = messages.event_from_dict(message.event)
             job.emit(event)
             if isinstance(event, Finished):
-                self._jobs.pop(message["job_id"], None)
-                self._owners.pop(message["job_id"], None)
+                self._jobs.pop(message.job_id, None)
+                self._owners.pop(message.job_id, None)
             return
-        if kind == "inference.alive":
+        if isinstance(message, Alive):
             # Only this worker's jobs, admitted before its list was made (a later one's admission
             # may arrive first).
-            running, worker = set(message["job_ids"]), message["worker"]
+            running = set(message.job_ids)
             for job_id, (owner, seq, _) in list(self._owners.items()):
-                if owner == worker and seq <= message["last_seq"] and job_id not in running:
+                if owner == message.worker and seq <= message.last_seq and job_id not in running:
                     self._give_up(job_id, "the inference worker no longer has this job (its end was lost)")
             return
-        waiting = self._answers.get(message["request_id"])
+        if not isinstance(message, Admitted | Refused):
+            raise ValueError(f"a web process does not take {message.type} messages")
+        waiting = self._answers.get(message.request_id)
         if waiting is None:
-            if kind == "inference.admitted":  # nobody waits any more (timed out): cancel them
-                for job_id in message["job_ids"]:
-                    self._send_cancel(job_id, message["worker_channel"])
+            if isinstance(message, Admitted):  # nobody waits any more (timed out): cancel them
+                for job_id in message.job_ids:
+                    self._send_cancel(job_id, message.worker_channel)
             return
         answer, prompt_ids, params, user_key = waiting
-        if kind == "inference.admitted":
+        jobs = []
+        if isinstance(message, Admitted):
             # The jobs are registered here, before any of their events can be dispatched.
-            jobs = []
-            for i, (job_id, seq) in enumerate(zip(message["job_ids"], message["seqs"], strict=True)):
-                job = Job(prompt_ids, params, user_key, message["max_tokens"], seed_offset=i)
+            for i, (job_id, seq) in enumerate(zip(message.job_ids, message.seqs, strict=True)):
+                job = Job(prompt_ids, params, user_key, message.max_tokens, seed_offset=i)
                 job.id = job_id
-                job._on_cancel = self._cancel
+                job.on_cancel(self._cancel)
                 self._jobs[job_id] = job
-                self._owners[job_id] = (message["worker"], seq, message["worker_channel"])
+                self._owners[job_id] = (message.worker, seq, message.worker_channel)
                 jobs.append(job)
-            message = {**message, "jobs": jobs}
         if not answer.done():
-            answer.set_result(message)
+            answer.set_result((message, jobs))
 
     def _cancel(self, job: Job) -> None:
         owner = self._owners.get(job.id)
@@ -238,7 +208,8 @@ class WorkerClient:
     def _send_cancel(self, job_id: str, channel: str) -> None:
         # Job.cancel may be called from any thread. To the job's own worker: with several workers
         # on one Redis, the shared channel would hand it to any of them.
-        message = {"type": "inference.cancel", "job_id": job_id}
+        message = messages.dump(messages.Cancel(job_id=job_id))
+        assert self.loop is not None  # a job exists only once the client has started
         sent = asyncio.run_coroutine_threadsafe(self.layer.send(channel, message), self.loop)
 
         def check(future) -> None:
@@ -266,12 +237,16 @@ class RemoteScheduler:
     def __init__(self, client: WorkerClient, *, context_length: int, slots: int, queue_max: int) -> None:
         self.client = client
         self.context_length = context_length
-        self.slots = [None] * slots  # only their number is known here
+        self.n_slots = slots  # the worker's; only their number is known here
         self.queue_max = queue_max
         self.draining = False
         # The worker's queue and slots are its own: its /metrics and status report them.
         self.queue_depth = 0
         self.running = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.n_slots + self.queue_max
 
     def resolve_max_tokens(self, n_prompt: int, max_tokens: int | None) -> int:
         return resolve_max_tokens(self.context_length, n_prompt, max_tokens)
@@ -298,31 +273,30 @@ class RemoteScheduler:
         """This process's jobs (in the worker) may finish for ``timeout`` s; the rest are cancelled,
         so that their replies are saved by this process's runner before it exits."""
         self.draining = True
-        finished, cancelled = finish_or_cancel(list(self.client._jobs.values()), timeout)
+        finished, cancelled = finish_or_cancel(self.client.waiting_jobs(), timeout)
         return {"queued_cancelled": 0, "finished": finished, "cancelled": cancelled}
 
     def close(self) -> None:
         pass
 
 
-def load_remote_model(model_path: str, *, context_length: int | None, slots: int, queue_max: int):
-    """A ChatModel whose generations run in the inference worker: the tokenizer and the chat
-    template are loaded here (prompts are built in the web process), the weights are not."""
-    from channels.layers import get_channel_layer
-
+def load_remote_model(
+    model_path: str, layer: Any, *, context_length: int | None, slots: int, queue_max: int
+) -> ChatModel:
+    """A ChatModel whose generations run in the inference worker, reached over the channel
+    ``layer``: the tokenizer and the chat template are loaded here (prompts are built in the web
+    process), the weights are not."""
     from inference.model import ChatModel, model_id_for
     from inference.prompts import ChatTemplate
     from inference.tokenizer import Tokenizer
 
     info = read_gguf(model_path)
     ctx = context_length or info.context_length
-    scheduler = RemoteScheduler(
-        WorkerClient(get_channel_layer()), context_length=ctx, slots=slots, queue_max=queue_max
-    )
+    scheduler = RemoteScheduler(WorkerClient(layer), context_length=ctx, slots=slots, queue_max=queue_max)
     return ChatModel(
         model_id_for(model_path),
-        RemoteEngine(info, ctx),  # type: ignore[arg-type]
+        RemoteEngine(info, ctx),
         Tokenizer.from_gguf(info),
         ChatTemplate.from_gguf(info),
-        scheduler,  # type: ignore[arg-type]
+        scheduler,
     )

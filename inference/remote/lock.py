@@ -42,9 +42,10 @@ class WorkerLock:
         waited = 0
         while not self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms):
             if waited >= deadline_ms:
-                holder = self.redis.get(self.key)
+                holder = self.redis.get(self.key) or b"?"
+                shown = holder.decode() if isinstance(holder, bytes) else str(holder)
                 raise WorkerAlreadyRunning(
-                    f"another inference worker ({(holder or b'?').decode()}) serves the channel prefix "
+                    f"another inference worker ({shown}) serves the channel prefix "
                     f"{self.key.rsplit(':', 1)[0]!r} on this Redis: one worker per CHAT_CHANNEL_PREFIX. "
                     "Stop it first, or give this one's web processes another prefix."
                 )

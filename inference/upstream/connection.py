@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2 as httpx
 
@@ -185,8 +185,11 @@ class Connection:
 
     # --- one call -------------------------------------------------------------------------------
 
-    async def open(self, body: dict[str, Any], *, stream: bool) -> Opened:
+    async def open(
+        self, body: dict[str, Any], *, stream: bool, sent: Callable[[], None] | None = None
+    ) -> Opened:
         """Send one chat completion and wait for its first token (streaming) or its whole answer.
+        ``sent`` is called once the request is on its way (its body written to the connection).
 
         Holds a slot from here until ``Opened.aclose``. Raises ``UpstreamQueueFull``,
         ``UpstreamRejected`` (4xx), ``UpstreamTimeout``, or ``UpstreamUnavailable`` (connection
@@ -199,8 +202,10 @@ class Connection:
         opened = Opened(self, submitted, queue_wait)
         try:
             client = self.client()
+            extensions = {"trace": _on_sent(sent)} if sent is not None else None
+            request = client.build_request("POST", "chat/completions", json=body, extensions=extensions)
             if not stream:
-                response = await client.post("chat/completions", json=body)
+                response = await client.send(request)
                 _raise_for_status(response.status_code, response.content)
                 opened.body = response.json()
                 if not isinstance(opened.body, dict):
@@ -209,14 +214,13 @@ class Connection:
                     )
                 opened.first_token_at = time.monotonic()
                 return opened
-            request = client.build_request("POST", "chat/completions", json=body)
             opened.response = await client.send(request, stream=True)
             if opened.response.status_code >= 400:
                 _raise_for_status(opened.response.status_code, await opened.response.aread())
             opened.lines = opened.response.aiter_lines()
             async for chunk in opened.read_chunks():
                 opened.buffered.append(chunk)
-                if _has_token(chunk):
+                if _has_token(chunk.data):
                     opened.first_token_at = time.monotonic()
                     break
             else:
@@ -225,6 +229,13 @@ class Connection:
         except BaseException as exc:
             await opened.aclose(failed=not isinstance(exc, UpstreamRejected | asyncio.CancelledError))
             raise _translate(exc) from None
+
+
+class Chunk(NamedTuple):
+    """One chunk of a stream: decoded, and its JSON text as the upstream wrote it."""
+
+    data: dict[str, Any]
+    raw: str
 
 
 class Opened:
@@ -238,11 +249,11 @@ class Opened:
         self.body: dict[str, Any] | None = None  # a non-streaming answer
         self.response: httpx.Response | None = None
         self.lines: AsyncIterator[str] | None = None
-        self.buffered: list[dict[str, Any]] = []
+        self.buffered: list[Chunk] = []
         self.finished = False  # [DONE] was read
         self._closed = False
 
-    async def read_chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def read_chunks(self) -> AsyncIterator[Chunk]:
         """The stream's chunks up to [DONE]; ``UpstreamUnavailable`` if it stops short or is malformed."""
         assert self.lines is not None
         try:
@@ -264,12 +275,12 @@ class Opened:
                 if "error" in chunk and not chunk.get("choices"):
                     message = _error_message(chunk) or "an error"
                     raise UpstreamUnavailable(f"the upstream reported an error mid-stream: {message}")
-                yield chunk
+                yield Chunk(chunk, data)
         except httpx.HTTPError as exc:
             raise _translate(exc) from None
         raise UpstreamUnavailable("the upstream's stream ended before [DONE]")
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Chunk]:
         """Every chunk: those read while opening, then the rest."""
         while self.buffered:
             yield self.buffered.pop(0)
@@ -294,6 +305,16 @@ class Opened:
                 await self.response.aclose()
             except Exception:
                 log.debug("closing the response of %s", connection.name, exc_info=True)
+
+
+def _on_sent(sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore ``trace`` hook that calls ``sent`` when the request's body has been written."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            sent()
+
+    return trace
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ has been read, a call is never sent again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from inference.upstream.connection import Connection, Opened, UpstreamConfig
@@ -59,18 +59,27 @@ class Pool:
         healthy = [c for c in candidates if c.healthy] or candidates
         return min(healthy, key=lambda c: (c.load(), c.in_flight))
 
-    async def open(self, model_id: str, body: dict[str, Any], *, stream: bool) -> Opened:
-        """Open a call on a replica of ``model_id``, trying one other replica if the first cannot
-        be reached or fails before its first token. See ``Connection.open`` for what it raises."""
+    async def open(
+        self,
+        model_id: str,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        first: Connection | None = None,
+        sent: Callable[[], None] | None = None,
+    ) -> Opened:
+        """Open a call on a replica of ``model_id`` (``first``: the one ``pick`` chose already),
+        trying one other replica if the first cannot be reached or fails before its first token.
+        See ``Connection.open`` for what it raises, and for ``sent``."""
         tried: set[str] = set()
         error: UpstreamUnavailable | None = None
-        for _ in range(ATTEMPTS):
-            connection = self.pick(model_id, tried)
+        for attempt in range(ATTEMPTS):
+            connection = first if attempt == 0 and first is not None else self.pick(model_id, tried)
             if connection is None:
                 break
             tried.add(connection.name)
             try:
-                return await connection.open(body, stream=stream)
+                return await connection.open(body, stream=stream, sent=sent)
             except UpstreamUnavailable as exc:
                 log.warning("upstream %s failed before the first token: %s", connection.name, exc)
                 connection.mark_unhealthy(str(exc))

@@ -16,7 +16,7 @@ from typing import Any
 
 from inference.jobs import Delta, Finished, Job, Started, Timings, Usage
 from inference.sampling import SamplingParams
-from inference.upstream.connection import Opened
+from inference.upstream.connection import Chunk, Opened
 from inference.upstream.errors import UpstreamError, UpstreamUnavailable
 
 TokenCounter = Callable[[str], int]
@@ -69,7 +69,7 @@ class Relay:
         prompt_tokens: int = 0,
     ) -> None:
         self.jobs = jobs
-        self.chunks: asyncio.Queue[dict[str, Any] | End] | None = asyncio.Queue() if with_chunks else None
+        self.chunks: asyncio.Queue[Chunk | End] | None = asyncio.Queue() if with_chunks else None
         self.count_tokens = count_tokens
         self.prompt_tokens = prompt_tokens  # the estimate, until the upstream reports its usage
         self.connection_name = ""
@@ -101,7 +101,7 @@ class Relay:
                 self._take(_as_chunk(opened.body), opened.first_token_at)
             else:
                 async for chunk in opened.chunks():
-                    self._take(chunk, time.monotonic())
+                    self._take(chunk.data, time.monotonic())
                     if self.chunks is not None:
                         self.chunks.put_nowait(chunk)
         except asyncio.CancelledError:
