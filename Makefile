@@ -15,13 +15,14 @@ run: setup
 	@exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 # Test worker processes (pytest-xdist): most tests wait on sockets and server processes, so two
-# workers fit 2 cores. Each test module runs whole on one worker (tests/conftest.py groups them).
+# workers fit 2 cores. Each test module runs whole on one worker, the slow ones handed out first
+# (tests/conftest.py groups and orders them).
 # TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 
 ## test: set up (venv, dev requirements, model) and run the whole test suite (TEST_WORKERS processes)
 test: setup-dev
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$status
 

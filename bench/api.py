@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,12 +107,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def concurrent(server: LiveServer, clients: int, max_tokens: int, bias: dict[str, float]) -> dict:
+def concurrent(
+    server: LiveServer,
+    clients: int,
+    max_tokens: int,
+    bias: dict[str, float],
+    prompt: Callable[[int], str] = lambda i: f"{STORY} Its number is {i}.",
+) -> dict:
     results: list[Stream | Exception] = [RuntimeError("not run")] * clients
 
     def run(i: int) -> None:
         try:
-            results[i] = stream(server, f"{STORY} Its number is {i}.", max_tokens, bias)
+            results[i] = stream(server, prompt(i), max_tokens, bias)
         except Exception as exc:  # reported, not raised: every client's fate is a figure
             results[i] = exc
 

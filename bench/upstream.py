@@ -13,8 +13,10 @@ Measured, with direct and through-chatsite runs interleaved so that both see the
 
 - decode tok/s of one greedy stream (control tokens banned, so it runs to the end), from its first
   content chunk to its last: through chatsite / direct (target ≥ 0.97);
-- TTFT (request sent → first content chunk; a new prompt each time): the median added by chatsite
-  (target ≤ 10 ms);
+- TTFT (request sent → first content chunk) of --ttft-pairs short calls each way, in pairs: the
+  median of what chatsite adds in a pair (target ≤ 10 ms). Every prompt starts with its own tag,
+  so no call finds its prompt in the upstream's prompt cache (which would favour the second of a
+  pair) and each shares the same template prefix with the calls before it;
 - --clients concurrent streams through chatsite (and the same directly): every answer complete;
 - the front's CPU time per streamed token (its event loop, and the whole process): unlike the
   tok/s and TTFT figures it does not depend on what else the machine is doing.
@@ -32,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.api import STORY, concurrent, main_thread_cpu, report, stream
+from bench.api import STORY, concurrent, main_thread_cpu, percentile, report, stream
 from bench.run import CORES, ROOT, default_model_path
 from inference.model import model_id_for
 from tests.live_server import NO_EOS, PYTHON, LiveServer
@@ -97,7 +99,8 @@ def main() -> None:
     )
     parser.add_argument("--model", default=os.environ.get("CHAT_MODEL_PATH") or default_model_path())
     parser.add_argument("--tokens", type=int, default=128, help="tokens per single stream")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved direct/through runs")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved direct/through decode runs")
+    parser.add_argument("--ttft-pairs", type=int, default=30, help="interleaved direct/through TTFT calls")
     parser.add_argument("--clients", type=int, default=16, help="concurrent streaming clients")
     parser.add_argument("--client-tokens", type=int, default=32, help="tokens per concurrent stream")
     parser.add_argument("--slots", type=int, default=4, help="the upstream's CHAT_SLOTS")
@@ -105,29 +108,41 @@ def main() -> None:
     args = parser.parse_args()
 
     model_id = model_id_for(args.model)
+    load_before = os.getloadavg()
     folder = Path(tempfile.mkdtemp(prefix="bench-upstream-"))
     upstream = start_upstream(folder, str(args.model), args.slots, args.clients)
     front = None
     try:
         front = start_front(folder, upstream, model_id, args.slots, args.clients)
         # Warm both paths (page cache, the front's connection pool) before measuring.
-        stream(upstream, STORY, 8, NO_EOS)
-        stream(front, STORY, 8, NO_EOS)
+        for _ in range(3):
+            stream(upstream, f"(warm) {STORY}", 8, NO_EOS)
+            stream(front, f"(warm) {STORY}", 8, NO_EOS)
+        first_direct, first_through = [], []
+        for i in range(args.ttft_pairs):
+            # The order alternating, each prompt its own (see the module's docstring).
+            pair = [(first_direct, upstream, "d"), (first_through, front, "t")]
+            for out, server, tag in pair if i % 2 == 0 else reversed(pair):
+                out.append(stream(server, f"({tag}{i}) {STORY}", 2, NO_EOS))
         direct, through = [], []
         loop_cpu = process_cpu = 0.0
         assert front.process is not None
         pid = front.process.pid
         for i in range(args.repeats):
-            # A different prompt each pair (no KV-cache reuse), the order alternating.
-            pair = [(direct, upstream), (through, front)]
-            for out, server in pair if i % 2 == 0 else reversed(pair):
+            pair = [(direct, upstream, "D"), (through, front, "T")]
+            for out, server, tag in pair if i % 2 == 0 else reversed(pair):
                 loop_before, process_before = main_thread_cpu(pid), process_cpu_seconds(pid)
-                out.append(stream(server, f"{STORY} ({i}, {len(out)})", args.tokens, NO_EOS))
+                out.append(stream(server, f"({tag}{i}) {STORY}", args.tokens, NO_EOS))
                 if server is front:
                     loop_cpu += main_thread_cpu(pid) - loop_before
                     process_cpu += process_cpu_seconds(pid) - process_before
-        crowd_direct = concurrent(upstream, args.clients, args.client_tokens, NO_EOS)
-        crowd_through = concurrent(front, args.clients, args.client_tokens, NO_EOS)
+        # Their own prompts too: the second crowd must not find the first's in the prompt cache.
+        crowd_direct = concurrent(
+            upstream, args.clients, args.client_tokens, NO_EOS, lambda i: f"(c{i}) {STORY}"
+        )
+        crowd_through = concurrent(
+            front, args.clients, args.client_tokens, NO_EOS, lambda i: f"(C{i}) {STORY}"
+        )
     finally:
         if front is not None:
             front.stop()
@@ -135,15 +150,22 @@ def main() -> None:
 
     direct_tps = statistics.median(s.decode_tps for s in direct if s.decode_tps)
     through_tps = statistics.median(s.decode_tps for s in through if s.decode_tps)
-    ttft_direct = statistics.median(s.ttft for s in direct)
-    ttft_through = statistics.median(s.ttft for s in through)
-    added = [t.ttft - d.ttft for d, t in zip(direct, through, strict=True)]
+    ttft_direct = statistics.median(s.ttft for s in first_direct)
+    ttft_through = statistics.median(s.ttft for s in first_through)
+    added = sorted(t.ttft - d.ttft for d, t in zip(first_direct, first_through, strict=True))
     results = {
-        "machine": {"cores": CORES, "note": "shared with other work while measured"},
+        "machine": {
+            "cores": CORES,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
         "model": args.model,
         "tokens": args.tokens,
         "repeats": args.repeats,
         "upstream_slots": args.slots,
+        "ttft_pairs": args.ttft_pairs,
+        "ttft_direct": [vars(s) for s in first_direct],
+        "ttft_through": [vars(s) for s in first_through],
         "direct": [vars(s) for s in direct],
         "through": [vars(s) for s in through],
         "decode_tps_direct": direct_tps,
@@ -151,8 +173,11 @@ def main() -> None:
         "through_vs_direct": through_tps / direct_tps,
         "ttft_median_direct_s": ttft_direct,
         "ttft_median_through_s": ttft_through,
-        "ttft_added_median_ms": 1000 * (ttft_through - ttft_direct),
-        "ttft_added_median_of_pairs_ms": 1000 * statistics.median(added),
+        "ttft_added_median_ms": 1000 * statistics.median(added),
+        "ttft_added_p10_p90_ms": [1000 * percentile(added, 10), 1000 * percentile(added, 90)],
+        "ttft_added_difference_of_medians_ms": 1000 * (ttft_through - ttft_direct),
+        "ttft_median_decode_runs_direct_s": statistics.median(s.ttft for s in direct),
+        "ttft_median_decode_runs_through_s": statistics.median(s.ttft for s in through),
         "front_loop_cpu_ms_per_token": 1000 * loop_cpu / sum(s.tokens for s in through),
         "front_process_cpu_ms_per_token": 1000 * process_cpu / sum(s.tokens for s in through),
         "concurrent_direct": crowd_direct,
@@ -163,8 +188,22 @@ def main() -> None:
         ("decode tok/s through chatsite (median)", f"{through_tps:.1f}"),
         ("through / direct (target >= 0.97)", f"{results['through_vs_direct']:.3f}"),
         ("TTFT direct / through (median s)", f"{ttft_direct:.3f} / {ttft_through:.3f}"),
-        ("added TTFT, median (ms, target <= 10)", f"{results['ttft_added_median_ms']:.1f}"),
-        ("added TTFT, median of pairs (ms)", f"{results['ttft_added_median_of_pairs_ms']:.1f}"),
+        (
+            f"added TTFT, median of {args.ttft_pairs} pairs (ms, target <= 10)",
+            f"{results['ttft_added_median_ms']:.1f}",
+        ),
+        (
+            "added TTFT, p10 / p90 of the pairs (ms)",
+            "{:.1f} / {:.1f}".format(*results["ttft_added_p10_p90_ms"]),
+        ),
+        (
+            "added TTFT, difference of the medians (ms)",
+            f"{results['ttft_added_difference_of_medians_ms']:.1f}",
+        ),
+        (
+            "load average before / after (1 min)",
+            f"{load_before[0]:.2f} / {results['machine']['load_average_after'][0]:.2f}",
+        ),
         ("front event-loop CPU per token (ms)", f"{results['front_loop_cpu_ms_per_token']:.3f}"),
         ("front process CPU per token (ms)", f"{results['front_process_cpu_ms_per_token']:.3f}"),
     ]

@@ -39,7 +39,7 @@ SHARED_SERVERS = ("api_server", "tiny_api_server")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With ``--dist loadgroup``, keep each test module whole on one worker, in its order: its
     module-scoped servers and models start once, and its ordered tests (the browser chat) stay in
-    order. Without xdist the marks do nothing."""
+    order. Without xdist the marks do nothing and the order is pytest's."""
     group_of: dict[str, str] = {}  # module path: group
     for item in items:
         module = item.nodeid.split("::", 1)[0]
@@ -48,9 +48,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if shared:
             group_of[module] = shared[0]
         group_of.setdefault(module, module)
+    heavy: set[str] = set()  # groups with a slow, real-model or browser test
     for item in items:
+        group = group_of[item.nodeid.split("::", 1)[0]]
         if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group_of[item.nodeid.split("::", 1)[0]]))
+            item.add_marker(pytest.mark.xdist_group(group))
+        if any(item.get_closest_marker(name) for name in ("slow", "model", "browser")):
+            heavy.add(group)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The workers hand out groups in this order (with --no-loadscope-reorder): the long ones
+        # first, so that none of them is left to run alone at the end.
+        order = {id(item): i for i, item in enumerate(items)}
+        items.sort(key=lambda item: (group_of[item.nodeid.split("::", 1)[0]] not in heavy, order[id(item)]))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Under xdist, a test marked ``cpu_exclusive`` (a model on two ggml threads: they spin-wait
+    for each other, and crawl when another process wants the cores) runs while the other workers
+    wait between tests: every test holds a shared lock, a cpu_exclusive one the exclusive lock. A
+    turnstile lets a waiting exclusive test in before new shared ones. Without xdist: nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    run = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    exclusive = request.node.get_closest_marker("cpu_exclusive") is not None
+    with open(run / "cpu.turnstile", "a") as gate, open(run / "cpu.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------

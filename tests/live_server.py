@@ -28,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # as tests/fixtures_model.py
 
 SETUP = """
 import io, json, django
@@ -134,12 +135,17 @@ class LiveServer:
 
     def _setup(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # The converted model is content-addressed: share the project's cache, convert once.
-        cache = ROOT / ".data" / "models"
-        cache.mkdir(parents=True, exist_ok=True)
-        if not (self.data_dir / "models").exists():
-            (self.data_dir / "models").symlink_to(cache)
         env = self._env()
+        # The default model's conversion is content-addressed: share the project's cache, convert
+        # it once. Not the test models: their conversions are named after the file (tiny.gguf), and
+        # converting one deletes the older conversions of that name, which another server (another
+        # xdist worker) may be about to load.
+        model = env.get("CHAT_MODEL_PATH")
+        shared = model is None or Path(model).name == DEFAULT_MODEL_FILE
+        if shared and not (self.data_dir / "models").exists():
+            cache = ROOT / ".data" / "models"
+            cache.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / "models").symlink_to(cache)
         if "DATABASE_URL" in env or self.db_path != self.data_dir / "db.sqlite3":
             self.keys = run_setup(env)
             return

@@ -106,13 +106,16 @@ def stop_and_wait(page, after: int) -> None:
 
 
 def raw_frame(page, conversation_id: int, frame: dict) -> str:
-    """Send one frame on a second socket of the page's origin; the first frame answered."""
+    """Send one frame on a second socket of the page's origin; the server's answer to it (the
+    frame with the error box: every action's answer has one, cleared or not; the conversation's
+    events, such as a streaming answer's deltas, come on the socket too)."""
     return page.evaluate(
         """([path, frame]) => new Promise((resolve, reject) => {
             const ws = new WebSocket(`ws://${location.host}${path}`);
             let opened = false;
             ws.onmessage = (event) => {
                 if (!opened) { opened = true; ws.send(frame); return; }  // the first is the refresh
+                if (!event.data.includes('id="chat-error"')) return;
                 resolve(event.data);
                 ws.close();
             };
@@ -394,19 +397,24 @@ def test_a_browser_chat_records_its_model(browser, server) -> None:
 
 def test_the_page_shows_its_connection_and_reconnects_at_once_when_back_online(browser, server) -> None:
     page = log_in(browser, server, "alice")
-    conversation = new_conversation(page)
+    conversation = new_conversation(page, max_tokens=2000)
     state = page.locator("#connection-state")
     page.wait_for_selector("#connection-state[data-state=connected]")
     assert "connected" in state.inner_text().lower()
+    streaming = start_long_reply(page)
     page.context.set_offline(True)
     page.wait_for_selector("#connection-state[data-state=offline]")
     assert "offline" in state.inner_text().lower()
+    # The answer this page can no longer follow does not claim to be "writing…".
+    assert last_answer(page).locator(".msg-status").inner_text() == "not connected"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "chat-offline.png"))
-    # Meanwhile, in another tab that is online: a message and its answer.
+    # Meanwhile, in another tab that is online: the answer is stopped, a message sent and answered.
     other = log_in(browser, server, "alice")
     other.goto(f"{server.url}/c/{conversation}/")
     open_socket(other)
+    stop_and_wait(other, streaming)
+    set_max_tokens(other, 20)
     before = last_id(other)
     send(other, "Sent while the first tab was offline")
     wait_last_answer(other, "complete", before)
@@ -426,6 +434,7 @@ def test_the_page_shows_its_connection_and_reconnects_at_once_when_back_online(b
     assert 0 <= took < 3000, f"reconnected {took} ms after the online event"
     page.wait_for_selector("#messages >> text=Sent while the first tab was offline")
     wait_last_answer(page, "complete", before)
+    assert page.locator(f"#m-{before} .badge").inner_text().lower() == "stopped"  # the one it missed
     page.context.close()
 
 

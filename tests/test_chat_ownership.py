@@ -82,7 +82,11 @@ def test_it_lets_only_the_owner_change_a_conversation(alice, bob, charlie, bravo
     assert client_for(alice).post(path, data).status_code == 302
 
 
-@pytest.mark.parametrize("url", ["/", "/conversations", "/c/1/", "/c/1/export.json", "/settings/keys"])
+ANONYMOUS = ["/", "/conversations", "/c/new", "/c/1/", "/c/1/export.json", "/settings/keys"]
+ANONYMOUS += ["/settings/keys/1/revoke"]
+
+
+@pytest.mark.parametrize("url", ANONYMOUS)
 def test_it_sends_anonymous_visitors_to_the_login_page(client, url) -> None:
     response = client.get(url)
     assert response.status_code == 302

@@ -41,15 +41,14 @@ def test_it_delivers_a_group_message_to_another_layer_instance(redis_url: str) -
 def test_it_streams_a_reply_of_another_process_through_redis(redis_url: str, tmp_path: Path) -> None:
     """A server process publishes a reply's deltas to its conversation's group in Redis; this test
     process, a second member of the layer, receives them and they add up to the reply."""
-    server = LiveServer(tmp_path / "site", {"REDIS_URL": redis_url}).start()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"  # its own: no other server or run shares its groups
+    server = LiveServer(tmp_path / "site", {"REDIS_URL": redis_url, "CHAT_CHANNEL_PREFIX": prefix}).start()
     try:
         status, _, body = server.request("GET", "/ready", key=None)
         assert status == 200 and json.loads(body)["checks"]["channel_layer"] == "ok"
 
         async def scenario() -> tuple[str, str]:
-            watcher = RedisChannelLayer(
-                hosts=[{"address": redis_url, "socket_timeout": 15}], prefix="chatsite"
-            )
+            watcher = RedisChannelLayer(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
             channel = await watcher.new_channel()
             # A fresh database: the readiness probe made a few conversations; the next ids are ours.
             groups = [f"conversation-{i}" for i in range(1, 20)]

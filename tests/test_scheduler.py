@@ -224,6 +224,7 @@ def test_it_evaluates_only_the_new_tokens_of_the_next_turn(make_model) -> None:
     assert second.timings.evaluated_tokens <= len(new_turn) + 1
 
 
+@pytest.mark.cpu_exclusive  # two ggml threads
 def test_it_gives_a_job_to_the_slot_holding_its_prefix(make_model) -> None:
     model = make_model(slots=2, threads=2)
     a = prompt(model, "conversation A " * 10)
@@ -237,6 +238,7 @@ def test_it_gives_a_job_to_the_slot_holding_its_prefix(make_model) -> None:
     assert result.timings.cached_tokens >= len(a) - 1
 
 
+@pytest.mark.cpu_exclusive  # two ggml threads
 def test_it_never_runs_more_threads_than_cores(make_model) -> None:
     model = make_model(slots=3, threads=2)
     jobs = [

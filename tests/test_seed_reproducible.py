@@ -14,7 +14,8 @@ from inference.model import ChatModel
 from inference.sampling import SamplingParams
 from tests.fixtures_model import default_model_path
 
-pytestmark = pytest.mark.model
+# The model runs on two threads (the defaults): alone on the cores, or they crawl under xdist.
+pytestmark = [pytest.mark.model, pytest.mark.cpu_exclusive]
 
 SYSTEM = (
     "You are a friendly assistant for a team of engineers. Answer in plain words, keep it short, "

@@ -75,6 +75,7 @@ class SlowRedis(RedisChannelLayer):
         await super().send(channel, message)
 
 
+@pytest.mark.cpu_exclusive  # two ggml threads
 @pytest.mark.django_db
 def test_it_sends_every_last_event_before_the_worker_exits(
     tiny, redis_url, prefix, tmp_path, monkeypatch
