@@ -171,14 +171,14 @@ SETUP_WS = """
 import json, sys, django
 django.setup()
 from django.contrib.auth import get_user_model
-from conversations import services
+from conversations import actions
 from conversations.models import Team
 alice = get_user_model().objects.get(username="alice")
 alice.set_password(sys.argv[1]); alice.save()
 team = Team.objects.get(name="alpha")
-cold = [services.start_conversation(alice, team, title=f"cold {i}", max_tokens=MAX_TOKENS,
+cold = [actions.start_conversation(alice, team, title=f"cold {i}", max_tokens=MAX_TOKENS,
         temperature=0.0, system_prompt=f"Chat {i} of {sys.argv[2]}.").pk for i in range(int(sys.argv[3]))]
-warm = services.start_conversation(alice, team, title="warm", max_tokens=MAX_TOKENS, temperature=0.0,
+warm = actions.start_conversation(alice, team, title="warm", max_tokens=MAX_TOKENS, temperature=0.0,
         system_prompt=WARM_SYSTEM).pk
 print(json.dumps({"cold": cold, "warm": warm}))
 """.replace("MAX_TOKENS", str(MAX_TOKENS)).replace("WARM_SYSTEM", json.dumps(WARM_SYSTEM))
