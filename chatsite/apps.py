@@ -8,6 +8,7 @@ class ChatsiteConfig(AppConfig):
     verbose_name = "chatsite"
 
     def ready(self) -> None:
-        from chatsite import checks
+        from chatsite import checks, middleware
 
         checks.register_all()
+        middleware.run_pure_hooks_inline()

@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.contrib.auth import middleware as auth_middleware
 from django.http import HttpRequest, HttpResponseBase
+from django.middleware import clickjacking, common, csrf, security
 
 from conversations.metrics import RESPONSES
 
@@ -57,3 +59,38 @@ class ResponseCodeMiddleware(ResponseMiddleware):
     def process(self, response: HttpResponseBase) -> HttpResponseBase:
         RESPONSES.labels(str(response.status_code)).inc()
         return response
+
+
+async def _inline_acall(self, request: HttpRequest) -> HttpResponseBase:
+    """``MiddlewareMixin.__acall__`` without the thread hops (see ``run_pure_hooks_inline``)."""
+    response = None
+    if hasattr(self, "process_request"):
+        response = self.process_request(request)
+    response = response or await self.get_response(request)
+    if hasattr(self, "process_response"):
+        response = self.process_response(request, response)
+    return response
+
+
+# Django's middleware whose hooks only read headers and cookies and set attributes: no database,
+# no cache, no session load (CSRF_USE_SESSIONS is off; request.user stays lazy).
+PURE_MIDDLEWARE = (
+    security.SecurityMiddleware,
+    common.CommonMiddleware,
+    csrf.CsrfViewMiddleware,
+    auth_middleware.AuthenticationMiddleware,
+    clickjacking.XFrameOptionsMiddleware,
+)
+
+
+def run_pure_hooks_inline() -> None:
+    """Under ASGI, ``MiddlewareMixin.__acall__`` runs every ``process_request`` and
+    ``process_response`` in the one sync thread (``sync_to_async(thread_sensitive=True)``): two
+    thread hops per middleware per request, ten for these five before a /v1 answer's first byte,
+    each waiting its turn behind whatever else holds that thread. Their hooks do no I/O, so they
+    run on the event loop instead. Done on Django's classes themselves (at start-up, from
+    ``ChatsiteConfig.ready``), so that ``MIDDLEWARE`` keeps naming them and the deployment checks
+    that look for them by name still see them. Sessions and messages keep their hops: their hooks
+    can read or write the session in the database."""
+    for cls in PURE_MIDDLEWARE:
+        cls.__acall__ = _inline_acall  # type: ignore[method-assign]
