@@ -146,7 +146,12 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         # (conversations/live/saving.py).
         "timeout": CHAT_DB_BUSY_TIMEOUT,
     }
-    _database["CONN_MAX_AGE"] = 0
+    # Kept open: each thread that touches the database (the sync thread, the executor's few
+    # threads) keeps one connection to the file, instead of opening and closing one per database
+    # trip, which cost more than the queries of a /v1 call (the pragmas above and Django's SQL
+    # functions run on every open). A connection that failed is checked and replaced before reuse.
+    _database["CONN_MAX_AGE"] = None
+    _database["CONN_HEALTH_CHECKS"] = True
     # The test database is a file too, not Django's default shared in-memory one: writes run in
     # several threads (thread_sensitive=False, see conversations/faults.py), and an in-memory database
     # answers a second writer "database table is locked" at once instead of waiting for the lock
