@@ -13,7 +13,7 @@ attribute could not make htmx act on it.
 event loop; every viewer gets the same HTML): the top-level blocks that later text can no longer
 change are rendered once and kept, and only the last, open block is rendered again. Each block goes
 through the same markdown-it → pygments → nh3 path, so the result equals ``render_markdown`` of the
-whole text (tests/test_chat_render.py checks both on the XSS corpus and on generated markdown).
+whole text (tests/conversations/test_chat_render.py checks both on the XSS corpus and on generated markdown).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ deps() {
 # htmx and its websocket extension, from the npm registry at the versions package-lock.json pins,
 # copied into static/vendor/ (ignored by git; nothing third-party is committed, nothing is built).
 # axe-core (pinned the same way) stays in node_modules: only the browser tests read it, and inject it
-# into the page they check (tests/test_chat_features_browser.py); the site never serves it.
+# into the page they check (tests/conversations/test_chat_features_browser.py); the site never serves it.
 frontend() {
     local stamp=node_modules/.chatsite-lock want
     want="$(sha256sum package-lock.json | cut -d' ' -f1)"

@@ -1,4 +1,5 @@
-"""A web process starting a reply, for tests/test_one_generation.py's race between two processes.
+"""A web process starting a reply, for tests/conversations/test_one_generation.py's race between two
+processes.
 
 ``python -m tests.race_start setup``: migrate the database and print a new conversation's id.
 ``python -m tests.race_start race <conversation id>``: print ``ready``, wait for a line on stdin,

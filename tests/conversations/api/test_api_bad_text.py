@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conversations.api.protocol import InvalidRequest, parse_chat_request
-from tests.test_api_errors import assert_openai_error
+from tests.conversations.api.test_api_errors import assert_openai_error
 
 
 def chat(**fields: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core import mail
 from django.test import Client
 
-from tests.test_settings import run_django
+from tests.chatsite.test_settings import run_django
 
 pytestmark = pytest.mark.django_db
 

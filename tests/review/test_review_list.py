@@ -137,7 +137,7 @@ def run_on_postgres(test_name: str) -> None:
     env = {**os.environ, "DATABASE_URL": POSTGRES_URL}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", f"{__file__}::{test_name}", "-q", "-p", "no:cacheprovider"],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         text=True,

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
+from tests.conversations.test_chat_browser import PASSWORD, SETUP
 from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.test_chat_browser import PASSWORD, SETUP
 from tests.tiny_gguf import write_tiny_llama
 
 LIMIT = 64 * 1024

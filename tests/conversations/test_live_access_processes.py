@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
+from tests.conversations.test_chat_browser import PASSWORD, SETUP
+from tests.conversations.test_ws_limit import open_ws, read_until_closed
 from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.test_chat_browser import PASSWORD, SETUP
-from tests.test_ws_limit import open_ws, read_until_closed
 from tests.tiny_gguf import write_tiny_llama
 
 REMOVE_ALICE_THEN_WRITE = """

@@ -12,7 +12,7 @@ from inference.jobs import Delta, Finished
 from inference.model import ChatModel
 from inference.paced import PacedEngine, parse_test_engine
 from inference.sampling import SamplingParams
-from tests.test_settings import production_env, run_django
+from tests.chatsite.test_settings import production_env, run_django
 from tests.tiny_gguf import write_tiny_llama
 
 N_TOKENS = 12

@@ -18,9 +18,9 @@ from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
 from conversations import actions
+from tests.conversations.test_chat_browser import SETUP
+from tests.conversations.test_ws_limit import log_in
 from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.test_chat_browser import SETUP
-from tests.test_ws_limit import log_in
 from tests.tiny_gguf import write_tiny_llama
 from tests.ws_chat import cookie_for
 

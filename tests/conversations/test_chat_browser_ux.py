@@ -19,9 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.paced_model import paced_env, write_paced_model
-from tests.test_chat_browser import (
+from tests.conversations.test_chat_browser import (
     LONG_PROMPT,
     PASSWORD,
     SCREENSHOTS,
@@ -34,6 +32,8 @@ from tests.test_chat_browser import (
     set_max_tokens,
     wait_last_answer,
 )
+from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.paced_model import paced_env, write_paced_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -63,6 +63,6 @@ def test_it_answers_404_to_a_path_out_of_the_static_folders(site: LiveServer, ta
 
 
 def test_it_still_serves_a_static_file(site: LiveServer) -> None:
-    name = next((Path(__file__).resolve().parents[1] / "static" / "css").glob("*.css")).name
+    name = next((Path(__file__).resolve().parents[2] / "static" / "css").glob("*.css")).name
     status, body = raw_get(site, f"/static/css/{name}".encode())
     assert status == 200 and body

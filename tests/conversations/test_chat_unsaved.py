@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conversations.models import Message
-from tests.test_ready_probe import hold_write_lock
+from tests.chatsite.test_ready_probe import hold_write_lock
 from tests.ws_chat import blocker, connect, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -23,7 +23,7 @@ from conversations.models import Conversation, Message
 from inference.sampling import SamplingParams
 from tests.chat_runtime import serving, tiny_chat_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUSY = "A reply is being written in this conversation"
 
 

@@ -1,7 +1,7 @@
 """The path of a /v1 call to its first token (issue 15): what it costs besides the model.
 
-In process, with jobs whose events the test emits by hand (as tests/test_api_streaming.py): the key
-check's database trips, the first content chunk's write, and the bench-only trace of the path.
+In process, with jobs whose events the test emits by hand (as
+tests/conversations/api/test_api_streaming.py): the key check's database trips, the first content chunk's write, and the bench-only trace of the path.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from conversations.api.completions import FLUSH_INTERVAL, Reply
 from conversations.api.protocol import NotFound
 from conversations.live import runner
 from inference.jobs import Delta
-from tests.test_api_streaming import finished, new_jobs, plain_output, replies_for
+from tests.conversations.api.test_api_streaming import finished, new_jobs, plain_output, replies_for
 from upstreams import permissions
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]

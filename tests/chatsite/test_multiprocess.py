@@ -2,7 +2,7 @@
 a teammate's page on process A streams a reply started through process B, and Stop pressed on A
 stops it. Real Chromium; the tiny model at a fixed pace (tests/paced_model.py), so that the reply is
 still streaming when Stop is pressed however busy the machine is (the real model's words are not
-what this checks; tests/test_worker.py serves two web processes from the real model)."""
+what this checks; tests/inference/test_worker.py serves two web processes from the real model)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
-from tests.paced_model import paced_env, write_paced_model
-from tests.test_chat_browser import (
+from tests.conversations.test_chat_browser import (
     LONG_PROMPT,
     SETUP,
     last_answer,
@@ -27,6 +25,8 @@ from tests.test_chat_browser import (
     start_conversation,
     wait_last_answer,
 )
+from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.paced_model import paced_env, write_paced_model
 from tests.worker_process import start_worker, stop_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

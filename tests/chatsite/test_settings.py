@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Variables that would change what a child process sees, whatever the developer's shell holds.
 _SETTINGS_VARS = (

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from tests.fixtures_model import default_model_path
 from tests.tiny_gguf import write_tiny_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def manage(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from django.test import AsyncClient
 from conversations import actions
 from conversations.models import Conversation, Message
 from tests.chat_runtime import serving
-from tests.test_ready_probe import hold_write_lock
+from tests.chatsite.test_ready_probe import hold_write_lock
 from tests.upstream_servers import FaultServer
 from tests.ws_chat import connect, finish_run
 from upstreams import registry

@@ -181,7 +181,7 @@ def test_it_scopes_the_team_list(world: World, role: str, status: int, count) ->
 def test_it_shows_the_audit_trail_to_reviewers_each_in_their_scope(
     world: World, role: str, status: int
 ) -> None:
-    # Superusers see every entry, a team's admins their teams' (tests/test_audit_trail.py).
+    # Superusers see every entry, a team's admins their teams' (tests/review/test_audit_trail.py).
     assert client_for(world, role).get(reverse("admin:review_auditentry_changelist")).status_code == status
 
 
