@@ -1,7 +1,8 @@
 """The path of a /v1 call to its first token (issue 15): what it costs besides the model.
 
 In process, with jobs whose events the test emits by hand (as
-tests/conversations/api/test_api_streaming.py): the key check's database trips, the first content chunk's write, and the bench-only trace of the path.
+tests/conversations/api/test_api_streaming.py): the key check's database trips, the first
+content chunk's write, and the bench-only trace of the path.
 """
 
 from __future__ import annotations
