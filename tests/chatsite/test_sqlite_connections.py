@@ -3,6 +3,11 @@ than the queries of a /v1 call (the file, the WAL and synchronous pragmas, Djang
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.db import connection
 from django.db.backends.signals import connection_created
@@ -10,13 +15,29 @@ from django.test import AsyncClient
 
 from conversations import actions
 
-pytestmark = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own connection setting")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_requests_reuse_the_threads_connections(alice, alpha) -> None:
+    """On PostgreSQL (psycopg's pool) this runs again in a child pytest on SQLite, so that every
+    run checks the SQLite setting."""
     from asgiref.sync import sync_to_async
+
+    if connection.vendor != "sqlite":
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        node = f"{__file__}::test_requests_reuse_the_threads_connections"
+        child = subprocess.run(
+            [sys.executable, "-m", "pytest", node, "-q", "-n0", "-p", "no:cacheprovider"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-3000:]
+        return
 
     _, raw = await sync_to_async(actions.create_api_key)(alice, alpha, "conn")
     opened = []
