@@ -108,7 +108,8 @@ def default_team(user: AbstractBaseUser) -> Team:
 # --- API keys ------------------------------------------------------------------------------------
 
 
-def _hash_secret(secret: str) -> str:
+def hash_secret(secret: str) -> str:
+    """What is stored of a secret shown once (API keys, invite tokens): its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -129,7 +130,7 @@ def create_api_key(
     secret = secrets.token_urlsafe(32)  # 256 bits
     with transaction.atomic():
         key = ApiKey.objects.create(
-            user=user, team=team, name=name, prefix=prefix, secret_hash=_hash_secret(secret)
+            user=user, team=team, name=name, prefix=prefix, secret_hash=hash_secret(secret)
         )
         _audit_key(key, "key_created", user if by is SELF else by)
     return key, f"{KEY_PREFIX}{prefix}-{secret}"
@@ -177,7 +178,7 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     )
     # Hash and compare even when the prefix is unknown, so the timing says nothing about it.
     expected = key.secret_hash if key is not None else "0" * 64
-    if not secrets.compare_digest(_hash_secret(secret), expected) or key is None:
+    if not secrets.compare_digest(hash_secret(secret), expected) or key is None:
         return None
     if key.revoked_at is not None or not key.user.is_active:
         return None
@@ -261,7 +262,7 @@ def start_assistant_messages(
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
     died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
-    first version of the answer this one regenerates (conversations/webchat.py).
+    first version of the answer this one regenerates (``prepare_regenerate``).
     """
     now = timezone.now()
     messages = [

@@ -73,9 +73,9 @@ async def reserve(
             f"Limit reached: {exc.rule.label} may use {exc.rule.limit} {what} (used {exc.used}). "
             f"It resets {exc.reset_text}. Your message was not sent; it is still in the box."
         )
-        refused.keep_text = text  # type: ignore[attr-defined]
+        refused.keep_text = text
         raise refused from None
     except limits.LimitsUnavailable:
         unavailable = error("Your limits cannot be checked right now: try again in a moment.")
-        unavailable.keep_text = text  # type: ignore[attr-defined]
+        unavailable.keep_text = text
         raise unavailable from None

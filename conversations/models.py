@@ -151,7 +151,7 @@ class Message(models.Model):
     # Versions: a regenerated answer, or an edited user message, is a new version of the message it
     # replaced; ``version_of`` is the first version (null on a first version). The page browses the
     # versions (‹ 1 / 3 ›); the one chosen, with the branch after it, is the visible one and the
-    # others are ``superseded_at`` (conversations/webchat.py: select_version).
+    # others are ``superseded_at`` (conversations/actions.py: select_version).
     version_of = models.ForeignKey(
         "self", models.CASCADE, null=True, blank=True, related_name="later_versions"
     )

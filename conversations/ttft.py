@@ -79,10 +79,6 @@ class Trace:
             out.write(line)
 
 
-def enabled() -> bool:
-    return bool(settings.CHAT_TTFT_TRACE)
-
-
 def begin(kind: str) -> Trace | None:
     """Start the trace of this request (in the current context), when tracing is on."""
     if not settings.CHAT_TTFT_TRACE:

@@ -81,18 +81,13 @@ def _fallback(
     """For a template that transforms or reorders contents: render the real text, with the texts of
     special tokens removed from the contents (they must not become control tokens)."""
     log.info("the chat template transforms message contents: tokenizing the rendered prompt as a whole")
-    specials = _specials(tokenizer)
+    specials = tokenizer.special_texts
     clean = []
     for i, message in enumerate(messages):
         m = {k: v for k, v in message.items() if k != "token_ids"}
         m["content"] = _scrub(content_text(i, message.get("content")), specials)
         clean.append(m)
     return tokenizer.encode(template.render(clean, add_generation_prompt=True, tools=tools))
-
-
-def _specials(tokenizer: Tokenizer) -> list[str]:
-    texts = (tokenizer.decode([i]) for i in tokenizer.special_ids)
-    return sorted((t for t in texts if t), key=len, reverse=True)
 
 
 def _scrub(value: Any, specials: list[str]) -> Any:
@@ -111,7 +106,7 @@ def _scrub(value: Any, specials: list[str]) -> Any:
 def _scrubbed(
     messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, tokenizer: Tokenizer
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    specials = _specials(tokenizer)
+    specials = tokenizer.special_texts
     out = []
     for message in messages:
         if "tool_calls" in message:

@@ -14,6 +14,7 @@ the grammar and the parser. Other templates get chatsite's documented Hermes-sty
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -274,14 +275,8 @@ def _probe_tool_syntax(template: ChatTemplate) -> ToolSyntax | None:
     two = calls_text(2)
     single = syntax.open + call + syntax.close
     if two is not None and two.startswith(single) and two.endswith(single) and len(two) > 2 * len(single):
-        return ToolSyntax(
-            open=syntax.open,
-            close=syntax.close,
-            between=two[len(single) : -len(single)],
-            arguments_key=key,
-            own=True,
-        )
-    return ToolSyntax(open=syntax.open, close=syntax.close, arguments_key=key, parallel=False, own=True)
+        return dataclasses.replace(syntax, between=two[len(single) : -len(single)])
+    return dataclasses.replace(syntax, parallel=False)
 
 
 def _find_call(text: str) -> tuple[int, int, str] | None:

@@ -130,6 +130,9 @@ class Tokenizer:
         parsed.sort(key=lambda p: (-len(p[0]), p[1]))
         self._parsed = parsed
         self._fragment_ids = frozenset(i for _, i, _ in parsed)
+        # The texts of the special (control) tokens, longest first: what is removed from text that
+        # a template writes as its own (inference/chat.py), so that it cannot become a control token.
+        self.special_texts = [text for text, i, _ in parsed if i in self.special_ids]
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> Tokenizer:

@@ -237,10 +237,6 @@ def reserve(
     return Reservation(rules, tokens, rate_headers(rules, used, now))
 
 
-async def areserve(**kwargs: Any) -> Reservation:
-    return await database_sync_to_async(reserve, thread_sensitive=False)(**kwargs)
-
-
 def read_used(rules: list[Rule]) -> list[int]:
     return counters().read([r.item(0) for r in rules])
 

@@ -7,7 +7,6 @@ writes its audit entry in the same transaction as the change.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
@@ -22,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations.actions import hash_secret
 from conversations.models import Membership, Team
 from review import access
 from review import services as review_services
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 
 # secrets.token_urlsafe(32): 43 characters of the URL-safe base64 alphabet.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def mail_configured() -> bool:
@@ -59,7 +55,7 @@ def create_invite(
         invite = Invite.objects.create(
             team=team,
             role=role,
-            token_hash=_hash(token),
+            token_hash=hash_secret(token),
             email=email,
             created_by=by,
             created_by_name=actor_name,
@@ -79,7 +75,7 @@ def find_invite(token: str) -> Invite | None:
     """The invite of ``token`` in any state; None for a token that names none."""
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return None
-    return Invite.objects.select_related("team").filter(token_hash=_hash(token)).first()
+    return Invite.objects.select_related("team").filter(token_hash=hash_secret(token)).first()
 
 
 def revoke_invite(invite: Invite, *, by: AbstractBaseUser | None) -> bool:

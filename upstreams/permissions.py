@@ -43,14 +43,20 @@ def may_use(allowed: list[str] | None, model_id: str) -> bool:
     return allowed is None or effective_id(model_id) in allowed
 
 
+async def allowed_for(key: ApiKey) -> Any:
+    """The models ``key``'s team may use: read with the key when it was authenticated
+    (conversations/api/http.py), so no second trip; else from the database."""
+    allowed = getattr(key, "allowed_models", _UNREAD)
+    if allowed is _UNREAD:
+        allowed = await database_sync_to_async(allowed_models)(key.team_id)
+    return allowed
+
+
 async def check(key: ApiKey, data: Any) -> None:
     """404 ``model_not_found`` when the key's team may not use the body's model."""
     if not isinstance(data, dict) or not isinstance(data.get("model"), str):
         return  # the request's own validation answers
-    # Read with the key when it was authenticated (conversations/api/http.py): no second trip.
-    allowed = getattr(key, "allowed_models", _UNREAD)
-    if allowed is _UNREAD:
-        allowed = await database_sync_to_async(allowed_models)(key.team_id)
+    allowed = await allowed_for(key)
     if not may_use(allowed, data["model"]):
         raise NotFound(
             f"The model '{data['model']}' does not exist or you do not have access to it.",

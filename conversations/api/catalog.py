@@ -67,7 +67,7 @@ async def _all_cards(key: ApiKey) -> list[ModelCard]:
         if model_id not in model_ids():
             owners = ",".join(c.name for c in pool.replicas(model_id))
             cards.append(ModelCard(id=model_id, created=0, owned_by=f"upstream:{owners}"))
-    allowed = await database_sync_to_async(permissions.allowed_models)(key.team_id)
+    allowed = await permissions.allowed_for(key)
     return [card for card in cards if permissions.may_use(allowed, card.id)]
 
 

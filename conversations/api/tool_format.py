@@ -262,11 +262,7 @@ def prompt_messages(
         out.append(_plain(message, names_by_id))
     flush_responses()
     if plan.offers_tools and describe_tools:
-        offered = [f for f in plan.functions if plan.named is None or f.name == plan.named]
-        tools = "\n".join(
-            json.dumps({"type": "function", "function": f.model_dump(exclude_none=True)}, ensure_ascii=False)
-            for f in offered
-        )
+        tools = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in offered_tools(plan) or ())
         several = " Several calls go one per line." if plan.parallel else ""
         text = TOOLS_PROMPT.format(tools=tools, several=several)
         if out and out[0]["role"] == "system":

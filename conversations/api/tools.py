@@ -25,6 +25,7 @@ from conversations.api.tool_format import (
     ToolPlan,
     grammar_for,
     offered_tools,
+    parse_reply,
     prompt_messages,
     template_messages,
     tool_plan,
@@ -124,9 +125,7 @@ class Output:
         if state.parser is None:
             message = ResponseMessage(content=finished.text)
             return Choice(index=index, message=message, finish_reason=finished.reason, logprobs=logprobs)  # type: ignore[arg-type]
-        parser = ToolCallParser(self.plan.syntax)
-        parser.push(finished.text)
-        parser.finish()
+        parser = parse_reply(finished.text, self.plan.syntax)
         calls = parser.complete_calls
         content = parser.content.strip() or None
         message = ResponseMessage(content=content if calls else parser.content, tool_calls=calls or None)

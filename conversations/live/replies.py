@@ -46,7 +46,10 @@ _waiters: set[asyncio.Future] = set()  # strong references until each run is for
 
 
 class ChatError(Exception):
-    """Something to tell the person in the page (nothing is lost)."""
+    """Something to tell the person in the page (nothing is lost). ``keep_text``: a message that
+    was not written goes back to the composer."""
+
+    keep_text: str | None = None
 
 
 class TooLong(ChatError):
@@ -298,7 +301,7 @@ def _kept(exc: ChatError, text: str | None) -> ChatError:
     """``exc`` for a message that was not written: the page puts ``text`` back in the box."""
     if text is not None:
         exc.args = (f"{exc} Your message was not sent; it is still in the box.",)
-        exc.keep_text = text  # type: ignore[attr-defined]
+        exc.keep_text = text
     return exc
 
 

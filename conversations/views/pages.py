@@ -122,7 +122,7 @@ async def create(request: HttpRequest) -> HttpResponse:
     try:
         await replies.send(user, conversation, text)
     except replies.ChatError as exc:
-        if getattr(exc, "keep_text", None) is not None:  # nothing written: no conversation either
+        if exc.keep_text is not None:  # nothing written: no conversation either
             await sync_to_async(actions.discard_empty_conversation)(conversation)
             return await sync_to_async(_new_page)(request, str(exc), text)
         # Otherwise the message is saved, unanswered, with the reason: the conversation shows it.

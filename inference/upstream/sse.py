@@ -38,7 +38,7 @@ def with_model(raw: str, model: str) -> str | None:
     if not isinstance(value, str):
         return None
     # A later "model" key would be the one a decoder keeps; only \u escapes could spell one.
-    if KEY in raw[end:] or "\\u" in raw[end:]:
+    if raw.find(KEY, end) >= 0 or raw.find("\\u", end) >= 0:
         return None
     return raw[:i] + json.dumps(model, ensure_ascii=False) + raw[end:]
 
