@@ -46,6 +46,9 @@ KEY_PREFIX = "csk-"  # chatsite key
 PREFIX_CHARS = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one last_used_at write per key per minute
 OWNER_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+# What a second reply in one conversation is told (here, and by the live side).
+BUSY_MESSAGE = "A reply is being written in this conversation: wait for it, or press Stop."
+
 STALE_AFTER = 30.0  # seconds without a heartbeat after which a 'streaming' row is interrupted
 TITLE_CHARS = 60
 
@@ -291,9 +294,7 @@ def start_assistant_messages(
     except IntegrityError:
         if not Conversation.objects.filter(pk=conversation.pk).exists():
             raise
-        raise ReplyInProgress(
-            "A reply is being written in this conversation: wait for it, or press Stop."
-        ) from None
+        raise ReplyInProgress(BUSY_MESSAGE) from None
     return messages
 
 
@@ -607,7 +608,7 @@ def _check_not_busy(conversation: Conversation) -> None:
     process) means one is running. A stale one is left to the interrupted-sweep."""
     fresh = timezone.now() - timedelta(seconds=STALE_AFTER)
     if conversation.messages.filter(status=Message.Status.STREAMING, heartbeat_at__gte=fresh).exists():
-        raise Busy("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise Busy(BUSY_MESSAGE)
 
 
 def post_user_message(conversation: Conversation, text: str, author: AbstractBaseUser) -> Message:

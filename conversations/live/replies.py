@@ -261,7 +261,7 @@ async def _start(
     generate the reply, with no other start or run in this conversation meanwhile. The limits
     (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
     if is_running(conversation.pk):
-        busy = ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        busy = ChatError(actions.BUSY_MESSAGE)
         raise _kept(busy, text)
     _starting.add(conversation.pk)
     try:
@@ -316,7 +316,7 @@ async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None
 async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
     """Show another version of a message (and its branch); nothing is generated."""
     if is_running(conversation.pk):
-        raise ChatError("A reply is being written in this conversation: wait for it, or press Stop.")
+        raise ChatError(actions.BUSY_MESSAGE)
     try:
         await database_sync_to_async(actions.select_version, thread_sensitive=False)(conversation, message_id)
     except (actions.Busy, ValueError) as exc:
