@@ -37,6 +37,7 @@ from conversations.fragments import message_html
 from conversations.ids import parse_id
 from conversations.live import replies
 from conversations.models import Conversation, Message
+from conversations.render import render_markdown
 from inference.text import unstorable
 
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
@@ -254,7 +255,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         # Rendered once for every viewer, off the event loop, by the reply's runner.
-        body = event["html"]
+        body = event.get("html")
+        if body is None:  # from a process that sends the text only
+            body = render_markdown(event.get("content", ""))
         mid = int(event["message_id"])
         await self.send(
             text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'

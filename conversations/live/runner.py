@@ -24,7 +24,6 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -133,10 +132,9 @@ class Run:
         loop = asyncio.get_running_loop()
         # The loop is not woken for every token: the pump wakes this task for the first text
         # after a publish (it is re-armed there) and for the other, rare events.
-        texts: deque[str] = deque()
         render = StreamRender()  # one per reply, whoever watches it
-        parts: list[str] = []
-        unsent: list[str] = []
+        parts: list[str] = []  # the reply so far
+        unsent: list[str] = []  # its tail not yet published
         last_publish, last_checkpoint = 0.0, time.monotonic()
         checkpointing: asyncio.Task | None = None
         finished: Finished | None = None
@@ -144,12 +142,13 @@ class Run:
             while finished is None:
                 now = time.monotonic()
                 due = last_checkpoint + CHECKPOINT_INTERVAL
-                if unsent or texts:
+                if unsent:
                     due = min(due, last_publish + PUBLISH_INTERVAL)
                 await pump.wait(timeout=max(0.0, due - now))  # at once when events are pending
                 for _, event in pump.take():
                     if isinstance(event, Delta):
-                        texts.append(event.text)
+                        parts.append(event.text)
+                        unsent.append(event.text)
                     elif isinstance(event, Finished):
                         finished = event
                     elif isinstance(event, Queued):
@@ -160,9 +159,8 @@ class Run:
                 if finished is not None:
                     break
                 now = time.monotonic()
-                if (unsent or texts) and now - last_publish >= PUBLISH_INTERVAL:
-                    pump.arm()  # before taking: text queued from now on wakes the task
-                    _take(texts, parts, unsent)
+                if unsent and now - last_publish >= PUBLISH_INTERVAL:
+                    pump.arm()  # text queued from now on wakes the task
                     ttft.mark_message(message_id, "publish")
                     await self._publish(message_id, choice_index, unsent, render)
                     unsent, last_publish = [], now
@@ -177,7 +175,6 @@ class Run:
                         checkpointing = loop.create_task(self._checkpoint(message_id, text))
                         _keep(checkpointing)
                     last_checkpoint = now
-        _take(texts, parts, unsent)  # every Delta is queued before the Finished that follows it
         metrics.observe_generation(finished)
         if unsent:
             await self._publish(message_id, choice_index, unsent, render)
@@ -253,14 +250,6 @@ def _render(render: StreamRender, text: str) -> str:
     except Exception:  # a renderer bug must not stop the reply: its text is shown plain meanwhile
         log.exception("could not render a reply's text")
         return f"<p>{escape(render.text)}</p>"
-
-
-def _take(texts: deque[str], parts: list[str], unsent: list[str]) -> None:
-    """Move the text the producer queued into the reply so far and the text not yet published."""
-    while texts:
-        text = texts.popleft()
-        parts.append(text)
-        unsent.append(text)
 
 
 def _keep(task: asyncio.Task) -> None:
