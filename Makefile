@@ -15,15 +15,13 @@ run: setup
 	@exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 # Test worker processes (pytest-xdist): most tests wait on sockets and server processes, so two
-# workers fit 2 cores (`make test TEST_WORKERS=2`). Each test module runs whole on one worker, the
-# slow ones handed out first (tests/conftest.py). 0 (the default for now): one process, because
-# the ordered browser modules (test_chat_browser, test_onboarding_browser) lost their module state
-# part-way under two workers; see the suitespeed report.
-TEST_WORKERS ?= 0
+# workers fit 2 cores. Each test module runs whole on one worker, in its order, the slow ones
+# handed out first (tests/xdist_groups.py). TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 
 ## test: set up (venv, dev requirements, model) and run the whole test suite (TEST_WORKERS processes)
 test: setup-dev
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$status
 

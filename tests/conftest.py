@@ -31,35 +31,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 # --- pytest-xdist (`make test` runs the suite in worker processes) ------------------------------
 
-# Modules that share a session-scoped live server (below) run on one worker, which starts it once.
-SHARED_SERVERS = ("api_server", "tiny_api_server")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``--dist loadgroup``, keep each test module whole on one worker, in its order: its
-    module-scoped servers and models start once, and its ordered tests (the browser chat) stay in
-    order. Without xdist the marks do nothing and the order is pytest's."""
-    group_of: dict[str, str] = {}  # module path: group
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        used = set(getattr(item, "fixturenames", ()))
-        shared = [name for name in SHARED_SERVERS if name in used]
-        if shared:
-            group_of[module] = shared[0]
-        group_of.setdefault(module, module)
-    heavy: set[str] = set()  # groups with a slow, real-model or browser test
-    for item in items:
-        group = group_of[item.nodeid.split("::", 1)[0]]
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        if any(item.get_closest_marker(name) for name in ("slow", "model", "browser")):
-            heavy.add(group)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # The workers hand out groups in this order (with --no-loadscope-reorder): the long ones
-        # first, so that none of them is left to run alone at the end.
-        order = {id(item): i for i, item in enumerate(items)}
-        items.sort(key=lambda item: (group_of[item.nodeid.split("::", 1)[0]] not in heavy, order[id(item)]))
+# Each test module runs whole on one worker, in its order; the modules sharing a session-scoped
+# live server (below) together; the long ones first (tests/xdist_groups.py says how, and why not
+# with xdist_group marks).
+from tests.xdist_groups import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

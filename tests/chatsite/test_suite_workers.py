@@ -1,0 +1,105 @@
+"""`make test` runs the suite in two pytest-xdist workers (tests/xdist_groups.py): each test module
+whole on one worker, in its order, its module-scoped fixtures set up once; the modules sharing a
+session-scoped live server on one worker; the heavy ones first.
+
+Checked on a small suite of its own in a subprocess, with the real hooks, so that the project's
+suite is not needed to see it (with ``xdist_group`` marks under pytest 9.2 the modules were dealt
+out test by test, pytest-dev/pytest-xdist#1386)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.live_server import ROOT
+
+pytestmark = pytest.mark.slow
+
+CONFTEST = """
+import json, os
+import pytest
+from tests.xdist_groups import pytest_collection_modifyitems, pytest_xdist_make_scheduler
+
+LOG = os.environ["SUITE_LOG"]
+
+def note(**event):
+    event["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(LOG, "a") as log:
+        log.write(json.dumps(event) + "\\n")
+
+@pytest.fixture(scope="session")
+def api_server():
+    note(setup="api_server")
+    return "server"
+
+@pytest.fixture(scope="module")
+def state(request):
+    note(setup="state", module=request.module.__name__)
+    return []
+"""
+
+# An ordered module: each test checks that the ones before it ran, in this process, on this state.
+ORDERED = """
+import pytest
+{marks}
+@pytest.mark.parametrize("step", range(8))
+def test_step(state, step):
+    assert state == list(range(step))
+    state.append(step)
+"""
+
+SHARED = """
+def test_uses_the_shared_server(api_server, state):
+    assert api_server == "server"
+"""
+
+
+def run_suite(tmp_path: Path) -> list[dict]:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(CONFTEST)
+    for name in ("a", "b", "c", "d"):
+        (suite / f"test_ordered_{name}.py").write_text(ORDERED.format(marks=""))
+    (suite / "test_ordered_heavy.py").write_text(ORDERED.format(marks="pytestmark = pytest.mark.slow"))
+    (suite / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n")
+    for name in ("x", "y"):
+        (suite / f"test_shared_{name}.py").write_text(SHARED)
+    log = tmp_path / "log.jsonl"
+    log.touch()
+    options = ["-n", "2", "-p", "no:django", "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path}/base"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *options, str(suite)],
+        cwd=suite,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},  # this run's xdist
+            "PYTHONPATH": str(ROOT),
+            "SUITE_LOG": str(log),
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "42 passed" in done.stdout, done.stdout[-2000:]
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_each_module_runs_whole_on_one_worker_and_shared_servers_start_once(tmp_path: Path) -> None:
+    events = run_suite(tmp_path)
+    setups = [e for e in events if e["setup"] == "state"]
+    # One set-up per module: no module was split between the workers or torn down part-way.
+    modules = [e["module"] for e in setups]
+    assert sorted(modules) == sorted(set(modules)) and len(modules) == 7, setups
+    # The two modules of the shared server ran on one worker, which started it once.
+    servers = [e for e in events if e["setup"] == "api_server"]
+    assert len(servers) == 1, servers
+    shared = {e["worker"] for e in setups if e["module"].startswith("test_shared_")}
+    assert shared == {servers[0]["worker"]}, setups
+    # Both workers had work, and the heavy module was handed out first.
+    assert {e["worker"] for e in setups} == {"gw0", "gw1"}, setups
+    assert setups[0]["module"] == "test_ordered_heavy" or setups[1]["module"] == "test_ordered_heavy", setups
