@@ -5,9 +5,7 @@ A raw websocket client; the tiny model (no reply is wanted)."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import re
 import subprocess
 import time
 import uuid
@@ -56,37 +54,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
         live.stop()
 
 
-def log_in(server: LiveServer, username: str) -> str:
-    """A session cookie of ``username``, through the real login form."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("GET", "/accounts/login/")
-    response = conn.getresponse()
-    page = response.read().decode()
-    csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie")).group(1)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    conn.request(
-        "POST",
-        "/accounts/login/",
-        f"username={username}&password={PASSWORD}&csrfmiddlewaretoken={token}",
-        {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={csrf_cookie}",
-            "Referer": server.url + "/",
-        },
-    )
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 302, response.status
-    return re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie")).group(1)
-
-
 def test_it_closes_a_removed_members_socket_from_another_process_through_redis(server: LiveServer) -> None:
     conversation_id = server.query(
         "SELECT id FROM conversations_conversation WHERE title = 'Trip planning for the offsite'"
     )[0]["id"]
     path = f"/ws/c/{conversation_id}/"
-    removed = RawSocket(server, path, log_in(server, "alice"))
-    witness = RawSocket(server, path, log_in(server, "bob"))
+    removed = RawSocket(server, path, server.log_in("alice", PASSWORD))
+    witness = RawSocket(server, path, server.log_in("bob", PASSWORD))
     try:
         for sock in (removed, witness):
             assert sock.status_line.startswith("HTTP/1.1 101"), sock.status_line

@@ -4,8 +4,6 @@ A raw websocket client against a real server process (the tiny model: no reply i
 
 from __future__ import annotations
 
-import http.client
-import re
 import subprocess
 
 import pytest
@@ -37,33 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         live.stop()
 
 
-def log_in(server: LiveServer) -> str:
-    """The session cookie of alice, through the real login form."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("GET", "/accounts/login/")
-    response = conn.getresponse()
-    page = response.read().decode()
-    csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie")).group(1)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    body = f"username=alice&password={PASSWORD}&csrfmiddlewaretoken={token}"
-    conn.request(
-        "POST",
-        "/accounts/login/",
-        body,
-        {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={csrf_cookie}",
-            "Referer": server.url + "/",
-        },
-    )
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 302, response.status
-    return re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie")).group(1)
-
-
 def test_it_closes_a_websocket_that_sends_an_oversized_message(server: LiveServer) -> None:
-    session = log_in(server)
+    session = server.log_in("alice", PASSWORD)
     conversation_id = server.query(
         "SELECT id FROM conversations_conversation WHERE title = 'Release notes draft'"
     )[0]["id"]
