@@ -1,10 +1,11 @@
 """The browser chat in real headless Chromium (Debian's, driven by Playwright through its executable
 path) against a live Daphne serving the REAL default model (one slot, one thread).
 
-The tests run in order on one server and share alice's conversation: she logs in, sends a message
-and watches the answer grow; stops a long answer and finds it saved as stopped after a reload;
-regenerates; shares the conversation, and bob watches her next answer stream live; charlie, an
-outsider, gets 404 on the page and a refused websocket; a message full of XSS payloads triggers
+The tests run in order on one server and share alice's conversation (a test run without the ones
+before it, alone with ``-k`` or after one failed, makes its own: ``alice_chat``): she logs in, sends
+a message and watches the answer grow; stops a long answer and finds it saved as stopped after a
+reload; regenerates; shares the conversation, and bob watches her next answer stream live; charlie,
+an outsider, gets 404 on the page and a refused websocket; a message full of XSS payloads triggers
 nothing. The run writes screenshots to .data/screenshots/ (ignored by git): the chat mid-stream
 and the conversation list.
 """
@@ -83,6 +84,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def state() -> dict:
     """What the ordered tests hand on: alice's page and her conversation's URL."""
     return {}
+
+
+@pytest.fixture
+def alice_chat(browser, server, state):
+    """alice's page on her conversation: the one the first test made, or, when it did not run
+    (``-k``, another order) or failed before making it, a new one with its first answer complete."""
+    if "page" not in state:
+        page = log_in(browser, server, "alice")
+        start_conversation(page, "Write a short poem about the sea.")
+        wait_last_answer(page, "complete")
+        state["url"], state["page"] = page.url, page
+    return state["page"]
 
 
 def log_in(browser, server: LiveServer, username: str):
@@ -208,8 +221,8 @@ def test_it_logs_in_and_streams_the_answer_token_by_token(browser, server, state
     assert "Write a short poem" in page.locator("#conversation-list .current").inner_text()  # live
 
 
-def test_it_stops_and_keeps_the_partial_answer_after_a_reload(server, state) -> None:
-    page = state["page"]
+def test_it_stops_and_keeps_the_partial_answer_after_a_reload(alice_chat) -> None:
+    page = alice_chat
     set_max_tokens(page, 2000, temperature=0)
     before = last_id(page)
     send(page, LONG_PROMPT)
@@ -232,21 +245,25 @@ def test_it_stops_and_keeps_the_partial_answer_after_a_reload(server, state) -> 
     assert 1 <= tokens < 2000
 
 
-def test_it_regenerates_the_last_answer(server, state) -> None:
-    page = state["page"]
+def test_it_regenerates_the_last_answer(alice_chat) -> None:
+    page = alice_chat
     set_max_tokens(page, 40)
+    answers = page.locator("#messages .msg-assistant")
+    count = answers.count()
     old_id = last_answer(page).get_attribute("id")
     before = last_id(page)
     last_answer(page).locator("button.regenerate").click()
     page.wait_for_selector(f"#{old_id}", state="detached")
     wait_last_answer(page, "complete", before)
-    answers = page.locator("#messages .msg-assistant")
-    assert answers.count() == 2  # the first answer and the regenerated one; the stopped one is gone
+    # In order: the first answer and the regenerated one; the stopped one is gone, none added.
+    assert answers.count() == count
     assert last_answer(page).get_attribute("id") != old_id
 
 
-def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(browser, server, state) -> None:
-    page = state["page"]
+def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(
+    browser, server, state, alice_chat
+) -> None:
+    page = alice_chat
     page.click(".chat-tools summary")
     page.select_option("#visibility-select", "team")
     page.click("text=Save sharing")
@@ -279,7 +296,7 @@ def test_it_streams_live_to_a_teammate_watching_a_shared_conversation(browser, s
     open_socket(page)
 
 
-def test_it_gives_an_outsider_404_and_refuses_his_websocket(browser, server, state) -> None:
+def test_it_gives_an_outsider_404_and_refuses_his_websocket(browser, server, state, alice_chat) -> None:
     charlie = log_in(browser, server, "charlie")
     response = charlie.goto(state["url"])
     assert response.status == 404
@@ -296,8 +313,8 @@ def test_it_gives_an_outsider_404_and_refuses_his_websocket(browser, server, sta
     charlie.context.close()
 
 
-def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, state) -> None:
-    page = state["page"]
+def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(alice_chat) -> None:
+    page = alice_chat
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     set_max_tokens(page, 8)
     count = page.locator("#messages .msg-user").count()
@@ -320,8 +337,8 @@ def test_it_sends_on_enter_breaks_lines_on_shift_enter_and_copies_code(server, s
     wait_last_answer(page, "complete", before)
 
 
-def test_it_edits_and_resends_a_message(server, state) -> None:
-    page = state["page"]
+def test_it_edits_and_resends_a_message(alice_chat) -> None:
+    page = alice_chat
     set_max_tokens(page, 8)
     users = page.locator("#messages .msg-user")
     count, last = users.count(), users.last
@@ -337,8 +354,8 @@ def test_it_edits_and_resends_a_message(server, state) -> None:
     assert users.count() == count
 
 
-def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None:
-    page = state["page"]
+def test_it_shows_an_xss_payload_as_text_and_runs_nothing(alice_chat, state) -> None:
+    page = alice_chat
     set_max_tokens(page, 8)
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
@@ -362,3 +379,4 @@ def test_it_shows_an_xss_payload_as_text_and_runs_nothing(server, state) -> None
     assert page.locator("#composer-text").is_visible()
     page.screenshot(path=str(SCREENSHOTS / "chat-phone.png"), full_page=False)
     page.context.close()
+    state.clear()  # a test after this one makes a new page
