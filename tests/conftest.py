@@ -57,7 +57,7 @@ def _cpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     for each other, and crawl when another process wants the cores) runs while the other workers
     wait between tests: every test holds a shared lock, a cpu_exclusive one the exclusive lock. A
     turnstile lets a waiting exclusive test in before new shared ones. Without xdist: nothing."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not hasattr(request.config, "workerinput"):  # not the environment: a pytest run by a test inherits it
         yield
         return
     import fcntl
