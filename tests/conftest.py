@@ -51,19 +51,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 from tests.xdist_groups import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: E402, F401
 
 
-@pytest.fixture(autouse=True)
-def _cpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Under xdist, a test marked ``cpu_exclusive`` (a model on two ggml threads: they spin-wait
     for each other, and crawl when another process wants the cores) runs while the other workers
     wait between tests: every test holds a shared lock, a cpu_exclusive one the exclusive lock. A
-    turnstile lets a waiting exclusive test in before new shared ones. Without xdist: nothing."""
-    if not hasattr(request.config, "workerinput"):  # not the environment: a pytest run by a test inherits it
+    turnstile lets a waiting exclusive test in before new shared ones. Without xdist: nothing.
+
+    Taken around the whole test (set-up, call, teardown) and outside pytest-timeout's timer
+    (tryfirst: this wrapper encloses its one), so that the time a test waits for the lock does not
+    count against its own timeout: as an autouse fixture it did, and tests waiting behind a slow
+    exclusive one timed out in set-up."""
+    if not hasattr(item.config, "workerinput"):  # not the environment: a pytest run by a test inherits it
         yield
         return
     import fcntl
 
-    run = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
-    exclusive = request.node.get_closest_marker("cpu_exclusive") is not None
+    run = item.config._tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    exclusive = item.get_closest_marker("cpu_exclusive") is not None
     with open(run / "cpu.turnstile", "a") as gate, open(run / "cpu.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
         try:

@@ -103,3 +103,52 @@ def test_each_module_runs_whole_on_one_worker_and_shared_servers_start_once(tmp_
     # Both workers had work, and the heavy module was handed out first.
     assert {e["worker"] for e in setups} == {"gw0", "gw1"}, setups
     assert setups[0]["module"] == "test_ordered_heavy" or setups[1]["module"] == "test_ordered_heavy", setups
+
+
+# A slow cpu_exclusive test on one worker; on the other, tests with a short timeout that wait for
+# the lock while it runs. The wait is not theirs: it must not count against their timeout.
+EXCLUSIVE = """
+import os, time
+from pathlib import Path
+import pytest
+pytestmark = pytest.mark.slow  # handed out first
+
+@pytest.mark.cpu_exclusive
+@pytest.mark.timeout(120)
+def test_holds_the_cores(tmp_path_factory):
+    started = tmp_path_factory.getbasetemp().parent / "shared-started"
+    while not started.exists():  # the other worker is in its tests: take the lock between two
+        time.sleep(0.05)
+    time.sleep(6)  # a slow exclusive test: longer than the others' timeout
+"""
+
+WAITING = """
+import pytest
+
+@pytest.mark.timeout(3)
+@pytest.mark.parametrize("i", range(6))
+def test_short(tmp_path_factory, i):
+    (tmp_path_factory.getbasetemp().parent / "shared-started").touch()
+"""
+
+
+def test_waiting_for_an_exclusive_test_does_not_count_against_a_tests_timeout(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (suite / "test_exclusive.py").write_text(EXCLUSIVE)
+    (suite / "test_waiting.py").write_text(WAITING)
+    (suite / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    slow: slow\n    cpu_exclusive: exclusive\n    model: m\n    browser: b\n"
+    )
+    options = ["-n", "2", "-p", "no:django", "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path}/base"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *options, str(suite)],
+        cwd=suite,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "7 passed" in done.stdout, done.stdout[-2000:]
