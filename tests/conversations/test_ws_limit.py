@@ -125,6 +125,7 @@ def read_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[list[tu
                 return opcodes, struct.unpack(">H", frame[:2])[0] if len(frame) >= 2 else None
 
 
+@pytest.mark.slow  # a live server
 def test_it_closes_a_websocket_that_sends_an_oversized_message(server: LiveServer) -> None:
     session = log_in(server)
     conversation_id = server.query(

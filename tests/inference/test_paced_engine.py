@@ -74,12 +74,14 @@ def test_it_refuses_a_malformed_pace(value: str) -> None:
         parse_test_engine(value)
 
 
+@pytest.mark.slow  # a process
 def test_it_stops_at_start_up_on_a_malformed_test_engine(tmp_path: Path) -> None:
     done = run_django(tmp_path, CHAT_TEST_ENGINE="paced:0")
     assert done.returncode != 0
     assert "CHAT_TEST_ENGINE='paced:0' is not valid: expected paced:<milliseconds" in done.stderr
 
 
+@pytest.mark.slow  # a process
 def test_it_refuses_the_test_engine_when_debug_is_off(tmp_path: Path) -> None:
     done = run_django(tmp_path, CHAT_TEST_ENGINE="paced:20", **production_env())
     assert done.returncode != 0
