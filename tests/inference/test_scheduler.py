@@ -118,14 +118,19 @@ def test_it_serves_users_round_robin(make_model) -> None:
 
         return listener
 
+    # The slot is held until every job is queued (else a1 may finish before b1 is even submitted,
+    # on a loaded machine, and a2 rightly takes the idle slot).
+    blocker = model.scheduler.submit(prompt(model, "busy"), params(model, max_tokens=400), user_key="x")
+    next(e for e in blocker.events(timeout=30) if isinstance(e, Started))
     jobs = []
     for name, user in [("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob"), ("c1", "carol")]:
         job = model.scheduler.submit(prompt(model, name), params(model, max_tokens=8), user_key=user)
         job.subscribe(track(name))
         jobs.append(job)
+    blocker.cancel()
     for job in jobs:
         job.wait(30)
-    # a1 took the idle slot at once; then everyone else before alice's second turn.
+    # alice's first job, then everyone else's before alice's second turn.
     assert order == ["a1", "b1", "c1", "a2", "a3"]
 
 
