@@ -127,10 +127,70 @@ def is_running(conversation_id: int) -> bool:
     return conversation_id in _starting or (run is not None and not all(t.done() for t in run.tasks))
 
 
-async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
+@dataclass
+class _Read:
+    """What a reply needs from the database before its job is submitted, read in one trip to a
+    thread (each trip costs a thread hop on the way to the first token): the conversation's model
+    (``refusal``: its team may not use it), and for the embedded model, when it is loaded, the
+    prompt and the "Answer as JSON" grammar (``error``: why there can be no reply)."""
+
+    model_id: str
+    refusal: str | None = None
+    model: ChatModel | None = None
+    prompt: Prompt | None = None
+    grammar: str | None = None
+    error: ChatError | None = None
+
+
+def _read_for_reply(conversation: Conversation, model: ChatModel | None) -> _Read:
+    """``_Read`` of ``conversation`` (``model``: the embedded model if it is loaded). Synchronous."""
+    model_id = choices.model_for(conversation.model_id)
+    allowed = allowed_models(conversation.team_id)
+    if allowed is not None and model_id not in allowed:
+        return _Read(
+            model_id, f"Your team may not use the model '{model_id}'. Choose another in the settings."
+        )
+    if not conversation.model_id:  # recorded at its first reply
+        Conversation.objects.filter(pk=conversation.pk, model_id="").update(model_id=model_id)
+        conversation.model_id = model_id
+    if model is None or model_id != choices.embedded_model_id():
+        return _Read(model_id)
+    try:
+        prompt, grammar = _prompt_and_grammar(model, conversation)
+    except ChatError as exc:  # TooLong, or the conversation's JSON schema
+        return _Read(model_id, model=model, error=exc)
+    return _Read(model_id, model=model, prompt=prompt, grammar=grammar)
+
+
+def _prepare_and_read(
+    conversation: Conversation, prepare: Any, args: tuple[Any, ...]
+) -> tuple[Any, _Read | None]:
+    """``prepare`` (the user message's write, committed) and ``_read_for_reply``, in one trip. A
+    read that fails gives None: ``_generate`` reads again, and fails there as it would alone (an
+    error of the read must not pass for one of the write, whose message would be given back)."""
+    message = prepare(conversation, *args)
+    ttft.mark("user_row")
+    try:
+        return message, _read_for_reply(conversation, get_runtime().model)
+    except Exception:
+        return message, None
+
+
+async def _generate(
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    user_message: Message | None,
+    read: _Read | None = None,
+) -> None:
     """Admit and start a reply to the conversation's visible history (``user_message``: the message
-    to mark unanswered if the model cannot take it)."""
-    model_id = await _chosen_model(conversation, user_message)
+    to mark unanswered if the model cannot take it; ``read``: ``_read_for_reply``, if done)."""
+    if read is None:
+        read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(
+            conversation, get_runtime().model
+        )
+    if read.refusal is not None:
+        await _unanswered(user_message, read.refusal)
+    model_id = read.model_id
     if model_id != choices.embedded_model_id():
         if conversation.json_answers:  # only the embedded model decodes under a grammar
             await _unanswered(
@@ -151,23 +211,22 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             version_of=_version_of(user_message),
         )
         return
-    try:
-        model = get_runtime().get()
-    except ModelNotReady as exc:
-        await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+    model = read.model
+    if model is None:  # not loaded when read (or loaded since: then its prompt is read now)
+        try:
+            model = get_runtime().get()
+        except ModelNotReady as exc:
+            await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+            return
+        read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(conversation, model)
+    if isinstance(read.error, TooLong):
+        await _unanswered(user_message, str(read.error), never_fits=True)  # no Retry: it cannot help
         return
-    try:
-        # One trip to a worker thread (each costs a thread hop on the way to the first token): the
-        # history, its template and tokens (a long history would stall the event loop), the grammar.
-        prompt, grammar = await database_sync_to_async(_prompt_and_grammar, thread_sensitive=False)(
-            model, conversation
-        )
-    except TooLong as exc:
-        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
+    if read.error is not None:  # the conversation's JSON schema
+        await _unanswered(user_message, str(read.error))
         return
-    except ChatError as exc:  # the conversation's JSON schema
-        await _unanswered(user_message, str(exc))
-        return
+    prompt, grammar = read.prompt, read.grammar
+    assert prompt is not None
     params = _sampling(conversation, prompt.max_tokens, grammar)
     ttft.mark("prompt")
     try:
@@ -218,20 +277,6 @@ def _version_of(user_message: Message | None) -> int | None:
     return getattr(user_message, "answer_version_of", None)
 
 
-async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
-    """The conversation's model (recorded at its first reply), if its team may use it."""
-    model_id = choices.model_for(conversation.model_id)
-    allowed = await database_sync_to_async(allowed_models)(conversation.team_id)
-    if allowed is not None and model_id not in allowed:
-        await _unanswered(
-            user_message, f"Your team may not use the model '{model_id}'. Choose another in the settings."
-        )
-    if not conversation.model_id:
-        await Conversation.objects.filter(pk=conversation.pk, model_id="").aupdate(model_id=model_id)
-        conversation.model_id = model_id
-    return model_id
-
-
 def _track(conversation_id: int, run: runner.Run) -> None:
     _runs[conversation_id] = run
     waiter = asyncio.ensure_future(run.wait())
@@ -272,12 +317,14 @@ async def _start(
                 # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
                 # waiting for the lock there would stall every socket of the process
                 # (conversations/faults.py).
-                message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
-                ttft.mark("user_row")
+                # In the same trip: what the reply needs (the model, the history, its prompt).
+                message, read = await database_sync_to_async(_prepare_and_read, thread_sensitive=False)(
+                    conversation, prepare, args
+                )
             except (actions.Busy, ValueError) as exc:
                 raise _kept(ChatError(str(exc)), text) from None
             try:
-                await _generate(user, conversation, message)
+                await _generate(user, conversation, message, read)
             except ChatError:
                 if _version_of(message) is not None and run_of(conversation.pk) is None:
                     # A regenerate the model could not take: the answer it replaced comes back.

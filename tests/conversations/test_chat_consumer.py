@@ -345,3 +345,44 @@ async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewer
         assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
     for socket in sockets:
         await socket.disconnect()
+
+
+async def test_a_message_takes_one_trip_to_a_database_thread_before_its_job_is_submitted(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """The user message's write, the team's models, the history and its prompt are one trip (each
+    trip is a thread hop on the way to the first token), as the second message of a conversation
+    (its model is recorded) and as the first."""
+    from conversations.live import replies
+
+    trips: list[str] = []
+    real = replies.database_sync_to_async
+
+    def counting(function, *args, **kwargs):  # the real trip, counted
+        trips.append(getattr(function, "__name__", repr(function)))
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(replies, "database_sync_to_async", counting)
+    before_submit: list[list[str]] = []
+    scheduler = runtime.model.scheduler
+    original = scheduler.asubmit
+
+    async def recording_submit(*args, **kwargs):
+        before_submit.append(list(trips))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "asubmit", recording_submit)
+    communicator, _, _ = await connect(alice, chat.pk)
+    for answers, text in enumerate(("first", "second"), start=1):
+        trips.clear()
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": text}))
+        await finish_run(chat.pk, answers)
+    assert [len(t) for t in before_submit] == [1, 1], before_submit
+    statuses = [(m.role, m.content if m.role == "user" else m.status) for m in await messages_of(chat.pk)]
+    assert statuses == [
+        ("user", "first"),
+        ("assistant", "complete"),
+        ("user", "second"),
+        ("assistant", "complete"),
+    ]
+    await communicator.disconnect()
