@@ -298,7 +298,10 @@ def start_assistant_messages(
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
     died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
-    first version of the answer this one regenerates (``prepare_regenerate``).
+    first version of the answer this one regenerates (``prepare_regenerate``). ``new_conversation``:
+    the conversation was made in the same transaction (an API call's), so it has no stale reply and
+    no page open on it to tell: nothing is broadcast (a broadcast is a hop to the event loop from
+    this thread, while the slot prefills).
     """
     now = timezone.now()
     messages = [
@@ -325,7 +328,8 @@ def start_assistant_messages(
                 )
             for message in messages:  # one by one: bulk_create gives no ids on every backend
                 message.save()
-                broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+                if not new_conversation:  # a page open on it is told (a new one has no page yet)
+                    broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
     except IntegrityError:
         if not Conversation.objects.filter(pk=conversation.pk).exists():
             raise

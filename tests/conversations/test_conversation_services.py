@@ -151,6 +151,16 @@ def test_it_interrupts_only_stale_replies(chat) -> None:
     assert stale.status == "interrupted" and live.status == "streaming"
 
 
+def test_logging_an_api_call_broadcasts_nothing(alice, alpha, django_capture_on_commit_callbacks) -> None:
+    """Its conversation is new: no page can be open on it yet, so there is nobody to tell."""
+    key, _ = actions.create_api_key(alice, alpha)
+    with django_capture_on_commit_callbacks() as callbacks:
+        actions.start_api_call(
+            key, model_id="m", messages=[{"role": "user", "content": "hi"}], params={}, n=2, prompt_tokens=5
+        )
+    assert callbacks == []
+
+
 def test_it_logs_an_api_call_in_a_fixed_number_of_queries(alice, alpha, django_assert_num_queries) -> None:
     key, _ = actions.create_api_key(alice, alpha)
     messages = [{"role": "user", "content": f"question {i}"} for i in range(10)]
