@@ -666,6 +666,23 @@ def post_user_message(conversation: Conversation, text: str, author: AbstractBas
     return message
 
 
+def post_user_message_with_reply(
+    conversation: Conversation,
+    text: str,
+    author: AbstractBaseUser,
+    *,
+    params: dict[str, Any],
+    prompt_tokens: int,
+) -> tuple[Message, Message]:
+    """``post_user_message`` and its reply's streaming row (``start_assistant_messages``) in one
+    transaction, for a message whose job was admitted before it was written: a crash leaves both
+    or neither, never a reply without its question. ``Busy`` or ``ReplyInProgress``: neither."""
+    with transaction.atomic():
+        message = post_user_message(conversation, text, author)
+        (reply,) = start_assistant_messages(conversation, 1, params=params, prompt_tokens=prompt_tokens)
+    return message, reply
+
+
 def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:
     """Hide ``messages`` (one branch) from the conversation, kept for reviewers and for browsing the
     versions. The branch gets a timestamp no other hidden branch of the conversation has."""
