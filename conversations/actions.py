@@ -43,6 +43,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations import queries, sidebar
+from conversations.fragments import message_html
 from conversations.models import ApiKey, Conversation, Membership, Message, Team
 
 KEY_PREFIX = "csk-"  # chatsite key
@@ -329,12 +330,23 @@ def start_assistant_messages(
             for message in messages:  # one by one: bulk_create gives no ids on every backend
                 message.save()
                 if not new_conversation:  # a page open on it is told (a new one has no page yet)
-                    broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+                    broadcast(conversation.pk, _new_reply_event(conversation, message))
     except IntegrityError:
         if not Conversation.objects.filter(pk=conversation.pk).exists():
             raise
         raise ReplyInProgress(BUSY_MESSAGE) from None
     return messages
+
+
+def _new_reply_event(conversation: Conversation, message: Message) -> dict[str, Any]:
+    """The ``chat.message`` of a new streaming reply. A first version shows the same to every
+    viewer (no edit, no versions, no author): its HTML is rendered once here, and each page's
+    consumer forwards it, instead of reading the row and rendering it again for every viewer while
+    the slot evaluates the prompt."""
+    event: dict[str, Any] = {"type": "chat.message", "message_id": message.pk}
+    if message.version_of_id is None:
+        event["html"] = message_html(message, conversation, None, [message.pk])
+    return event
 
 
 @dataclass(frozen=True)

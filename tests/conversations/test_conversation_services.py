@@ -90,6 +90,33 @@ def test_it_logs_an_api_call(alice, alpha) -> None:
     assert key.last_used_at is None  # written at the call's end (conversations/api/http.note_key_use)
 
 
+def test_a_new_replys_fragment_is_rendered_once_for_every_viewer(
+    alice, bob, chat, django_capture_on_commit_callbacks
+) -> None:
+    """The chat.message of a new streaming reply carries its HTML, which is what every viewer's
+    consumer would render from the row (the consumers forward it instead, while the slot prefills);
+    a regenerated one (versions to page through) is rendered by each consumer."""
+    from conversations.fragments import message_html
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(actions.group_name(chat.pk), channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        (reply,) = actions.start_assistant_messages(chat, 1, params={"model": "m-1"}, prompt_tokens=5)
+    event = async_to_sync(layer.receive)(channel)
+    assert event["type"] == "chat.message" and event["message_id"] == reply.pk
+    stored = Message.objects.select_related("author").get(pk=reply.pk)
+    assert event["html"] == message_html(stored, chat, alice) == message_html(stored, chat, bob)
+    assert "m-1" in event["html"] and "writing…" in event["html"]
+    actions.finish_assistant_message(
+        reply.pk, actions.Outcome(status="complete", content="Hi", finish_reason="stop")
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=5, version_of=reply.pk)
+    event = async_to_sync(layer.receive)(channel)
+    assert event["type"] == "chat.message" and "html" not in event
+
+
 def test_it_finishes_a_reply_and_broadcasts_after_commit(
     alice, chat, django_capture_on_commit_callbacks
 ) -> None:
