@@ -71,8 +71,8 @@ WS_PARTS = [
     ("websocket frame in", "send", "request"),
     ("access check", "request", "auth"),
     ("usage limits reserved", "auth", "reserved"),
-    ("user message written", "reserved", "user_row"),
-    ("history read", "user_row", "history"),
+    # The new message is written with its reply's row, after admission (WS_SIDE).
+    ("team's models + history read", "reserved", "history"),
     ("template + tokenization (+ grammar)", "history", "prompt"),
     ("admission (scheduler submit)", "prompt", "admitted"),
     ("hand-off to the slot thread", "admitted", "slot"),
@@ -83,7 +83,7 @@ WS_PARTS = [
     ("broadcast -> frame written", "publish", "first_write"),
     ("frame -> client", "first_write", "receive"),
 ]
-WS_SIDE = [("reply row written (admitted -> logged)", "admitted", "logged")]
+WS_SIDE = [("user message + reply row written (admitted -> logged)", "admitted", "logged")]
 
 
 @contextlib.contextmanager

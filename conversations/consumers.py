@@ -114,7 +114,11 @@ def status_fragment(message_id: int, text: str) -> str:
 
 
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
-    html = message_html(message, conversation, user)
+    return placed(message_html(message, conversation, user), append=append)
+
+
+def placed(html: str, *, append: bool) -> str:
+    """A message's HTML as a fragment that adds it to the page (``append``) or replaces it there."""
     if append:
         return f'<div hx-swap-oob="beforeend:#messages">{html}</div>'
     return html.replace("<article ", '<article hx-swap-oob="true" ', 1)
@@ -246,6 +250,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
+        html = event.get("html")
+        if html is not None:  # rendered once for every viewer (actions: a new streaming reply)
+            mid = int(event["message_id"])
+            append = mid not in self.known
+            self.known.add(mid)
+            await self.send(text_data=placed(html, append=append))
+            return
         fragment = await self._message_fragment(event["message_id"])
         if fragment:
             await self.send(text_data=fragment)

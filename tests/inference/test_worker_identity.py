@@ -5,16 +5,18 @@ model, or the worker's loop in this process on a real scheduler)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from inference.jobs import Delta
+from inference.jobs import Delta, Queued
 from inference.model import ChatModel
 from inference.remote import client as worker_module
 from inference.remote.server import Worker
+from tests.paced_model import PACE_MS
 from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 
@@ -126,3 +128,65 @@ def test_it_sends_every_last_event_before_the_worker_exits(
     finally:
         model.close()
     assert [(e.reason, e.usage.completion_tokens) for e in ends] == [("length", 300)] * 2
+
+
+def test_a_jobs_events_are_made_messages_by_the_sender_not_on_the_slots_thread(
+    tiny, redis_url, prefix, tmp_path, monkeypatch
+) -> None:
+    """The slot's thread hands each event over as it is; the worker's event loop (its sender) turns
+    it into the protocol's message, so that no token waits for its predecessor's serialisation."""
+    from inference.remote import messages
+
+    threads: set[str] = set()
+    to_dict = messages.event_to_dict
+
+    def recording(event):  # the real serialisation, noting the thread it runs on
+        threads.add(threading.current_thread().name)
+        return to_dict(event)
+
+    monkeypatch.setattr(messages, "event_to_dict", recording)
+    # At the tests' pace (tests/paced_model.py): the busy job lasts seconds, whatever the machine.
+    model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=1, threads=1, token_pace=PACE_MS / 1000)
+    worker = Worker(model.scheduler, RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+
+    async def scenario():
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(30, stop=stop))
+        client = new_client(redis_url, prefix)
+        # The one slot is busy until the test cancels its job: the job followed here runs only
+        # once the worker listens to it, so its events come from the slot's thread.
+        [busy] = await client.submit_n(ids(tiny, "busy"), no_eos(max_tokens=450), 1)
+        [job] = await client.submit_n(ids(tiny, "serialise"), no_eos(max_tokens=20), 1)
+        events = job.aevents()
+        first = await anext(events)
+        assert isinstance(first, Queued)  # the worker is listening to it
+        busy.cancel()
+        events = [first, *[e async for e in events]]
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        return events, threading.current_thread().name
+
+    try:
+        events, loop_thread = run(asyncio.wait_for(scenario(), 90))
+    finally:
+        model.close()
+    finished = events[-1]
+    assert finished.reason == "length" and finished.usage.completion_tokens == 20
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == finished.text
+    assert threads == {loop_thread}
+
+
+def test_a_job_event_message_is_the_protocols_own() -> None:
+    from inference.jobs import Started
+    from inference.remote import messages
+
+    made = messages.job_event("w", "j", Delta("hi", (1, 2)))
+    assert made == messages.dump(messages.JobEvent(worker="w", job_id="j", event=made["event"]))
+    parsed = messages.parse(made)
+    assert isinstance(parsed, messages.JobEvent) and messages.event_from_dict(parsed.event) == Delta(
+        "hi", (1, 2)
+    )
+    assert messages.parse(messages.job_event("w", "j", Started(3))).event == {
+        "type": "started",
+        "cached_tokens": 3,
+    }
