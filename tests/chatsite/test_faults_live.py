@@ -138,7 +138,7 @@ class Socket:
 
 
 def is_delta(frame: str) -> bool:
-    return bool(re.search(r'id="m-\d+-body" hx-swap-oob="innerHTML"', frame))
+    return bool(re.search(r'id="m-\d+-(body|open)" hx-swap-oob="innerHTML"', frame))
 
 
 def csrf_token(server: LiveServer) -> str:
