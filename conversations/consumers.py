@@ -23,6 +23,7 @@ import json
 import logging
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -119,6 +120,10 @@ def status_fragment(message_id: int, text: str) -> str:
 # Deltas a viewer waits for the whole answer so far before it asks again (the request was lost).
 ASK_AGAIN_AFTER = 50
 
+# Events whose handlers only forward what the runner sent, with no database work: dispatched without
+# channels' close_old_connections (see ChatConsumer.dispatch).
+FORWARD_ONLY = frozenset({"chat.delta", "chat.whole", "chat.queued", "chat.started"})
+
 
 def delta_fragment(message_id: int, event: dict[str, Any]) -> str:
     """A streaming answer's change for the page (``event``: a ``chat.delta`` or ``chat.whole``).
@@ -201,6 +206,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
         await self.send(text_data=error_fragment(LAYER_UNAVAILABLE))
         await self.close(code=CLOSE_UNAVAILABLE, reason="channel layer unavailable")
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # channels' dispatch first closes stale database connections, in the thread-sensitive
+        # executor (sync_to_async): a thread hop for every viewer at every delta, which cost the
+        # event loop more than the delta's own work. The forwarding handlers touch no database;
+        # the others keep it (and database_sync_to_async closes them around its own calls anyway).
+        if message["type"] in FORWARD_ONLY:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
 
     async def disconnect(self, code: int) -> None:
         await self._leave_groups()

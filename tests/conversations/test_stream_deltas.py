@@ -7,6 +7,7 @@ whole answer so far once, then the deltas; and a delta's size does not grow with
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -219,4 +220,33 @@ async def test_a_viewer_out_of_step_drops_deltas_until_the_whole_answer_and_asks
         page.apply(frame)
     assert page.inner(f"m-{reply.pk}-body", unwrap=f"m-{reply.pk}-open") == normal("<p>a</p><p>8</p><p>9</p>")
     assert asked == [reply.pk]
+    await viewer.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_delta_reaches_the_viewer_while_the_database_thread_is_busy(alice, chat) -> None:
+    """Forwarding a delta needs no database: it must not wait for the thread that serves every
+    request's database work (channels' dispatch closed old connections there first, for every
+    viewer at every delta: a thread hop each, and a stalled stream while that thread is busy)."""
+    (reply,) = await sync_to_async(actions.start_assistant_messages)(chat, 1, params={}, prompt_tokens=1)
+    viewer, _ = await open_page(alice, chat.pk)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_query() -> None:  # another request's database work, holding the thread
+        started.set()
+        release.wait(30)
+
+    busy = asyncio.ensure_future(sync_to_async(slow_query, thread_sensitive=True)())
+    try:
+        await until(started.is_set)
+        delta = {"type": "chat.delta", "message_id": reply.pk, "choice_index": 0, "text": "Hi"}
+        html = {"seq": 1, "reset": True, "done": "", "open": "<p>Hi</p>"}
+        await runner.get_channel_layer().group_send(actions.group_name(chat.pk), delta | html)
+        frame = await viewer.receive_from(timeout=10)
+        assert f'id="m-{reply.pk}-body"' in frame and "<p>Hi</p>" in frame
+        assert not busy.done()
+    finally:
+        release.set()
+        await busy
     await viewer.disconnect()
