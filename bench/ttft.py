@@ -189,30 +189,6 @@ TAG = re.compile(r"<[^>]*>")
 FINISHED = re.compile(r'class="msg msg-assistant status-(?!streaming)')
 
 
-def log_in(server: LiveServer) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("GET", "/accounts/login/")
-    response = conn.getresponse()
-    page = response.read().decode()
-    csrf = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie")).group(1)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    conn.request(
-        "POST",
-        "/accounts/login/",
-        f"username=alice&password={PASSWORD}&csrfmiddlewaretoken={token}",
-        {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={csrf}",
-            "Referer": server.url + "/",
-        },
-    )
-    response = conn.getresponse()
-    response.read()
-    if response.status != 302:
-        raise RuntimeError(f"login answered {response.status}")
-    return re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie")).group(1)
-
-
 def ws_request(server: LiveServer, session: str, conversation_id: int, text: str) -> tuple[float, float]:
     from websockets.sync.client import connect
 
@@ -302,7 +278,7 @@ def run_database(database: str, args: argparse.Namespace, model: ChatModel, bias
                     check=True,
                 )
                 conversations = json.loads(out.stdout.strip().splitlines()[-1])
-                session = log_in(server)
+                session = server.log_in("alice", PASSWORD)
             # One transport after the other: the cold prompts then always go to the least recently
             # used slot, and the warm ones find their prefix in the other.
             for transport in args.transports:

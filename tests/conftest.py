@@ -21,6 +21,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that used a live server (tests/live_server.py) reports the end of that
+    server's log: what the server saw is most of the story, and under CI it is all there is."""
+    report = yield
+    if report.failed:
+        from tests.live_server import LiveServer
+
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, LiveServer):
+                report.sections.append((f"server log of {name} (last 5000 chars)", value.server_log()))
+    return report
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     skipped = _skipped_under_ci(config)
     if skipped:

@@ -12,6 +12,7 @@ import atexit
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -201,6 +203,35 @@ class LiveServer:
         except urllib.error.HTTPError as error:
             with error:
                 return error.code, dict(error.headers), error.read()
+
+    def log_in(self, username: str, password: str) -> str:
+        """The session cookie of ``username``, through the real login form (CSRF token and all)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("GET", "/accounts/login/")
+        response = conn.getresponse()
+        page = response.read().decode()
+        csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie") or "")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        if csrf_cookie is None or token is None:
+            raise RuntimeError(f"the login page has no CSRF token (status {response.status})")
+        conn.request(
+            "POST",
+            "/accounts/login/",
+            urllib.parse.urlencode(
+                {"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
+            ),
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": f"csrftoken={csrf_cookie.group(1)}",
+                "Referer": self.url + "/",
+            },
+        )
+        response = conn.getresponse()
+        response.read()
+        session = re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie") or "")
+        if response.status != 302 or session is None:
+            raise RuntimeError(f"logging in as {username} answered {response.status}")
+        return session.group(1)
 
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)

@@ -15,14 +15,11 @@ does not depend on how busy the machine is.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
 import re
-import socket
 import sqlite3
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ import pytest
 
 from tests.live_server import PYTHON, ROOT, LiveServer, Stream, free_port
 from tests.paced_model import paced_env, write_paced_model
+from tests.raw_ws import RawSocket
 from tests.tiny_gguf import write_tiny_llama
 
 BUSY_TIMEOUT = 3  # CHAT_DB_BUSY_TIMEOUT of the servers here
@@ -61,80 +59,6 @@ def login(server: LiveServer) -> tuple[str, int]:
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     return out["session"], out["conversation"]
-
-
-class Socket:
-    """A raw websocket client: the handshake, text frames out, frames in with a deadline."""
-
-    def __init__(self, server: LiveServer, path: str, session: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Origin: {server.url}\r\nCookie: sessionid={session}\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-        self.status_line = head.split(b"\r\n", 1)[0].decode()
-        self.buffer = head.partition(b"\r\n\r\n")[2]
-        self.close_code: int | None = None
-
-    def send(self, data: dict) -> None:
-        payload = json.dumps(data).encode()
-        mask = os.urandom(4)
-        n = len(payload)
-        header = b"\x81" + (bytes([0x80 | n]) if n < 126 else b"\xfe" + struct.pack(">H", n))
-        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    def next_frame(self, deadline: float) -> str | None:
-        """The next text frame; None at the deadline or when the connection ends (see close_code)."""
-        while True:
-            if len(self.buffer) >= 2:
-                opcode, n = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-                offset = 2
-                if n == 126:
-                    n, offset = struct.unpack(">H", self.buffer[2:4])[0], 4
-                elif n == 127:
-                    n, offset = struct.unpack(">Q", self.buffer[2:10])[0], 10
-                if len(self.buffer) >= offset + n:
-                    frame = self.buffer[offset : offset + n]
-                    self.buffer = self.buffer[offset + n :]
-                    if opcode == 0x8:
-                        self.close_code = struct.unpack(">H", frame[:2])[0] if len(frame) >= 2 else 1005
-                        return None
-                    if opcode == 0x1:
-                        return frame.decode()
-                    continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                return None
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return None
-            self.buffer += chunk
-
-    def wait_for(self, needle: str, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while (frame := self.next_frame(deadline)) is not None:
-            if needle in frame:
-                return frame
-        return None
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def is_delta(frame: str) -> bool:
@@ -197,7 +121,7 @@ def test_it_keeps_streaming_and_answers_503_while_another_connection_holds_the_w
     try:
         session, conversation, page = locked_checks(server)
         # Once the lock is gone everything carries on: Stop ends the reply, saved with its text.
-        page.send({"action": "stop"})
+        page.send_json({"action": "stop"})
         assert wait_until(lambda: not streaming_rows(server), 60), server.server_log()
         answer = server.query(
             "SELECT * FROM conversations_message WHERE role = 'assistant' AND conversation_id = ?",
@@ -210,15 +134,15 @@ def test_it_keeps_streaming_and_answers_503_while_another_connection_holds_the_w
         server.stop()
 
 
-def locked_checks(server: LiveServer) -> tuple[str, int, Socket]:
+def locked_checks(server: LiveServer) -> tuple[str, int, RawSocket]:
     """Start a reply on a page, hold the write lock from another connection, check that the
     process carries on; release the lock. Returns the session, the conversation and the page."""
     session, conversation = login(server)
     csrf = csrf_token(server)
-    page = Socket(server, f"/ws/c/{conversation}/", session)
+    page = RawSocket(server, f"/ws/c/{conversation}/", session)
     assert page.status_line.startswith("HTTP/1.1 101"), page.status_line
     assert page.wait_for('id="messages"', 30)
-    page.send({"action": "send", "text": "Write a long essay about the history of lighthouses."})
+    page.send_json({"action": "send", "text": "Write a long essay about the history of lighthouses."})
     assert page.wait_for('-body" hx-swap-oob="innerHTML"', 120), "the reply never started"
 
     lock = sqlite3.connect(server.db_path, isolation_level=None, timeout=30)
@@ -237,7 +161,7 @@ def locked_checks(server: LiveServer) -> tuple[str, int, Socket]:
 
         # A new socket opens at once (its session is read; reads are not blocked by the lock).
         opened = time.monotonic()
-        second = Socket(server, f"/ws/c/{conversation}/", session)
+        second = RawSocket(server, f"/ws/c/{conversation}/", session)
         assert second.status_line.startswith("HTTP/1.1 101"), second.status_line
         assert second.wait_for('id="messages"', 10)
         assert time.monotonic() - opened < 3
@@ -386,7 +310,7 @@ def test_it_answers_api_calls_and_closes_sockets_cleanly_when_redis_is_unreachab
         assert status == 503 and json.loads(body)["checks"]["channel_layer"] == "failing"
 
         session, conversation = login(server)
-        page = Socket(server, f"/ws/c/{conversation}/", session)
+        page = RawSocket(server, f"/ws/c/{conversation}/", session)
         assert page.status_line.startswith("HTTP/1.1 101"), page.status_line
         error = page.wait_for("chat-error", 10)
         assert error is not None and "Redis" in error

@@ -18,8 +18,7 @@ from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
 from conversations import actions
-from tests.conversations.test_chat_browser import SETUP
-from tests.conversations.test_ws_limit import log_in
+from tests.conversations.test_chat_browser import PASSWORD, SETUP
 from tests.live_server import PYTHON, ROOT, LiveServer
 from tests.tiny_gguf import write_tiny_llama
 from tests.ws_chat import cookie_for
@@ -158,7 +157,7 @@ def handshake(server: LiveServer, path: str, origin: str | None, session: str) -
 
 
 def test_it_checks_the_origin_of_a_real_handshake(server: LiveServer) -> None:
-    session = log_in(server)
+    session = server.log_in("alice", PASSWORD)
     conversation_id = server.query(
         "SELECT id FROM conversations_conversation WHERE title = 'Release notes draft'"
     )[0]["id"]

@@ -5,10 +5,7 @@ A raw websocket client; the tiny model (no reply is wanted)."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import re
-import socket
 import subprocess
 import time
 import uuid
@@ -16,8 +13,8 @@ import uuid
 import pytest
 
 from tests.conversations.test_chat_browser import PASSWORD, SETUP
-from tests.conversations.test_ws_limit import open_ws, read_until_closed
 from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.raw_ws import RawSocket
 from tests.tiny_gguf import write_tiny_llama
 
 REMOVE_ALICE_THEN_WRITE = """
@@ -57,49 +54,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
         live.stop()
 
 
-def log_in(server: LiveServer, username: str) -> str:
-    """A session cookie of ``username``, through the real login form."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("GET", "/accounts/login/")
-    response = conn.getresponse()
-    page = response.read().decode()
-    csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie")).group(1)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    conn.request(
-        "POST",
-        "/accounts/login/",
-        f"username={username}&password={PASSWORD}&csrfmiddlewaretoken={token}",
-        {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={csrf_cookie}",
-            "Referer": server.url + "/",
-        },
-    )
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 302, response.status
-    return re.search(r"sessionid=([^;]+)", response.getheader("Set-Cookie")).group(1)
-
-
-def read_until(sock: socket.socket, needle: bytes, timeout: float = 30) -> None:
-    sock.settimeout(timeout)
-    data = b""
-    while needle not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the witness's socket closed"
-        data += chunk
-
-
 def test_it_closes_a_removed_members_socket_from_another_process_through_redis(server: LiveServer) -> None:
     conversation_id = server.query(
         "SELECT id FROM conversations_conversation WHERE title = 'Trip planning for the offsite'"
     )[0]["id"]
     path = f"/ws/c/{conversation_id}/"
-    removed = open_ws(server, path, log_in(server, "alice"))
-    witness = open_ws(server, path, log_in(server, "bob"))
+    removed = RawSocket(server, path, server.log_in("alice", PASSWORD))
+    witness = RawSocket(server, path, server.log_in("bob", PASSWORD))
     try:
-        read_until(removed, b'id="messages"')  # both sockets are in the conversation's group
-        read_until(witness, b'id="messages"')
+        for sock in (removed, witness):
+            assert sock.status_line.startswith("HTTP/1.1 101"), sock.status_line
+            # both sockets are in the conversation's group
+            assert sock.wait_for('id="messages"', timeout=30), f"no messages on {sock.status_line}"
         script = subprocess.Popen(
             [PYTHON, "-c", REMOVE_ALICE_THEN_WRITE],
             cwd=ROOT,
@@ -108,14 +74,15 @@ def test_it_closes_a_removed_members_socket_from_another_process_through_redis(s
             stderr=subprocess.PIPE,
             text=True,
         )
-        frames, code = read_until_closed(removed, timeout=60)  # while the script runs
+        frames, code = removed.read_until_closed(timeout=60)  # while the script runs
         closed_at = time.time()
         out, err = script.communicate(timeout=60)
         assert script.returncode == 0, err
         removed_at = json.loads(out.strip().splitlines()[-1])["removed_at"]
         assert code == 4403
         assert not any(b"after alice left" in payload for _, payload in frames)
-        read_until(witness, b"written after alice left")  # it was sent, to those who may read it
+        # it was sent, to those who may read it
+        assert witness.wait_for("written after alice left", timeout=30), "the witness did not get it"
         assert closed_at - removed_at < 1.0, f"closed {closed_at - removed_at:.2f} s after the commit"
     finally:
         removed.close()
