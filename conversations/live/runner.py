@@ -310,9 +310,14 @@ async def request_whole(conversation_id: int, message_id: int, channel: str) -> 
             stream.waiting.add(channel)
         return
     if shared_layer():
-        request = {"type": "chat.whole", "conversation_id": conversation_id, "message_id": message_id}
-        group = control_group_name(conversation_id)
-        await get_channel_layer().group_send(group, request | {"channel": channel})
+        await ask_elsewhere(conversation_id, message_id, channel)
+
+
+async def ask_elsewhere(conversation_id: int, message_id: int, channel: str, layer=None) -> None:
+    """``request_whole`` of the process that runs the reply (its ``StopListener``)."""
+    request = {"type": "chat.whole", "conversation_id": conversation_id, "message_id": message_id}
+    group = control_group_name(conversation_id)
+    await (layer or get_channel_layer()).group_send(group, request | {"channel": channel})
 
 
 def _keep(task: asyncio.Task) -> None:
