@@ -60,13 +60,22 @@ async def start_reply(conversation) -> tuple[Job, runner.Run, Message]:
     return job, run, message
 
 
-async def listening(conversation_id: int) -> None:
-    """Wait until this process's listener has joined the conversation's control group."""
-    for _ in range(100):
-        if runner._stops.runs.get(conversation_id):
-            await asyncio.sleep(0.1)  # the group_add follows the registration
-            return
-        await asyncio.sleep(0.02)
+async def listening(conversation_id: int, redis_url: str, prefix: str) -> None:
+    """Wait until this process's listener has joined the conversation's control group in Redis
+    (the group_add follows the run's registration)."""
+    import redis.asyncio as redis
+
+    group_key = layer(redis_url, prefix)._group_key(runner.control_group_name(conversation_id))
+    client = redis.from_url(redis_url)
+    try:
+        for _ in range(500):
+            channel = runner._stops.channel
+            if runner._stops.runs.get(conversation_id) and channel is not None:
+                if await client.zscore(group_key, channel) is not None:
+                    return
+            await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
     raise AssertionError("the Stop listener did not join")
 
 
@@ -91,7 +100,7 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
     # Two replies one after the other: the first one's end must not take the listener with it.
     for _ in range(2):
         job, run, message = await start_reply(conversation)
-        await listening(conversation.pk)
+        await listening(conversation.pk, redis_url, prefix)
         await runner.stop_elsewhere(conversation.pk, "stopped", layer=other_process)
         await wait_cancelled(job)
         finish_when_cancelled(job, "Once upon")
@@ -108,14 +117,21 @@ async def test_a_stop_from_another_process_stops_each_reply_of_the_conversation(
 
 
 async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, redis_url) -> None:
-    first = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
-    second = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
+    start = sync_to_async(actions.start_conversation)
+    first, second, third = [await start(alice, alpha, visibility="team") for _ in range(3)]
     job, run, message = await start_reply(first)
-    await listening(first.pk)
+    await listening(first.pk, redis_url, prefix)
+    marker_job, marker_run, _ = await start_reply(third)  # followed by the same listener
+    await listening(third.pk, redis_url, prefix)
     other_process = layer(redis_url, prefix)
     await runner.stop_elsewhere(second.pk, "stopped", layer=other_process)
-    await asyncio.sleep(0.5)
+    # A Stop sent after it, over the same listener: once it has cancelled its reply, the Stop for
+    # the other conversation has had its turn (the listener takes its messages in order).
+    await runner.stop_elsewhere(third.pk, "stopped", layer=other_process)
+    await wait_cancelled(marker_job)
     assert not job.cancelled
+    finish_when_cancelled(marker_job, "Once upon")
+    await marker_run.wait()
     await runner.stop_elsewhere(first.pk, "stopped", layer=other_process)
     await wait_cancelled(job)
     finish_when_cancelled(job, "Once upon")
