@@ -149,7 +149,7 @@ async def test_a_viewer_in_another_process_gets_the_whole_answer_so_far(
     conversation = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
     other_process = layer(redis_url, prefix)
     job, run, message = await start_reply(conversation)
-    await listening(conversation.pk)
+    await listening(conversation.pk, redis_url, prefix)
     viewer = await other_process.new_channel()
     await runner.ask_elsewhere(conversation.pk, message.pk, viewer, layer=other_process)
     for _ in range(250):
