@@ -62,7 +62,7 @@ def login(server: LiveServer) -> tuple[str, int]:
 
 
 def is_delta(frame: str) -> bool:
-    return bool(re.search(r'id="m-\d+-body" hx-swap-oob="innerHTML"', frame))
+    return bool(re.search(r'id="m-\d+-(body|open)" hx-swap-oob="innerHTML"', frame))
 
 
 def csrf_token(server: LiveServer) -> str:

@@ -19,6 +19,7 @@ from conversations.live import runner
 from conversations.models import Message
 from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
+from tests.oob_dom import Page, normal
 from tests.ws_chat import (
     HOST,
     ORIGIN,
@@ -308,20 +309,21 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
 async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
     alice, bob, chat, runtime, monkeypatch, viewers
 ) -> None:
-    """The reply's runner renders each delta once (``StreamRender.add``), in a render thread, and
-    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, and the
-    renders are as many as the deltas a viewer gets, with one viewer as with four."""
+    """The reply's runner renders each delta once (``StreamRender.step``), in a render thread, and
+    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, the renders
+    are as many as the deltas a viewer gets, with one viewer as with four, and the deltas applied
+    in order (as htmx does) leave the answer's body equal to its whole render."""
     chat.temperature, chat.max_tokens = 0, 60
     await chat.asave(update_fields=["temperature", "max_tokens"])
     monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
     adds: list[str] = []
-    add = StreamRender.add
+    step = StreamRender.step
 
-    def counted_add(self, more):
+    def counted_step(self, more):
         adds.append(more)
-        return add(self, more)
+        return step(self, more)
 
-    monkeypatch.setattr(StreamRender, "add", counted_add)
+    monkeypatch.setattr(StreamRender, "step", counted_step)
     md = render._markdown()
     parse, parsed_in = md.parse, []
 
@@ -335,14 +337,18 @@ async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewer
     await finish_run(chat.pk)
     _, answer = await messages_of(chat.pk)
     assert answer.content and answer.status == Message.Status.COMPLETE
-    delta = f'<div id="m-{answer.pk}-body" hx-swap-oob="innerHTML">'
-    seen = [[f for f in await drain(socket) if f.startswith(delta)] for socket in sockets]
+    delta = f'id="m-{answer.pk}-open"'
+    seen = [[f for f in await drain(socket) if f"m-{answer.pk}" in f] for socket in sockets]
     assert threading.get_ident() not in parsed_in  # nothing rendered on the event loop
     assert "".join(adds) == answer.content
-    whole = str(render_markdown(answer.content))
+    whole = normal(str(render_markdown(answer.content)))
     for frames in seen:
-        assert len(frames) == len(adds) >= 1  # one render per delta, whatever the viewers
-        assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
+        deltas = [i for i, f in enumerate(frames) if delta in f]
+        assert len(deltas) == len(adds) >= 1  # one render per delta, whatever the viewers
+        page = Page('<div id="messages"></div>')
+        for frame in frames[: deltas[-1] + 1]:  # the answer's frames up to its last delta
+            page.apply(frame)
+        assert page.inner(f"m-{answer.pk}-body", unwrap=f"m-{answer.pk}-open") == whole
     for socket in sockets:
         await socket.disconnect()
 

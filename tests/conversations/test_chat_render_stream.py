@@ -120,14 +120,15 @@ def test_it_keeps_finished_blocks_and_parses_only_the_open_one() -> None:
 
 def test_a_render_that_fails_shows_the_text_escaped_instead_of_ending_the_reply(monkeypatch, caplog) -> None:
     """A renderer bug must not stop the reply being streamed and saved: the runner's render step
-    logs it and the viewers get the text so far, escaped."""
+    logs it and the viewers get the text so far, escaped (in place of every block)."""
     from conversations.live import runner
 
     def broken(self, more):
         self._tail += more
         raise RuntimeError("a renderer bug")
 
-    render = StreamRender()
-    monkeypatch.setattr(StreamRender, "add", broken)
-    assert runner._render(render, "<b>bold?</b>") == "<p>&lt;b&gt;bold?&lt;/b&gt;</p>"
+    stream = runner.Stream(1)
+    monkeypatch.setattr(StreamRender, "step", broken)
+    step = runner._render(stream, "<b>bold?</b>")
+    assert step.reset and (step.done, step.open) == ("", "<p>&lt;b&gt;bold?&lt;/b&gt;</p>")
     assert "could not render" in caplog.text

@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from conversations import actions
 from conversations.live import runner
 from conversations.models import Message
+from conversations.render import render_markdown
 from inference.jobs import Delta, Finished, Job, Timings, Usage
 from inference.sampling import SamplingParams
 from tests.worker_process import redis_layer as layer
@@ -134,6 +135,35 @@ async def test_a_stop_for_another_conversation_is_ignored(alice, alpha, prefix, 
     await runner.stop_elsewhere(first.pk, "stopped", layer=other_process)
     await wait_cancelled(job)
     finish_when_cancelled(job, "Once upon")
+    await run.wait()
+    await runner.stop_listening()
+    await other_process.flush()
+
+
+async def test_a_viewer_in_another_process_gets_the_whole_answer_so_far(
+    alice, alpha, prefix, redis_url
+) -> None:
+    """A page connected to another web process, which missed the reply's first deltas, asks for
+    the whole answer so far: the process that runs the reply sends it to that page's channel after
+    its next delta, at that delta's seq."""
+    conversation = await sync_to_async(actions.start_conversation)(alice, alpha, visibility="team")
+    other_process = layer(redis_url, prefix)
+    job, run, message = await start_reply(conversation)
+    await listening(conversation.pk, redis_url, prefix)
+    viewer = await other_process.new_channel()
+    await runner.ask_elsewhere(conversation.pk, message.pk, viewer, layer=other_process)
+    for _ in range(250):
+        if runner._streams[message.pk].waiting:
+            break
+        await asyncio.sleep(0.02)
+    assert runner._streams[message.pk].waiting == {viewer}
+    job.emit(Delta(" a time.\n\nThe end", (3, 4)))
+    whole = await asyncio.wait_for(other_process.receive(viewer), 10)
+    assert whole["type"] == "chat.whole" and whole["reset"]
+    assert whole["seq"] == runner._streams[message.pk].seq >= 2
+    assert whole["done"] + whole["open"] == str(render_markdown("Once upon a time.\n\nThe end"))
+    job.cancel()
+    finish_when_cancelled(job, "Once upon a time.\n\nThe end")
     await run.wait()
     await runner.stop_listening()
     await other_process.flush()
