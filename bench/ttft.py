@@ -71,8 +71,8 @@ WS_PARTS = [
     ("websocket frame in", "send", "request"),
     ("access check", "request", "auth"),
     ("usage limits reserved", "auth", "reserved"),
-    ("user message written", "reserved", "user_row"),
-    ("history read", "user_row", "history"),
+    # The new message is written with its reply's row, after admission (WS_SIDE).
+    ("team's models + history read", "reserved", "history"),
     ("template + tokenization (+ grammar)", "history", "prompt"),
     ("admission (scheduler submit)", "prompt", "admitted"),
     ("hand-off to the slot thread", "admitted", "slot"),
@@ -83,7 +83,7 @@ WS_PARTS = [
     ("broadcast -> frame written", "publish", "first_write"),
     ("frame -> client", "first_write", "receive"),
 ]
-WS_SIDE = [("reply row written (admitted -> logged)", "admitted", "logged")]
+WS_SIDE = [("user message + reply row written (admitted -> logged)", "admitted", "logged")]
 
 
 @contextlib.contextmanager
@@ -183,7 +183,9 @@ warm = actions.start_conversation(alice, team, title="warm", max_tokens=MAX_TOKE
 print(json.dumps({"cold": cold, "warm": warm}))
 """.replace("MAX_TOKENS", str(MAX_TOKENS)).replace("WARM_SYSTEM", json.dumps(WARM_SYSTEM))
 
-DELTA = re.compile(r'<div id="m-(\d+)-body" hx-swap-oob="innerHTML">(.+?)</div>', re.S)
+# A delta: the whole body (the first, consumers.delta_fragment) or the open block; group 2 its HTML.
+DELTA = re.compile(r'<div id="m-(\d+)-(?:body|open)" hx-swap-oob="innerHTML">(.+)</div>', re.S)
+TAG = re.compile(r"<[^>]*>")
 FINISHED = re.compile(r'class="msg msg-assistant status-(?!streaming)')
 
 
@@ -202,7 +204,7 @@ def ws_request(server: LiveServer, session: str, conversation_id: int, text: str
         receive = None
         while True:
             frame = ws.recv(timeout=120)
-            if receive is None and (match := DELTA.search(frame)) and match.group(2).strip():
+            if receive is None and (match := DELTA.search(frame)) and TAG.sub("", match.group(2)).strip():
                 receive = time.monotonic()
             if FINISHED.search(frame):
                 if receive is None:

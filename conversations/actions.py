@@ -22,24 +22,28 @@ Decisions the chat page relies on:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import secrets
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from conversations import queries, sidebar
+from conversations.fragments import message_html
 from conversations.models import ApiKey, Conversation, Membership, Message, Team
 
 KEY_PREFIX = "csk-"  # chatsite key
@@ -162,39 +166,69 @@ def _audit_key(key: ApiKey, action: str, by: AbstractBaseUser | None) -> None:
 
 
 def authenticate_api_key(raw: str) -> ApiKey | None:
-    """The active key whose plain text is ``raw``, or None. Reads only."""
+    """The active key whose plain text is ``raw``, or None. Reads only, in one indexed query (the
+    key's prefix is unique): the key, whether its user is active and still in its team, and the
+    models the team may use (``key.allowed_models``, None: all; ``upstreams.TeamModels``, reached
+    through ``Team.model_choice`` so that this app needs no import of upstreams). The key comes
+    back without its user and team loaded (``user_id`` and ``team_id`` are set): every one of
+    these milliseconds is on the way to the first token."""
     if not raw.startswith(KEY_PREFIX):
         return None
     prefix, dash, secret = raw[len(KEY_PREFIX) :].partition("-")
     if len(prefix) != PREFIX_CHARS or not dash or not secret:
         return None
-    # One query: the key, its user and team, and whether the user is still in the team.
-    key = (
-        ApiKey.objects.select_related("user", "team")
-        .annotate(
-            user_in_team=Exists(
-                Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
-            )
-        )
-        .filter(prefix=prefix)
-        .first()
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_key_check_sql(), [prefix])
+        row = cursor.fetchone()
     # Hash and compare even when the prefix is unknown, so the timing says nothing about it.
-    expected = key.secret_hash if key is not None else "0" * 64
-    if not secrets.compare_digest(hash_secret(secret), expected) or key is None:
+    expected = row[1] if row is not None else "0" * 64
+    if not secrets.compare_digest(hash_secret(secret), expected) or row is None:
         return None
-    if key.revoked_at is not None or not key.user.is_active:
-        return None
+    pk, _, user_id, team_id, name, last_used_at, revoked, user_active, user_in_team, models = row
     # A key is for one team: it stops with its user's membership, however that was removed.
-    if not key.user_in_team:
+    if revoked or not user_active or not user_in_team:
         return None
+    if isinstance(last_used_at, str):  # SQLite's text
+        last_used_at = parse_datetime(last_used_at)
+    if last_used_at is not None and timezone.is_naive(last_used_at):
+        last_used_at = timezone.make_aware(last_used_at, UTC)
+    key = ApiKey(pk=pk, user_id=user_id, team_id=team_id, name=name, prefix=prefix, last_used_at=last_used_at)
+    key._state.adding, key._state.db = False, connection.alias  # as if read by the ORM
+    if isinstance(models, str | bytes):  # the JSON's text (backends that leave it undecoded)
+        models = json.loads(models)
+    key.allowed_models = None if models is None else list(models)
     return key
+
+
+@functools.cache
+def _key_check_sql() -> str:
+    def table(model: Any) -> str:
+        return connection.ops.quote_name(model._meta.db_table)
+
+    team_models = Team._meta.get_field("model_choice").related_model
+    user_model = ApiKey._meta.get_field("user").related_model
+    user_pk = connection.ops.quote_name(user_model._meta.pk.column)
+    return (
+        "SELECT k.id, k.secret_hash, k.user_id, k.team_id, k.name, k.last_used_at,"
+        " k.revoked_at IS NOT NULL, u.is_active,"
+        f" EXISTS (SELECT 1 FROM {table(Membership)} m"
+        " WHERE m.user_id = k.user_id AND m.team_id = k.team_id),"
+        " tm.models"
+        f" FROM {table(ApiKey)} k JOIN {table(user_model)} u ON u.{user_pk} = k.user_id"
+        f" LEFT JOIN {table(team_models)} tm ON tm.team_id = k.team_id"
+        " WHERE k.prefix = %s"
+    )
+
+
+def key_use_due(key: ApiKey) -> bool:
+    """Whether ``record_key_use`` would write (at most once a minute per key)."""
+    return key.last_used_at is None or timezone.now() - key.last_used_at >= LAST_USED_RESOLUTION
 
 
 def record_key_use(key: ApiKey) -> None:
     """Note that ``key`` was used (kept apart from authentication, so a refused call writes nothing)."""
     now = timezone.now()
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+    if key_use_due(key):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
 
@@ -265,7 +299,10 @@ def start_assistant_messages(
     ``one_streaming_reply_per_choice``), so of two processes starting a reply in one conversation
     at once, one gets ``ReplyInProgress``. A streaming row whose heartbeat is stale (its process
     died) is marked interrupted first, so it does not block the conversation. ``version_of``: the
-    first version of the answer this one regenerates (``prepare_regenerate``).
+    first version of the answer this one regenerates (``prepare_regenerate``). ``new_conversation``:
+    the conversation was made in the same transaction (an API call's), so it has no stale reply and
+    no page open on it to tell: nothing is broadcast (a broadcast is a hop to the event loop from
+    this thread, while the slot prefills).
     """
     now = timezone.now()
     messages = [
@@ -283,19 +320,33 @@ def start_assistant_messages(
         for i in range(n)
     ]
     try:
-        with transaction.atomic():
+        # A new conversation has no other reply (no IntegrityError to recover from): no savepoint
+        # of its own inside the call's transaction (each costs two trips to the database).
+        with transaction.atomic(savepoint=not new_conversation):
             if not new_conversation:
                 interrupt_stale_messages(
                     now - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk
                 )
             for message in messages:  # one by one: bulk_create gives no ids on every backend
                 message.save()
-                broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+                if not new_conversation:  # a page open on it is told (a new one has no page yet)
+                    broadcast(conversation.pk, _new_reply_event(conversation, message))
     except IntegrityError:
         if not Conversation.objects.filter(pk=conversation.pk).exists():
             raise
         raise ReplyInProgress(BUSY_MESSAGE) from None
     return messages
+
+
+def _new_reply_event(conversation: Conversation, message: Message) -> dict[str, Any]:
+    """The ``chat.message`` of a new streaming reply. A first version shows the same to every
+    viewer (no edit, no versions, no author): its HTML is rendered once here, and each page's
+    consumer forwards it, instead of reading the row and rendering it again for every viewer while
+    the slot evaluates the prompt."""
+    event: dict[str, Any] = {"type": "chat.message", "message_id": message.pk}
+    if message.version_of_id is None:
+        event["html"] = message_html(message, conversation, None, [message.pk])
+    return event
 
 
 @dataclass(frozen=True)
@@ -316,11 +367,14 @@ def start_api_call(
 ) -> ApiCall:
     """Log one admitted /v1/chat/completions call: the conversation, its messages, n replies."""
     title = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    with transaction.atomic():
-        record_key_use(key)
-        conversation = start_conversation(
-            key.user,
-            key.team,
+    # The key's last use is not written here (``record_key_use``, at the call's end): an UPDATE of
+    # the key's row in this transaction costs time on the way to the first token, and would queue
+    # every call of one key behind the others' commits. No savepoint inside a caller's transaction:
+    # a failure here fails it whole.
+    with transaction.atomic(savepoint=False):
+        conversation = Conversation.objects.create(
+            owner_id=key.user_id,
+            team_id=key.team_id,
             source=Conversation.Source.API,
             title=" ".join(title.split())[:80],
             model_id=model_id,
@@ -622,6 +676,23 @@ def post_user_message(conversation: Conversation, text: str, author: AbstractBas
             _changed(locked, ["title"])
         conversation.title = locked.title
     return message
+
+
+def post_user_message_with_reply(
+    conversation: Conversation,
+    text: str,
+    author: AbstractBaseUser,
+    *,
+    params: dict[str, Any],
+    prompt_tokens: int,
+) -> tuple[Message, Message]:
+    """``post_user_message`` and its reply's streaming row (``start_assistant_messages``) in one
+    transaction, for a message whose job was admitted before it was written: a crash leaves both
+    or neither, never a reply without its question. ``Busy`` or ``ReplyInProgress``: neither."""
+    with transaction.atomic():
+        message = post_user_message(conversation, text, author)
+        (reply,) = start_assistant_messages(conversation, 1, params=params, prompt_tokens=prompt_tokens)
+    return message, reply
 
 
 def supersede(conversation: Conversation, messages: Iterable[Message]) -> list[int]:

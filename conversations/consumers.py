@@ -9,9 +9,12 @@ message received into the page by id (out of band). Actions:
 
 A refused frame (binary, too large, not JSON, an unknown action, a bad field) gets an error
 fragment (``#chat-error``) and changes nothing; the connection stays open. Events of the group
-``conversation-<id>`` become fragments: a new or changed message, a delta (the whole answer so far,
-at most ~10 a second, as the runner coalesced and rendered it once for every viewer), the queue
-position, a superseded message removed, the title. Every viewer of the conversation gets them.
+``conversation-<id>`` become fragments: a new or changed message, a delta (at most ~10 a second,
+as the runner coalesced and rendered it once for every viewer: the blocks finished since the last
+delta, appended, and the open block replaced; see ``delta_fragment``), the queue position, a
+superseded message removed, the title. Every viewer of the conversation gets them. A viewer who
+missed a streaming answer's earlier deltas (connected mid-answer, or the page re-rendered it from
+the saved text) is sent the whole answer so far once (``chat.whole``), then the deltas after it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import logging
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -35,7 +39,7 @@ from conversations.faults import (
 )
 from conversations.fragments import message_html
 from conversations.ids import parse_id
-from conversations.live import replies
+from conversations.live import replies, runner
 from conversations.models import Conversation, Message
 from conversations.render import render_markdown
 from inference.text import unstorable
@@ -113,8 +117,40 @@ def status_fragment(message_id: int, text: str) -> str:
     return f'<span id="m-{message_id}-status" class="msg-status" hx-swap-oob="true">{text}</span>'
 
 
+# Deltas a viewer waits for the whole answer so far before it asks again (the request was lost).
+ASK_AGAIN_AFTER = 50
+
+# Events whose handlers only forward what the runner sent, with no database work: dispatched without
+# channels' close_old_connections (see ChatConsumer.dispatch).
+FORWARD_ONLY = frozenset({"chat.delta", "chat.whole", "chat.queued", "chat.started"})
+
+
+def delta_fragment(message_id: int, event: dict[str, Any]) -> str:
+    """A streaming answer's change for the page (``event``: a ``chat.delta`` or ``chat.whole``).
+
+    The body holds the finished blocks, then the open block in ``#m-<id>-open`` (``display:
+    contents``); the HTML is the runner's, sanitised by ``render.StreamRender``. A reset replaces the
+    whole body; otherwise the open block is replaced and the newly finished blocks go before it, so
+    the body's HTML stays that of the whole text rendered at once (tests/conversations/test_stream_deltas.py).
+    """
+    mid, done, open_ = int(message_id), event["done"], event["open"]
+    if event["reset"]:
+        return (
+            f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{done}'
+            f'<div id="m-{mid}-open" class="msg-open">{open_}</div></div>'
+        )
+    fragment = f'<div id="m-{mid}-open" hx-swap-oob="innerHTML">{open_}</div>'
+    if done:
+        fragment += f'<div hx-swap-oob="beforebegin:#m-{mid}-open">{done}</div>'
+    return fragment
+
+
 def message_fragment(message: Message, conversation: Conversation, user: Any, *, append: bool) -> str:
-    html = message_html(message, conversation, user)
+    return placed(message_html(message, conversation, user), append=append)
+
+
+def placed(html: str, *, append: bool) -> str:
+    """A message's HTML as a fragment that adds it to the page (``append``) or replaces it there."""
     if append:
         return f'<div hx-swap-oob="beforeend:#messages">{html}</div>'
     return html.replace("<article ", '<article hx-swap-oob="true" ', 1)
@@ -139,6 +175,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         self.known: set[int] = set()
+        # Streaming answers this page holds as the runner's deltas: message id → the last delta's
+        # seq; and those whose whole answer so far was asked for: id → the seq when asked.
+        self.streams: dict[int, int] = {}
+        self.asked: dict[int, int] = {}
         self.started: list[Any] = []
         group = actions.group_name(conversation_id)
         try:
@@ -170,6 +210,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
         await self.send(text_data=error_fragment(LAYER_UNAVAILABLE))
         await self.close(code=CLOSE_UNAVAILABLE, reason="channel layer unavailable")
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # channels' dispatch first closes stale database connections, in the thread-sensitive
+        # executor (sync_to_async): a thread hop for every viewer at every delta, which cost the
+        # event loop more than the delta's own work. The forwarding handlers touch no database;
+        # the others keep it (and database_sync_to_async closes them around its own calls anyway).
+        if message["type"] in FORWARD_ONLY:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
 
     async def disconnect(self, code: int) -> None:
         await self._leave_groups()
@@ -246,6 +296,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
+        html = event.get("html")
+        if html is not None:  # rendered once for every viewer (actions: a new streaming reply)
+            mid = int(event["message_id"])
+            append = mid not in self.known
+            self.known.add(mid)
+            await self.send(text_data=placed(html, append=append))
+            return
         fragment = await self._message_fragment(event["message_id"])
         if fragment:
             await self.send(text_data=fragment)
@@ -255,15 +312,40 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         # Rendered once for every viewer, off the event loop, by the reply's runner.
-        body = event.get("html")
-        if body is None:  # from a process that sends the text only
-            body = render_markdown(event.get("content", ""))
         mid = int(event["message_id"])
-        await self.send(
-            text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
-            + status_fragment(mid, "writing…")
-        )
-        ttft.first_write(mid)
+        if "open" not in event:  # from a process that sends the text only
+            self.streams.pop(mid, None)
+            body = render_markdown(event.get("content", ""))
+            await self.send(
+                text_data=f'<div id="m-{mid}-body" hx-swap-oob="innerHTML">{body}</div>'
+                + status_fragment(mid, "writing…")
+            )
+            return
+        seq, have = int(event["seq"]), self.streams.get(mid)
+        if event["reset"]:
+            if have is not None and have >= seq:  # (the whole answer asked for, already had)
+                return
+            self.streams[mid] = seq
+            self.asked.pop(mid, None)
+            await self.send(text_data=delta_fragment(mid, event) + status_fragment(mid, "writing…"))
+            ttft.first_write(mid)
+        elif have == seq - 1:
+            self.streams[mid] = seq
+            await self.send(text_data=delta_fragment(mid, event))
+        elif have is None:
+            # The page does not hold the earlier deltas: ask for the whole answer so far, once
+            # (again if it never comes), and drop the deltas until it does.
+            asked = self.asked.get(mid)
+            if asked is None or seq - asked > ASK_AGAIN_AFTER:
+                self.asked[mid] = seq
+                await runner.request_whole(self.conversation.pk, mid, self.channel_name)
+        elif have < seq:  # a delta lost (a full channel): start again from the whole answer
+            del self.streams[mid]
+            await self.chat_delta(event)
+
+    async def chat_whole(self, event: dict[str, Any]) -> None:
+        """The whole of a streaming answer so far, asked for by this viewer (``chat_delta``)."""
+        await self.chat_delta(event)
 
     async def chat_unsaved(self, event: dict[str, Any]) -> None:
         """The reply ended but could not be saved (the database cannot be written): say so."""
@@ -347,6 +429,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return ""
         append = message.pk not in self.known
         self.known.add(message.pk)
+        self.streams.pop(message.pk, None)  # the page's body is now the saved text's render
         return message_fragment(message, self.conversation, self.user, append=append)
 
     async def _refresh(self) -> None:
@@ -361,4 +444,5 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return {m.pk for m in messages}, f'<div id="messages" hx-swap-oob="innerHTML">{html}</div>'
 
         self.known, fragment = await database_sync_to_async(load)()
+        self.streams.clear()  # streaming answers are shown as saved: they need the whole answer again
         await self.send(text_data=fragment)

@@ -91,14 +91,17 @@ def get_visible_message(conversation: Conversation, message_id: int) -> Message 
     return visible_messages(conversation).filter(pk=message_id).first()
 
 
-def prompt_messages(conversation: Conversation) -> list[dict[str, Any]]:
+def prompt_messages(conversation: Conversation, new_user_text: str | None = None) -> list[dict[str, Any]]:
     """The conversation as chat messages for the model, oldest first, without the system prompt.
 
     Left out: superseded messages, unanswered user messages other than the last, and answers
     with no text. System messages (from an API call's log) are kept; ``replies.build_prompt`` puts
     them first. An answer carries its generated ids (the KV cache is reused from them).
+    ``new_user_text``: a user message not written yet, as if it were the last.
     """
     rows = list(visible_messages(conversation))
+    if new_user_text is not None:
+        rows.append(Message(role=Message.Role.USER, content=new_user_text, status=Message.Status.COMPLETE))
     out: list[dict[str, Any]] = []
     for i, m in enumerate(rows):
         if m.role == Message.Role.USER:

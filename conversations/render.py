@@ -11,7 +11,8 @@ attribute could not make htmx act on it.
 
 ``StreamRender`` renders a streaming answer as it grows, once per reply (the runner calls it off the
 event loop; every viewer gets the same HTML): the top-level blocks that later text can no longer
-change are rendered once and kept, and only the last, open block is rendered again. Each block goes
+change are rendered once and kept, and only the last, open block is rendered again; each step says
+what changed (the newly finished blocks, the open block), so the page is sent only that. Each block goes
 through the same markdown-it → pygments → nh3 path, so the result equals ``render_markdown`` of the
 whole text (tests/conversations/test_chat_render.py checks both on the XSS corpus and on generated markdown).
 """
@@ -19,6 +20,7 @@ whole text (tests/conversations/test_chat_render.py checks both on the XSS corpu
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from html import escape
 
@@ -90,15 +92,28 @@ def _clean(html: str) -> str:
 _LINE_BREAK = re.compile(r"\r\n?|\n")
 
 
+@dataclass(frozen=True)
+class StreamStep:
+    """What one ``StreamRender.step`` changed, as sanitised HTML: the page holds the finished
+    blocks, then the open block; ``done`` goes after its finished blocks (in place of all of them
+    when ``reset``: an earlier block changed) and ``open`` replaces its open block."""
+
+    reset: bool
+    done: str  # finished blocks new since the last step (every finished block when reset)
+    open: str  # the open block(s): the text after the finished blocks
+
+
 class StreamRender:
     """The HTML of a growing markdown text (a streaming answer), rendering each part once.
 
-    ``add(more)`` appends text and returns the HTML of the whole text so far, equal to
-    ``render_markdown(text)``. Only the tail after the blocks already finished is parsed again: a
+    ``step(more)`` appends text and returns what changed (``StreamStep``); the finished blocks so far
+    (``done_html``) followed by the step's ``open`` equal ``render_markdown(text)``. ``add(more)``
+    returns that whole HTML. Only the tail after the blocks already finished is parsed again: a
     top-level block is finished once the next block's first two lines are complete (the second
     decides whether a table starts there), as CommonMark closes a block for good when a later line
     starts another. The one document-wide construct, a link reference definition (``[x]: url``),
-    can change any earlier block: once one appears, the whole text is rendered at every ``add``.
+    can change any earlier block: once one appears, the whole text is rendered at every step (as
+    its open block: the step that finds it resets the finished blocks to none).
 
     Not thread-safe: the runner calls it from one thread at a time for each reply.
     """
@@ -113,28 +128,44 @@ class StreamRender:
     def text(self) -> str:
         return "".join(self._done) + self._tail
 
+    @property
+    def done_html(self) -> str:
+        """The finished blocks' HTML (none once the whole text is rendered as one open part)."""
+        return "".join(self._done_html)
+
     def add(self, more: str) -> SafeString:
+        step = self.step(more)
+        return mark_safe(self.done_html + step.open)  # noqa: S308 - each part sanitised
+
+    def step(self, more: str) -> StreamStep:
         self._tail += more
         if self._whole:
-            return render_markdown(self.text)
+            return StreamStep(False, "", str(render_markdown(self._tail)))
         md, env = _markdown(), {}
         tokens = md.parse(self._tail, env)
         if "references" in env:
+            # Every block may change: from now on the text is one open part, rendered whole.
             self._whole = True
-            return render_markdown(self.text)
+            self._tail = "".join(self._done) + self._tail
+            self._done, self._done_html = [], []
+            return StreamStep(True, "", str(render_markdown(self._tail)))
         # Where each top-level block starts: (token index, line).
         starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
         breaks = [m.end() for m in _LINE_BREAK.finditer(self._tail)]  # where lines 1, 2, … start
         finished = 0
         while finished + 1 < len(starts) and starts[finished + 1][1] + 2 <= len(breaks):
             finished += 1
+        done = ""
         if finished:
             end_token, end_line = starts[finished]
-            for (a, _), (b, _) in zip(starts[:finished], starts[1 : finished + 1], strict=True):
-                self._done_html.append(_clean(md.renderer.render(tokens[a:b], md.options, env)))
+            new = [
+                _clean(md.renderer.render(tokens[a:b], md.options, env))
+                for (a, _), (b, _) in zip(starts[:finished], starts[1 : finished + 1], strict=True)
+            ]
+            self._done_html.extend(new)
+            done = "".join(new)
             cut = breaks[end_line - 1]
             self._done.append(self._tail[:cut])
             self._tail = self._tail[cut:]
             tokens = tokens[end_token:]
-        open_html = _clean(md.renderer.render(tokens, md.options, env))
-        return mark_safe("".join(self._done_html) + open_html)  # noqa: S308 - each part sanitised
+        return StreamStep(False, done, _clean(md.renderer.render(tokens, md.options, env)))

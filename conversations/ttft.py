@@ -15,14 +15,16 @@ bench/ws_ttft.py). The marks, in path order (a mark is kept at its first setting
 
 - ``request``: the view (or the websocket consumer's ``receive``) starts;
 - ``auth``: the API key (or the socket's access) is checked, with the team's model permissions;
-- ``parsed``: the body is validated (``/v1``); ``user_row``: the user message is written (websocket);
+- ``parsed``: the body is validated (``/v1``); ``user_row``: the user message is written (websocket:
+  a regenerate, retry or edit; a new message is written with its reply's row, at ``logged``);
 - ``history``: the conversation's messages are read (websocket);
 - ``prompt``: the chat template is rendered and tokenized (with the tools/grammar plan);
 - ``reserved``: the usage limits took the request;
 - ``admitted``: the scheduler took the job(s);
 - ``slot``, ``prefill``, ``sample``, ``delta``: in the slot thread: the job starts, its prompt is
   evaluated, the first token is sampled, its text is emitted;
-- ``logged``: the log rows are written (conversation, messages, streaming replies);
+- ``logged``: the log rows are written (conversation, messages, streaming replies; on the
+  websocket a new user message and its reply's row);
 - ``response``: the /v1 view returns its streaming response;
 - ``publish``: the runner broadcasts the first text (websocket);
 - ``first_write``: the first content chunk (SSE) or delta frame (websocket) is handed to the server.

@@ -9,7 +9,9 @@ model id picks the behaviour:
 - ``fault-halfway``: two tokens, then the connection closes without [DONE];
 - ``fault-hang``: headers and a role chunk, then nothing (until the client goes away);
 - ``fault-malformed``: one token, then a chunk that is not JSON;
-- ``fault-echo``: echoes the request's top-level fields (sorted, as JSON) as the content.
+- ``fault-echo``: echoes the request's top-level fields (sorted, as JSON) as the content;
+- ``fault-markdown``: streams ``MARKDOWN`` (headings, lists, a table, code fences, a quote) three
+  characters at a time, one piece every 20 ms.
 
 Every request body is appended (one JSON line) to ``requests.log`` in the working directory of the
 process, and the time a client closed a hanging call as ``{"disconnected": time}``.
@@ -32,7 +34,16 @@ MODELS = [
     "fault-hang",
     "fault-malformed",
     "fault-echo",
+    "fault-markdown",
 ]
+MARKDOWN = (
+    "# A streamed answer\n\nSome **bold** text, `code` and a [link](https://example.org).\n\n"
+    "## Steps\n\n1. Install it\n2. Run it\n   - with *care*\n   - twice\n3. Done\n\n"
+    "| name | value |\n| :--- | ---: |\n| alpha | 1 |\n| beta | `2` |\n\n"
+    "```python\ndef double(x):\n    # twice as much\n    return x * 2\n```\n\n"
+    "Setext heading\n---\n\n> A quote\nwith a lazy line.\n\n- one\n- two\n\n"
+    "```\n<script>alert(1)</script>\n\n\nplain\n```\n\n***\n\nThe **end**."
+)
 LOG = Path("requests.log")
 BROKEN = "--broken" in sys.argv  # every completion answers 500
 
@@ -101,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
             text = [f" w{i}" for i in range(40)]
         if model == "fault-echo":
             text = [json.dumps(sorted(body))]
+        if model == "fault-markdown":
+            text = [MARKDOWN[i : i + 3] for i in range(0, len(MARKDOWN), 3)]
         if not body.get("stream"):
             message = {"role": "assistant", "content": "".join(text)}
             choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
@@ -136,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if model == "fault-slow":
                 time.sleep(0.05)
+            if model == "fault-markdown":
+                time.sleep(0.02)
         self.wfile.write(chunk(model, {}, "stop"))
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()

@@ -23,7 +23,14 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from conversations import actions, faults, ttft
 from conversations.api import ratelimits, upstream
 from conversations.api.catalog import resolve_model
-from conversations.api.http import api_view, authenticate, json_response, read_json
+from conversations.api.http import (
+    api_view,
+    authenticate,
+    await_key_use,
+    json_response,
+    note_key_use,
+    read_json,
+)
 from conversations.api.protocol import (
     APIError,
     ChatCompletion,
@@ -111,6 +118,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
     reply = Reply(completion_id, model.model_id, len(prompt_ids), run, Output(plan, model.tokenizer, n))
+    reply.key_use = note_key_use(key, run)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         run.track_delivery()  # checkpoints save only what the stream has handed to the client
@@ -124,6 +132,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except asyncio.CancelledError:  # the client went away: stop generating for nobody
         run.cancel(Message.Status.CANCELLED)
         raise
+    await await_key_use(reply.key_use)
     if run.unsaved:  # every answer is logged: one the log lacks is not handed out
         raise _unsaved(retry=True)
     completion = reply.completion(finished)
@@ -263,6 +272,7 @@ class Reply:
         self.run = run
         self.created = int(time.time())
         self.trace = ttft.current()
+        self.key_use: asyncio.Task[None] | None = None  # http.note_key_use
 
     def usage(self, finished: list[Finished]) -> Usage:
         completion = sum(f.usage.completion_tokens for f in finished)
@@ -360,6 +370,7 @@ class Reply:
                         self.run.mark_delivered(delivered)  # resumed: the server has taken the chunks
                 finished = await self.run.wait()  # every reply is saved before [DONE]
                 await self.record_calls(finished)
+                await await_key_use(self.key_use)
                 complete = True
                 if self.run.unsaved:  # the client has the text, but the log does not: say so
                     yield sse(_unsaved().body()) + DONE

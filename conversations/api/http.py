@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,6 @@ from conversations.api.protocol import (
 )
 from conversations.faults import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, is_database_unavailable
 from conversations.models import ApiKey
-from upstreams.permissions import allowed_models
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,6 @@ def mask_key(raw: str) -> str:
     return f"{raw[:8]}{'*' * min(len(raw) - 12, 40)}{raw[-4:]}"
 
 
-def _key_and_models(raw: str) -> ApiKey | None:
-    """The key, with the models its team may use (``key.allowed_models``, for
-    ``upstreams.permissions.check``) read in the same trip to the database thread: each trip costs
-    a thread hop on the way to the first token."""
-    key = actions.authenticate_api_key(raw)
-    if key is not None:
-        key.allowed_models = allowed_models(key.team_id)
-    return key
-
-
 async def authenticate(request: HttpRequest) -> ApiKey:
     """The API key of an ``Authorization: Bearer`` header, or 401. Session cookies are never looked
     at. The key carries ``allowed_models``: the models its team may use (None: all)."""
@@ -139,7 +130,42 @@ async def authenticate(request: HttpRequest) -> ApiKey:
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
-    key = await database_sync_to_async(_key_and_models)(raw)
+    # One query (the key, its user and team, and the team's models) in one trip to a thread.
+    key = await database_sync_to_async(actions.authenticate_api_key)(raw)
     if key is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {mask_key(raw)}.")
     return key
+
+
+_noting: set[asyncio.Task[None]] = set()
+
+
+def note_key_use(key: ApiKey, run: Any) -> asyncio.Task[None] | None:
+    """Record the last use of the key of an admitted call once its ``run`` (a ``runner.Run``) has
+    ended, however it ended: off the way to the first token (the key's row is not written in the
+    call's log transaction, and most calls, within a minute of the key's last write, write nothing
+    at all). The call's last bytes wait for the task (``await_key_use``), so that a client that has
+    its whole answer sees the key's use recorded. None: nothing to write."""
+    if not actions.key_use_due(key):
+        return None
+
+    async def note() -> None:
+        try:
+            await run.wait()
+        except Exception:  # the run's own failure is told elsewhere; the key was used all the same
+            pass
+        try:
+            await database_sync_to_async(actions.record_key_use, thread_sensitive=False)(key)
+        except Exception:
+            log.exception("could not record the use of API key %s", key.pk)
+
+    task = asyncio.get_running_loop().create_task(note(), context=contextvars.Context())
+    _noting.add(task)
+    task.add_done_callback(_noting.discard)
+    return task
+
+
+async def await_key_use(task: asyncio.Task[None] | None) -> None:
+    """Wait for ``note_key_use``'s write (it is never cancelled by its caller's cancellation)."""
+    if task is not None:
+        await asyncio.shield(task)

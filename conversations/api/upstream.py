@@ -23,6 +23,7 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
 from conversations import actions
 from conversations.api import ratelimits
+from conversations.api.http import await_key_use, note_key_use
 from conversations.api.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -274,10 +275,11 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
     relay.start(opened)
     run = runner.start(call.conversation.pk, jobs, call.replies)
     ratelimits.limits.settle_after(run, reservation)
+    key_use = note_key_use(key, run)
     if stream:
         run.track_delivery()
         response = StreamingHttpResponse(
-            _stream(relay, run, data["model"], include_usage), content_type="text/event-stream"
+            _stream(relay, run, data["model"], include_usage, key_use), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -287,6 +289,7 @@ async def chat_completions(key: ApiKey, data: dict[str, Any], model_id: str) -> 
     except asyncio.CancelledError:
         run.cancel(Message.Status.CANCELLED)
         raise
+    await await_key_use(key_use)
     answer = dict(opened.body or {})
     answer["model"] = data["model"]
     response = HttpResponse(json.dumps(answer, ensure_ascii=False), content_type="application/json")
@@ -367,7 +370,13 @@ def _encode(chunk: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream(relay: Relay, run: runner.Run, model: str, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    relay: Relay,
+    run: runner.Run,
+    model: str,
+    include_usage: bool,
+    key_use: asyncio.Task[None] | None = None,
+) -> AsyncIterator[bytes]:
     """The upstream's chunks as they come (those that arrived together in one write), ``model``
     rewritten; the usage only if the client asked for it. A failure after the first token is told
     in-band, as for the embedded model; a client that goes away cancels the call."""
@@ -390,6 +399,7 @@ async def _stream(relay: Relay, run: runner.Run, model: str, include_usage: bool
                         )
                         out.append(sse(error.body()))
                     await run.wait()  # every reply is saved before [DONE]
+                    await await_key_use(key_use)
                     complete = True
                     yield b"".join([*out, DONE])
                     return

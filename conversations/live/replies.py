@@ -93,10 +93,13 @@ def build_prompt(
     return Prompt(ids, room, starts[-1])
 
 
-def _prompt_and_grammar(model: ChatModel, conversation: Conversation) -> tuple[Prompt, str | None]:
-    """The prompt of the conversation's visible history and its "Answer as JSON" grammar (None
-    without), or ``ChatError`` saying why there can be no reply."""
-    history = queries.prompt_messages(conversation)
+def _prompt_and_grammar(
+    model: ChatModel, conversation: Conversation, new_text: str | None = None
+) -> tuple[Prompt, str | None]:
+    """The prompt of the conversation's visible history (``new_text``: with a user message not
+    written yet) and its "Answer as JSON" grammar (None without), or ``ChatError`` saying why there
+    can be no reply."""
+    history = queries.prompt_messages(conversation, new_text)
     ttft.mark("history")
     prompt = build_prompt(
         model, conversation.system_prompt, history, conversation.max_tokens or DEFAULT_MAX_TOKENS
@@ -127,10 +130,94 @@ def is_running(conversation_id: int) -> bool:
     return conversation_id in _starting or (run is not None and not all(t.done() for t in run.tasks))
 
 
-async def _generate(user: AbstractBaseUser, conversation: Conversation, user_message: Message | None) -> None:
+@dataclass
+class _Read:
+    """What a reply needs from the database before its job is submitted, read in one trip to a
+    thread (each trip costs a thread hop on the way to the first token): the conversation's model
+    (``refusal``: its team may not use it), and for the embedded model, when it is loaded, the
+    prompt and the "Answer as JSON" grammar (``error``: why there can be no reply)."""
+
+    model_id: str
+    refusal: str | None = None
+    model: ChatModel | None = None
+    prompt: Prompt | None = None
+    grammar: str | None = None
+    error: ChatError | None = None
+
+
+def _read_for_reply(
+    conversation: Conversation, model: ChatModel | None, new_text: str | None = None
+) -> _Read:
+    """``_Read`` of ``conversation`` (``model``: the embedded model if it is loaded; ``new_text``: a
+    user message not written yet, in the prompt as its last). Synchronous."""
+    model_id = choices.model_for(conversation.model_id)
+    allowed = allowed_models(conversation.team_id)
+    if allowed is not None and model_id not in allowed:
+        return _Read(
+            model_id, f"Your team may not use the model '{model_id}'. Choose another in the settings."
+        )
+    if not conversation.model_id:  # recorded at its first reply
+        Conversation.objects.filter(pk=conversation.pk, model_id="").update(model_id=model_id)
+        conversation.model_id = model_id
+    if model is None or model_id != choices.embedded_model_id():
+        return _Read(model_id)
+    try:
+        prompt, grammar = _prompt_and_grammar(model, conversation, new_text)
+    except ChatError as exc:  # TooLong, or the conversation's JSON schema
+        return _Read(model_id, model=model, error=exc)
+    return _Read(model_id, model=model, prompt=prompt, grammar=grammar)
+
+
+def _prepare_and_read(
+    conversation: Conversation, prepare: Any, args: tuple[Any, ...]
+) -> tuple[Any, _Read | None]:
+    """``prepare`` (the user message's write, committed) and ``_read_for_reply``, in one trip. A
+    read that fails gives None: ``_generate`` reads again, and fails there as it would alone (an
+    error of the read must not pass for one of the write, whose message would be given back)."""
+    message = prepare(conversation, *args)
+    ttft.mark("user_row")
+    try:
+        return message, _read_for_reply(conversation, get_runtime().model)
+    except Exception:
+        return message, None
+
+
+async def _generate(
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    user_message: Message | None,
+    read: _Read | None = None,
+    new_text: str | None = None,
+) -> None:
     """Admit and start a reply to the conversation's visible history (``user_message``: the message
-    to mark unanswered if the model cannot take it)."""
-    model_id = await _chosen_model(conversation, user_message)
+    to mark unanswered if the model cannot take it; ``read``: ``_read_for_reply``, if done).
+
+    ``new_text``: a new message, not written yet (``user_message`` is then None; ``read`` has it in
+    its prompt). When the embedded model can answer it, its job is admitted first and the message
+    is written with its reply's row, in one transaction, while the slot evaluates the prompt: the
+    write is off the way to the first token, and a crash leaves both or neither. Otherwise (or if
+    the model refuses the job) it is written first, and the rest goes on as for a written one."""
+    if read is None:
+        read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(
+            conversation, get_runtime().model
+        )
+
+    async def write_first() -> Message:
+        try:
+            return await database_sync_to_async(actions.post_user_message, thread_sensitive=False)(
+                conversation, new_text, user
+            )
+        except (actions.Busy, ValueError) as exc:
+            raise _kept(ChatError(str(exc)), new_text) from None
+
+    admit_first = (
+        read.refusal is None and read.model is not None and read.prompt is not None and read.error is None
+    )
+    if new_text is not None and not admit_first:
+        user_message, new_text = await write_first(), None
+    if read.refusal is not None:
+        await _unanswered(user_message, read.refusal)
+    model_id = read.model_id
     if model_id != choices.embedded_model_id():
         if conversation.json_answers:  # only the embedded model decodes under a grammar
             await _unanswered(
@@ -151,34 +238,37 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
             version_of=_version_of(user_message),
         )
         return
-    try:
-        model = get_runtime().get()
-    except ModelNotReady as exc:
-        await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+    model = read.model
+    if model is None:  # not loaded when read (or loaded since: then its prompt is read now)
+        try:
+            model = get_runtime().get()
+        except ModelNotReady as exc:
+            await _unanswered(user_message, f"The model is not ready yet ({exc}). Try again in a moment.")
+            return
+        read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(conversation, model)
+    if isinstance(read.error, TooLong):
+        await _unanswered(user_message, str(read.error), never_fits=True)  # no Retry: it cannot help
         return
-    try:
-        # One trip to a worker thread (each costs a thread hop on the way to the first token): the
-        # history, its template and tokens (a long history would stall the event loop), the grammar.
-        prompt, grammar = await database_sync_to_async(_prompt_and_grammar, thread_sensitive=False)(
-            model, conversation
-        )
-    except TooLong as exc:
-        await _unanswered(user_message, str(exc), never_fits=True)  # no Retry: it cannot help
+    if read.error is not None:  # the conversation's JSON schema
+        await _unanswered(user_message, str(read.error))
         return
-    except ChatError as exc:  # the conversation's JSON schema
-        await _unanswered(user_message, str(exc))
-        return
+    prompt, grammar = read.prompt, read.grammar
+    assert prompt is not None
     params = _sampling(conversation, prompt.max_tokens, grammar)
     ttft.mark("prompt")
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
     except Overloaded as exc:
+        if new_text is not None:
+            user_message = await write_first()
         await _unanswered(
             user_message, f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
         )
         return
     except ContextLengthExceeded as exc:  # the context shrank between building and submitting
+        if new_text is not None:
+            user_message = await write_first()
         await _unanswered(user_message, str(exc))
         return
     ttft.mark("admitted")
@@ -192,16 +282,27 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
     if (answer_format := json_answers.response_format(conversation)) is not None:
         record["response_format"] = answer_format
     try:
-        (message,) = await database_sync_to_async(actions.start_assistant_messages, thread_sensitive=False)(
-            conversation,
-            1,
-            params=record,
-            prompt_tokens=len(prompt.ids),
-            version_of=_version_of(user_message),
-        )
-    except actions.ReplyInProgress as exc:
+        if new_text is not None:
+            _, message = await database_sync_to_async(
+                actions.post_user_message_with_reply, thread_sensitive=False
+            )(conversation, new_text, user, params=record, prompt_tokens=len(prompt.ids))
+        else:
+            (message,) = await database_sync_to_async(
+                actions.start_assistant_messages, thread_sensitive=False
+            )(
+                conversation,
+                1,
+                params=record,
+                prompt_tokens=len(prompt.ids),
+                version_of=_version_of(user_message),
+            )
+    except (actions.Busy, actions.ReplyInProgress, ValueError) as exc:
         # Another web process started a reply here after our busy check: ours gives its place back.
         job.cancel()
+        if new_text is not None:  # nothing was written: the message goes back to the box
+            raise _kept(ChatError(str(exc)), new_text) from None
+        if not isinstance(exc, actions.ReplyInProgress):
+            raise
         await _unanswered(user_message, str(exc))
         return
     except BaseException:
@@ -216,20 +317,6 @@ async def _generate(user: AbstractBaseUser, conversation: Conversation, user_mes
 def _version_of(user_message: Message | None) -> int | None:
     """The answer a regenerated one is a new version of (``actions.prepare_regenerate`` says)."""
     return getattr(user_message, "answer_version_of", None)
-
-
-async def _chosen_model(conversation: Conversation, user_message: Message | None) -> str:
-    """The conversation's model (recorded at its first reply), if its team may use it."""
-    model_id = choices.model_for(conversation.model_id)
-    allowed = await database_sync_to_async(allowed_models)(conversation.team_id)
-    if allowed is not None and model_id not in allowed:
-        await _unanswered(
-            user_message, f"Your team may not use the model '{model_id}'. Choose another in the settings."
-        )
-    if not conversation.model_id:
-        await Conversation.objects.filter(pk=conversation.pk, model_id="").aupdate(model_id=model_id)
-        conversation.model_id = model_id
-    return model_id
 
 
 def _track(conversation_id: int, run: runner.Run) -> None:
@@ -268,16 +355,25 @@ async def _start(
         reservation = await chat_limits.reserve(user, conversation, text, ChatError)
         ttft.mark("reserved")
         try:
+            if prepare is None:  # a new message: read (with it) first, written with its reply
+                message, new_text = None, text
+                read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(
+                    conversation, get_runtime().model, text
+                )
+            else:
+                new_text = None
+                try:
+                    # Writes, off the one thread that the consumers' thread-sensitive reads share: a
+                    # write waiting for the lock there would stall every socket of the process
+                    # (conversations/faults.py). In the same trip: what the reply needs (the model,
+                    # the history, its prompt).
+                    message, read = await database_sync_to_async(_prepare_and_read, thread_sensitive=False)(
+                        conversation, prepare, args
+                    )
+                except (actions.Busy, ValueError) as exc:
+                    raise _kept(ChatError(str(exc)), text) from None
             try:
-                # Writes, off the one thread that the consumers' thread-sensitive reads share: a write
-                # waiting for the lock there would stall every socket of the process
-                # (conversations/faults.py).
-                message = await database_sync_to_async(prepare, thread_sensitive=False)(conversation, *args)
-                ttft.mark("user_row")
-            except (actions.Busy, ValueError) as exc:
-                raise _kept(ChatError(str(exc)), text) from None
-            try:
-                await _generate(user, conversation, message)
+                await _generate(user, conversation, message, read, new_text)
             except ChatError:
                 if _version_of(message) is not None and run_of(conversation.pk) is None:
                     # A regenerate the model could not take: the answer it replaced comes back.
@@ -306,7 +402,7 @@ def _kept(exc: ChatError, text: str | None) -> ChatError:
 
 
 async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
-    await _start(user, conversation, actions.post_user_message, text, user, text=text)
+    await _start(user, conversation, None, text=text)
 
 
 async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:

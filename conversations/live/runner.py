@@ -2,9 +2,14 @@
 
 For each (job, message) pair a task on the event loop consumes the job's events and
 - publishes the new text to the group ``conversation-<id>`` at most ~10 times a second
-  (``{"type": "chat.delta", "message_id", "choice_index", "text", "html"}``: the text added since
-  the last one, and the whole answer so far rendered (``render.StreamRender``: once per reply, in a
-  render thread, only the open block again), which every viewer's consumer forwards as it is;
+  (``{"type": "chat.delta", "message_id", "choice_index", "text", "seq", "reset", "done", "open"}``:
+  the text added since the last one, and what changed in its HTML (``render.StreamRender``: once
+  per reply, in a render thread, only the open block again): the blocks finished since the last
+  delta and the open block, so a delta's size does not grow with the answer. Every viewer's
+  consumer forwards that as it is. ``seq`` counts the deltas (1, 2, …); ``reset``: ``done`` holds
+  every finished block (the first delta, or an earlier block changed). A viewer who was not sent
+  the earlier deltas (connected mid-answer) asks for the whole answer so far (``request_whole``):
+  after the next delta its channel gets one ``chat.whole`` (the same fields, reset, at that seq);
 - publishes the queue position and the start at once (``chat.queued`` with ``n_ahead``, ``chat.started``),
   so a page can say "waiting, N ahead" instead of hanging;
 - checkpoints the text so far, with a heartbeat, to the row at least every second (only text that
@@ -36,7 +41,7 @@ from django.utils import timezone
 from conversations import actions, metrics, ttft
 from conversations.live import saving
 from conversations.models import Message
-from conversations.render import StreamRender
+from conversations.render import StreamRender, StreamStep
 from inference.jobs import Delta, EventPump, Finished, Job, Queued, Started
 from inference.remote.receiving import close_receiver, receive_until_closed
 
@@ -51,6 +56,33 @@ _swept = False
 # Deltas are rendered here, off the event loop: a reply's renders one after another (its task awaits
 # each), the replies of a process side by side.
 _render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+
+
+class Stream:
+    """One reply's HTML as the viewers were sent it: its renderer, the deltas published so far, the
+    open block last sent, and the channels of viewers waiting for the whole answer so far."""
+
+    def __init__(self, conversation_id: int) -> None:
+        self.conversation_id = conversation_id
+        self.render = StreamRender()
+        self.seq = 0
+        self.open = ""
+        self.reset_next = True  # the first delta carries every block (and the one after a failure)
+        self.waiting: set[str] = set()
+
+    def delta(self, step: StreamStep) -> dict:
+        """The HTML fields of the next delta, ``step`` rendered (``_render``)."""
+        self.seq += 1
+        self.open = step.open
+        return {"seq": self.seq, "reset": step.reset, "done": step.done, "open": step.open}
+
+    def whole(self) -> dict:
+        """The same fields for the whole answer as of the last delta (a reset at its seq)."""
+        return {"seq": self.seq, "reset": True, "done": self.render.done_html, "open": self.open}
+
+
+# The replies this process streams, by message id (for request_whole).
+_streams: dict[int, Stream] = {}
 
 
 def outcome_for(finished: Finished, cancel_status: str | None) -> actions.Outcome:
@@ -129,10 +161,17 @@ class Run:
         return list(await asyncio.shield(asyncio.gather(*self.tasks)))
 
     async def _follow(self, job: Job, message_id: int, choice_index: int) -> Finished:
+        stream = _streams[message_id] = Stream(self.conversation_id)  # one per reply, whoever watches
+        try:
+            return await self._stream(job, message_id, choice_index, stream)
+        finally:
+            if _streams.get(message_id) is stream:
+                del _streams[message_id]
+
+    async def _stream(self, job: Job, message_id: int, choice_index: int, stream: Stream) -> Finished:
         loop = asyncio.get_running_loop()
         # The loop is not woken for every token: the pump wakes this task for the first text
         # after a publish (it is re-armed there) and for the other, rare events.
-        render = StreamRender()  # one per reply, whoever watches it
         parts: list[str] = []  # the reply so far
         unsent: list[str] = []  # its tail not yet published
         last_publish, last_checkpoint = 0.0, time.monotonic()
@@ -162,7 +201,7 @@ class Run:
                 if unsent and now - last_publish >= PUBLISH_INTERVAL:
                     pump.arm()  # text queued from now on wakes the task
                     ttft.mark_message(message_id, "publish")
-                    await self._publish(message_id, choice_index, unsent, render)
+                    await self._publish(message_id, choice_index, unsent, stream)
                     unsent, last_publish = [], now
                 if now - last_checkpoint >= CHECKPOINT_INTERVAL:
                     # Only text that has gone out (broadcast, and delivered where that is tracked):
@@ -177,7 +216,7 @@ class Run:
                     last_checkpoint = now
         metrics.observe_generation(finished)
         if unsent:
-            await self._publish(message_id, choice_index, unsent, render)
+            await self._publish(message_id, choice_index, unsent, stream)
         if checkpointing is not None:  # the last checkpoint first: no write of this reply outlives it
             await asyncio.wait([checkpointing])
         if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
@@ -187,20 +226,22 @@ class Run:
             await self._send({"type": "chat.unsaved", "message_id": message_id})
         return finished
 
-    async def _publish(
-        self, message_id: int, choice_index: int, texts: list[str], render: StreamRender
-    ) -> None:
+    async def _publish(self, message_id: int, choice_index: int, texts: list[str], stream: Stream) -> None:
         text = "".join(texts)
-        html = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, render, text)
-        await self._send(
-            {
-                "type": "chat.delta",
-                "message_id": message_id,
-                "choice_index": choice_index,
-                "text": text,
-                "html": html,
-            }
-        )
+        step = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, stream, text)
+        event = {"type": "chat.delta", "message_id": message_id, "choice_index": choice_index, "text": text}
+        await self._send(event | stream.delta(step))
+        if stream.waiting:
+            # After the delta, from this task: each asking channel gets the delta first, then this.
+            waiting, stream.waiting = stream.waiting, set()
+            whole = {"type": "chat.whole", "message_id": message_id, "choice_index": choice_index}
+            whole |= stream.whole()
+            layer = get_channel_layer()
+            for channel in waiting:
+                try:
+                    await layer.send(channel, whole)
+                except Exception:  # a viewer gone, or its channel full: the others still get theirs
+                    log.exception("could not send the answer so far to %s", channel)
 
     async def _send(self, event: dict) -> None:
         layer = get_channel_layer()
@@ -243,13 +284,40 @@ async def _sweep() -> None:
             log.info("marked %d stale replies as interrupted", count)
 
 
-def _render(render: StreamRender, text: str) -> str:
-    """The whole answer so far as HTML, ``text`` added (in a render thread)."""
+def _render(stream: Stream, text: str) -> StreamStep:
+    """What ``text`` added changes in the answer's HTML (in a render thread)."""
+    render = stream.render
     try:
-        return str(render.add(text))
+        step = render.step(text)
     except Exception:  # a renderer bug must not stop the reply: its text is shown plain meanwhile
         log.exception("could not render a reply's text")
-        return f"<p>{escape(render.text)}</p>"
+        stream.reset_next = True  # the page's blocks are not the renderer's any more
+        return StreamStep(True, "", f"<p>{escape(render.text)}</p>")
+    if stream.reset_next:
+        stream.reset_next = False
+        return StreamStep(True, render.done_html, step.open)
+    return step
+
+
+async def request_whole(conversation_id: int, message_id: int, channel: str) -> None:
+    """Have ``channel`` (a viewer's) sent the whole of a streaming reply so far, as ``chat.whole``
+    after the reply's next delta: by this process if it runs the reply, else by the one that does
+    (over the conversation's control group, see ``StopListener``). Nothing is sent for a reply that
+    no longer streams (its final render follows anyway)."""
+    stream = _streams.get(message_id)
+    if stream is not None:
+        if stream.conversation_id == conversation_id:
+            stream.waiting.add(channel)
+        return
+    if shared_layer():
+        await ask_elsewhere(conversation_id, message_id, channel)
+
+
+async def ask_elsewhere(conversation_id: int, message_id: int, channel: str, layer=None) -> None:
+    """``request_whole`` of the process that runs the reply (its ``StopListener``)."""
+    request = {"type": "chat.whole", "conversation_id": conversation_id, "message_id": message_id}
+    group = control_group_name(conversation_id)
+    await (layer or get_channel_layer()).group_send(group, request | {"channel": channel})
 
 
 def _keep(task: asyncio.Task) -> None:
@@ -289,7 +357,8 @@ async def stop_elsewhere(conversation_id: int, status: str, layer=None) -> None:
 
 class StopListener:
     """Receives ``chat.stop`` (sent by ``stop_elsewhere`` from another web process) for the
-    conversations whose replies run in this process, and cancels those runs.
+    conversations whose replies run in this process, and cancels those runs; and ``chat.whole``
+    (``request_whole``: a viewer connected to another process wants a reply so far).
 
     ONE receiver per process, on one channel that joins each running conversation's control
     group, rather than one receiver per reply: channels_redis reads all of a process's channels
@@ -338,6 +407,11 @@ class StopListener:
         self.task = loop.create_task(receiving, context=contextvars.Context())
 
     def _on_message(self, message: dict) -> None:
+        if message.get("type") == "chat.whole":  # a viewer in another process wants a reply so far
+            stream = _streams.get(message.get("message_id"))
+            if stream is not None and stream.conversation_id == message.get("conversation_id"):
+                stream.waiting.add(message["channel"])
+            return
         if message.get("type") != "chat.stop":
             return
         conversation_id = message.get("conversation_id")

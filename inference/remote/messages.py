@@ -77,10 +77,6 @@ class JobEvent(_Message):
     job_id: str
     event: dict[str, Any]  # event_to_dict
 
-    @property
-    def finished(self) -> bool:
-        return self.event.get("type") == "finished"
-
 
 class Alive(_Message):
     """Worker → each web process with jobs there: which of them still run, up to admission
@@ -105,6 +101,11 @@ def parse(data: dict[str, Any]) -> Message:
 
 def dump(message: _Message) -> dict[str, Any]:
     return message.model_dump()
+
+
+def job_event(worker: str, job_id: str, event: Event) -> dict[str, Any]:
+    """``dump(JobEvent(...))`` without building the model: the worker sends one per token."""
+    return {"type": "inference.event", "worker": worker, "job_id": job_id, "event": event_to_dict(event)}
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from inference.jobs import ContextLengthExceeded, Event, Job, Overloaded
+from inference.jobs import ContextLengthExceeded, Event, Finished, Job, Overloaded
 from inference.remote import messages
 from inference.remote.messages import ALIVE_INTERVAL, WORKER_CHANNEL
 from inference.remote.receiving import close_receiver, receive_until_closed
@@ -36,7 +36,9 @@ class Worker:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain: running jobs may finish for
         ``drain_timeout`` s, and every job's last event is sent before this returns."""
         loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # (channel, message): a message to send as it is, or a job's (id, event), made a message by
+        # the sender (``_send_loop``), off the slot's thread.
+        self.outbox: asyncio.Queue[tuple[str, dict[str, Any] | tuple[str, Event]]] = asyncio.Queue()
         if stop is None:
             stop = asyncio.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,13 +130,11 @@ class Worker:
                 self.jobs.pop(job.id, None)
             raise
         loop = asyncio.get_running_loop()
+        put = self.outbox.put_nowait
         for job in jobs:
-
+            # Called on the slot's thread after every token: it only hands the event over.
             def forward(event: Event, job_id: str = job.id) -> None:
-                message = messages.JobEvent(
-                    worker=self.worker_id, job_id=job_id, event=messages.event_to_dict(event)
-                )
-                loop.call_soon_threadsafe(self.outbox.put_nowait, (reply_to, messages.dump(message)))
+                loop.call_soon_threadsafe(put, (reply_to, (job_id, event)))
 
             job.subscribe(forward)
 
@@ -162,9 +162,14 @@ class Worker:
 
     async def _send_loop(self) -> None:
         while True:
-            channel, message = await self.outbox.get()
-            if message["type"] == "inference.event" and message["event"]["type"] == "finished":
-                self.jobs.pop(message["job_id"], None)
+            channel, item = await self.outbox.get()
+            if isinstance(item, tuple):  # a job's event
+                job_id, event = item
+                message = messages.job_event(self.worker_id, job_id, event)
+                if isinstance(event, Finished):
+                    self.jobs.pop(job_id, None)
+            else:
+                message = item
             try:
                 await self.layer.send(channel, message)
             except Exception as exc:  # a web process that went away, or a full channel

@@ -60,6 +60,7 @@ def test_it_names_the_file_and_the_reason_for_a_bad_model(tmp_path: Path, make, 
     assert "Failed to create LLM" not in str(info.value)
 
 
+@pytest.mark.slow  # a manage.py process
 def test_it_reports_a_bad_model_path_as_a_system_check_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)
@@ -99,6 +100,7 @@ def test_it_keeps_the_conversation_in_interactive_mode() -> None:
     assert cached >= first_prompt
 
 
+@pytest.mark.slow  # a manage.py process
 def test_it_rejects_out_of_range_sampling_options() -> None:
     result = manage("chat", "hi", "--temperature", "3")
     assert result.returncode != 0

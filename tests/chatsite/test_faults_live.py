@@ -62,7 +62,7 @@ def login(server: LiveServer) -> tuple[str, int]:
 
 
 def is_delta(frame: str) -> bool:
-    return bool(re.search(r'id="m-\d+-body" hx-swap-oob="innerHTML"', frame))
+    return bool(re.search(r'id="m-\d+-(body|open)" hx-swap-oob="innerHTML"', frame))
 
 
 def csrf_token(server: LiveServer) -> str:
@@ -289,6 +289,7 @@ def test_it_tells_the_client_and_saves_the_reply_later_when_the_disk_is_full(
 # --- Redis unreachable ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a live server
 def test_it_answers_api_calls_and_closes_sockets_cleanly_when_redis_is_unreachable(tmp_path: Path) -> None:
     tiny = write_tiny_llama(tmp_path / "tiny.gguf")
     # Nothing listens on this port: Redis is down for the whole life of the server.

@@ -95,6 +95,7 @@ def test_it_requires_a_metrics_token_behind_a_tls_proxy(settings) -> None:
     call_command("check")
 
 
+@pytest.mark.slow  # a process
 def test_it_refuses_to_start_behind_a_proxy_without_a_metrics_token(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
     env.update({"CHAT_DATA_DIR": str(tmp_path), "CHAT_BEHIND_TLS_PROXY": "1"})

@@ -79,6 +79,7 @@ def test_it_says_so_when_the_mail_cannot_be_sent(settings, mail_on, dora) -> Non
     assert "could not be sent" in page and "Check your mail" not in page
 
 
+@pytest.mark.slow  # processes
 def test_it_reads_the_mail_settings_from_the_environment(tmp_path: Path) -> None:
     script = (
         "import json, django; django.setup(); from django.conf import settings as s; "

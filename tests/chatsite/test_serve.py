@@ -104,7 +104,10 @@ def test_it_recovers_every_message_after_kill_9(tmp_path: Path) -> None:
         reader.start()
         while len(client.text) < 300 and reader.is_alive():
             time.sleep(0.05)
-        time.sleep(1.5)  # at least one checkpoint after the text the client has
+        # At least one checkpoint after the text the client has now.
+        had, deadline = len(client.text), time.monotonic() + 30
+        while len(last_reply(server)["content"]) < had and time.monotonic() < deadline:
+            time.sleep(0.05)
         killed_at = time.monotonic()
         server.process.kill()
         server.process.wait(10)

@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # each test sets Django up in a process of its own
+
 # Variables that would change what a child process sees, whatever the developer's shell holds.
 _SETTINGS_VARS = (
     "DEBUG",

@@ -156,6 +156,7 @@ def handshake(server: LiveServer, path: str, origin: str | None, session: str) -
         return head.split(b"\r\n", 1)[0]
 
 
+@pytest.mark.slow  # a live server
 def test_it_checks_the_origin_of_a_real_handshake(server: LiveServer) -> None:
     session = server.log_in("alice", PASSWORD)
     conversation_id = server.query(

@@ -19,6 +19,7 @@ from conversations.live import runner
 from conversations.models import Message
 from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
+from tests.oob_dom import Page, normal
 from tests.ws_chat import (
     HOST,
     ORIGIN,
@@ -308,20 +309,21 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
 async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
     alice, bob, chat, runtime, monkeypatch, viewers
 ) -> None:
-    """The reply's runner renders each delta once (``StreamRender.add``), in a render thread, and
-    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, and the
-    renders are as many as the deltas a viewer gets, with one viewer as with four."""
+    """The reply's runner renders each delta once (``StreamRender.step``), in a render thread, and
+    every viewer's socket forwards that HTML: no markdown is parsed on the event loop, the renders
+    are as many as the deltas a viewer gets, with one viewer as with four, and the deltas applied
+    in order (as htmx does) leave the answer's body equal to its whole render."""
     chat.temperature, chat.max_tokens = 0, 60
     await chat.asave(update_fields=["temperature", "max_tokens"])
     monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
     adds: list[str] = []
-    add = StreamRender.add
+    step = StreamRender.step
 
-    def counted_add(self, more):
+    def counted_step(self, more):
         adds.append(more)
-        return add(self, more)
+        return step(self, more)
 
-    monkeypatch.setattr(StreamRender, "add", counted_add)
+    monkeypatch.setattr(StreamRender, "step", counted_step)
     md = render._markdown()
     parse, parsed_in = md.parse, []
 
@@ -335,13 +337,124 @@ async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewer
     await finish_run(chat.pk)
     _, answer = await messages_of(chat.pk)
     assert answer.content and answer.status == Message.Status.COMPLETE
-    delta = f'<div id="m-{answer.pk}-body" hx-swap-oob="innerHTML">'
-    seen = [[f for f in await drain(socket) if f.startswith(delta)] for socket in sockets]
+    delta = f'id="m-{answer.pk}-open"'
+    seen = [[f for f in await drain(socket) if f"m-{answer.pk}" in f] for socket in sockets]
     assert threading.get_ident() not in parsed_in  # nothing rendered on the event loop
     assert "".join(adds) == answer.content
-    whole = str(render_markdown(answer.content))
+    whole = normal(str(render_markdown(answer.content)))
     for frames in seen:
-        assert len(frames) == len(adds) >= 1  # one render per delta, whatever the viewers
-        assert frames[-1].removeprefix(delta).rsplit("</div><span", 1)[0] == whole
+        deltas = [i for i, f in enumerate(frames) if delta in f]
+        assert len(deltas) == len(adds) >= 1  # one render per delta, whatever the viewers
+        page = Page('<div id="messages"></div>')
+        for frame in frames[: deltas[-1] + 1]:  # the answer's frames up to its last delta
+            page.apply(frame)
+        assert page.inner(f"m-{answer.pk}-body", unwrap=f"m-{answer.pk}-open") == whole
     for socket in sockets:
         await socket.disconnect()
+
+
+async def test_a_message_takes_one_trip_to_a_database_thread_before_its_job_is_submitted(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """The user message's write, the team's models, the history and its prompt are one trip (each
+    trip is a thread hop on the way to the first token), as the second message of a conversation
+    (its model is recorded) and as the first."""
+    from conversations.live import replies
+
+    trips: list[str] = []
+    real = replies.database_sync_to_async
+
+    def counting(function, *args, **kwargs):  # the real trip, counted
+        trips.append(getattr(function, "__name__", repr(function)))
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(replies, "database_sync_to_async", counting)
+    before_submit: list[list[str]] = []
+    scheduler = runtime.model.scheduler
+    original = scheduler.asubmit
+
+    async def recording_submit(*args, **kwargs):
+        before_submit.append(list(trips))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "asubmit", recording_submit)
+    communicator, _, _ = await connect(alice, chat.pk)
+    for answers, text in enumerate(("first", "second"), start=1):
+        trips.clear()
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": text}))
+        await finish_run(chat.pk, answers)
+    assert [len(t) for t in before_submit] == [1, 1], before_submit
+    statuses = [(m.role, m.content if m.role == "user" else m.status) for m in await messages_of(chat.pk)]
+    assert statuses == [
+        ("user", "first"),
+        ("assistant", "complete"),
+        ("user", "second"),
+        ("assistant", "complete"),
+    ]
+    await communicator.disconnect()
+
+
+async def test_a_new_message_is_admitted_first_and_written_with_its_reply(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """The job is submitted before the message is written (the write is then off the way to the
+    first token); the message and its reply's row are then written together."""
+    stored_at_submit: list[list[str]] = []
+    scheduler = runtime.model.scheduler
+    original = scheduler.asubmit
+
+    async def recording_submit(*args, **kwargs):
+        stored_at_submit.append([m.role for m in await messages_of(chat.pk)])
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "asubmit", recording_submit)
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "hello"}))
+    await finish_run(chat.pk)
+    assert stored_at_submit == [[]]
+    user_message, answer = await messages_of(chat.pk)
+    assert (user_message.role, user_message.content, user_message.author_id) == ("user", "hello", alice.pk)
+    assert (
+        answer.role == "assistant"
+        and answer.status == Message.Status.COMPLETE
+        and answer.pk > user_message.pk
+    )
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.title == "hello"
+    await communicator.disconnect()
+
+
+async def test_a_message_admitted_first_that_finds_a_reply_started_elsewhere_goes_back_to_the_box(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """Another web process starts a reply between this one's read and its write: nothing is written,
+    the job gives its place back, and the text goes back to the composer."""
+    from django.utils import timezone
+
+    submitted = []
+    scheduler = runtime.model.scheduler
+    original = scheduler.asubmit
+
+    async def submit_as_another_process_starts(*args, **kwargs):
+        job = await original(*args, **kwargs)
+        submitted.append(job)
+        await Message.objects.acreate(
+            conversation=chat, role="assistant", status=Message.Status.STREAMING, heartbeat_at=timezone.now()
+        )
+        return job
+
+    monkeypatch.setattr(scheduler, "asubmit", submit_as_another_process_starts)
+    busy = blocker(runtime.model)  # the slot is taken: the job waits in the queue until cancelled
+    try:
+        communicator, _, _ = await connect(alice, chat.pk)
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "mine"}))
+        frames = "".join(await receive_until(communicator, "still in the box"))
+    finally:
+        busy.cancel()
+    assert "mine" in frames  # the composer gets the text back
+    rows = [(m.role, m.status) for m in await messages_of(chat.pk)]
+    assert rows == [("assistant", Message.Status.STREAMING)]  # the other process's, and nothing of ours
+    assert len(submitted) == 1
+    ended = await sync_to_async(submitted[0].wait)(10)
+    assert ended is not None and ended.reason == "cancelled" and ended.usage.completion_tokens == 0
+    await communicator.disconnect()

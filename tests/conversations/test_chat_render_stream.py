@@ -5,7 +5,8 @@ can change (setext underlines, table delimiter rows, lazy continuations, referen
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conversations.render import StreamRender, render_markdown
@@ -76,16 +77,33 @@ def assert_streams_as_whole(parts: list[str]) -> None:
         assert str(render.add(part)) == str(render_markdown(text)), text
 
 
+# Cuts that once broke the streaming render; each runs in every test run, fast or not.
+HARD_CUTS = [
+    ["Foo\n| a | b |\n| - | -", " | - |\n"],  # a delimiter row that stops being one
+    ["Foo\n```", "a`\n"],  # a fence opener that stops being one
+    ["Foo\n***", "a\n"],
+    ["[x]\n\nmore\n\n", "[x]: https://example.org\n"],  # a late reference definition
+]
+
+
+@pytest.mark.parametrize("parts", HARD_CUTS)
+def test_it_renders_the_hard_cuts_as_the_whole_text(parts: list[str]) -> None:
+    assert_streams_as_whole(parts)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_it_renders_each_kind_of_block_a_character_at_a_time_as_the_whole_text(block: str) -> None:
+    assert_streams_as_whole(list(f"Before it.\n\n{block}\n\nAfter it.\n"))
+
+
+@pytest.mark.slow  # 400 generated documents, each rendered whole at every cut
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deltas())
-@example(["Foo\n| a | b |\n| - | -", " | - |\n"])  # a delimiter row that stops being one
-@example(["Foo\n```", "a`\n"])  # a fence opener that stops being one
-@example(["Foo\n***", "a\n"])
-@example(["[x]\n\nmore\n\n", "[x]: https://example.org\n"])  # a late reference definition
 def test_it_renders_every_delta_as_the_whole_text(parts: list[str]) -> None:
     assert_streams_as_whole(parts)
 
 
+@pytest.mark.slow  # 60 generated documents, each rendered whole at every character
 @settings(max_examples=60, deadline=None)
 @given(documents())
 def test_it_renders_a_character_at_a_time_as_the_whole_text(text: str) -> None:
@@ -102,14 +120,15 @@ def test_it_keeps_finished_blocks_and_parses_only_the_open_one() -> None:
 
 def test_a_render_that_fails_shows_the_text_escaped_instead_of_ending_the_reply(monkeypatch, caplog) -> None:
     """A renderer bug must not stop the reply being streamed and saved: the runner's render step
-    logs it and the viewers get the text so far, escaped."""
+    logs it and the viewers get the text so far, escaped (in place of every block)."""
     from conversations.live import runner
 
     def broken(self, more):
         self._tail += more
         raise RuntimeError("a renderer bug")
 
-    render = StreamRender()
-    monkeypatch.setattr(StreamRender, "add", broken)
-    assert runner._render(render, "<b>bold?</b>") == "<p>&lt;b&gt;bold?&lt;/b&gt;</p>"
+    stream = runner.Stream(1)
+    monkeypatch.setattr(StreamRender, "step", broken)
+    step = runner._render(stream, "<b>bold?</b>")
+    assert step.reset and (step.done, step.open) == ("", "<p>&lt;b&gt;bold?&lt;/b&gt;</p>")
     assert "could not render" in caplog.text

@@ -15,6 +15,7 @@ from tests.ws_chat import blocker, connect, finish_run, messages_of, receive_unt
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+@pytest.mark.slow  # waits out five busy timeouts (~29 s)
 async def test_it_tells_the_page_a_reply_was_not_saved_and_saves_it_later(
     alice,
     chat,

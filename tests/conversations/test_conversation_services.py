@@ -87,7 +87,34 @@ def test_it_logs_an_api_call(alice, alpha) -> None:
         assert reply.status == "streaming" and reply.prompt_tokens == 17
         assert reply.owner_process == actions.OWNER_PROCESS and reply.heartbeat_at is not None
     key.refresh_from_db()
-    assert key.last_used_at is not None
+    assert key.last_used_at is None  # written at the call's end (conversations/api/http.note_key_use)
+
+
+def test_a_new_replys_fragment_is_rendered_once_for_every_viewer(
+    alice, bob, chat, django_capture_on_commit_callbacks
+) -> None:
+    """The chat.message of a new streaming reply carries its HTML, which is what every viewer's
+    consumer would render from the row (the consumers forward it instead, while the slot prefills);
+    a regenerated one (versions to page through) is rendered by each consumer."""
+    from conversations.fragments import message_html
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(actions.group_name(chat.pk), channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        (reply,) = actions.start_assistant_messages(chat, 1, params={"model": "m-1"}, prompt_tokens=5)
+    event = async_to_sync(layer.receive)(channel)
+    assert event["type"] == "chat.message" and event["message_id"] == reply.pk
+    stored = Message.objects.select_related("author").get(pk=reply.pk)
+    assert event["html"] == message_html(stored, chat, alice) == message_html(stored, chat, bob)
+    assert "m-1" in event["html"] and "writing…" in event["html"]
+    actions.finish_assistant_message(
+        reply.pk, actions.Outcome(status="complete", content="Hi", finish_reason="stop")
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.start_assistant_messages(chat, 1, params={}, prompt_tokens=5, version_of=reply.pk)
+    event = async_to_sync(layer.receive)(channel)
+    assert event["type"] == "chat.message" and "html" not in event
 
 
 def test_it_finishes_a_reply_and_broadcasts_after_commit(
@@ -151,10 +178,21 @@ def test_it_interrupts_only_stale_replies(chat) -> None:
     assert stale.status == "interrupted" and live.status == "streaming"
 
 
+def test_logging_an_api_call_broadcasts_nothing(alice, alpha, django_capture_on_commit_callbacks) -> None:
+    """Its conversation is new: no page can be open on it yet, so there is nobody to tell."""
+    key, _ = actions.create_api_key(alice, alpha)
+    with django_capture_on_commit_callbacks() as callbacks:
+        actions.start_api_call(
+            key, model_id="m", messages=[{"role": "user", "content": "hi"}], params={}, n=2, prompt_tokens=5
+        )
+    assert callbacks == []
+
+
 def test_it_logs_an_api_call_in_a_fixed_number_of_queries(alice, alpha, django_assert_num_queries) -> None:
     key, _ = actions.create_api_key(alice, alpha)
     messages = [{"role": "user", "content": f"question {i}"} for i in range(10)]
-    # Key use, conversation, the request's messages in one insert, one insert per reply, and two
-    # savepoints with their releases: the same for 10 messages as for 1.
-    with django_assert_num_queries(9):
+    # The conversation, the request's messages in one insert, one insert per reply, and no
+    # savepoint (the caller's transaction holds them; the key's use is written at the call's end):
+    # the same for 10 messages as for 1.
+    with django_assert_num_queries(4):
         actions.start_api_call(key, model_id="m", messages=messages, params={}, n=2, prompt_tokens=5)

@@ -54,6 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
         live.stop()
 
 
+@pytest.mark.slow  # a live server and a second process
 def test_it_closes_a_removed_members_socket_from_another_process_through_redis(server: LiveServer) -> None:
     conversation_id = server.query(
         "SELECT id FROM conversations_conversation WHERE title = 'Trip planning for the offsite'"

@@ -62,6 +62,7 @@ def race(conversation_id: int, env: dict[str, str]) -> list[dict[str, object]]:
                 racer.kill()
 
 
+@pytest.mark.slow  # two processes
 @pytest.mark.django_db(transaction=True)
 def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp_path) -> None:
     """Two web processes, each with its own database connection, start a reply in the same

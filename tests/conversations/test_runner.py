@@ -146,19 +146,42 @@ async def test_checkpoints_save_only_what_reached_the_client(alice, alpha, monke
     been handed: after a crash the saved text is a prefix of what the client saw. This test plays
     the producer (a job of no scheduler) and the stream (``mark_delivered``)."""
     import asyncio
+    import time
 
     from inference.jobs import Delta, Finished, Job, Timings, Usage
 
-    monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL", 0.2)
+    saved: list[str] = []  # each checkpoint's text, once written
+    original = actions.checkpoint_assistant_message
+
+    def checkpoint(message_id: int, text: str) -> None:
+        original(message_id, text)
+        saved.append(text)
+
+    async def a_checkpoint_begun_after_now() -> None:
+        # Checkpoints run one at a time: the one in flight now may have taken its text before,
+        # the one after it cannot.
+        target = len(saved) + 2
+        deadline = time.monotonic() + 30
+        while len(saved) < target:
+            assert time.monotonic() < deadline, "no checkpoint"
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(actions, "checkpoint_assistant_message", checkpoint)
+    monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL", 0.05)
     reply = await new_reply(alice, alpha)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(actions.group_name(reply.conversation_id), channel)
     job = Job([1, 2], SamplingParams(max_tokens=10), "t", 10)
     run = runner.start(reply.conversation_id, [job], [reply])
     run.track_delivery()
     job.emit(Delta("Once upon a time", (1, 2, 3, 4)))
-    await asyncio.sleep(0.6)  # checkpoints after the text was broadcast, before any delivery
+    broadcast = await asyncio.wait_for(layer.receive(channel), 30)
+    assert (broadcast["type"], broadcast["text"]) == ("chat.delta", "Once upon a time")
+    await a_checkpoint_begun_after_now()  # after the text was broadcast, before any delivery
     assert (await reload(reply)).content == ""
     run.mark_delivered([len("Once upon")])
-    await asyncio.sleep(0.6)
+    await a_checkpoint_begun_after_now()
     assert (await reload(reply)).content == "Once upon"
     timings = Timings(0.0, 0.01, 0.01, 0.5, 0, 2, None)
     job.emit(Finished("length", Usage(2, 4), timings, "Once upon a time", (1, 2, 3, 4)))

@@ -35,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         live.stop()
 
 
+@pytest.mark.slow  # a live server
 def test_it_closes_a_websocket_that_sends_an_oversized_message(server: LiveServer) -> None:
     session = server.log_in("alice", PASSWORD)
     conversation_id = server.query(

@@ -28,6 +28,7 @@ def paced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     return model, paced_env(model)
 
 
+@pytest.mark.slow  # worker processes
 def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> None:
     process = start_worker(tiny, redis_url, prefix, tmp_path)
     try:
@@ -46,13 +47,17 @@ def test_it_streams_a_job_from_the_worker(tiny, redis_url, prefix, tmp_path) -> 
         stop_worker(process)
 
 
-def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_path) -> None:
-    process = start_worker(tiny, redis_url, prefix, tmp_path)
+@pytest.mark.slow  # worker processes
+def test_it_cancels_a_remote_job_within_a_token(redis_url, prefix, tmp_path, paced) -> None:
+    # At the tests' pace: unpaced, the tiny model could make its 400 tokens on a busy machine
+    # before the web side has even read the third (the worker sends events as fast as it can).
+    model, env = paced
+    process = start_worker(model, redis_url, prefix, tmp_path, **env)
     try:
 
         async def scenario():
             client = new_client(redis_url, prefix)
-            [job] = await client.submit_n(ids(tiny, "long"), no_eos(max_tokens=400), 1)
+            [job] = await client.submit_n(ids(model, "long"), no_eos(max_tokens=400), 1)
             seen = 0
             async for event in job.aevents():
                 if isinstance(event, Delta):
@@ -65,13 +70,14 @@ def test_it_cancels_a_remote_job_within_a_token(tiny, redis_url, prefix, tmp_pat
 
         finished, at_cancel = run(scenario())
         assert finished.reason == "cancelled"
-        # The tiny model makes hundreds of tokens a second: the cancel crosses Redis meanwhile.
+        # 400 tokens take 400 x PACE_MS: the cancel crosses Redis long before.
         assert finished.usage.completion_tokens < 400
         assert finished.usage.completion_tokens >= at_cancel
     finally:
         stop_worker(process)
 
 
+@pytest.mark.slow  # worker processes
 def test_it_refuses_over_the_queue_and_past_the_context(tiny, redis_url, prefix, tmp_path) -> None:
     process = start_worker(tiny, redis_url, prefix, tmp_path, CHAT_SLOTS="1", CHAT_QUEUE_MAX="0")
     try:
@@ -162,6 +168,7 @@ def story(model: Path) -> list[int]:
     return ids(model, "Tell me a very long story about the sea.")
 
 
+@pytest.mark.slow  # worker processes
 def test_a_job_whose_worker_dies_ends_with_the_text_so_far(
     redis_url,
     prefix,
@@ -194,6 +201,7 @@ def test_a_job_whose_worker_dies_ends_with_the_text_so_far(
         process.wait(10)
 
 
+@pytest.mark.slow  # worker processes
 def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
     redis_url,
     prefix,
@@ -236,6 +244,7 @@ def test_alive_messages_keep_a_long_wait_going_and_a_lost_end_is_given_up(
         stop_worker(process)
 
 
+@pytest.mark.slow  # worker processes
 def test_the_worker_serves_its_own_metrics(redis_url, prefix, tmp_path, paced) -> None:
     """The queue of a multi-process deployment is the worker's: it serves its gauges itself, read
     at each scrape."""

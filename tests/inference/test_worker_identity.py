@@ -5,15 +5,18 @@ model, or the worker's loop in this process on a real scheduler)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from inference.jobs import Delta
+from inference.jobs import Delta, Queued
 from inference.model import ChatModel
 from inference.remote import client as worker_module
 from inference.remote.server import Worker
+from tests.paced_model import PACE_MS
 from tests.worker_process import ids, new_client, no_eos, run, start_worker, stop_worker
 
 
@@ -28,6 +31,7 @@ async def first_delta(job) -> None:
             return
 
 
+@pytest.mark.slow  # worker processes
 def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
     tiny, redis_url, prefix, tmp_path, monkeypatch
 ) -> None:
@@ -66,15 +70,28 @@ def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
             stop_worker(new)
 
 
-class SlowRedis(RedisChannelLayer):
-    """Real Redis, answering slowly at the moment a job's last event goes out."""
+class HeldRedis(RedisChannelLayer):
+    """Real Redis, holding the last job's last event until the worker, having drained its
+    scheduler, queues its next message (an alive message, ``ALIVE_INTERVAL`` later): that send is
+    still under way when the worker is on its way out, and a worker that left without waiting for
+    it would have cancelled it. (Only the last end: the outbox sends in order, and a held end would
+    hold the other job's text and the alive messages behind it.)"""
+
+    worker: Worker
+    drained: asyncio.Event
 
     async def send(self, channel, message):
         if message.get("type") == "inference.event" and message["event"]["type"] == "finished":
-            await asyncio.sleep(0.5)
+            if not self.worker.jobs:  # the sender forgets a job as its end goes out
+                await self.drained.wait()
+                queued, deadline = self.worker.outbox.qsize(), time.monotonic() + 10
+                while self.worker.outbox.qsize() <= queued:
+                    assert time.monotonic() < deadline, "the worker queued nothing after its drain"
+                    await asyncio.sleep(0.01)
         await super().send(channel, message)
 
 
+@pytest.mark.slow  # 300 tokens on two slots, then the worker's next alive tick
 @pytest.mark.cpu_exclusive  # two ggml threads
 @pytest.mark.django_db
 def test_it_sends_every_last_event_before_the_worker_exits(
@@ -82,11 +99,20 @@ def test_it_sends_every_last_event_before_the_worker_exits(
 ) -> None:
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
     model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=2, threads=2)
-    worker = Worker(
-        model.scheduler, SlowRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
-    )
+    layer = HeldRedis(hosts=[{"address": redis_url, "socket_timeout": 15}], prefix=prefix)
+    worker = layer.worker = Worker(model.scheduler, layer)
+    drain = model.scheduler.drain
 
     async def scenario():
+        loop = asyncio.get_running_loop()
+        layer.drained = asyncio.Event()
+
+        def drain_and_tell(timeout: float) -> None:
+            drain(timeout)  # the real drain
+            if not loop.is_closed():  # (model.close drains too, after the scenario)
+                loop.call_soon_threadsafe(layer.drained.set)
+
+        monkeypatch.setattr(model.scheduler, "drain", drain_and_tell)
         stop = asyncio.Event()
         serving = asyncio.create_task(worker.serve(30, stop=stop))
         client = new_client(redis_url, prefix)
@@ -102,3 +128,65 @@ def test_it_sends_every_last_event_before_the_worker_exits(
     finally:
         model.close()
     assert [(e.reason, e.usage.completion_tokens) for e in ends] == [("length", 300)] * 2
+
+
+def test_a_jobs_events_are_made_messages_by_the_sender_not_on_the_slots_thread(
+    tiny, redis_url, prefix, tmp_path, monkeypatch
+) -> None:
+    """The slot's thread hands each event over as it is; the worker's event loop (its sender) turns
+    it into the protocol's message, so that no token waits for its predecessor's serialisation."""
+    from inference.remote import messages
+
+    threads: set[str] = set()
+    to_dict = messages.event_to_dict
+
+    def recording(event):  # the real serialisation, noting the thread it runs on
+        threads.add(threading.current_thread().name)
+        return to_dict(event)
+
+    monkeypatch.setattr(messages, "event_to_dict", recording)
+    # At the tests' pace (tests/paced_model.py): the busy job lasts seconds, whatever the machine.
+    model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=1, threads=1, token_pace=PACE_MS / 1000)
+    worker = Worker(model.scheduler, RedisChannelLayer(hosts=[redis_url], prefix=prefix))
+
+    async def scenario():
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(30, stop=stop))
+        client = new_client(redis_url, prefix)
+        # The one slot is busy until the test cancels its job: the job followed here runs only
+        # once the worker listens to it, so its events come from the slot's thread.
+        [busy] = await client.submit_n(ids(tiny, "busy"), no_eos(max_tokens=450), 1)
+        [job] = await client.submit_n(ids(tiny, "serialise"), no_eos(max_tokens=20), 1)
+        events = job.aevents()
+        first = await anext(events)
+        assert isinstance(first, Queued)  # the worker is listening to it
+        busy.cancel()
+        events = [first, *[e async for e in events]]
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        return events, threading.current_thread().name
+
+    try:
+        events, loop_thread = run(asyncio.wait_for(scenario(), 90))
+    finally:
+        model.close()
+    finished = events[-1]
+    assert finished.reason == "length" and finished.usage.completion_tokens == 20
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == finished.text
+    assert threads == {loop_thread}
+
+
+def test_a_job_event_message_is_the_protocols_own() -> None:
+    from inference.jobs import Started
+    from inference.remote import messages
+
+    made = messages.job_event("w", "j", Delta("hi", (1, 2)))
+    assert made == messages.dump(messages.JobEvent(worker="w", job_id="j", event=made["event"]))
+    parsed = messages.parse(made)
+    assert isinstance(parsed, messages.JobEvent) and messages.event_from_dict(parsed.event) == Delta(
+        "hi", (1, 2)
+    )
+    assert messages.parse(messages.job_event("w", "j", Started(3))).event == {
+        "type": "started",
+        "cached_tokens": 3,
+    }

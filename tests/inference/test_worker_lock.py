@@ -15,6 +15,7 @@ from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
 from tests.worker_process import ROOT, start_worker, stop_worker
 
 
+@pytest.mark.slow  # worker processes
 def test_it_refuses_a_second_worker_on_the_same_prefix(tiny, redis_url, prefix, tmp_path) -> None:
     first = start_worker(tiny, redis_url, prefix, tmp_path / "first")
     try:

@@ -8,12 +8,15 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.live_server import LiveServer, free_port
 from tests.tiny_gguf import write_tiny_llama
 
 HI = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
+@pytest.mark.slow  # a live server
 def test_it_answers_503_when_the_inference_worker_cannot_be_reached(tmp_path: Path) -> None:
     tiny = write_tiny_llama(tmp_path / "tiny.gguf")
     server = LiveServer(

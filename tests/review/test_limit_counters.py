@@ -179,6 +179,7 @@ def counter_value(tmp_path: Path, ids: dict[str, int] | None, key: str) -> int:
         return db.execute("SELECT SUM(used) FROM review_limitcounter WHERE key = ?", (key,)).fetchone()[0]
 
 
+@pytest.mark.slow  # processes
 @pytest.mark.django_db(transaction=True)
 def test_it_admits_exactly_the_requests_per_minute_under_concurrency(alice, alpha, tmp_path: Path) -> None:
     ids = sqlite_file_database(tmp_path) or {"team": alpha.pk, "user": alice.pk}
@@ -189,6 +190,7 @@ def test_it_admits_exactly_the_requests_per_minute_under_concurrency(alice, alph
     assert counter_value(tmp_path, file_ids, f"req:team-{ids['team']}") == 13
 
 
+@pytest.mark.slow  # processes
 @pytest.mark.django_db(transaction=True)
 def test_it_admits_exactly_the_token_budget_and_settles_under_concurrency(
     alice, alpha, tmp_path: Path
@@ -245,6 +247,7 @@ print(json.dumps({"admitted": admitted}), flush=True)
 """
 
 
+@pytest.mark.slow  # processes
 def test_it_shares_one_limit_exactly_between_two_processes_over_redis(redis_url: str) -> None:
     import redis
 
@@ -274,6 +277,7 @@ def test_it_shares_one_limit_exactly_between_two_processes_over_redis(redis_url:
     client.delete(*client.keys(f"{prefix}:*"))
 
 
+@pytest.mark.slow  # processes
 def test_it_limits_two_web_processes_sharing_redis(redis_url: str, tmp_path: Path) -> None:
     """Two Daphne processes on one database and one Redis: a key's 5 requests per minute hold
     across both (12 calls, 6 to each, at once)."""

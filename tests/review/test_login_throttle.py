@@ -23,12 +23,6 @@ SITE = "/accounts/login/"
 ADMIN = "/admin/login/"
 
 
-@pytest.fixture(autouse=True)
-def fast_hasher(settings):
-    """Dozens of password checks per test: a fast hasher (the throttling does not depend on it)."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def dora(db):
     """A user with a password (the shared fixtures have none)."""

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.live_server import PYTHON, ROOT, LiveServer
 from tests.tiny_gguf import write_tiny_llama
 
@@ -31,6 +33,7 @@ print(old.pk)
 """
 
 
+@pytest.mark.slow  # a live server
 def test_it_purges_in_the_background_of_manage_py_serve(tmp_path: Path) -> None:
     model = write_tiny_llama(tmp_path / "tiny.gguf", context_length=512)
     env = {"CHAT_MODEL_PATH": str(model), "CHAT_THREADS": "1", "CHAT_PURGE_FIRST_DELAY": "0"}

@@ -111,6 +111,7 @@ def test_it_searches_only_within_the_reviewer_s_scope(world: World) -> None:
 POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/review_fts")
 
 
+@pytest.mark.slow  # a PostgreSQL database made and migrated
 def test_it_searches_with_postgres_full_text_search(world: World) -> None:
     """On PostgreSQL: stemming and websearch syntax work, and the planner uses the GIN index.
 

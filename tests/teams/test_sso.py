@@ -232,6 +232,7 @@ def test_an_invited_account_can_be_used_beside_sso(sso, alpha, alice) -> None:
     assert signed_in_as(sso_client).get_username() == "erin-2"
 
 
+@pytest.mark.slow  # a process each
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -22,6 +22,7 @@ from conversations.api import http
 from conversations.api.completions import FLUSH_INTERVAL, Reply
 from conversations.api.protocol import NotFound
 from conversations.live import runner
+from conversations.models import ApiKey
 from inference.jobs import Delta
 from tests.conversations.api.test_api_streaming import finished, new_jobs, plain_output, replies_for
 from upstreams import permissions
@@ -44,6 +45,71 @@ def queries_of_the_key_check(plain: str) -> int:
 async def test_the_key_check_is_one_query(alice, alpha) -> None:
     plain = await database_sync_to_async(new_key)(alice, alpha)
     assert await queries_of_the_key_check(plain) == 1  # key, user, team and membership together
+
+
+@database_sync_to_async
+def key_check_with_models(plain: str, alpha, models: list[str] | None) -> tuple[int, object]:
+    from upstreams.models import TeamModels
+
+    if models is not None:
+        TeamModels.objects.update_or_create(team=alpha, defaults={"models": models})
+    with CaptureQueriesContext(connection) as queries:
+        key = actions.authenticate_api_key(plain)
+        assert key is not None
+        allowed = key.allowed_models  # read with the key: no query of its own
+        assert (key.user_id, key.team_id) != (None, None)
+    return len(queries), allowed
+
+
+async def test_the_key_and_its_teams_models_are_one_query(alice, alpha) -> None:
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    assert await key_check_with_models(plain, alpha, None) == (1, None)  # no choice: every model
+    assert await key_check_with_models(plain, alpha, ["m-1", "m-2"]) == (1, ["m-1", "m-2"])
+
+
+@database_sync_to_async
+def queries_of_logging_a_call(plain: str) -> list[str]:
+    key = actions.authenticate_api_key(plain)
+    with CaptureQueriesContext(connection) as queries:
+        actions.start_api_call(
+            key,
+            model_id="tiny",
+            messages=[{"role": "user", "content": "hi"}],
+            params={},
+            n=1,
+            prompt_tokens=3,
+        )
+    return [q["sql"] for q in queries]
+
+
+async def test_the_log_rows_do_not_write_the_keys_last_use(alice, alpha) -> None:
+    """The key's row is not written in the call's log transaction (written while the slot
+    prefills, committed before the first token goes out): its last use is written at the end."""
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    sql = await queries_of_logging_a_call(plain)
+    assert sql and not [q for q in sql if ApiKey._meta.db_table in q and "UPDATE" in q.upper()]
+
+
+async def test_the_keys_last_use_is_written_when_the_call_ends_before_its_last_bytes(alice, alpha) -> None:
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    key = await http.authenticate(SimpleNamespace(META={"HTTP_AUTHORIZATION": f"Bearer {plain}"}))  # type: ignore[arg-type]
+    messages = await replies_for(alice, alpha, 1)
+    jobs = new_jobs(1)
+    run = runner.start(messages[0].conversation_id, jobs, messages)
+    reply = Reply("chatcmpl-x", "tiny", 3, run, plain_output(1))
+    reply.key_use = http.note_key_use(key, run)
+    stream = reply.stream(include_usage=False)
+    await anext(stream)
+    jobs[0].emit(Delta("Hi", (5,)))
+    await anext(stream)
+    assert (await ApiKey.objects.aget(pk=key.pk)).last_used_at is None  # not on the way
+    jobs[0].emit(finished("stop", "Hi", 1))
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].endswith(b"data: [DONE]\n\n")
+    assert (await ApiKey.objects.aget(pk=key.pk)).last_used_at is not None
+    # Within the minute, the next call of the key has nothing to write: no task at all.
+    again = await http.authenticate(SimpleNamespace(META={"HTTP_AUTHORIZATION": f"Bearer {plain}"}))  # type: ignore[arg-type]
+    assert http.note_key_use(again, run) is None
 
 
 async def test_the_key_comes_with_its_teams_models_and_the_model_check_uses_them(alice, alpha) -> None:
