@@ -92,6 +92,21 @@ def _fast_password_hasher():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_upstream_registry():
+    """The process's upstream connections (upstreams/registry.py) are read from the database
+    again for each test: a test's rows are rolled back, but a pool read while they existed would
+    stay in use for up to 30 s, into the next tests of the worker (/ready then reported an upstream
+    that no longer exists)."""
+    from django.conf import settings
+
+    if settings.configured:
+        from upstreams import registry
+
+        registry.invalidate()
+    yield
+
+
 # --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------
 
 
