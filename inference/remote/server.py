@@ -17,6 +17,8 @@ from inference.remote.messages import ALIVE_INTERVAL, WORKER_CHANNEL
 from inference.remote.receiving import close_receiver, receive_until_closed
 from inference.sampling import SamplingParams
 
+FULL_WAIT = 10.0  # seconds a send waits for room in a web process's full channel before it gives up
+
 
 class Worker:
     """Serves ``scheduler``'s jobs to the web processes on the channel ``layer``."""
@@ -31,6 +33,7 @@ class Worker:
         self.worker_id = uuid.uuid4().hex  # a restarted worker is another worker to the web side
         self.seq = 0  # admissions so far (the alive messages' last_seq)
         self.channel = ""  # this worker's own channel (cancels of its jobs)
+        self.full_waits = 0  # times a send waited for room in a full channel
 
     async def serve(self, drain_timeout: float, stop: asyncio.Event | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain: running jobs may finish for
@@ -171,8 +174,26 @@ class Worker:
             else:
                 message = item
             try:
-                await self.layer.send(channel, message)
-            except Exception as exc:  # a web process that went away, or a full channel
+                await self._send(channel, message)
+            except Exception as exc:  # a web process that went away, or a channel full for long
                 self.stderr_write(f"could not send to {channel}: {type(exc).__name__}")
             finally:
                 self.outbox.task_done()
+
+    async def _send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send, waiting for room while the web process's channel is full (the model can make
+        tokens faster than a busy web process reads them: a dropped event would lose text, or a
+        reply's end), for up to ``FULL_WAIT`` seconds: a web process gone for good never empties
+        its channel, and the other jobs' events wait behind this one."""
+        deadline, pause = time.monotonic() + FULL_WAIT, 0.002
+        while True:
+            try:
+                await self.layer.send(channel, message)
+                return
+            except Exception as exc:
+                # channels' ChannelFull, by name: inference/ does not import channels.
+                if type(exc).__name__ != "ChannelFull" or time.monotonic() >= deadline:
+                    raise
+            self.full_waits += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)

@@ -190,3 +190,37 @@ def test_a_job_event_message_is_the_protocols_own() -> None:
         "type": "started",
         "cached_tokens": 3,
     }
+
+
+@pytest.mark.django_db
+def test_it_waits_for_room_in_a_full_channel_instead_of_dropping_events(
+    tiny, redis_url, prefix, tmp_path
+) -> None:
+    """The tiny model makes its tokens far faster than a web process reads them; with room for one
+    message in a channel (channels_redis' ``capacity``, 100 by default), sends find it full. The
+    sender waits for room: every token reaches the web process, and the reply ends (a dropped
+    event once cost the reply its end: "the inference worker no longer has this job")."""
+    model = ChatModel.load(tiny, cache_dir=tmp_path / "cache", slots=1, threads=1)
+    worker = Worker(model.scheduler, RedisChannelLayer(hosts=[redis_url], prefix=prefix, capacity=1))
+
+    async def scenario():
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(30, stop=stop))
+        client = new_client(redis_url, prefix)
+        [job] = await client.submit_n(ids(tiny, "full"), no_eos(max_tokens=200), 1)
+        tokens: list[int] = []
+        async for event in job.aevents():
+            if isinstance(event, Delta):
+                tokens.extend(event.token_ids)
+        end = await asyncio.to_thread(job.wait, 30)
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        return tokens, end
+
+    try:
+        tokens, end = run(asyncio.wait_for(scenario(), 90))
+    finally:
+        model.close()
+    assert worker.full_waits > 0  # the channel was full
+    assert end is not None and end.reason == "length" and end.usage.completion_tokens == 200
+    assert len(tokens) == 200
