@@ -86,8 +86,18 @@ async def test_it_streams_an_upstream_reply_to_the_page_and_logs_its_model_and_c
         delta = f'id="m-{reply.pk}-body" hx-swap-oob="innerHTML"'
         assert await receive_until(communicator, delta) and await receive_until(watcher, delta)
     # The upstream (chatsite) logged the same reply, asked with the conversation's history.
-    last = upstream.query("SELECT content FROM conversations_message ORDER BY id DESC LIMIT 2")
-    assert last[0][0] == reply.content and last[1][0] == "Hello upstream"
+    # The rows of the upstream's conversation for this call (the upstream serves the module's other
+    # tests too: the newest rows of its whole log need not be this call's).
+    asked = upstream.query(
+        "SELECT conversation_id FROM conversations_message WHERE role = 'user' AND content = ?",
+        "Hello upstream",
+    )
+    assert len(asked) == 1, asked
+    rows = upstream.query(
+        "SELECT role, content FROM conversations_message WHERE conversation_id = ? ORDER BY id",
+        asked[0][0],
+    )
+    assert [tuple(row) for row in rows] == [("user", "Hello upstream"), ("assistant", reply.content)]
     await communicator.disconnect()
     await watcher.disconnect()
 
