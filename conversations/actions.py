@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import secrets
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -40,7 +39,6 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from conversations import queries, sidebar
 from conversations.fragments import message_html
@@ -188,16 +186,22 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     # A key is for one team: it stops with its user's membership, however that was removed.
     if revoked or not user_active or not user_in_team:
         return None
-    if isinstance(last_used_at, str):  # SQLite's text
-        last_used_at = parse_datetime(last_used_at)
-    if last_used_at is not None and timezone.is_naive(last_used_at):
-        last_used_at = timezone.make_aware(last_used_at, UTC)
+    last_used_at = _from_db(ApiKey, "last_used_at", last_used_at)
     key = ApiKey(pk=pk, user_id=user_id, team_id=team_id, name=name, prefix=prefix, last_used_at=last_used_at)
     key._state.adding, key._state.db = False, connection.alias  # as if read by the ORM
-    if isinstance(models, str | bytes):  # the JSON's text (backends that leave it undecoded)
-        models = json.loads(models)
+    models = _from_db(Team._meta.get_field("model_choice").related_model, "models", models)
     key.allowed_models = None if models is None else list(models)
     return key
+
+
+def _from_db(model: Any, field_name: str, value: Any) -> Any:
+    """A raw query's ``value`` of ``model.field_name`` as the ORM would give it: through the
+    backend's and the field's own converters (SQLite's datetime text made aware, a JSON column's
+    text decoded), the same ones Django's compiler applies."""
+    col = model._meta.get_field(field_name).get_col(model._meta.db_table)
+    for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+        value = convert(value, col, connection)
+    return value
 
 
 @functools.cache
