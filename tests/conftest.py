@@ -48,7 +48,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 # Each test module runs whole on one worker, in its order; the modules sharing a session-scoped
 # live server (below) together; the long ones first (tests/xdist_groups.py says how, and why not
 # with xdist_group marks).
-from tests.xdist_groups import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: E402, F401
+from tests.xdist_groups import (  # noqa: E402
+    is_worker,
+    pytest_collection_modifyitems,  # noqa: F401 (a hook)
+    pytest_xdist_make_scheduler,  # noqa: F401 (a hook)
+    run_folder,
+)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -62,12 +67,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     (tryfirst: this wrapper encloses its one), so that the time a test waits for the lock does not
     count against its own timeout: as an autouse fixture it did, and tests waiting behind a slow
     exclusive one timed out in set-up."""
-    if not hasattr(item.config, "workerinput"):  # not the environment: a pytest run by a test inherits it
+    if not is_worker(item.config):  # not the environment: a pytest run by a test inherits it
         yield
         return
     import fcntl
 
-    run = item.config._tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    run = run_folder(item.config)  # shared by the run's workers
     exclusive = item.get_closest_marker("cpu_exclusive") is not None
     with open(run / "cpu.turnstile", "a") as gate, open(run / "cpu.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
