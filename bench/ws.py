@@ -19,7 +19,10 @@ exactly --tokens long.
   thread's CPU time (runner, group send, consumers, websocket writes), sampled at each delta the
   runner publishes (bench/ws_serve.py). Flat means a viewer costs the same at token 1,400 as at
   token 100 (before, each viewer re-rendered the whole answer at every delta). It does not depend
-  on other load on the machine, unlike tok/s.
+  on other load on the machine, unlike tok/s;
+- the same per delta, and the tokens each delta carried: deltas go out on a clock (every 0.1 s),
+  so the CPU per token also rises when decoding slows down (over a longer context, or on a busier
+  machine) while each delta costs the same; the per-delta figures show which it is.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ class Run:
     loop_cpu_ms_per_token_last: float
     loop_cpu_last_vs_first: float
     loop_cpu_ms_per_token: float  # over the whole answer
+    loop_cpu_ms_per_delta_first: float
+    loop_cpu_ms_per_delta_last: float
+    loop_cpu_per_delta_last_vs_first: float
+    tokens_per_delta_first: float
+    tokens_per_delta_last: float
     deltas_per_viewer: list[int]
     wall_s: float
 
@@ -119,8 +127,27 @@ async def watch(server: LiveServer, conversation: int, cookies: list[str], viewe
             await socket.close()
 
 
-def loop_cpu(trace: Path, message_id: int) -> tuple[float, float, float]:
-    """Event-loop CPU ms per token over the first and the last WINDOW tokens, and overall."""
+@dataclass
+class LoopCpu:
+    """The event loop's CPU over the first and the last WINDOW tokens of one answer, per token and
+    per delta (one publish: one render handed out, one group send, each viewer's frame), and the
+    tokens each delta carried there."""
+
+    per_token_first: float
+    per_token_last: float
+    per_token: float  # over the whole answer
+    per_delta_first: float
+    per_delta_last: float
+    tokens_per_delta_first: float
+    tokens_per_delta_last: float
+
+
+def loop_cpu(trace: Path, message_id: int) -> LoopCpu:
+    """Event-loop CPU (ms) per token and per delta over the first and the last WINDOW tokens, and
+    per token overall. Deltas are published on a clock (every 0.1 s), so the CPU per token is the
+    CPU per delta divided by the tokens decoded in 0.1 s: it rises when decoding slows (the
+    attention over a longer context, or a busier machine) even if each delta costs the same. The
+    per-delta figures tell the two apart."""
     rows = []
     for line in trace.read_text().splitlines():
         mid, tokens, cpu, _wall = line.split()
@@ -129,13 +156,23 @@ def loop_cpu(trace: Path, message_id: int) -> tuple[float, float, float]:
     if len(rows) < 3:
         raise RuntimeError(f"only {len(rows)} deltas were traced: make the answer longer (--tokens)")
 
-    def per_token(a: tuple[int, float], b: tuple[int, float]) -> float:
-        return 1000 * (b[1] - a[1]) / max(1, b[0] - a[0])
-
     first, last = rows[0], rows[-1]
-    early = next((r for r in rows if r[0] >= first[0] + WINDOW), last)
-    late = next((r for r in reversed(rows) if r[0] <= last[0] - WINDOW), first)
-    return per_token(first, early), per_token(late, last), per_token(first, last)
+    early = next((i for i, r in enumerate(rows) if r[0] >= first[0] + WINDOW), len(rows) - 1)
+    late = next((i for i in range(len(rows) - 1, -1, -1) if rows[i][0] <= last[0] - WINDOW), 0)
+
+    def window(a: int, b: int) -> tuple[float, float, float]:
+        """ms per token, ms per delta, tokens per delta from row ``a`` to row ``b``."""
+        tokens, deltas, cpu = rows[b][0] - rows[a][0], max(1, b - a), 1000 * (rows[b][1] - rows[a][1])
+        return cpu / max(1, tokens), cpu / deltas, tokens / deltas
+
+    token_first, delta_first, tpd_first = window(0, early)
+    token_last, delta_last, tpd_last = window(late, len(rows) - 1)
+    overall, _, _ = window(0, len(rows) - 1)
+    return LoopCpu(token_first, token_last, overall, delta_first, delta_last, tpd_first, tpd_last)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def main() -> None:
@@ -193,7 +230,7 @@ def main() -> None:
             if row["status"] != "complete":
                 raise RuntimeError(f"the answer ended {row['status']}")
             tps = (row["completion_tokens"] - 1) / (row["duration"] - row["ttft"])
-            first, last, overall = loop_cpu(trace, row["id"])
+            cpu = loop_cpu(trace, row["id"])
             runs.append(
                 Run(
                     viewers=viewers,
@@ -201,10 +238,15 @@ def main() -> None:
                     ws_tps=tps,
                     ratio=tps / raw,
                     tokens=row["completion_tokens"],
-                    loop_cpu_ms_per_token_first=first,
-                    loop_cpu_ms_per_token_last=last,
-                    loop_cpu_last_vs_first=last / first if first else float("nan"),
-                    loop_cpu_ms_per_token=overall,
+                    loop_cpu_ms_per_token_first=cpu.per_token_first,
+                    loop_cpu_ms_per_token_last=cpu.per_token_last,
+                    loop_cpu_last_vs_first=ratio(cpu.per_token_last, cpu.per_token_first),
+                    loop_cpu_ms_per_token=cpu.per_token,
+                    loop_cpu_ms_per_delta_first=cpu.per_delta_first,
+                    loop_cpu_ms_per_delta_last=cpu.per_delta_last,
+                    loop_cpu_per_delta_last_vs_first=ratio(cpu.per_delta_last, cpu.per_delta_first),
+                    tokens_per_delta_first=cpu.tokens_per_delta_first,
+                    tokens_per_delta_last=cpu.tokens_per_delta_last,
                     deltas_per_viewer=deltas,
                     wall_s=wall,
                 )
@@ -229,6 +271,11 @@ def main() -> None:
         f"loop ms/tok first {WINDOW}",
         f"last {WINDOW}",
         "last/first",
+        "ms/delta first",
+        "last",
+        "last/first",
+        "tok/delta first",
+        "last",
     )
     table = [header] + [
         (
@@ -239,6 +286,11 @@ def main() -> None:
             f"{r.loop_cpu_ms_per_token_first:.3f}",
             f"{r.loop_cpu_ms_per_token_last:.3f}",
             f"{r.loop_cpu_last_vs_first:.2f}",
+            f"{r.loop_cpu_ms_per_delta_first:.3f}",
+            f"{r.loop_cpu_ms_per_delta_last:.3f}",
+            f"{r.loop_cpu_per_delta_last_vs_first:.2f}",
+            f"{r.tokens_per_delta_first:.1f}",
+            f"{r.tokens_per_delta_last:.1f}",
         )
         for r in runs
     ]
