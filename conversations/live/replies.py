@@ -259,17 +259,16 @@ async def _generate(
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
-    except Overloaded as exc:
+    except (
+        Overloaded,
+        ContextLengthExceeded,
+    ) as exc:  # (the context can shrink between building and submitting)
         if new_text is not None:
             user_message = await write_first()
-        await _unanswered(
-            user_message, f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
-        )
-        return
-    except ContextLengthExceeded as exc:  # the context shrank between building and submitting
-        if new_text is not None:
-            user_message = await write_first()
-        await _unanswered(user_message, str(exc))
+        reason = str(exc)
+        if isinstance(exc, Overloaded):
+            reason = f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
+        await _unanswered(user_message, reason)
         return
     ttft.mark("admitted")
     record = {
