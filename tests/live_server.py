@@ -204,6 +204,20 @@ class LiveServer:
             with error:
                 return error.code, dict(error.headers), error.read()
 
+    def run_python(self, script: str, *args: str) -> str:
+        """Run ``script`` (Python, with ``args`` as sys.argv[1:]) in this server's environment (its
+        data folder and settings: its database), as the tests' set-up does; returns its output."""
+        done = subprocess.run(
+            [PYTHON, "-c", script, *args],
+            cwd=ROOT,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def log_in(self, username: str, password: str) -> str:
         """The session cookie of ``username``, through the real login form (CSRF token and all)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)

@@ -13,14 +13,15 @@ and the conversation list.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
+from tests.browser import log_in as browser_log_in
 from tests.fixtures_model import default_model_path
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import ROOT, LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.model, pytest.mark.slow]
 
@@ -71,10 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         },
     ).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, done.stderr
+        live.run_python(SETUP)
         yield live
     finally:
         live.stop()
@@ -98,17 +96,7 @@ def alice_chat(browser, server, state):
     return state["page"]
 
 
-def log_in(browser, server: LiveServer, username: str):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(server.url + "/")
-    assert "/accounts/login/" in page.url
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(server.url + "/")
-    return page
+log_in = partial(browser_log_in, password=PASSWORD, timeout_ms=60_000)  # (the real model answers)
 
 
 def open_socket(page) -> None:

@@ -8,12 +8,13 @@ then the deltas)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.browser import log_in as browser_log_in
+from tests.live_server import LiveServer
 from tests.paced_model import paced_env, write_paced_model
 from tests.upstream_servers import FaultServer
 
@@ -73,31 +74,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     env = paced_env(write_paced_model(folder / "model"))
     live = LiveServer(folder / "data", {**env, "CHAT_SLOTS": "1"}).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP, faults.url],
-            cwd=ROOT,
-            env=live._env(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        live.chat = int(done.stdout.split()[-1])
+        live.chat = int(live.run_python(SETUP, faults.url).split()[-1])
         yield live
     finally:
         live.stop()
         faults.kill()
 
 
-def log_in(browser, server: LiveServer, username: str):
-    page = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(server.url + "/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(server.url + "/")
-    return page
+log_in = partial(browser_log_in, password=PASSWORD)
 
 
 def open_chat(page, server: LiveServer) -> None:

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.browser import log_in as browser_log_in
+from tests.live_server import ROOT, LiveServer
 from tests.paced_model import paced_env, write_paced_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 PASSWORD = "a-long-test-password-13"
 SCREENSHOTS = ROOT / ".data" / "screenshots"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # package.json pins it (npm ci installs it)
@@ -68,11 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     env = paced_env(write_paced_model(folder / "model"))
     live = LiveServer(folder / "data", {**env, "CHAT_SLOTS": "1", "CHAT_MAX_TOKENS_CAP": "12"}).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        live.long_chat = int(done.stdout.split()[-1])
+        live.long_chat = int(live.run_python(SETUP).split()[-1])
         # A real call with alice's key: logged as her API conversation.
         body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Logged from a script"}]}
         status, _, answer = live.request("POST", "/v1/chat/completions", body, key="alice")
@@ -82,30 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         live.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `scripts/setup.sh deps dev` (installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def log_in(browser, server: LiveServer, username: str = "alice", **context_options):
-    options = {"viewport": {"width": 1200, "height": 900}, **context_options}
-    context = browser.new_context(**options)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(server.url + "/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(server.url + "/")
-    return page
+log_in = partial(browser_log_in, password=PASSWORD)
 
 
 def new_conversation(page, first: str = "Hi") -> None:

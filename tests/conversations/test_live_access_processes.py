@@ -45,10 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     }
     live = LiveServer(root / "site", env, command=["manage.py", "serve"]).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
+        live.run_python(SETUP)
         yield live
     finally:
         live.stop()

@@ -3,13 +3,12 @@ an expired conversation erases it by itself (a tiny model stands in for the real
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import LiveServer
 from tests.tiny_gguf import write_tiny_llama
 
 PLANT = """
@@ -39,11 +38,7 @@ def test_it_purges_in_the_background_of_manage_py_serve(tmp_path: Path) -> None:
     env = {"CHAT_MODEL_PATH": str(model), "CHAT_THREADS": "1", "CHAT_PURGE_FIRST_DELAY": "0"}
     server = LiveServer(tmp_path / "site", env, command=["manage.py", "serve"])
     server._setup()
-    planted = subprocess.run(
-        [PYTHON, "-c", PLANT], cwd=ROOT, env=server._env(), capture_output=True, text=True
-    )
-    assert planted.returncode == 0, planted.stderr
-    conversation_id = int(planted.stdout.strip().splitlines()[-1])
+    conversation_id = int(server.run_python(PLANT).strip().splitlines()[-1])
     try:
         server.start(setup=False)
         deadline = time.monotonic() + 60

@@ -9,12 +9,11 @@ and the audit trail beside it).
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import ROOT, LiveServer
 from tests.tiny_gguf import write_tiny_llama
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -64,10 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         {"CHAT_MODEL_PATH": str(model), "CHAT_SLOTS": "1", "CHAT_THREADS": "1", "CHAT_MAX_TOKENS_CAP": "8"},
     ).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, done.stderr
+        live.run_python(SETUP)
         # Real API calls through /v1, logged as bob's API conversations.
         for question in ("Name a colour", "Name a fruit"):
             body = {

@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import ROOT, LiveServer
 from tests.tiny_gguf import write_tiny_llama
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 PASSWORD = "a-long-test-password-8"
 SCREENSHOTS = ROOT / ".data" / "screenshots"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
@@ -67,26 +63,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, oidc_provider) -> Iterator[
         },
     ).start()
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, done.stderr
+        live.run_python(SETUP)
         yield live
     finally:
         live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `scripts/setup.sh deps dev` (installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +121,7 @@ actions.add_member(Team.objects.get(name="alpha"), get_user_model().objects.crea
 def dora_in_alpha(server, state) -> None:
     """dora a member of alpha: through her invite in the second test, or added here."""
     if not state.get("dora"):
-        done = subprocess.run(
-            [PYTHON, "-c", ADD_DORA], cwd=ROOT, env=server._env(), capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, done.stderr
+        server.run_python(ADD_DORA)
         state["dora"] = True
 
 
