@@ -19,9 +19,15 @@ run: setup
 # handed out first (tests/xdist_groups.py). TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 
+# Bytecode, and pytest's rewritten test modules, are kept in .data/pycache (ignored by git) even
+# where PYTHONDONTWRITEBYTECODE is set: without a cache every pytest process (the controller, each
+# worker) and every server a test starts compiles the project again, and pytest rewrites the asserts
+# of ~400 modules again: seconds of each worker's start, before its first test.
+TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX="$(CURDIR)/.data/pycache"
+
 ## test: set up (venv, dev requirements, model) and run the whole test suite (TEST_WORKERS processes)
 test: setup-dev
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
+	@$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$status
 

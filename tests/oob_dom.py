@@ -121,13 +121,15 @@ class Page:
         assert found is not None, f"no #{element_id}"
         element = found[0].children[found[1]]
         assert isinstance(element, Element)
-        html = element.html()
-        if unwrap is not None:
-            inner = Page(html)
-            spot = inner.root.find(unwrap)
-            if spot is not None:
-                wrapper = spot[0].children[spot[1]]
-                assert isinstance(wrapper, Element)
-                spot[0].children[spot[1] : spot[1] + 1] = wrapper.children
-            html = inner.root.html()
-        return normal(html)
+        spot = element.find(unwrap) if unwrap is not None else None
+        if spot is None:
+            return normal(element.html())
+        # Written with the wrapper's children in its place, then put back: the page is unchanged.
+        parent, i = spot
+        wrapper = parent.children[i]
+        assert isinstance(wrapper, Element)
+        parent.children[i : i + 1] = wrapper.children
+        try:
+            return normal(element.html())
+        finally:
+            parent.children[i : i + len(wrapper.children)] = [wrapper]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection
@@ -48,6 +49,40 @@ def hold_write_lock():
         holder.close()
 
     return release
+
+
+@contextmanager
+def short_busy_timeout(seconds: float = 1.0):
+    """SQLite: every connection that opens a cursor meanwhile, in whichever thread, waits at most
+    ``seconds`` for a lock (the site's busy timeout, CHAT_DB_BUSY_TIMEOUT, is 5 s), then has its
+    own timeout back: for a test of a write that fails behind ``hold_write_lock``, without waiting
+    the whole production timeout. Elsewhere: nothing."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    create_cursor = DatabaseWrapper.create_cursor
+    shortened: dict[int, tuple[sqlite3.Connection, int]] = {}
+
+    def with_short_timeout(self, name=None):
+        raw = self.connection
+        if id(raw) not in shortened:
+            restore_ms = round(float(self.settings_dict["OPTIONS"].get("timeout", 5)) * 1000)
+            raw.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
+            shortened[id(raw)] = (raw, restore_ms)
+        return create_cursor(self, name)
+
+    DatabaseWrapper.create_cursor = with_short_timeout
+    try:
+        yield
+    finally:
+        DatabaseWrapper.create_cursor = create_cursor
+        for raw, restore_ms in shortened.values():
+            try:
+                raw.execute(f"PRAGMA busy_timeout = {restore_ms}")
+            except sqlite3.ProgrammingError:  # closed meanwhile
+                pass
 
 
 def test_it_is_not_ready_while_another_connection_holds_the_write_lock(runtime) -> None:

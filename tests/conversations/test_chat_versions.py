@@ -13,14 +13,24 @@ from asgiref.sync import sync_to_async
 from conversations import queries
 from conversations.models import Message
 from inference.jobs import Overloaded
-from tests.ws_chat import connect, drain, finish_run, messages_of
+from tests.ws_chat import connect, drain, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+REFRESHED = 'id="messages" hx-swap-oob="innerHTML"'  # the conversation sent whole
 
 
 async def act(communicator, **frame) -> list[str]:
     await communicator.send_to(text_data=json.dumps(frame))
     return await drain(communicator)
+
+
+async def choose(communicator, message_id: int, until: str = REFRESHED) -> list[str]:
+    """Ask for a version: the frames up to the conversation sent whole, the last the action causes
+    (the consumer answers the action, then forwards the refresh its commit queued); for a refused
+    one, up to the error naming ``until``. No wait for a quiet socket, as ``act`` does."""
+    await communicator.send_to(text_data=json.dumps({"action": "version", "message_id": str(message_id)}))
+    return await receive_until(communicator, until)
 
 
 def visible(rows: list[Message]) -> list[int]:
@@ -38,9 +48,9 @@ async def test_regenerate_makes_a_version_and_the_page_browses_back_to_it(alice,
     assert new.version_of_id == old.pk and old.version_of_id is None
     assert "2 / 2" in frames and "version-prev" in frames  # the new answer's pager, in the page
     # Back to version 1: the first answer is shown again, the second hidden; the page gets it whole.
-    frames = "".join(await act(communicator, action="version", message_id=str(old.pk)))
+    frames = "".join(await choose(communicator, old.pk))
     assert visible(await messages_of(chat.pk)) == [question.pk, old.pk]
-    assert 'id="messages" hx-swap-oob="innerHTML"' in frames and "1 / 2" in frames
+    assert REFRESHED in frames and "1 / 2" in frames
     history = await sync_to_async(queries.prompt_messages)(chat)
     assert [m["content"] for m in history] == ["first", old.content]  # the prompt: the chosen branch
     # Regenerating again makes version 3 of the same answer.
@@ -64,16 +74,16 @@ async def test_edit_keeps_the_earlier_branch_and_switching_restores_it_whole(ali
     u2b, a2b = rows[-2:]
     assert u2b.version_of_id == u2.pk and visible(rows) == [u1.pk, a1.pk, u2b.pk, a2b.pk]
     # Version 1 of the second message brings back its whole branch (its answer and the turn after).
-    await act(communicator, action="version", message_id=str(u2.pk))
+    await choose(communicator, u2.pk)
     rows = await messages_of(chat.pk)
     assert visible(rows) == [u1.pk, a1.pk, u2.pk, a2.pk, u3.pk, a3.pk]
     history = await sync_to_async(queries.prompt_messages)(chat)
     assert [m["content"] for m in history if m["role"] == "user"] == ["one", "two", "three"]
     # And back to version 2.
-    await act(communicator, action="version", message_id=str(u2b.pk))
+    await choose(communicator, u2b.pk)
     assert visible(await messages_of(chat.pk)) == [u1.pk, a1.pk, u2b.pk, a2b.pk]
     # A version that is not a sibling of a shown message is refused, and nothing changes.
-    frames = "".join(await act(communicator, action="version", message_id=str(a3.pk)))
+    frames = "".join(await choose(communicator, a3.pk, until="not shown"))
     assert "not shown" in frames
     assert visible(await messages_of(chat.pk)) == [u1.pk, a1.pk, u2b.pk, a2b.pk]
     await communicator.disconnect()

@@ -7,6 +7,8 @@ person's private conversation, and an outsider hears of nothing. The frame carri
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -46,28 +48,28 @@ async def test_an_anonymous_socket_is_refused() -> None:
 
 async def test_the_owner_and_for_shared_conversations_the_team_are_told(alice, bob, charlie, alpha) -> None:
     tab1, tab2, teammate, outsider = [await listen(u) for u in (alice, alice, bob, charlie)]
+
+    async def each_told(*sockets: WebsocketCommunicator) -> list[bool]:
+        """``told`` of each socket, at once: a step waits for its slowest check, not their sum."""
+        return list(await asyncio.gather(*(told(s) for s in sockets)))
+
     conversation = await sync_to_async(actions.create_conversation)(alice, alpha)
-    assert await told(tab1) and await told(tab2)
-    assert not await told(teammate) and not await told(outsider)  # private
+    assert await each_told(tab1, tab2, teammate, outsider) == [True, True, False, False]  # private
 
     await sync_to_async(actions.rename)(conversation, "Budget")
-    assert await told(tab1) and await told(tab2) and not await told(teammate)
+    assert await each_told(tab1, tab2, teammate) == [True, True, False]
 
     await sync_to_async(actions.set_visibility)(conversation, "team")
-    assert await told(tab1) and await told(teammate) and not await told(outsider)
-    await told(tab2)
+    assert (await each_told(tab1, teammate, outsider, tab2))[:3] == [True, True, False]
     await sync_to_async(actions.rename)(conversation, "Budget 2027")
-    assert await told(teammate) and not await told(outsider)
-    await told(tab1)
-    await told(tab2)
+    assert (await each_told(teammate, outsider, tab1, tab2))[:2] == [True, False]
 
     await sync_to_async(actions.set_visibility)(conversation, "private")  # it leaves bob's list
-    assert await told(teammate) and await told(tab1)
-    await told(tab2)
+    assert (await each_told(teammate, tab1, tab2))[:2] == [True, True]
     await sync_to_async(actions.rename)(conversation, "Budget, private")
-    assert not await told(teammate) and await told(tab1)
+    assert await each_told(teammate, tab1) == [False, True]
 
     await sync_to_async(actions.soft_delete)(conversation)
-    assert await told(tab1) and not await told(teammate) and not await told(outsider)
+    assert await each_told(tab1, teammate, outsider) == [True, False, False]
     for communicator in (tab1, tab2, teammate, outsider):
         await communicator.disconnect()

@@ -169,6 +169,7 @@ async def test_a_viewer_gets_bounded_deltas_and_a_late_one_the_whole_answer_firs
         paragraph = f"Paragraph {i:03} of a long answer, with *some* `markup` in it.\n\n"
         text += paragraph
         job.emit(Delta(paragraph, (1,)))
+        expected = whole(text)
         for who, socket in sockets.items():
             if who == "late" and i < 122:
                 continue  # asking for the whole answer (below): nothing reaches its page meanwhile
@@ -176,7 +177,7 @@ async def test_a_viewer_gets_bounded_deltas_and_a_late_one_the_whole_answer_firs
                 pages[who].apply(frame)
                 if who == "first" and open_ in frame:
                     sizes.append(len(frame.encode()))
-            assert pages[who].inner(body, unwrap=open_) == whole(text), (who, i)
+            assert pages[who].inner(body, unwrap=open_) == expected, (who, i)
         if i == 120:
             sockets["late"], pages["late"] = await open_page(bob, chat.pk)  # the saved text, a prefix
         if i == 121:  # the late page got a delta it cannot apply: it asked for the whole answer

@@ -111,7 +111,7 @@ async def test_it_settles_an_upstream_call_with_its_real_usage(site, key, alpha)
 async def test_it_settles_a_streamed_upstream_call_and_sends_the_headers(site, key, alpha) -> None:
     api_key, raw = key
     await set_limits(team=alpha, tokens_per_day=5000)
-    response = await call(raw, model="fault-slow", max_tokens=100, stream=True)
+    response = await call(raw, model="fault-ok", max_tokens=100, stream=True)
     assert response.status_code == 200 and response["x-ratelimit-limit-tokens"] == "5000"
     body = b"".join([part async for part in response.streaming_content])
     assert body.endswith(b"data: [DONE]\n\n")

@@ -18,7 +18,7 @@ from django.test import AsyncClient
 from conversations import actions
 from conversations.models import Conversation, Message
 from tests.chat_runtime import serving
-from tests.chatsite.test_ready_probe import hold_write_lock
+from tests.chatsite.test_ready_probe import hold_write_lock, short_busy_timeout
 from tests.upstream_servers import FaultServer
 from tests.ws_chat import connect, finish_run
 from upstreams import registry
@@ -103,12 +103,14 @@ async def test_a_call_that_fails_before_its_first_token_leaves_nothing(site, raw
 
 
 async def test_a_log_write_that_fails_closes_the_upstream_call_at_once(site, raw_key, faults) -> None:
-    """The write fails (another connection holds the lock past the busy timeout) while the upstream
-    still works on the first token: the call is closed without waiting for it, and answers 503."""
+    """The write fails (another connection holds the lock past the busy timeout, here 1 s) while the
+    upstream still works on the first token: the call is closed without waiting for it, and
+    answers 503."""
     text = "the write fails"
     release = hold_write_lock()
     try:
-        response = await call(raw_key, "fault-hang", text, stream=True)
+        with short_busy_timeout(1.0):
+            response = await call(raw_key, "fault-hang", text, stream=True)
     finally:
         release()
     assert response.status_code == 503, response.content

@@ -9,11 +9,14 @@ import asyncio
 import http.client
 import json
 import time
+from typing import TYPE_CHECKING
 
-import openai
 import pytest
 
 from tests.fixtures_model import default_tokenizer
+
+if TYPE_CHECKING:
+    import openai
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -24,6 +27,8 @@ EOS = "2"  # <|im_end|>: banned where a test needs the full max_tokens
 
 @pytest.fixture(scope="module")
 def client(api_server) -> openai.OpenAI:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     return openai.OpenAI(api_key=api_server.keys["alice"], base_url=f"{api_server.url}/v1", max_retries=0)
 
 
@@ -92,6 +97,8 @@ def test_it_logs_every_call(client, api_server) -> None:
 
 
 def test_it_answers_the_async_client(api_server) -> None:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     async def ask() -> list[str]:
         async with openai.AsyncOpenAI(
             api_key=api_server.keys["bob"], base_url=f"{api_server.url}/v1", max_retries=0
@@ -224,6 +231,8 @@ def test_it_accepts_content_parts_and_metadata(client) -> None:
 
 
 def test_it_lists_and_retrieves_models(client) -> None:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     ids = [m.id for m in client.models.list()]
     assert ids == ["SmolLM2-135M-Instruct.Q4_1", "gpt-3.5-turbo", "gpt-3.5-turbo-0301"]
     assert client.models.retrieve("gpt-3.5-turbo").owned_by == "chatsite"
@@ -232,6 +241,8 @@ def test_it_lists_and_retrieves_models(client) -> None:
 
 
 def test_it_raises_the_sdk_typed_errors(client, api_server) -> None:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     bad_key = openai.OpenAI(api_key="csk-nope", base_url=f"{api_server.url}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
         bad_key.chat.completions.create(model="gpt-3.5-turbo", messages=QUESTION, max_tokens=1)
@@ -270,6 +281,8 @@ def open_stream(api_server, body: dict) -> http.client.HTTPConnection:
 
 
 def test_it_answers_429_when_the_queue_is_full_before_writing_anything(client, api_server) -> None:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     body = {"model": "gpt-3.5-turbo", "messages": STORY, "max_tokens": 400, "logit_bias": {EOS: -100}}
     conn = open_stream(api_server, body)
     try:

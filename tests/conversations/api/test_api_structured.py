@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import jsonschema_rs
-import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from tests.fixtures_model import DEFAULT_MODEL_FILE
+
+if TYPE_CHECKING:
+    import openai
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -49,6 +52,8 @@ class City(BaseModel):
 
 @pytest.fixture(scope="module")
 def client(api_server) -> openai.OpenAI:
+    import openai  # here: collecting this module (make test-fast deselects it) then imports no SDK
+
     return openai.OpenAI(api_key=api_server.keys["alice"], base_url=f"{api_server.url}/v1", max_retries=0)
 
 
