@@ -135,6 +135,9 @@ else:
 # How long a write waits for a lock another connection holds before it fails (and the request
 # answers 503 with Retry-After, conversations/faults.py): SQLite's busy timeout, PostgreSQL's lock_timeout.
 CHAT_DB_BUSY_TIMEOUT = env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1)
+# A reply's final state that could not be written (the client was told) is tried again every this
+# many seconds, in the background, until the database can be written (conversations/live/saving.py).
+CHAT_SAVE_RETRY_INTERVAL = env_int("CHAT_SAVE_RETRY_INTERVAL", 5, minimum=1)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN, so a
     # transaction waits (up to `timeout` seconds) instead of failing half-way with "locked".
