@@ -263,6 +263,29 @@ class LiveServer:
             self.log.close()
 
 
+def start_with_script(server: LiveServer, code: str) -> LiveServer:
+    """Set up the server's data folder, then start it while ``code`` (a Python script that sets up
+    Django itself, on the server's database: a test module's users and conversations) runs beside
+    its start-up: two Python start-ups at once, not one after the other."""
+    server._setup()
+    script = subprocess.Popen(
+        [PYTHON, "-c", code],
+        cwd=ROOT,
+        env=server._env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.start(setup=False)
+    finally:
+        out, err = script.communicate(timeout=120)
+    if script.returncode != 0:
+        server.stop()
+        raise AssertionError(f"the set-up script failed:\n{out}\n{err}")
+    return server
+
+
 def run_setup(env: dict[str, str]) -> dict[str, str]:
     """Migrate the database of ``env``, make the users, teams and keys (SETUP); the keys."""
     out = subprocess.run(
