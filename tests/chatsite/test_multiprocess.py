@@ -50,8 +50,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[t
     worker = start_worker(model, redis_url, prefix, root / "worker", CHAT_SLOTS="1", **paced)
     a = b = None
     try:
-        a = start_with_script(LiveServer(root / "site", env), SETUP)
-        b = LiveServer(root / "site", env, keys=a.keys).start(setup=False)  # the same database
+        a = LiveServer(root / "site", env)
+        b = LiveServer(root / "site", env)  # the same database (and keys)
+        start_with_script(a, SETUP, b)
         yield a, b
     finally:
         for server in (a, b):
