@@ -58,7 +58,7 @@ def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
             await first_delta(theirs)
             lost.cancel()  # a Stop on x's old reply must not reach y's new one
             # The old worker has now been silent for longer than this: x gives its old reply up at
-            # its watchdog's next look, while the new worker still talks to x about its new one.
+            # its watchdog's next look, whatever the new worker has sent x meanwhile.
             monkeypatch.setattr(worker_module, "WORKER_SILENCE", 1.0)
             ends = await asyncio.gather(*(asyncio.to_thread(j.wait, 60) for j in (lost, theirs, mine)))
             return ends
