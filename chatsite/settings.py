@@ -135,6 +135,9 @@ else:
 # How long a write waits for a lock another connection holds before it fails (and the request
 # answers 503 with Retry-After, conversations/faults.py): SQLite's busy timeout, PostgreSQL's lock_timeout.
 CHAT_DB_BUSY_TIMEOUT = env_int("CHAT_DB_BUSY_TIMEOUT", 5, minimum=1)
+# A reply's final state that could not be written (the client was told) is tried again every this
+# many seconds, in the background, until the database can be written (conversations/live/saving.py).
+CHAT_SAVE_RETRY_INTERVAL = env_int("CHAT_SAVE_RETRY_INTERVAL", 5, minimum=1)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN, so a
     # transaction waits (up to `timeout` seconds) instead of failing half-way with "locked".
@@ -241,6 +244,9 @@ CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # The inference worker has no web server: with a port here it serves its own /metrics (queue depth,
 # running generations, slots, model ready) on 127.0.0.1 at that port. 0: off.
 CHAT_WORKER_METRICS_PORT = env_int("CHAT_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+# Seconds an inference worker's Redis lock (one worker per CHAT_CHANNEL_PREFIX, inference/remote/
+# lock.py) outlives a worker killed with -9: a worker started after it waits this long for the lock.
+CHAT_WORKER_LOCK_TTL = env_int("CHAT_WORKER_LOCK_TTL", 10, minimum=1)
 # The largest websocket message Daphne accepts (bytes); larger frames close the connection.
 CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
 

@@ -277,6 +277,48 @@ class LiveServer:
             self.log.close()
 
 
+def start_together(*servers: LiveServer) -> None:
+    """Start servers whose data folder is set up (``_setup``: the first's, when they share one)
+    at once, each waited for in a thread of its own: their start-ups overlap. The caller stops
+    them, even when one did not start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for started in [pool.submit(server.start, setup=False) for server in servers]:
+            started.result()
+
+
+def start_with_script(server: LiveServer, code: str, *others: LiveServer) -> LiveServer:
+    """Set up the server's data folder, then start it (and ``others``, on the same database and
+    given its keys) while ``code`` (a Python script that sets up Django itself, on the server's
+    database: a test module's users and conversations) runs beside the start-ups: Python start-ups
+    at once, not one after the other."""
+    server._setup()
+    for other in others:
+        other.keys = server.keys
+    script = subprocess.Popen(
+        [PYTHON, "-c", code],
+        cwd=ROOT,
+        env=server._env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        start_together(server, *others)
+    except BaseException:
+        for each in (server, *others):
+            each.stop()
+        raise
+    finally:
+        out, err = script.communicate(timeout=120)
+    if script.returncode != 0:
+        for each in (server, *others):
+            each.stop()
+        raise AssertionError(f"the set-up script failed:\n{out}\n{err}")
+    return server
+
+
 def run_setup(env: dict[str, str]) -> dict[str, str]:
     """Migrate the database of ``env``, make the users, teams and keys (SETUP); the keys."""
     out = subprocess.run(

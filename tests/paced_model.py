@@ -19,7 +19,8 @@ def write_paced_model(folder: Path) -> Path:
     return write_tiny_llama(folder / "tiny-paced.gguf", context_length=4096)
 
 
-def paced_env(model: Path) -> dict[str, str]:
-    """The settings of a server or worker process that serves ``model`` at the test pace. One
-    thread: the tiny model needs no more, and ggml's threads spin when the cores are busy."""
-    return {"CHAT_MODEL_PATH": str(model), "CHAT_TEST_ENGINE": f"paced:{PACE_MS}", "CHAT_THREADS": "1"}
+def paced_env(model: Path, pace_ms: int = PACE_MS) -> dict[str, str]:
+    """The settings of a server or worker process that serves ``model`` at the test pace (or
+    ``pace_ms``). One thread: the tiny model needs no more, and ggml's threads spin when the cores
+    are busy."""
+    return {"CHAT_MODEL_PATH": str(model), "CHAT_TEST_ENGINE": f"paced:{pace_ms}", "CHAT_THREADS": "1"}

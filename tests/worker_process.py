@@ -19,6 +19,9 @@ from inference.sampling import SamplingParams
 from inference.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+# Seconds a killed worker's lock outlives it (10 in production): a worker started after one was
+# killed waits this long; long enough that a live worker's refresh (every third) is never late.
+WORKER_LOCK_TTL = "3"
 
 
 def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) -> subprocess.Popen:
@@ -30,6 +33,7 @@ def start_worker(tiny: Path, url: str, prefix: str, tmp_path: Path, **env: str) 
             "CHAT_MODEL_PATH": str(tiny),
             "CHAT_DATA_DIR": str(tmp_path),
             "CHAT_THREADS": "1",  # the tiny model needs no more; see tests/live_server.py
+            "CHAT_WORKER_LOCK_TTL": WORKER_LOCK_TTL,
             **env,
         }
     )

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from conversations import actions
 from conversations.faults import is_database_unavailable
@@ -23,7 +24,8 @@ from conversations.faults import is_database_unavailable
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # seconds between the attempts made while the client waits
-LATER_INTERVAL = 5.0  # then, in the background, an attempt every LATER_INTERVAL seconds
+# Then, in the background, an attempt every LATER_INTERVAL seconds (CHAT_SAVE_RETRY_INTERVAL, 5).
+LATER_INTERVAL = float(settings.CHAT_SAVE_RETRY_INTERVAL)
 LATER_FOR = 600.0  # for this long; after that the stale sweep marks the row interrupted
 
 _later: set[asyncio.Task] = set()

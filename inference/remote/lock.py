@@ -1,11 +1,11 @@
 """One inference worker per channel prefix: a Redis key with a time to live, which the worker
-holds while it runs and refreshes every ``LOCK_TTL / 3`` seconds.
+holds while it runs and refreshes every third of its time to live.
 
 Two workers reading one submit channel would each take submits, and channels_redis hands a message
 that one reader has taken but not finished to the other again, so a submit could run twice. A
-second ``inferenceworker`` on the same ``CHAT_CHANNEL_PREFIX`` therefore waits up to ``LOCK_TTL``
-seconds for the key (a worker killed with -9 stops refreshing it, and it expires), then refuses to
-start.
+second ``inferenceworker`` on the same ``CHAT_CHANNEL_PREFIX`` therefore waits up to the time to
+live (``CHAT_WORKER_LOCK_TTL``, ``LOCK_TTL`` by default) for the key (a worker killed with -9 stops
+refreshing it, and it expires), then refuses to start.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from tests.paced_model import paced_env, write_paced_model
 from tests.raw_ws import RawSocket
 from tests.tiny_gguf import write_tiny_llama
 
-BUSY_TIMEOUT = 3  # CHAT_DB_BUSY_TIMEOUT of the servers here
+BUSY_TIMEOUT = 1  # CHAT_DB_BUSY_TIMEOUT of the servers here (5 by default): the 503s wait it out
 
 SESSION = """
 import json, django
@@ -242,6 +242,7 @@ def test_it_tells_the_client_and_saves_the_reply_later_when_the_disk_is_full(
             **paced_env(write_paced_model(tmp_path / "model")),  # A's reply runs for 40 s
             "CHAT_SLOTS": "1",
             "CHAT_QUEUE_MAX": "1",
+            "CHAT_SAVE_RETRY_INTERVAL": "1",  # the wait for the late save, once the disk has room
         },
         db_dir=small_disk,
     ).start()

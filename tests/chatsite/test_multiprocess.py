@@ -7,7 +7,6 @@ what this checks; tests/inference/test_worker.py serves two web processes from t
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from tests.conversations.test_chat_browser import (
     start_conversation,
     wait_last_answer,
 )
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import LiveServer, start_with_script
 from tests.paced_model import paced_env, write_paced_model
 from tests.worker_process import start_worker, stop_worker
 
@@ -44,13 +43,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[t
         "CHAT_SLOTS": "1",
         "CHAT_MODEL_PATH": str(model),  # the web processes read its tokenizer and chat template
     }
-    worker = start_worker(model, redis_url, prefix, root / "worker", CHAT_SLOTS="1", **paced_env(model))
+    # Faster than the other tests' pace: the first reply runs to the tiny model's end of text (often
+    # a few hundred tokens) and the test waits for it; the long one (2000 tokens, 16 s) is stopped as
+    # soon as it grows.
+    paced = paced_env(model, pace_ms=8)
+    worker = start_worker(model, redis_url, prefix, root / "worker", CHAT_SLOTS="1", **paced)
     a = b = None
     try:
-        a = LiveServer(root / "site", env).start()
-        done = subprocess.run([PYTHON, "-c", SETUP], cwd=ROOT, env=a._env(), capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        b = LiveServer(root / "site", env, keys=a.keys).start(setup=False)  # the same database
+        a = LiveServer(root / "site", env)
+        b = LiveServer(root / "site", env)  # the same database (and keys)
+        start_with_script(a, SETUP, b)
         yield a, b
     finally:
         for server in (a, b):

@@ -113,18 +113,25 @@ from pathlib import Path
 import pytest
 pytestmark = pytest.mark.slow  # handed out first
 
+def someone_waits_for(lock: Path) -> bool:
+    # A blocked flock request on the file: a "->" line of /proc/locks with its inode.
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line for line in open("/proc/locks"))
+
 @pytest.mark.cpu_exclusive
 @pytest.mark.timeout(120)
 def test_holds_the_cores(tmp_path_factory):
     # Either the other worker's tests began first (then this test took the lock between two of
-    # them), or this one holds the lock and they wait for it from their first: no file comes then,
-    # and the wait below only makes the exclusive test longer. Both ways they wait longer than
-    # their own timeout.
-    started = tmp_path_factory.getbasetemp().parent / "shared-started"
-    deadline = time.monotonic() + 5
-    while not started.exists() and time.monotonic() < deadline:
+    # them, and the file is there), or this one holds the lock and they wait for it from their
+    # first: wait until the other worker does wait for the lock. Both ways they then wait longer
+    # than their own timeout.
+    run = tmp_path_factory.getbasetemp().parent
+    started = run / "shared-started"
+    deadline = time.monotonic() + 60
+    while not (started.exists() or someone_waits_for(run / "cpu.lock")):
+        assert time.monotonic() < deadline, "the other worker neither ran a test nor waited"
         time.sleep(0.05)
-    time.sleep(6)  # a slow exclusive test: longer than the others' timeout
+    time.sleep(4)  # a slow exclusive test: they wait longer than their timeout (3 s)
 """
 
 WAITING = """

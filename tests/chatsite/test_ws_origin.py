@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import subprocess
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from chatsite.asgi import application
 from conversations import actions
 from tests.conversations.test_chat_browser import PASSWORD, SETUP
-from tests.live_server import PYTHON, ROOT, LiveServer
+from tests.live_server import LiveServer, start_with_script
 from tests.tiny_gguf import write_tiny_llama
 from tests.ws_chat import cookie_for
 
@@ -124,12 +123,9 @@ async def test_it_accepts_the_csrf_trusted_origins(alice, chat, settings) -> Non
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ws-origin")
     tiny = write_tiny_llama(root / "tiny.gguf")
-    live = LiveServer(root / "site", {"CHAT_MODEL_PATH": str(tiny)}, command=["manage.py", "serve"]).start()
+    live = LiveServer(root / "site", {"CHAT_MODEL_PATH": str(tiny)}, command=["manage.py", "serve"])
+    start_with_script(live, SETUP)
     try:
-        done = subprocess.run(
-            [PYTHON, "-c", SETUP], cwd=ROOT, env=live._env(), capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
         yield live
     finally:
         live.stop()

@@ -122,14 +122,16 @@ def rss_mb(pid: int) -> float:
 def test_it_serves_two_web_processes_from_one_worker(redis_url, prefix, tmp_path) -> None:
     """Two Daphne processes on one database and Redis, the real model in the worker only."""
     from tests.fixtures_model import default_model_path
-    from tests.live_server import LiveServer
+    from tests.live_server import LiveServer, start_together
 
     env = {"REDIS_URL": redis_url, "CHAT_CHANNEL_PREFIX": prefix, "CHAT_INFERENCE_WORKER": "1"}
     worker = start_worker(default_model_path(), redis_url, prefix, tmp_path / "worker", CHAT_SLOTS="2")
     a = b = None
     try:
-        a = LiveServer(tmp_path / "site", env).start()
-        b = LiveServer(tmp_path / "site", env, keys=a.keys).start(setup=False)  # same database
+        a = LiveServer(tmp_path / "site", env)
+        a._setup()
+        b = LiveServer(tmp_path / "site", env, keys=a.keys)  # same database
+        start_together(a, b)
         body = {"model": "gpt-3.5-turbo", "max_tokens": 8, "temperature": 0}
 
         def ask(server: LiveServer, text: str) -> dict:

@@ -35,7 +35,8 @@ async def first_delta(job) -> None:
 def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
     tiny, redis_url, prefix, tmp_path, monkeypatch
 ) -> None:
-    # Long enough for x to still wait for its old reply when the new worker runs y's.
+    # Long enough for x to still wait for its old reply when the new worker runs y's (shortened
+    # below once it does).
     monkeypatch.setattr(worker_module, "WORKER_SILENCE", 30.0)
     old = start_worker(tiny, redis_url, prefix, tmp_path / "old", CHAT_SLOTS="1")
     new = None
@@ -56,6 +57,9 @@ def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
             [mine] = await x.submit_n(ids(tiny, "third"), no_eos(max_tokens=480), 1)
             await first_delta(theirs)
             lost.cancel()  # a Stop on x's old reply must not reach y's new one
+            # The old worker has now been silent for longer than this: x gives its old reply up at
+            # its watchdog's next look, whatever the new worker has sent x meanwhile.
+            monkeypatch.setattr(worker_module, "WORKER_SILENCE", 1.0)
             ends = await asyncio.gather(*(asyncio.to_thread(j.wait, 60) for j in (lost, theirs, mine)))
             return ends
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inference.remote.lock import WorkerAlreadyRunning, WorkerLock
-from tests.worker_process import ROOT, start_worker, stop_worker
+from tests.worker_process import ROOT, WORKER_LOCK_TTL, start_worker, stop_worker
 
 
 @pytest.mark.slow  # worker processes
@@ -26,6 +26,7 @@ def test_it_refuses_a_second_worker_on_the_same_prefix(tiny, redis_url, prefix, 
             CHAT_MODEL_PATH=str(tiny),
             CHAT_DATA_DIR=str(tmp_path / "second"),
             CHAT_THREADS="1",
+            CHAT_WORKER_LOCK_TTL=WORKER_LOCK_TTL,  # the wait for the first one's lock
         )
         Path(env["CHAT_DATA_DIR"]).mkdir()
         second = subprocess.Popen(

@@ -32,7 +32,8 @@ class Command(BaseCommand):
             raise CommandError("REDIS_URL is not set: the worker serves other processes through Redis")
         # One worker per channel prefix, checked before the model loads (see inference/remote/lock.py).
         prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
-        lock = WorkerLock(settings.REDIS_URL, prefix, f"{socket.gethostname()}:{os.getpid()}")
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        lock = WorkerLock(settings.REDIS_URL, prefix, owner, ttl=settings.CHAT_WORKER_LOCK_TTL)
         try:
             lock.acquire()
         except WorkerAlreadyRunning as exc:
