@@ -169,12 +169,14 @@ class Job:
             self._on_cancel(self)
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
-        """Call ``listener`` for every event, past ones first. It runs in the producer's thread."""
+        """Call ``listener`` for every event, in order: the past ones now, the next ones in the
+        producer's thread. The past ones are replayed under the job's lock, so that an event the
+        producer emits meanwhile waits for them (replayed outside it, a new event could reach the
+        listener between two past ones: a stream then sent the text's pieces out of order)."""
         with self._lock:
-            past = list(self._history)
             self._listeners.append(listener)
-        for event in past:
-            listener(event)
+            for event in self._history:
+                listener(event)
 
     def unsubscribe(self, listener: Callable[[Event], None]) -> None:
         with self._lock:
