@@ -23,7 +23,13 @@ TEST_WORKERS ?= 2
 # where PYTHONDONTWRITEBYTECODE is set: without a cache every pytest process (the controller, each
 # worker) and every server a test starts compiles the project again, and pytest rewrites the asserts
 # of ~400 modules again: seconds of each worker's start, before its first test.
-TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX="$(CURDIR)/.data/pycache"
+#
+# On PostgreSQL each test process's pool may hold 30 connections (the site's default is 10): Django's
+# test clients leave a request's connection open (they disconnect close_old_connections from
+# request_finished, to keep the test's own), and an async request runs its sync parts in a thread
+# of its own that then ends, so its pooled connection is never given back. Over a whole run one
+# test process lost ~9 that way, and the 10 ran out late in the run (tests waited 20 s for one).
+TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX="$(CURDIR)/.data/pycache" CHAT_DB_POOL_SIZE=30
 
 ## test: set up (venv, dev requirements, model) and run the whole test suite (TEST_WORKERS processes)
 test: setup-dev

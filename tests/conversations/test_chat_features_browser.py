@@ -31,8 +31,12 @@ PASSWORD = "a-long-test-password-13"
 SCREENSHOTS = ROOT / ".data" / "screenshots"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # package.json pins it (npm ci installs it)
 
+# With a quote: axe checks one on every run, not only when the tiny model happens to write a line
+# starting with ">" (once, in a full run, such a quote failed axe's color-contrast: its text was the
+# muted grey; it has the body's colour now. Not reproduced with this fixed quote either way).
 ANSWER_MD = (
-    "Here is how:\n\n```python\nprint('a fairly long line of code to copy, on a phone too')\n```\n\n**Done.**"
+    "Here is how:\n\n```python\nprint('a fairly long line of code to copy, on a phone too')\n```\n\n"
+    "> Quoted from the manual.\n\n**Done.**"
 )
 
 # Run in the server's environment after its own set-up (alice, bob in team alpha; API keys).
