@@ -32,7 +32,7 @@ from tests.conversations.test_chat_browser import (
     set_max_tokens,
     wait_last_answer,
 )
-from tests.live_server import PYTHON, ROOT, LiveServer, start_with_script
+from tests.live_server import LiveServer, start_with_script
 from tests.paced_model import paced_env, write_paced_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -46,16 +46,7 @@ User.objects.create_superuser("root", password={PASSWORD!r})
 
 def django(server: LiveServer, code: str) -> str:
     """Run ``code`` in a Django process on the server's database; its stdout."""
-    done = subprocess.run(
-        [PYTHON, "-c", "import django\ndjango.setup()\n" + code],
-        cwd=ROOT,
-        env=server._env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return server.run_python("import django\ndjango.setup()\n" + code)
 
 
 @pytest.fixture(scope="module")
