@@ -207,16 +207,21 @@ class LiveServer:
     def run_python(self, script: str, *args: str) -> str:
         """Run ``script`` (Python, with ``args`` as sys.argv[1:]) in this server's environment (its
         data folder and settings: its database), as the tests' set-up does; returns its output."""
-        done = subprocess.run(
+        process = self.python(script, *args)
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        return out
+
+    def python(self, script: str, *args: str) -> subprocess.Popen:
+        """``script`` started in this server's environment (``run_python`` waits for it)."""
+        return subprocess.Popen(
             [PYTHON, "-c", script, *args],
             cwd=ROOT,
             env=self._env(),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
         )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
     def log_in(self, username: str, password: str) -> str:
         """The session cookie of ``username``, through the real login form (CSRF token and all)."""
@@ -296,26 +301,18 @@ def start_with_script(server: LiveServer, code: str, *others: LiveServer) -> Liv
     server._setup()
     for other in others:
         other.keys = server.keys
-    script = subprocess.Popen(
-        [PYTHON, "-c", code],
-        cwd=ROOT,
-        env=server._env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    script = server.python(code)
     try:
-        start_together(server, *others)
+        try:
+            start_together(server, *others)
+        finally:
+            out, err = script.communicate(timeout=120)
+        if script.returncode != 0:
+            raise AssertionError(f"the set-up script failed:\n{out}\n{err}")
     except BaseException:
         for each in (server, *others):
             each.stop()
         raise
-    finally:
-        out, err = script.communicate(timeout=120)
-    if script.returncode != 0:
-        for each in (server, *others):
-            each.stop()
-        raise AssertionError(f"the set-up script failed:\n{out}\n{err}")
     return server
 
 

@@ -259,10 +259,7 @@ async def _generate(
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
         job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
-    except (
-        Overloaded,
-        ContextLengthExceeded,
-    ) as exc:  # (the context can shrink between building and submitting)
+    except (Overloaded, ContextLengthExceeded) as exc:  # (the context can shrink after reading it)
         if new_text is not None:
             user_message = await write_first()
         reason = str(exc)
