@@ -20,9 +20,11 @@ exactly --tokens long.
   runner publishes (bench/ws_serve.py). Flat means a viewer costs the same at token 1,400 as at
   token 100 (before, each viewer re-rendered the whole answer at every delta). It does not depend
   on other load on the machine, unlike tok/s;
-- the same per delta, and the tokens each delta carried: deltas go out on a clock (every 0.1 s),
-  so the CPU per token also rises when decoding slows down (over a longer context, or on a busier
-  machine) while each delta costs the same; the per-delta figures show which it is.
+- the same per delta, and the tokens each delta carried: a delta costs about the same whatever it
+  carries, so the runner holds each one for a few tokens (conversations/live/runner.py
+  ``publish_wait``: at most 10 a second, 8 pieces each, or whatever came in 0.25 s); with deltas on
+  a clock alone the CPU per token rose whenever decoding slowed (a longer context, a busier
+  machine) while each delta cost the same. The per-delta figures show which it is.
 """
 
 from __future__ import annotations
@@ -144,10 +146,9 @@ class LoopCpu:
 
 def loop_cpu(trace: Path, message_id: int) -> LoopCpu:
     """Event-loop CPU (ms) per token and per delta over the first and the last WINDOW tokens, and
-    per token overall. Deltas are published on a clock (every 0.1 s), so the CPU per token is the
-    CPU per delta divided by the tokens decoded in 0.1 s: it rises when decoding slows (the
-    attention over a longer context, or a busier machine) even if each delta costs the same. The
-    per-delta figures tell the two apart."""
+    per token overall. The CPU per token is the CPU per delta divided by the tokens a delta carries
+    (``runner.publish_wait``: 8 unless decoding is slower than ~32 tokens a second). The per-delta
+    figures tell the two apart."""
     rows = []
     for line in trace.read_text().splitlines():
         mid, tokens, cpu, _wall = line.split()

@@ -250,9 +250,10 @@ class EventPump:
 
     The event loop is not woken for every token: a ``Delta`` wakes a waiting ``wait`` only while
     the pump is armed (it is at first, and again after each ``arm()``); the first such wake disarms
-    it. Every other event (Queued, Started, Finished: rare) always wakes it. A consumer that
-    batches text (the chat's publish, /v1's flush) re-arms when it has taken the batch; a wake per
-    token would take CPU from the model at every step.
+    it. ``arm(after=k)`` arms it for the k-th Delta from then on instead (a consumer that wants k
+    more pieces before it acts). Every other event (Queued, Started, Finished: rare) always wakes
+    it. A consumer that batches text (the chat's publish, /v1's flush) re-arms when it has taken the
+    batch; a wake per token would take CPU from the model at every step.
 
     Use as a context manager (subscribe on entry, unsubscribe on exit), from the event loop's
     thread.
@@ -262,7 +263,7 @@ class EventPump:
         self.jobs = list(jobs)
         self._pending: deque[tuple[int, Event]] = deque()
         self._ready = asyncio.Event()
-        self._armed = True
+        self._wake_after = 1  # the Delta (counted from the last arm) that wakes the consumer; 0: none
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[tuple[Job, Callable[[Event], None]]] = []
 
@@ -273,9 +274,11 @@ class EventPump:
             def listener(event: Event, index: int = index) -> None:
                 self._pending.append((index, event))
                 if isinstance(event, Delta):
-                    if not self._armed:
+                    if self._wake_after <= 0:
                         return
-                    self._armed = False
+                    self._wake_after -= 1
+                    if self._wake_after:
+                        return
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._ready.set)
 
@@ -288,9 +291,9 @@ class EventPump:
             job.unsubscribe(listener)
         self._listeners.clear()
 
-    def arm(self) -> None:
-        """Let the next Delta wake the consumer."""
-        self._armed = True
+    def arm(self, after: int = 1) -> None:
+        """Let the ``after``-th Delta from now on (the next one by default) wake the consumer."""
+        self._wake_after = max(1, after)
 
     @property
     def pending(self) -> bool:

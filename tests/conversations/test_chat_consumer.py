@@ -317,6 +317,7 @@ async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewer
     chat.temperature, chat.max_tokens = 0, 60
     await chat.asave(update_fields=["temperature", "max_tokens"])
     monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta at every wake: many of them
+    monkeypatch.setattr(runner, "PUBLISH_PIECES", 1)
     adds: list[str] = []
     step = StreamRender.step
 

@@ -187,3 +187,64 @@ async def test_checkpoints_save_only_what_reached_the_client(alice, alpha, monke
     job.emit(Finished("length", Usage(2, 4), timings, "Once upon a time", (1, 2, 3, 4)))
     await run.wait()
     assert (await reload(reply)).content == "Once upon a time"  # the end: the whole reply
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_deltas_wait_for_a_few_pieces_so_a_slow_reply_costs_no_more_per_token(
+    alice, alpha, monkeypatch
+) -> None:
+    """Fed a piece at a time, slower than PUBLISH_INTERVAL (a slow model), the runner sends the first
+    piece at once, then holds each delta until it carries PUBLISH_PIECES pieces (up to
+    PUBLISH_MAX_WAIT): a delta costs the page's viewers the same whatever it carries, so a slower
+    reply does not cost more per token. A delta with fewer pieces goes out after PUBLISH_MAX_WAIT."""
+    import asyncio
+
+    from inference.jobs import Delta, Finished, Job, Started, Timings, Usage
+
+    monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.02)
+    layer = get_channel_layer()
+
+    async def reply_with_job() -> tuple[Message, Job, runner.Run, str]:
+        reply = await new_reply(alice, alpha)
+        channel = await layer.new_channel()
+        await layer.group_add(actions.group_name(reply.conversation_id), channel)
+        job = Job([1, 2], SamplingParams(max_tokens=100), "t", 100)
+        run = runner.start(reply.conversation_id, [job], [reply])
+        job.emit(Started(cached_tokens=0))
+        return reply, job, run, channel
+
+    async def next_delta(channel: str) -> str:
+        while (event := await asyncio.wait_for(layer.receive(channel), 30))["type"] != "chat.delta":
+            pass
+        return event["text"]
+
+    async def finish(reply: Message, job: Job, run: runner.Run, text: str) -> None:
+        timings = Timings(0.0, 0.01, 0.01, 0.5, 0, 2, None)
+        job.emit(Finished("length", Usage(2, len(text)), timings, text, None))
+        await run.wait()
+        assert (await reload(reply)).content == text
+
+    monkeypatch.setattr(runner, "PUBLISH_MAX_WAIT", 600.0)  # not in this part
+    reply, job, run, channel = await reply_with_job()
+    job.emit(Delta("a", (1,)))
+    assert await next_delta(channel) == "a"  # the first piece at once
+    pieces = "bcdefghijklmnopqrstuvwxyzABCDEFG"  # 32: four full deltas
+    for piece in pieces:
+        job.emit(Delta(piece, (1,)))
+        await asyncio.sleep(runner.PUBLISH_INTERVAL * 1.5)  # the pace of a slow model
+    texts: list[str] = []
+    while len("".join(texts)) < len(pieces):
+        texts.append(await next_delta(channel))
+    assert "".join(texts) == pieces
+    assert all(len(text) >= runner.PUBLISH_PIECES for text in texts), texts  # a clock alone: 1 each
+    await finish(reply, job, run, "a" + pieces)
+
+    monkeypatch.setattr(runner, "PUBLISH_MAX_WAIT", 0.05)
+    reply, job, run, channel = await reply_with_job()
+    job.emit(Delta("a", (1,)))
+    assert await next_delta(channel) == "a"
+    for piece in "bcd":  # fewer than PUBLISH_PIECES, and no more come: out after PUBLISH_MAX_WAIT
+        job.emit(Delta(piece, (1,)))
+    assert await next_delta(channel) == "bcd"
+    await finish(reply, job, run, "abcd")

@@ -154,6 +154,7 @@ async def test_a_viewer_gets_bounded_deltas_and_a_late_one_the_whole_answer_firs
     the last (before, each delta sent the whole answer), and a viewer who connects at paragraph 120
     is sent the whole answer so far, then the deltas; both pages equal the whole render throughout."""
     monkeypatch.setattr(runner, "PUBLISH_INTERVAL", 0.0)  # a delta per paragraph
+    monkeypatch.setattr(runner, "PUBLISH_PIECES", 1)
     first, first_page = await open_page(alice, chat.pk)
     (reply,) = await sync_to_async(actions.start_assistant_messages)(chat, 1, params={}, prompt_tokens=1)
     for frame in await frames_until(first, f'id="m-{reply.pk}"'):  # the new (empty) answer

@@ -40,3 +40,36 @@ def test_an_event_emitted_while_a_listener_subscribes_comes_after_the_past_ones(
     job.subscribe(listener)
     producer[0].join(10)
     assert seen == ["a", "b", "c", "d"]
+
+
+def test_a_pump_armed_after_k_is_woken_by_the_kth_delta_and_not_before() -> None:
+    """``EventPump.arm(after=k)``: the consumer (the chat's runner, waiting for a delta's worth of
+    text) is woken by the k-th Delta from then on, not by each one; other events wake it always."""
+    import asyncio
+
+    from inference.jobs import EventPump, Queued
+
+    async def main() -> list[tuple[str, bool]]:
+        job = Job([1, 2, 3], SamplingParams(), "user", 16)
+        woken: list[tuple[str, bool]] = []
+        with EventPump([job]) as pump:
+            job.emit(Delta("first", ()))  # armed at first: wakes
+            woken.append(("first", await pump.wait(timeout=5)))
+            pump.take()
+            pump.arm(after=3)
+            waiter = asyncio.create_task(pump.wait(timeout=30))
+            await asyncio.sleep(0)  # the waiter is waiting, nothing pending
+            for text in ("x", "y"):
+                job.emit(Delta(text, ()))
+                await asyncio.sleep(0)  # a wake-up it sent has run before this returns
+                woken.append((text, pump._ready.is_set()))
+            job.emit(Delta("z", ()))
+            woken.append(("z", await waiter))
+            pump.take()
+            waiter = asyncio.create_task(pump.wait(timeout=30))
+            await asyncio.sleep(0)
+            job.emit(Queued(n_ahead=1))  # not a Delta: wakes although disarmed
+            woken.append(("queued", await waiter))
+        return woken
+
+    assert asyncio.run(main()) == [("first", True), ("x", False), ("y", False), ("z", True), ("queued", True)]
