@@ -19,6 +19,7 @@ def _skipped_under_ci(config: pytest.Config) -> list[pytest.TestReport]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.OK and _skipped_under_ci(session.config):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    record_seconds(session, session.exitstatus)  # for the next run's order (tests/xdist_groups.py)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -51,7 +52,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 from tests.xdist_groups import (  # noqa: E402
     is_worker,
     pytest_collection_modifyitems,  # noqa: F401 (a hook)
+    pytest_runtest_logreport,  # noqa: F401 (a hook)
     pytest_xdist_make_scheduler,  # noqa: F401 (a hook)
+    record_seconds,
     run_folder,
 )
 
