@@ -123,8 +123,34 @@ class CtransformersEngine:
 
 @lru_cache(maxsize=1)
 def _library_path() -> str:
-    """ctransformers' shared library for this CPU. Found once: the lookup runs py-cpuinfo, which
-    costs about 1.3 s, on every model load otherwise."""
+    """ctransformers' shared library for this CPU, found once per process. On x86-64 Linux the
+    choice ctransformers makes (avx2, else avx with f16c, else basic) is made here from the flags
+    in /proc/cpuinfo: its own lookup runs py-cpuinfo, which starts a Python process to read them
+    (about 0.9 s of CPU, in every process that loads a model). Elsewhere, its own lookup."""
+    import platform
+    from pathlib import Path
+
     from ctransformers.lib import find_library
 
-    return find_library()
+    flags = _linux_cpu_flags() if platform.machine() == "x86_64" else None
+    local = Path(find_library.__code__.co_filename).parent / "lib" / "local"
+    if flags is None or local.is_dir():
+        return find_library()
+    if "avx2" in flags:
+        return find_library("avx2")
+    if "avx" in flags and "f16c" in flags:
+        return find_library("avx")
+    return find_library("basic")
+
+
+def _linux_cpu_flags() -> set[str] | None:
+    """The first processor's flags in /proc/cpuinfo, or None when there is no such line."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                name, _, value = line.partition(":")
+                if name.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        return None
+    return None

@@ -19,6 +19,7 @@ def _skipped_under_ci(config: pytest.Config) -> list[pytest.TestReport]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.OK and _skipped_under_ci(session.config):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    record_seconds(session, session.exitstatus)  # for the next run's order (tests/xdist_groups.py)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -51,7 +52,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 from tests.xdist_groups import (  # noqa: E402
     is_worker,
     pytest_collection_modifyitems,  # noqa: F401 (a hook)
+    pytest_runtest_logreport,  # noqa: F401 (a hook)
     pytest_xdist_make_scheduler,  # noqa: F401 (a hook)
+    record_seconds,
     run_folder,
 )
 
@@ -113,32 +116,16 @@ def _fresh_upstream_registry():
 
 
 # --- People: alice (owner), bob (her teammate in "alpha"), charlie (an outsider) ---------------
+# In a module whose tests share the review world (below), these are the world's own.
 
 
-@pytest.fixture
-def alice(db):
+def _make_user(name: str):
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.create_user("alice")
+    return get_user_model().objects.create_user(name)
 
 
-@pytest.fixture
-def bob(db):
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.create_user("bob")
-
-
-@pytest.fixture
-def charlie(db):
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.create_user("charlie")
-
-
-@pytest.fixture
-def alpha(alice, bob):
-    """The team alice administers and bob belongs to; charlie is not in it."""
+def _make_alpha(alice, bob):
     from conversations import actions
 
     team = actions.create_team("alpha", admin=alice)
@@ -146,12 +133,97 @@ def alpha(alice, bob):
     return team
 
 
+def _of_shared_world(request: pytest.FixtureRequest, name: str):
+    """The test's copy of the shared world's ``name``, or None when the test has no shared world."""
+    if "world" in request.fixturenames and request.getfixturevalue("_shared_world") is not None:
+        return getattr(request.getfixturevalue("world"), name)
+    return None
+
+
 @pytest.fixture
-def world(alice, bob, charlie, alpha):
-    """The review tests' two teams with web and API conversations (tests/review_data.py)."""
+def alice(db, request):
+    return _of_shared_world(request, "alice") or _make_user("alice")
+
+
+@pytest.fixture
+def bob(db, request):
+    return _of_shared_world(request, "bob") or _make_user("bob")
+
+
+@pytest.fixture
+def charlie(db, request):
+    return _of_shared_world(request, "charlie") or _make_user("charlie")
+
+
+@pytest.fixture
+def alpha(alice, bob, request):
+    """The team alice administers and bob belongs to; charlie is not in it."""
+    return _of_shared_world(request, "alpha") or _make_alpha(alice, bob)
+
+
+# The fixtures that make a test transactional (pytest-django): it commits, or flushes the tables.
+_TRANSACTIONAL = (
+    "transactional_db",
+    "live_server",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+)
+
+
+def _shares_world(module: pytest.Module, items: list[pytest.Item]) -> bool:
+    """Whether the tests of ``module`` can share one world: every one that uses the database uses
+    the world, and runs in a transaction of its own (each test's is then a savepoint in the
+    module's, rolled back). A test there without the world would see it, and a transactional one
+    would commit or flush inside the module's transaction."""
+    for item in items:
+        if getattr(item, "module", None) is not module:
+            continue
+        names = set(getattr(item, "fixturenames", ()))
+        marker = item.get_closest_marker("django_db")
+        if marker is None and not names & {"db", *_TRANSACTIONAL}:
+            continue  # no database
+        if "world" not in names or names & set(_TRANSACTIONAL):
+            return False
+        if marker is not None:
+            from pytest_django.fixtures import validate_django_db
+
+            transactional, reset_sequences, _, serialized_rollback, _ = validate_django_db(marker)
+            if transactional or reset_sequences or serialized_rollback:
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def _shared_world(request: pytest.FixtureRequest, django_db_setup, django_db_blocker):
+    """The review world (tests/review_data.py), built once per module inside a transaction that
+    is rolled back after the module's last test, when the module's tests can share it
+    (``_shares_world``); else None, and each test builds its own. Each test gets a deep copy of
+    the instances (``world``) and runs in a savepoint rolled back after it: it sees exactly the
+    rows a world of its own would have, whatever the tests before it changed."""
+    if not _shares_world(request.module, request.session.items):
+        yield None
+        return
+    from django.db import transaction
+
     from tests.review_data import build_world
 
-    return build_world(alice, bob, charlie, alpha)
+    with django_db_blocker.unblock():
+        with transaction.atomic():
+            alice, bob, charlie = _make_user("alice"), _make_user("bob"), _make_user("charlie")
+            yield build_world(alice, bob, charlie, _make_alpha(alice, bob))
+            transaction.set_rollback(True)
+
+
+@pytest.fixture
+def world(_shared_world, db, request):
+    """The review tests' two teams with web and API conversations (tests/review_data.py)."""
+    import copy
+
+    if _shared_world is not None:
+        return copy.deepcopy(_shared_world)
+    from tests.review_data import build_world
+
+    return build_world(*(request.getfixturevalue(name) for name in ("alice", "bob", "charlie", "alpha")))
 
 
 # --- The websocket tests' tiny model and conversation (tests/ws_chat.py) --------------------

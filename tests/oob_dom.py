@@ -6,6 +6,7 @@ sends: ``true``/``outerHTML``, ``innerHTML`` (the element's own id), ``beforebeg
 
 from __future__ import annotations
 
+from functools import lru_cache
 from html import escape
 from html.parser import HTMLParser
 
@@ -79,6 +80,13 @@ def parse(html: str) -> Element:
 
 def normal(html: str) -> str:
     """``html`` through this parser and back: the form two pieces of HTML are compared in."""
+    return _normal(str.__str__(html))  # a plain str (not a SafeString): equal HTML, one cache key
+
+
+@lru_cache(maxsize=16)
+def _normal(html: str) -> str:
+    """Remembered for the last few: a test comparing a growing page with the whole render at each
+    step normalises the same HTML (the render, then each page showing it) several times a step."""
     return parse(html).html()
 
 

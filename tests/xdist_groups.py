@@ -12,6 +12,12 @@ Here the groups travel in a file instead: each worker, once it has collected, wr
 every test (the node ids it reports to the controller) next to its temporary folder, and the
 controller's scheduler (a LoadScopeScheduling whose scope is that group) reads it. Without the
 file a test's group is its module.
+
+After the heavy groups, the longest go first: each run records how long each module's tests took
+(set-up, call and teardown: the reports the controller gets) in pytest's cache, and the next run
+hands the groups out longest first, so that the end of the run is short groups on both workers
+rather than one long group on one while the other has finished. Only the order depends on it: a
+module the cache does not know goes after the known ones, as before.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ SHARED_SERVERS = ("api_server", "tiny_api_server")
 # Groups with a test of these marks are handed out first, so that none is left to run alone at the end.
 HEAVY_MARKS = ("slow", "model", "browser")
 GROUPS_FILE = "xdist-groups.json"
+SECONDS_KEY = "chatsite/module-seconds"  # pytest's cache: {module: seconds its tests took}
 
 
 def module_of(nodeid: str) -> str:
@@ -47,10 +54,16 @@ def groups_of(items: list[pytest.Item]) -> dict[str, str]:
     return group_of
 
 
-def order_for_workers(items: list[pytest.Item]) -> dict[str, str]:
-    """Sort ``items`` in place so that each group's tests are together, heavy groups first, and
-    within a group in the order pytest (and pytest-django) gave them; return {node id: group}."""
+def order_for_workers(items: list[pytest.Item], seconds: dict[str, float] | None = None) -> dict[str, str]:
+    """Sort ``items`` in place so that each group's tests are together, heavy groups first, then
+    the longest (by ``seconds``, each module's time in an earlier run), and within a group in the
+    order pytest (and pytest-django) gave them; return {node id: group}."""
+    seconds = seconds or {}
     group_of = groups_of(items)
+    length: dict[str, float] = {}
+    for module in {module_of(item.nodeid) for item in items}:
+        group = group_of[module]
+        length[group] = length.get(group, 0.0) + float(seconds.get(module, 0.0))
     first: dict[str, int] = {}  # group: index of its first test
     heavy: set[str] = set()
     for i, item in enumerate(items):
@@ -60,9 +73,9 @@ def order_for_workers(items: list[pytest.Item]) -> dict[str, str]:
             heavy.add(group)
     order = {id(item): i for i, item in enumerate(items)}
 
-    def key(item: pytest.Item) -> tuple[bool, int, int]:
+    def key(item: pytest.Item) -> tuple[bool, float, int, int]:
         group = group_of[module_of(item.nodeid)]
-        return (group not in heavy, first[group], order[id(item)])
+        return (group not in heavy, -length[group], first[group], order[id(item)])
 
     items.sort(key=key)
     return {item.nodeid: group_of[module_of(item.nodeid)] for item in items}
@@ -91,7 +104,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """On an xdist worker: order the tests by group (after pytest-django's reordering, hence
     trylast) and write the groups for the controller. Elsewhere: nothing."""
     if is_worker(config):
-        write_groups(config, order_for_workers(items))
+        write_groups(config, order_for_workers(items, recorded_seconds(config)))
+
+
+def recorded_seconds(config: pytest.Config) -> dict[str, float]:
+    cache = getattr(config, "cache", None)
+    found = cache.get(SECONDS_KEY, {}) if cache is not None else {}
+    return found if isinstance(found, dict) else {}
+
+
+_seconds: dict[str, float] = {}  # this run's, by module (in the controller, or a run without xdist)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds[module_of(report.nodeid)] = _seconds.get(module_of(report.nodeid), 0.0) + report.duration
+
+
+def record_seconds(session: pytest.Session, exitstatus: int) -> None:
+    """In the controller of a run on workers that passed, not narrowed to some tests (-k, --lf, a
+    node id): save the time of each module it ran over the earlier runs'."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    narrowed = config.getoption("keyword", "") or config.getoption("lf", False)
+    narrowed = narrowed or any("::" in arg for arg in config.args)
+    on_workers = not is_worker(config) and (config.getoption("numprocesses", None) or 0) != 0
+    if cache is None or not on_workers or narrowed or not _seconds or exitstatus != pytest.ExitCode.OK:
+        return
+    cache.set(SECONDS_KEY, {**recorded_seconds(config), **{m: round(s, 3) for m, s in _seconds.items()}})
 
 
 def _scheduler_class():

@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 from ctransformers import LLM, AutoModelForCausalLM
-from ctransformers.lib import find_library
 
+from inference.engine import _library_path
 from inference.gguf import ModelFileError, prepare_model, read_gguf
 from inference.tokenizer import Tokenizer
 from tests.tiny_gguf import write_tiny_llama
@@ -31,15 +30,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@lru_cache(maxsize=1)
-def _library() -> str:
-    # ctransformers runs py-cpuinfo (about 1.3 s) on every load unless it is given the library.
-    return find_library()
-
-
 def _load(path: Path) -> LLM:
+    # Given the library: ctransformers' own lookup runs py-cpuinfo on every load.
     return AutoModelForCausalLM.from_pretrained(
-        str(path), model_type="llama", context_length=256, threads=1, lib=_library()
+        str(path), model_type="llama", context_length=256, threads=1, lib=_library_path()
     )
 
 
@@ -191,3 +185,10 @@ def test_it_names_the_file_and_the_reason_for_a_bad_file(
     assert os.fspath(path.resolve()) in message
     assert reason in message
     assert _gguf_files(cache) == []
+
+
+def test_the_engine_picks_the_library_ctransformers_would() -> None:
+    """inference.engine reads the CPU's flags itself (ctransformers' lookup starts a process to)."""
+    from ctransformers.lib import find_library
+
+    assert _library_path() == find_library()

@@ -12,14 +12,9 @@ from django.urls import reverse
 
 from review import services
 from review.models import AuditEntry
-from tests.review_data import ALPHA, ALPHA_REVIEWABLE, World, build_world
+from tests.review_data import ALPHA, ALPHA_REVIEWABLE, World
 
 ROLES = ["root", "alice", "bob", "charlie", "anonymous"]
-
-
-@pytest.fixture
-def world(alice, bob, charlie, alpha) -> World:
-    return build_world(alice, bob, charlie, alpha)
 
 
 def client_for(world: World, role: str) -> Client:

@@ -1,13 +1,10 @@
-"""Team admins manage their team's memberships in the admin; the operator commands createteam and
-addmember; the review policy set by superusers."""
+"""Team admins manage their team's memberships in the admin; the review policy set by superusers.
+The operator commands createteam and addmember: tests/review/test_membership_commands.py (without
+the review world, which the tests here share: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import io
-
-import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from conversations import actions as conversation_actions
@@ -119,44 +116,3 @@ def test_it_shows_the_policy_read_only_to_a_team_admin(world: World) -> None:
     page = logged_in(world.alice).get(reverse("admin:conversations_team_change", args=[world.alpha.pk]))
     assert page.status_code == 200
     assert 'name="reviewers_see_private"' not in page.content.decode()
-
-
-# --- createteam and addmember ---------------------------------------------------------------------
-
-
-def test_it_creates_a_team_from_the_command_line(db) -> None:
-    out = io.StringIO()
-    call_command("createteam", "gamma", stdout=out)
-    assert Team.objects.filter(name="gamma").exists() and "Created the team 'gamma'" in out.getvalue()
-    with pytest.raises(CommandError, match="already a team"):
-        call_command("createteam", "gamma")
-
-
-def test_it_adds_members_and_admins_from_the_command_line(alice, bob, db) -> None:
-    call_command("createteam", "gamma", stdout=io.StringIO())
-    gamma = Team.objects.get(name="gamma")
-    out = io.StringIO()
-    call_command("addmember", "gamma", "bob", stdout=out)
-    assert Membership.objects.get(team=gamma, user=bob).role == "member"
-    call_command("addmember", "gamma", "alice", "--admin", stdout=out)
-    assert Membership.objects.get(team=gamma, user=alice).role == "admin"
-    alice.refresh_from_db()
-    assert alice.is_staff  # the door to the admin, where the membership decides what she sees
-    call_command("addmember", "gamma", "bob", "--admin", stdout=out)
-    assert Membership.objects.get(team=gamma, user=bob).role == "admin"
-    assert "bob is now admin of gamma" in out.getvalue()
-    # Naming an existing admin again still opens the admin's door (here: a team made elsewhere).
-    charlie = get_user_model().objects.create_user("charlie")
-    conversation_actions.create_team("delta", admin=charlie)
-    call_command("addmember", "delta", "charlie", "--admin", stdout=out)
-    charlie.refresh_from_db()
-    assert charlie.is_staff and "charlie is already admin of delta" in out.getvalue()
-    assert AuditEntry.objects.filter(action="membership", actor=None).count() == 3
-
-
-def test_it_names_a_missing_team_or_user(alice, db) -> None:
-    with pytest.raises(CommandError, match="no team named 'nope'"):
-        call_command("addmember", "nope", "alice")
-    call_command("createteam", "gamma", stdout=io.StringIO())
-    with pytest.raises(CommandError, match="no user 'zed'"):
-        call_command("addmember", "gamma", "zed")
