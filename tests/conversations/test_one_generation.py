@@ -143,18 +143,22 @@ async def test_it_answers_busy_to_the_second_process_and_keeps_its_message(
 
         scheduler.asubmit = recording_submit
         try:
-            # _generate is what each process runs after its own (per-process) busy check.
-            await replies._generate(alice, chat, first)
-            with pytest.raises(replies.ChatError, match=BUSY):
-                await replies._generate(bob, chat, second)
+            try:
+                # _generate is what each process runs after its own (per-process) busy check.
+                await replies._generate(alice, chat, first)
+                with pytest.raises(replies.ChatError, match=BUSY):
+                    await replies._generate(bob, chat, second)
+            finally:
+                del scheduler.asubmit
+            # Looked at while the blocker still holds the slot: once it goes, the first reply (a
+            # few tokens) can end before these lines run on a busy machine.
+            rows = await sync_to_async(streaming_rows)(chat)
+            assert len(rows) == 1 and len(submitted) == 2
+            assert submitted[1].cancelled  # the refused job gives its place back
+            await sync_to_async(second.refresh_from_db)()
+            assert second.status == Message.Status.UNANSWERED and BUSY in second.error
+            run = replies.run_of(chat.pk)
+            assert run is not None
         finally:
-            del scheduler.asubmit
             blocker.cancel()
-        rows = await sync_to_async(streaming_rows)(chat)
-        assert len(rows) == 1 and len(submitted) == 2
-        assert submitted[1].cancelled  # the refused job gives its place back
-        await sync_to_async(second.refresh_from_db)()
-        assert second.status == Message.Status.UNANSWERED and BUSY in second.error
-        run = replies.run_of(chat.pk)
-        assert run is not None
         await run.wait()
