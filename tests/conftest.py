@@ -91,9 +91,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 @pytest.fixture(scope="session", autouse=True)
 def _fast_password_hasher():
-    """Password hashing is not under test here (live servers, in their own processes, keep the
-    site's hasher): Django's PBKDF2 costs about 0.3 s a login, a password set, and a failed login
-    (even for an unknown user), and some tests make dozens."""
+    """Password hashing is not under test here (nor in most live servers: tests/live_settings.py):
+    Django's PBKDF2 costs about 0.3 s a login, a password set, and a failed login (even for an
+    unknown user), and some tests make dozens."""
     from django.test.utils import override_settings
 
     with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):

@@ -82,7 +82,9 @@ class LiveServer:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "DATABASE_URL"}
-        env.update({"CHAT_DATA_DIR": str(self.data_dir), "DJANGO_SETTINGS_MODULE": "chatsite.settings"})
+        # The site's settings with a fast password hasher (tests/live_settings.py says why); a test
+        # that wants the site's own passes DJANGO_SETTINGS_MODULE=chatsite.settings in its env.
+        env.update({"CHAT_DATA_DIR": str(self.data_dir), "DJANGO_SETTINGS_MODULE": "tests.live_settings"})
         # One model thread unless a test says otherwise: ggml's threads spin-wait for each other,
         # and on a machine busy with other work two of them decode the real model ~15x slower than
         # one (0.8 vs 12 tok/s measured at load 7 on 2 cores).

@@ -20,6 +20,12 @@ from tests.live_server import ROOT
 
 pytestmark = pytest.mark.slow
 
+# The small suites' pytest options: two workers; neither Django nor the cache; and, as the project's
+# own addopts (pyproject.toml, which their folder does not read), not the langsmith and schemathesis
+# plugins, whose imports cost each of the run's 3 processes 1.5 s of CPU.
+NESTED_OPTIONS = ["-n", "2", "-p", "no:django", "-p", "no:cacheprovider", "-q"]
+NESTED_OPTIONS += ["-p", "no:langsmith_plugin", "-p", "no:schemathesis"]
+
 CONFTEST = """
 import json, os
 import pytest
@@ -71,7 +77,7 @@ def run_suite(tmp_path: Path) -> list[dict]:
         (suite / f"test_shared_{name}.py").write_text(SHARED)
     log = tmp_path / "log.jsonl"
     log.touch()
-    options = ["-n", "2", "-p", "no:django", "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path}/base"]
+    options = [*NESTED_OPTIONS, f"--basetemp={tmp_path}/base"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *options, str(suite)],
         cwd=suite,
@@ -153,7 +159,7 @@ def test_waiting_for_an_exclusive_test_does_not_count_against_a_tests_timeout(tm
     (suite / "pytest.ini").write_text(
         "[pytest]\nmarkers =\n    slow: slow\n    cpu_exclusive: exclusive\n    model: m\n    browser: b\n"
     )
-    options = ["-n", "2", "-p", "no:django", "-p", "no:cacheprovider", "-q", f"--basetemp={tmp_path}/base"]
+    options = [*NESTED_OPTIONS, f"--basetemp={tmp_path}/base"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *options, str(suite)],
         cwd=suite,

@@ -69,6 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             "CHAT_MODEL_PATH": str(default_model_path()),
             "CHAT_SLOTS": "1",
             "CHAT_QUEUE_MAX": "4",
+            # The site's own settings, its password hasher included (tests/live_settings.py).
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         },
     ).start()
     try:
