@@ -130,10 +130,11 @@ def _library_path() -> str:
     import platform
     from pathlib import Path
 
+    from ctransformers import lib
     from ctransformers.lib import find_library
 
     flags = _linux_cpu_flags() if platform.machine() == "x86_64" else None
-    local = Path(find_library.__code__.co_filename).parent / "lib" / "local"
+    local = Path(lib.__file__).parent / "lib" / "local"  # a library built here: its lookup uses it
     if flags is None or local.is_dir():
         return find_library()
     if "avx2" in flags:
