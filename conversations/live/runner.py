@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -188,7 +189,9 @@ class Run:
         # after a publish (it is re-armed there) and for the other, rare events.
         parts: list[str] = []  # the reply so far
         unsent: list[str] = []  # its tail not yet published
-        last_publish, last_checkpoint = 0.0, time.monotonic()
+        # Never published: the first text goes out at once (monotonic time starts near boot, so a
+        # start of 0.0 held the first delta back on a machine up for less than PUBLISH_MAX_WAIT).
+        last_publish, last_checkpoint = -math.inf, time.monotonic()
         checkpointing: asyncio.Task | None = None
         finished: Finished | None = None
         with EventPump([job]) as pump:
