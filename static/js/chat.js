@@ -208,6 +208,11 @@
       return;
     }
     if (!isChat(event)) return;
+    var st = stateOf(event);
+    if (st.syncing) {
+      st.syncing = false;
+      showState("connected");
+    }
     addCopyButtons(document.getElementById("messages"));
     announceFinished();
     if (stickToBottom) scrollToBottom();
@@ -294,7 +299,9 @@
     st.retries = 0;
     st.opened = true;
     st.closedOffline = false;
-    if (isChat(event)) showState("connected");
+    // The server's first frame is the conversation again (whatever changed meanwhile): the page
+    // says it is connected once that is shown (htmx:wsAfterMessage below).
+    if (isChat(event)) st.syncing = true;
     if (isList(event)) {
       document.body.dataset.listSocket = "open";
       if (again) refreshList();  // what changed while it was away

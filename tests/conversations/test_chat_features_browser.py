@@ -252,6 +252,28 @@ def test_copy_a_whole_answer_and_jump_to_latest(browser, server) -> None:
     page.context.close()
 
 
+def test_the_page_says_connected_once_the_server_has_brought_its_messages_up_to_date(browser, server) -> None:
+    """On connecting, the server sends the conversation's messages again (whatever changed since the
+    page was rendered), replacing the page's. The page says "connected" (and a test waiting for
+    body.ws-open may go on) only after that: before, a test's element could be swapped out from
+    under it (once: "Element is not attached to the DOM" in the phone layout test)."""
+    page = log_in(browser, server)
+    page.add_init_script(
+        """document.addEventListener('DOMContentLoaded', () => {
+            const rendered = document.querySelector('#messages > article');  // replaced by the server's
+            new MutationObserver(() => {
+                if (document.body.classList.contains('ws-open') && window.__renderedAtOpen === undefined)
+                    window.__renderedAtOpen = rendered.isConnected;
+            }).observe(document.body, {attributes: true, attributeFilter: ['class']});
+        });"""
+    )
+    page.goto(server.url + f"/c/{server.long_chat}/")
+    page.wait_for_selector("body.ws-open")
+    assert page.evaluate("() => window.__renderedAtOpen") is False  # the server's messages by then
+    assert page.locator("#connection-state").get_attribute("data-state") == "connected"
+    page.context.close()
+
+
 def test_phone_layout_hides_the_list_behind_a_button_and_keeps_the_composer(browser, server) -> None:
     page = log_in(browser, server, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page.goto(server.url + f"/c/{server.long_chat}/")
