@@ -70,15 +70,16 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 # --- Applications ----------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "daphne",  # first: its runserver serves ASGI, websockets included
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: its runserver (Daphne's: ASGI, websockets included) wins over that app's.
+    # Not Daphne's app: it imports Daphne and Twisted in every process (runserver.py says more).
+    "chatsite",
     "django.contrib.staticfiles",
     "channels",
-    "chatsite",
     "conversations",
     "review",
     "upstreams",

@@ -127,11 +127,13 @@ def test_it_reports_a_file_that_is_not_gguf_in_a_system_check(tmp_path: Path) ->
 def test_it_uses_the_bundled_model_and_sqlite_wal_by_default(tmp_path: Path) -> None:
     # In a fresh process without DATABASE_URL/REDIS_URL: this suite also runs on PostgreSQL.
     script = (
-        "import json, django; django.setup(); from django.conf import settings as s; "
+        "import json, sys, django; django.setup(); from django.conf import settings as s; "
+        "from django.core.management import get_commands; "
         "db = s.DATABASES['default']; "
         "print(json.dumps({'model': s.CHAT_MODEL_PATH, 'db': {k: str(v) for k, v in db.items()}, "
         "'options': db['OPTIONS'], 'layer': s.CHANNEL_LAYERS['default']['BACKEND'], "
-        "'apps': s.INSTALLED_APPS}))"
+        "'apps': s.INSTALLED_APPS, 'daphne_imported': 'daphne.server' in sys.modules, "
+        "'runserver': get_commands()['runserver']}))"
     )
     child_env = {k: v for k, v in os.environ.items() if k not in _SETTINGS_VARS}
     child_env.update(DJANGO_SETTINGS_MODULE="chatsite.settings", CHAT_DATA_DIR=str(tmp_path))
@@ -147,4 +149,7 @@ def test_it_uses_the_bundled_model_and_sqlite_wal_by_default(tmp_path: Path) -> 
     assert "journal_mode=WAL" in found["options"]["init_command"]
     assert found["options"]["transaction_mode"] == "IMMEDIATE"
     assert found["layer"] == "channels.layers.InMemoryChannelLayer"
-    assert found["apps"][0] == "daphne"
+    # runserver serves ASGI (websockets too): Daphne's command, through chatsite's; and a process
+    # that serves nothing (a management command, a script) does not import Daphne and Twisted.
+    assert found["runserver"] == "chatsite"
+    assert not found["daphne_imported"]
