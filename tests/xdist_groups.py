@@ -33,6 +33,10 @@ import pytest
 SHARED_SERVERS = ("api_server", "tiny_api_server")
 # Groups with a test of these marks are handed out first, so that none is left to run alone at the end.
 HEAVY_MARKS = ("slow", "model", "browser")
+# ...except groups with a test of this mark (a model on two threads, run while the other workers
+# wait: tests/conftest.py), handed out last: the other workers are then finishing short tests, so
+# the wait for them is short, and at the very end such a test has the cores to itself anyway.
+EXCLUSIVE_MARK = "cpu_exclusive"
 GROUPS_FILE = "xdist-groups.json"
 SECONDS_KEY = "chatsite/module-seconds"  # pytest's cache: {module: seconds its tests took}
 
@@ -56,8 +60,9 @@ def groups_of(items: list[pytest.Item]) -> dict[str, str]:
 
 def order_for_workers(items: list[pytest.Item], seconds: dict[str, float] | None = None) -> dict[str, str]:
     """Sort ``items`` in place so that each group's tests are together, heavy groups first, then
-    the longest (by ``seconds``, each module's time in an earlier run), and within a group in the
-    order pytest (and pytest-django) gave them; return {node id: group}."""
+    the longest (by ``seconds``, each module's time in an earlier run), groups with a cpu_exclusive
+    test last, and within a group in the order pytest (and pytest-django) gave them; return
+    {node id: group}."""
     seconds = seconds or {}
     group_of = groups_of(items)
     length: dict[str, float] = {}
@@ -66,16 +71,19 @@ def order_for_workers(items: list[pytest.Item], seconds: dict[str, float] | None
         length[group] = length.get(group, 0.0) + float(seconds.get(module, 0.0))
     first: dict[str, int] = {}  # group: index of its first test
     heavy: set[str] = set()
+    exclusive: set[str] = set()
     for i, item in enumerate(items):
         group = group_of[module_of(item.nodeid)]
         first.setdefault(group, i)
         if any(item.get_closest_marker(name) for name in HEAVY_MARKS):
             heavy.add(group)
+        if item.get_closest_marker(EXCLUSIVE_MARK):
+            exclusive.add(group)
     order = {id(item): i for i, item in enumerate(items)}
 
-    def key(item: pytest.Item) -> tuple[bool, float, int, int]:
+    def key(item: pytest.Item) -> tuple[bool, bool, float, int, int]:
         group = group_of[module_of(item.nodeid)]
-        return (group not in heavy, -length[group], first[group], order[id(item)])
+        return (group in exclusive, group not in heavy, -length[group], first[group], order[id(item)])
 
     items.sort(key=key)
     return {item.nodeid: group_of[module_of(item.nodeid)] for item in items}
