@@ -33,9 +33,9 @@ from django.template.loader import render_to_string
 from conversations import actions, live_access, queries, ttft
 from conversations.faults import (
     DATABASE_UNAVAILABLE,
-    LAYER_ERRORS,
     LAYER_UNAVAILABLE,
     is_database_unavailable,
+    layer_errors,
 )
 from conversations.fragments import message_html
 from conversations.ids import parse_id
@@ -185,7 +185,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.group = group
             await self._watch_access()
-        except LAYER_ERRORS:
+        except layer_errors():
             await self._layer_down()
             return
         await self.accept()
@@ -196,7 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # fails, which would end the connection with a 500 (before the handshake) or a bare 1011.
         try:
             await super().__call__(scope, receive, send)
-        except LAYER_ERRORS:
+        except layer_errors():
             if not getattr(self, "_closed_for_layer", False):
                 await self._layer_down()
 

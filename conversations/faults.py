@@ -8,6 +8,7 @@ nothing; it never waits longer than the busy timeout (CHAT_DB_BUSY_TIMEOUT on SQ
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
@@ -25,16 +26,17 @@ LAYER_UNAVAILABLE = (
     "Try again in a moment."
 )
 
-try:
-    from redis.exceptions import RedisError
-except ImportError:  # channels_redis not installed: only the in-memory layer
 
-    class RedisError(Exception):  # type: ignore[no-redef]
-        pass
+def layer_errors() -> tuple[type[BaseException], ...]:
+    """What a channel layer raises when Redis is down or unreachable (``except layer_errors():``).
 
-
-# What a channel layer raises when Redis is down or unreachable.
-LAYER_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError)
+    Redis's errors only once the process has imported Redis (the Redis layer does when it is first
+    used): no Redis error can be raised before, and a process that never uses it (the in-memory
+    layer, a management command) does not import it at start-up (~50 ms)."""
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if redis_exceptions is None:
+        return (OSError, TimeoutError)
+    return (OSError, TimeoutError, redis_exceptions.RedisError)
 
 
 def is_database_unavailable(exc: BaseException) -> bool:

@@ -6,10 +6,13 @@ CHAT_METRICS_TOKEN. Counters are per process (each web process and the worker ex
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
-from inference.jobs import Finished
+if TYPE_CHECKING:
+    from inference.jobs import Finished
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -16,7 +16,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from conversations.faults import LAYER_ERRORS
+from conversations.faults import layer_errors
 from conversations.models import Membership
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ListConsumer(AsyncWebsocketConsumer):
             for group in [user_group(user.pk), *(team_group(t) for t in team_ids)]:
                 await self.channel_layer.group_add(group, self.channel_name)
                 self.joined.append(group)
-        except LAYER_ERRORS:
+        except layer_errors():
             log.warning("list socket: the channel layer is unreachable")
             await self.close(code=4503)
             return
@@ -60,7 +60,7 @@ class ListConsumer(AsyncWebsocketConsumer):
         for group in getattr(self, "joined", []):
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
-            except LAYER_ERRORS:
+            except layer_errors():
                 return
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
