@@ -382,3 +382,29 @@ def test_settings_show_the_defaults_in_use(browser, server) -> None:
     text = page.locator("#settings-in-use").inner_text()
     assert "max tokens 64" in text and "temperature 0.7 (default)" in text  # the default stays the default
     page.context.close()
+
+
+def test_a_superseded_answer_in_the_review_transcript_keeps_its_text_contrast(browser, server) -> None:
+    """A superseded message (an older version) is marked in the transcript, but its text keeps its
+    contrast: it was drawn at 60% opacity, and axe failed color-contrast on a quote in one (once in
+    a full run, where an answer of the tiny model with a quote in it had been regenerated)."""
+    superseded = server.run_python(
+        f"""
+import django
+django.setup()
+from django.utils import timezone
+from conversations.models import Message
+answer = Message.objects.filter(conversation_id={server.long_chat}, role="assistant").order_by("pk")[0]
+Message.objects.filter(pk=answer.pk).update(superseded_at=timezone.now())
+print(answer.pk)
+"""
+    ).split()[-1]
+    page = log_in(browser, server)  # a team admin: she reviews in the admin
+    page.goto(server.url + "/admin/conversations/conversation/")
+    page.locator("#result_list tbody a", has_text="A long conversation").click()  # its transcript
+    page.wait_for_selector(".review-messages")
+    message = page.locator(f"#message-{superseded}")
+    assert "superseded" in (message.get_attribute("class") or "")
+    assert message.locator("blockquote").count() == 1  # ANSWER_MD's quote
+    assert axe(page) == []
+    page.context.close()
