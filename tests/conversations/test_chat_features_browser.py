@@ -32,8 +32,9 @@ SCREENSHOTS = ROOT / ".data" / "screenshots"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # package.json pins it (npm ci installs it)
 
 # With a quote: axe checks one on every run, not only when the tiny model happens to write a line
-# starting with ">" (once, in a full run, such a quote failed axe's color-contrast: its text was the
-# muted grey; it has the body's colour now. Not reproduced with this fixed quote either way).
+# starting with ">". Twice in full runs such a quote of the tiny model failed axe's color-contrast:
+# in the chat (muted grey, since given the body's colour), and in the review transcript (the admin's
+# #777; test_a_superseded_answer_in_the_review_transcript_keeps_its_text_contrast shows that one).
 ANSWER_MD = (
     "Here is how:\n\n```python\nprint('a fairly long line of code to copy, on a phone too')\n```\n\n"
     "> Quoted from the manual.\n\n**Done.**"
