@@ -83,10 +83,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     # core idle meanwhile (~10 s of a run lost to the three tests of the seeded-reproducibility
     # module, each taking it in turn).
     keep = exclusive and nextitem is not None and nextitem.get_closest_marker("cpu_exclusive") is not None
-    if _exclusive_lock is not None and not exclusive:  # not expected: the next test was exclusive
-        _exclusive_lock.close()
-        _exclusive_lock = None
-    lock = _exclusive_lock
+    lock, _exclusive_lock = _exclusive_lock, None  # the previous test's, if it kept it
+    if lock is not None and not exclusive:  # not expected: it kept it for an exclusive test
+        lock.close()
+        lock = None
     if lock is None:
         lock = open(run / "cpu.lock", "a")  # noqa: SIM115 (closed below, or by a later test)
         with open(run / "cpu.turnstile", "a") as gate:
@@ -95,7 +95,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
                 fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             finally:
                 fcntl.flock(gate, fcntl.LOCK_UN)
-    _exclusive_lock = None
     try:
         yield
     finally:
