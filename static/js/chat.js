@@ -230,15 +230,29 @@
 
   // The conversation list is fetched again when the server says it changed (a conversation made,
   // renamed, shared or deleted, here, in another tab or by a teammate), keeping the search typed.
+  // One fetch at a time: a change announced while one is on its way is fetched once it has been
+  // shown. (htmx would queue a second request with the target it was given when asked, the list
+  // that the first answer replaces, and swap its answer into that detached element.)
+  var listFetch = { running: false, again: false };
   function refreshList() {
     var sidebar = document.getElementById("sidebar");
     if (!sidebar || !window.htmx) return;
+    if (listFetch.running) {
+      listFetch.again = true;
+      return;
+    }
     var form = sidebar.querySelector("form.search");  // the search typed and the source filter
     var params = new URLSearchParams(form ? new FormData(form) : undefined);
     var chat = document.getElementById("chat");
     if (chat) params.set("current", chat.dataset.conversation);
+    listFetch.running = true;
+    listFetch.again = false;
+    function done() {
+      listFetch.running = false;
+      if (listFetch.again) refreshList();
+    }
     htmx.ajax("GET", sidebar.dataset.listUrl + "?" + params.toString(),
-              { target: "#conversation-list", swap: "outerHTML" });
+              { source: sidebar, target: "#conversation-list", swap: "outerHTML" }).then(done, done);
   }
 
   // --- Connection state and reconnection ----------------------------------------------------------

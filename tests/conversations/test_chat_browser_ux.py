@@ -527,3 +527,45 @@ def test_new_and_renamed_conversations_appear_live_in_every_sidebar_and_the_tab_
     bob.screenshot(path=str(SCREENSHOTS / "sidebar-live-teammate.png"), full_page=True)
     alice.context.close()
     bob.context.close()
+
+
+def test_a_change_announced_while_the_list_is_being_fetched_still_reaches_the_sidebar(
+    browser, server
+) -> None:
+    """Two changes close together: the second notice arrives while the list fetched for the first
+    is still on its way. The list must end up showing the second change. (htmx queues a second
+    request made meanwhile with the target it had when asked: the list the first answer replaces,
+    so its answer was swapped into a detached element and the sidebar kept the first change.)"""
+    watcher = log_in(browser, server, "alice")  # the sidebar under test
+    watcher.add_init_script(
+        "document.addEventListener('htmx:wsAfterMessage', (e) => {"
+        " if (e.target.id === 'sidebar') window.listNotices = (window.listNotices || 0) + 1; });"
+    )
+    worker = watcher.context.new_page()  # another tab, where she renames
+    worker.set_default_timeout(60_000)
+    worker.goto(server.url + "/")
+    worker.wait_for_function("() => document.body.dataset.listSocket === 'open'")
+    new_conversation(worker, "First title of the day")
+    watcher.goto(server.url + "/")
+    watcher.wait_for_function("() => document.body.dataset.listSocket === 'open'")
+    wait_sidebar(watcher, "First title of the day")
+
+    held = []  # the watcher's first list fetch, held until the second notice has arrived
+
+    def hold_the_first(route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    watcher.route("**/conversations?*", hold_the_first)
+    with watcher.expect_request(lambda request: "/conversations?" in request.url):
+        rename(worker, "Second title")
+    first = held[0].fetch()  # the list as it is now: "Second title"
+    before = watcher.evaluate("() => window.listNotices")
+    rename(worker, "Third title")
+    watcher.wait_for_function("(n) => window.listNotices > n", arg=before)
+    held[0].fulfill(response=first)
+    wait_sidebar(watcher, "Third title")  # was left at "Second title"
+    wait_sidebar(watcher, "Second title", present=False)
+    watcher.context.close()
