@@ -296,10 +296,13 @@
       });
     }
   }
+  // A new socket unless one is open or opening. A socket still closing (its close not yet answered:
+  // a busy server, a network just back) is not waited for: its late close is ignored (wsClose).
   function reconnect(st) {
     clearTimeout(st.timer);
     st.timer = null;
-    if (st.wrapper && (!st.socket || st.socket.readyState === WebSocket.CLOSED)) st.wrapper.reconnect();
+    var state = st.socket ? st.socket.readyState : WebSocket.CLOSED;
+    if (st.wrapper && (state === WebSocket.CLOSED || state === WebSocket.CLOSING)) st.wrapper.reconnect();
   }
   document.addEventListener("htmx:wsConnecting", function (event) {
     var st = stateOf(event);
@@ -323,6 +326,8 @@
   });
   document.addEventListener("htmx:wsClose", function (event) {
     var st = stateOf(event);
+    var closed = event.detail.event && event.detail.event.target;
+    if (closed && st.socket && closed !== st.socket) return;  // an old socket, already replaced
     st.wrapper = event.detail.socketWrapper || st.wrapper;
     var code = event.detail.event ? event.detail.event.code : 1006;
     if (isList(event)) document.body.dataset.listSocket = "closed";

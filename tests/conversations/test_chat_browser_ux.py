@@ -569,3 +569,41 @@ def test_a_change_announced_while_the_list_is_being_fetched_still_reaches_the_si
     wait_sidebar(watcher, "Third title")  # was left at "Second title"
     wait_sidebar(watcher, "Second title", present=False)
     watcher.context.close()
+
+
+def test_the_page_reconnects_when_the_network_returns_before_its_old_socket_has_closed(
+    browser, server
+) -> None:
+    """Going offline closes the page's sockets; if the network is back before a socket's close has
+    completed (a busy server answers it late), the page must still connect again, and the late
+    close of the old socket must not undo that. (It waited for the old socket to be closed, then
+    took its late close for the server's own, and said "Not connected: reload the page".)"""
+    page = log_in(browser, server, "alice")
+    page.add_init_script(
+        "document.addEventListener('htmx:wsClose', (e) => {"
+        " if (e.target.id === 'chat') window.chatCloses = (window.chatCloses || 0) + 1; });"
+    )
+    conversation = new_conversation(page)
+    held = []  # the page side of the first chat socket, whose close is not answered until told
+
+    def route(socket) -> None:
+        socket.connect_to_server()
+        if not held:
+            held.append(socket)
+            socket.on_close(lambda code, reason: None)  # the page's close stays unanswered
+
+    page.route_web_socket(re.compile(rf"/ws/c/{conversation}/$"), route)
+    page.goto(f"{server.url}/c/{conversation}/")
+    page.wait_for_selector("#connection-state[data-state=connected]")
+    page.context.set_offline(True)
+    page.wait_for_selector("#connection-state[data-state=offline]")
+    assert page.evaluate("() => window.chatCloses || 0") == 0  # the old socket is still closing
+    page.context.set_offline(False)
+    page.wait_for_selector("#connection-state[data-state=connected]", timeout=10_000)
+    held[0].close(code=1000)  # the old socket's close completes at last
+    page.wait_for_function("() => window.chatCloses >= 1")
+    assert page.locator("#connection-state").get_attribute("data-state") == "connected"
+    before = last_id(page)
+    send(page, "Still connected after all")
+    wait_last_answer(page, "complete", before)
+    page.context.close()
