@@ -81,6 +81,32 @@ class Trace:
             out.write(line)
 
 
+def raw_engine_probe(threads: int, batch_size: int, settle: float = 0.3) -> Any:
+    """A ``Scheduler.after_job`` that times the raw engine on the job's own slot: once the process
+    has settled after the reply (``settle`` seconds: its last writes done), the slot's context is cut
+    back to the prefix the job found cached, the rest of the prompt is evaluated in one ``eval``
+    (``batch_size`` tokens a batch, ``threads`` threads) and the first token is taken (argmax).
+    Appends ``{"kind": "raw", "job": id, "raw_s": seconds, "cached": n}`` to the trace file. The same
+    process, threads and memory as the reply's own prefill: what the server adds over its engine."""
+
+    def probe(job: Any, ctx: Any) -> None:
+        if job.prefill_done_at is None:  # cancelled or failed before its first token: nothing to time
+            return
+        time.sleep(settle)
+        ids = list(job.prompt_ids)
+        cached = job.cached_tokens or 0
+        ctx.truncate(cached)
+        start = time.monotonic()
+        ctx.eval(ids[cached:], threads=threads, batch_size=batch_size)
+        int(ctx.logits().argmax())
+        elapsed = time.monotonic() - start
+        line = json.dumps({"kind": "raw", "job": job.id, "raw_s": elapsed, "cached": cached}) + "\n"
+        with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
+            out.write(line)
+
+    return probe
+
+
 def begin(kind: str) -> Trace | None:
     """Start the trace of this request (in the current context), when tracing is on."""
     if not settings.CHAT_TTFT_TRACE:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from inference.engine import Engine, EngineContext
@@ -100,6 +100,9 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.stop_ids = frozenset(stop_ids if stop_ids is not None else tokenizer.special_ids)
         self.budget = CoreBudget(self.threads)
+        # Called in the slot's thread after each job, before the slot takes another: a benchmark's
+        # probe (conversations/ttft.py times the raw engine on the slot's own context). None here.
+        self.after_job: Callable[[Job, EngineContext], None] | None = None
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, deque[Job]] = OrderedDict()
         self._n_pending = 0
@@ -250,6 +253,8 @@ class Scheduler:
                     stop_ids=self.stop_ids,
                     prefill_chunk=self.prefill_chunk,
                 )
+                if self.after_job is not None:
+                    self.after_job(job, slot.ctx)
             except Exception as exc:  # a bug must end the job, never the slot
                 log.exception("job %s failed", job.id)
                 slot.ctx.truncate(0)

@@ -6,6 +6,7 @@ random. Generation lengths are fixed by banning the control tokens with logit_bi
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -380,3 +381,31 @@ def test_it_evaluates_a_prompt_that_fits_one_chunk_in_one_pass(make_model) -> No
     long = prompt(model, "word " * 100)
     assert model.scheduler.submit(long, params(model, max_tokens=1, seed=7)).wait(30).reason == "length"
     assert passes == [64] * (len(long) // 64) + ([len(long) % 64] if len(long) % 64 else [])
+
+
+def test_the_benchmarks_raw_engine_probe_times_the_jobs_own_work_on_its_slot(
+    make_model, settings, tmp_path
+) -> None:
+    """bench.ttft's baseline: after each job, the slot re-evaluates what the job evaluated (the
+    prompt after the prefix it found cached) and writes the time to the trace; the slot then holds
+    the prompt again and serves the next job as before."""
+    from conversations.ttft import raw_engine_probe
+
+    settings.CHAT_TTFT_TRACE = str(tmp_path / "ttft.jsonl")
+    model = make_model(slots=1)
+    probed = make_model(slots=1)
+    probed.scheduler.after_job = raw_engine_probe(threads=1, batch_size=64, settle=0.0)
+    ids = prompt(model, "The raw engine's own time to its first token")
+    answers = []
+    for each in (model, probed):
+        first = each.scheduler.submit(ids, params(each, max_tokens=6))
+        first.wait(60)
+        second = each.scheduler.submit(ids, params(each, max_tokens=6))  # after the probe: one slot
+        second.wait(60)
+        answers.append((first.result.token_ids, second.result.token_ids, second.cached_tokens))
+    assert answers[0] == answers[1]  # the probe changed nothing the jobs see
+    probed.scheduler.submit(ids, params(probed, max_tokens=1)).wait(60)  # after the second's probe
+    lines = [json.loads(line) for line in (tmp_path / "ttft.jsonl").read_text().splitlines()][:2]
+    assert [line["job"] for line in lines] == [first.id, second.id]
+    assert [line["cached"] for line in lines] == [first.cached_tokens, second.cached_tokens]
+    assert second.cached_tokens > 0 and all(line["raw_s"] > 0 for line in lines)
