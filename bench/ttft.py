@@ -124,11 +124,13 @@ class Traces:
         self.offset = 0
         self.unread: list[dict] = []  # lines read while looking for another kind
 
-    def new(self, kind: str, timeout: float = 60) -> dict:
+    def new(self, kind: str, timeout: float = 60, job: str | None = None) -> dict:
+        """The next line of ``kind`` (about ``job``, if given: the server writes lines for jobs this
+        benchmark did not send, such as its readiness check's)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for i, trace in enumerate(self.unread):
-                if trace["kind"] == kind:
+                if trace["kind"] == kind and job in (None, trace.get("job")):
                     return self.unread.pop(i)
             if self.path.exists():
                 with self.path.open() as fh:
@@ -226,7 +228,7 @@ def parts(trace: dict, send: float, receive: float, table: list[tuple[str, str, 
 def one(model: ChatModel, traces: Traces, kind: str, threads: int, request, *args) -> dict:
     send, receive = request(*args)
     trace = traces.new(kind)
-    in_server = traces.new("raw")["raw_s"]  # the server's own slot, once the reply has ended
+    in_server = traces.new("raw", job=trace["job"])["raw_s"]  # the server's own slot, once it ended
     raw = raw_ttft(model, trace["prompt_ids"], trace["cached"] or 0, threads)
     table = (V1_PARTS + V1_SIDE) if kind == "v1" else (WS_PARTS + WS_SIDE)
     return {

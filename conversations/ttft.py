@@ -69,6 +69,7 @@ class Trace:
         if first_delta is not None:
             self.marks.setdefault("delta", first_delta)
         # What the slot evaluated, so that a benchmark can time the raw engine on the same work.
+        self.info["job"] = job.id  # raw_engine_probe's line names it too
         self.info["prompt_ids"] = list(job.prompt_ids)
         self.info["cached"] = getattr(job, "cached_tokens", None)
 
