@@ -312,8 +312,12 @@ def test_it_never_emits_a_stop_string(make_model) -> None:
 
 
 def test_it_drains_finishing_running_work_and_refusing_new(make_model) -> None:
-    model = make_model(slots=1, queue_max=3)
-    running = model.scheduler.submit(prompt(model, "run"), params(model, max_tokens=30))
+    # At a fixed pace (100 tokens: at least 2 s) the running job cannot end before drain() is
+    # called, whatever the machine's speed: unpaced, the tiny model's 30 tokens sometimes ended
+    # first on a busy machine, and the queued job ran to "length" instead of being cancelled.
+    model = make_model(slots=1, queue_max=3, token_pace=0.02)
+    running = model.scheduler.submit(prompt(model, "run"), params(model, max_tokens=100))
+    next(e for e in running.events(timeout=10) if isinstance(e, Delta))
     queued = model.scheduler.submit(prompt(model, "wait"), params(model, max_tokens=30))
     summary = model.scheduler.drain(timeout=30)
     assert running.result.reason == "length"
