@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.run import CORES, ROOT, default_model_path
+from conversations.ttft import first_token_seconds
 from inference.model import ChatModel
 from tests.live_server import PYTHON, LiveServer
 
@@ -102,18 +103,10 @@ def database_url(database: str, postgres: str) -> Iterator[str | None]:
 
 
 def raw_ttft(model: ChatModel, ids: list[int], cached: int, threads: int) -> float:
-    """The raw engine's time to the first token: ``ids[cached:]`` evaluated after ``ids[:cached]``
-    (already in the cache, untimed), then an argmax."""
+    """The raw engine's time to the first token in this process's copy of the model: ``ids[cached:]``
+    evaluated after ``ids[:cached]`` (in the cache, untimed), then an argmax."""
     ctx = model.scheduler.slots[0].ctx
-    ctx.truncate(0)
-    if cached:
-        ctx.eval(ids[:cached], threads=threads, batch_size=64)
-    start = time.monotonic()
-    ctx.eval(ids[cached:], threads=threads, batch_size=64)
-    int(ctx.logits().argmax())
-    elapsed = time.monotonic() - start
-    ctx.truncate(0)
-    return elapsed
+    return first_token_seconds(ctx, ids, cached, threads=threads, batch_size=64)
 
 
 class Traces:

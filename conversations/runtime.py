@@ -116,12 +116,9 @@ class Runtime:
             self.state = "error"
         else:
             if settings.CHAT_TTFT_TRACE:  # a benchmark: time the raw engine after each reply
-                from conversations.ttft import raw_engine_probe
-                from inference.scheduler import Scheduler
+                from conversations.ttft import probe_raw_engine
 
-                scheduler = model.scheduler
-                if isinstance(scheduler, Scheduler):
-                    scheduler.after_job = raw_engine_probe(scheduler.threads, scheduler.prefill_chunk)
+                probe_raw_engine(model)
             self.model = model
             self.load_seconds = time.monotonic() - start
             self.state = "ready"

@@ -82,30 +82,49 @@ class Trace:
             out.write(line)
 
 
+def first_token_seconds(ctx: Any, ids: list[int], cached: int, *, threads: int, batch_size: int) -> float:
+    """The raw engine's time to the first token of ``ids`` in the engine context ``ctx``: with
+    ``ids[:cached]`` in its cache (evaluated first, untimed, unless the cache already starts with
+    them), one ``eval`` of the rest (``batch_size`` tokens a batch, ``threads`` threads) and an
+    argmax, timed. bench.ttft's baseline, in the server's slot (below) and in its own process."""
+    if ctx.tokens[:cached] == ids[:cached]:
+        ctx.truncate(cached)
+    else:
+        ctx.truncate(0)
+        ctx.eval(ids[:cached], threads=threads, batch_size=batch_size)
+    start = time.monotonic()
+    ctx.eval(ids[cached:], threads=threads, batch_size=batch_size)
+    int(ctx.logits().argmax())
+    return time.monotonic() - start
+
+
 def raw_engine_probe(threads: int, batch_size: int, settle: float = 0.3) -> Any:
-    """A ``Scheduler.after_job`` that times the raw engine on the job's own slot: once the process
-    has settled after the reply (``settle`` seconds: its last writes done), the slot's context is cut
-    back to the prefix the job found cached, the rest of the prompt is evaluated in one ``eval``
-    (``batch_size`` tokens a batch, ``threads`` threads) and the first token is taken (argmax).
-    Appends ``{"kind": "raw", "job": id, "raw_s": seconds, "cached": n}`` to the trace file. The same
+    """A ``Scheduler.after_job`` that times the raw engine on the job's own slot, once the process
+    has settled after the reply (``settle`` seconds: its last writes done): the same work as the
+    job's prefill after the prefix it found cached (``first_token_seconds``). Appends
+    ``{"kind": "raw", "job": id, "raw_s": seconds, "cached": n}`` to the trace file. The same
     process, threads and memory as the reply's own prefill: what the server adds over its engine."""
 
     def probe(job: Any, ctx: Any) -> None:
         if job.prefill_done_at is None:  # cancelled or failed before its first token: nothing to time
             return
         time.sleep(settle)
-        ids = list(job.prompt_ids)
         cached = job.cached_tokens or 0
-        ctx.truncate(cached)
-        start = time.monotonic()
-        ctx.eval(ids[cached:], threads=threads, batch_size=batch_size)
-        int(ctx.logits().argmax())
-        elapsed = time.monotonic() - start
+        elapsed = first_token_seconds(ctx, job.prompt_ids, cached, threads=threads, batch_size=batch_size)
         line = json.dumps({"kind": "raw", "job": job.id, "raw_s": elapsed, "cached": cached}) + "\n"
         with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
             out.write(line)
 
     return probe
+
+
+def probe_raw_engine(model: Any) -> None:
+    """Time the raw engine after each reply of ``model`` (its own slots: not a worker's)."""
+    from inference.scheduler import Scheduler
+
+    scheduler = model.scheduler
+    if isinstance(scheduler, Scheduler):
+        scheduler.after_job = raw_engine_probe(scheduler.threads, scheduler.prefill_chunk)
 
 
 def begin(kind: str) -> Trace | None:

@@ -50,6 +50,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 # live server (below) together; the long ones first (tests/xdist_groups.py says how, and why not
 # with xdist_group marks).
 from tests.xdist_groups import (  # noqa: E402
+    EXCLUSIVE_MARK,
     is_worker,
     pytest_collection_modifyitems,  # noqa: F401 (a hook)
     pytest_runtest_logreport,  # noqa: F401 (a hook)
@@ -77,12 +78,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
     global _exclusive_lock
     run = run_folder(item.config)  # shared by the run's workers
-    exclusive = item.get_closest_marker("cpu_exclusive") is not None
+    exclusive = item.get_closest_marker(EXCLUSIVE_MARK) is not None
     # Consecutive cpu_exclusive tests (a module of them) keep the exclusive lock from one to the
     # next: each time it is taken the other workers first finish the tests they are running, with a
     # core idle meanwhile (~10 s of a run lost to the three tests of the seeded-reproducibility
     # module, each taking it in turn).
-    keep = exclusive and nextitem is not None and nextitem.get_closest_marker("cpu_exclusive") is not None
+    keep = exclusive and nextitem is not None and nextitem.get_closest_marker(EXCLUSIVE_MARK) is not None
     lock, _exclusive_lock = _exclusive_lock, None  # the previous test's, if it kept it
     if lock is not None and not exclusive:  # not expected: it kept it for an exclusive test
         lock.close()
