@@ -278,7 +278,9 @@ def add_message(
 def add_user_message(
     conversation: Conversation, content: str, *, author: AbstractBaseUser | None = None
 ) -> Message:
-    with transaction.atomic():
+    # No savepoint when it runs inside another transaction (nothing here catches an error and goes
+    # on): on PostgreSQL each savepoint is two more round trips on the way to a reply.
+    with transaction.atomic(savepoint=False):
         message = add_message(conversation, Message.Role.USER, content, author=author)
         conversation.save(update_fields=["updated"])
     return message
@@ -496,7 +498,7 @@ def interrupt_stale_messages(older_than: datetime, *, conversation_id: int | Non
 
 
 def _interrupt(streaming: QuerySet[Message]) -> int:
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # (add_user_message says why)
         rows = list(streaming.select_for_update().values_list("pk", "conversation_id", "choice_index"))
         if not rows:
             return 0
@@ -671,7 +673,7 @@ def _check_not_busy(conversation: Conversation) -> None:
 
 def post_user_message(conversation: Conversation, text: str, author: AbstractBaseUser) -> Message:
     """Commit the user's message (and the title, from the first one) before anything is generated."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # (add_user_message says why)
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_not_busy(locked)
         message = add_user_message(locked, text, author=author)

@@ -3,7 +3,6 @@ is written, with the limit reached and when it resets; the page keeps the typed 
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
 from conversations.models import Conversation
@@ -11,7 +10,7 @@ from review import limits
 
 
 class LimitRefused(Exception):
-    """Raised as ``replies.ChatError`` (see ``reserve``); ``keep_text`` goes back to the composer."""
+    """Raised as ``replies.ChatError`` (see ``reserve_now``); ``keep_text`` goes back to the composer."""
 
 
 def _estimate(conversation: Conversation, text: str | None) -> int:
@@ -60,13 +59,14 @@ def _reserve(user: AbstractBaseUser, conversation: Conversation, text: str | Non
     )
 
 
-async def reserve(
+def reserve_now(
     user: AbstractBaseUser, conversation: Conversation, text: str | None, error: type[Exception]
 ) -> limits.Reservation:
     """Reserve for one reply, or raise ``error`` (``replies.ChatError``) saying which limit was
-    reached and when it resets, with ``keep_text`` = the typed ``text``."""
+    reached and when it resets, with ``keep_text`` = the typed ``text``. Synchronous: the reply's
+    first trip to a thread runs it with the rest of what it reads (conversations/live/replies.py)."""
     try:
-        return await database_sync_to_async(_reserve, thread_sensitive=False)(user, conversation, text)
+        return _reserve(user, conversation, text)
     except limits.LimitReached as exc:
         what = "requests per minute" if exc.rule.kind == limits.REQUESTS else "tokens per day"
         refused = error(

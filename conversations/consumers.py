@@ -47,6 +47,7 @@ from inference.text import unstorable
 MAX_FRAME_BYTES = 64 * 1024  # Daphne's own limit (the launcher's) closes the connection above its own
 MAX_TEXT_CHARS = 32_000
 ACTIONS = {"send", "stop", "regenerate", "retry", "edit", "version"}
+STARTS = {"send", "regenerate", "retry", "edit"}  # the actions that start a reply
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             kept = exc.keep_text
             await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
             return
-        if not await self._still_visible():
+        if self.access_lost:
             return
-        ttft.mark("auth")
+        if frame["action"] not in STARTS:  # (a reply's start checks in its first trip to a thread)
+            if not await self._still_visible():
+                return
+            ttft.mark("auth")
         try:
             await self._act(frame)
+        except replies.AccessLost:
+            await self._lose_access()
+            return
         except replies.ChatError as exc:
             kept = exc.keep_text  # a message refused by a limit: back in the box
             await self.send(text_data=error_fragment(str(exc)) + (composer_fragment(kept) if kept else ""))
@@ -266,14 +273,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Nothing running (the reply ended as Stop was pressed, or Esc on an idle page): no error.
             await replies.astop(conversation.pk)
             return
+        access = self._access_now
         if action == "send":
-            await replies.send(self.user, conversation, frame["text"])
+            await replies.send(self.user, conversation, frame["text"], access)
         elif action == "regenerate":
-            await replies.regenerate(self.user, conversation)
+            await replies.regenerate(self.user, conversation, access)
         elif action == "retry":
-            await replies.retry(self.user, conversation, frame["message_id"])
+            await replies.retry(self.user, conversation, frame["message_id"], access)
         elif action == "edit":
-            await replies.edit(self.user, conversation, frame["message_id"], frame["text"])
+            await replies.edit(self.user, conversation, frame["message_id"], frame["text"], access)
         elif action == "version":
             await replies.select_version(self.user, conversation, frame["message_id"])
             return
@@ -293,6 +301,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
         self.user, self.conversation = allowed
         return True
+
+    def _access_now(self) -> tuple[Any, Conversation]:
+        """``_still_visible`` in a reply's first trip to a thread (``replies.Access``)."""
+        allowed = live_access.check(self.access, self.conversation.pk)
+        if allowed is None:
+            raise replies.AccessLost
+        self.user, self.conversation = allowed
+        return allowed
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:

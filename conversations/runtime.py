@@ -36,6 +36,7 @@ class Runtime:
         self.threads = settings.CHAT_THREADS
         self.queue_max = settings.CHAT_QUEUE_MAX
         self.prefill_chunk = settings.CHAT_PREFILL_CHUNK
+        self.nice = settings.CHAT_MODEL_NICE
         self.token_pace = settings.CHAT_TEST_TOKEN_PACE  # test-only (CHAT_TEST_ENGINE=paced:<ms>)
         self.state = "not loaded"
         self.error: str | None = None
@@ -109,6 +110,7 @@ class Runtime:
                 queue_max=self.queue_max,
                 prefill_chunk=self.prefill_chunk,
                 token_pace=self.token_pace,
+                nice=self.nice,
             )
         except Exception as exc:
             log.exception("the model failed to load")

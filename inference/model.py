@@ -39,8 +39,10 @@ class ChatModel:
         queue_max: int = 32,
         prefill_chunk: int = 64,
         token_pace: float | None = None,
+        nice: int = 0,
     ) -> ChatModel:
-        """``token_pace`` (tests only): every generated token takes at least that many seconds."""
+        """``token_pace`` (tests only): every generated token takes at least that many seconds.
+        ``nice``: the model's threads run that much below the process (``Scheduler``)."""
         engine: Engine = CtransformersEngine(model_path, cache_dir=cache_dir, context_length=context_length)
         if token_pace:
             from inference.paced import PacedEngine
@@ -55,6 +57,7 @@ class ChatModel:
             threads=threads,
             queue_max=queue_max,
             prefill_chunk=prefill_chunk,
+            nice=nice,
         )
         model = cls(model_id_for(model_path), engine, tokenizer, template, scheduler)
         try:

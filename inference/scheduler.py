@@ -32,7 +32,7 @@ from inference.jobs import (
     finish_or_cancel,
 )
 from inference.sampling import SamplingParams
-from inference.threads import CoreBudget
+from inference.threads import CoreBudget, lower_this_threads_priority
 from inference.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,10 @@ class Scheduler:
         queue_max: int = 32,
         prefill_chunk: int = 64,
         stop_ids: Collection[int] | None = None,
+        nice: int = 0,
     ) -> None:
+        """``nice``: how much lower than the process the slots' threads (and the model's threads
+        they start) run (``threads.lower_this_threads_priority``)."""
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.engine = engine
@@ -100,6 +103,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.stop_ids = frozenset(stop_ids if stop_ids is not None else tokenizer.special_ids)
         self.budget = CoreBudget(self.threads)
+        self.nice = nice
         # Called in the slot's thread after each job, before the slot takes another: a benchmark's
         # probe (conversations/ttft.py times the raw engine on the slot's own context). None here.
         self.after_job: Callable[[Job, EngineContext], None] | None = None
@@ -128,17 +132,31 @@ class Scheduler:
         """``submit_n`` for async callers (the same call here; a remote scheduler awaits the worker)."""
         return self.submit_n(prompt_ids, params, n, user_key=user_key)
 
-    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
-        return self.submit(prompt_ids, params, user_key=user_key)
+    async def asubmit(
+        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
+    ) -> Job:
+        return self.submit(prompt_ids, params, user_key=user_key, held=held)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
-        return self.submit_n(prompt_ids, params, 1, user_key=user_key)[0]
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
+    ) -> Job:
+        return self.submit_n(prompt_ids, params, 1, user_key=user_key, held=held)[0]
 
     def submit_n(
-        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        n: int,
+        *,
+        user_key: str = "",
+        held: bool = False,
     ) -> list[Job]:
+        """Admit ``n`` jobs of one prompt (all or none: ``Overloaded``). ``held``: a slot that takes
+        one waits for ``Job.release()`` (or a cancel) before it evaluates the prompt."""
         max_tokens = self.resolve_max_tokens(len(prompt_ids), params.max_tokens)
-        jobs = [Job(list(prompt_ids), params, user_key, max_tokens, seed_offset=i) for i in range(n)]
+        jobs = [
+            Job(list(prompt_ids), params, user_key, max_tokens, seed_offset=i, held=held) for i in range(n)
+        ]
         with self._lock:
             if self._draining or self._closed:
                 raise Overloaded("the server is shutting down")
@@ -235,6 +253,7 @@ class Scheduler:
 
     # --- slots -------------------------------------------------------------------------------
     def _slot_main(self, slot: Slot) -> None:
+        lower_this_threads_priority(self.nice)
         while True:
             slot.wake.wait()
             slot.wake.clear()

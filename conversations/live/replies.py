@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,18 +257,6 @@ async def _generate(
     assert prompt is not None
     params = _sampling(conversation, prompt.max_tokens, grammar)
     ttft.mark("prompt")
-    try:
-        # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
-        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
-    except (Overloaded, ContextLengthExceeded) as exc:  # (the context can shrink after reading it)
-        if new_text is not None:
-            user_message = await write_first()
-        reason = str(exc)
-        if isinstance(exc, Overloaded):
-            reason = f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
-        await _unanswered(user_message, reason)
-        return
-    ttft.mark("admitted")
     record = {
         "model": model.model_id,
         "temperature": params.temperature,
@@ -277,6 +266,22 @@ async def _generate(
     }
     if (answer_format := json_answers.response_format(conversation)) is not None:
         record["response_format"] = answer_format
+    try:
+        # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
+        # Held: the slot evaluates the prompt once the rows below are written. Beside the prefill,
+        # the writes (and the broadcasts and renders they set off on the event loop) slowed it by
+        # more than they take alone: ggml's threads wait for each other, so one descheduled thread
+        # stalls both (bench/ttft.py; the README's benchmark section).
+        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}", held=True)
+    except (Overloaded, ContextLengthExceeded) as exc:  # (the context can shrink after reading it)
+        if new_text is not None:
+            user_message = await write_first()
+        reason = str(exc)
+        if isinstance(exc, Overloaded):
+            reason = f"The model is busy ({exc}). Your message is kept: press Retry in a moment."
+        await _unanswered(user_message, reason)
+        return
+    ttft.mark("admitted")
     try:
         if new_text is not None:
             _, message = await database_sync_to_async(
@@ -304,6 +309,8 @@ async def _generate(
     except BaseException:
         job.cancel()
         raise
+    finally:
+        job.release()
     ttft.mark("logged")
     ttft.follow_message(message.pk, job)
     run = runner.start(conversation.pk, [job], [message])
@@ -337,39 +344,84 @@ async def _unanswered(message: Message | None, reason: str, *, never_fits: bool 
     raise ChatError(reason)
 
 
+class AccessLost(Exception):
+    """Raised by an ``access`` check (``send`` and the others): the user may no longer see the
+    conversation. Nothing was reserved or written."""
+
+
+# A check of the caller's access, run in the reply's first trip to a thread: the user and the
+# conversation as now stored, or ``AccessLost`` (conversations/consumers.py passes live_access's).
+Access = Callable[[], tuple[AbstractBaseUser, Conversation]]
+
+
+@dataclass
+class _Begun:
+    user: AbstractBaseUser
+    conversation: Conversation
+    reservation: Any
+    message: Message | None
+    read: _Read | None
+
+
+def _begin(
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    access: Access | None,
+    prepare: Any,
+    args: tuple[Any, ...],
+    text: str | None,
+) -> _Begun:
+    """A reply's first trip to a thread, in order: the caller's ``access`` check, the usage limits'
+    reservation (review/limits.py: a refused message writes nothing), ``prepare`` (an actions write
+    that returns the user message to answer, or None; a new message is written later, with its
+    reply's row) and what the reply reads (``_read_for_reply``). One trip, not one each: a trip is
+    a thread hop on the way to the first token. Synchronous."""
+    if access is not None:
+        user, conversation = access()
+    ttft.mark("auth")
+    reservation = chat_limits.reserve_now(user, conversation, text, ChatError)
+    ttft.mark("reserved")
+    try:
+        if prepare is None:  # a new message: read (with it) first, written with its reply
+            read = _read_for_reply(conversation, get_runtime().model, text)
+            return _Begun(user, conversation, reservation, None, read)
+        try:
+            # Writes run off the one thread that the consumers' thread-sensitive reads share: a
+            # write waiting for the lock there would stall every socket of the process
+            # (conversations/faults.py).
+            message, read = _prepare_and_read(conversation, prepare, args)
+        except (actions.Busy, ValueError) as exc:
+            raise _kept(ChatError(str(exc)), text) from None
+    except BaseException:
+        reservation.refund()
+        raise
+    return _Begun(user, conversation, reservation, message, read)
+
+
 async def _start(
-    user: AbstractBaseUser, conversation: Conversation, prepare: Any, *args: Any, text: str | None = None
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    prepare: Any,
+    *args: Any,
+    text: str | None = None,
+    access: Access | None = None,
 ) -> None:
-    """Run ``prepare`` (an actions write that returns the user message to answer, or None) and
-    generate the reply, with no other start or run in this conversation meanwhile. The limits
-    (review/limits.py) are checked first: a refused message writes nothing (``text``: the typed one)."""
+    """Check ``access``, reserve, run ``prepare`` and generate the reply (``_begin``), with no
+    other start or run in this conversation meanwhile (``text``: the typed message, given back to
+    the box when nothing was written)."""
     if is_running(conversation.pk):
-        busy = ChatError(actions.BUSY_MESSAGE)
-        raise _kept(busy, text)
+        if access is not None:  # a page that lost access is told that first
+            await database_sync_to_async(access, thread_sensitive=False)()
+        raise _kept(ChatError(actions.BUSY_MESSAGE), text)
     _starting.add(conversation.pk)
     try:
-        reservation = await chat_limits.reserve(user, conversation, text, ChatError)
-        ttft.mark("reserved")
+        begun = await database_sync_to_async(_begin, thread_sensitive=False)(
+            user, conversation, access, prepare, args, text
+        )
+        user, conversation, message = begun.user, begun.conversation, begun.message
         try:
-            if prepare is None:  # a new message: read (with it) first, written with its reply
-                message, new_text = None, text
-                read = await database_sync_to_async(_read_for_reply, thread_sensitive=False)(
-                    conversation, get_runtime().model, text
-                )
-            else:
-                new_text = None
-                try:
-                    # Writes, off the one thread that the consumers' thread-sensitive reads share: a
-                    # write waiting for the lock there would stall every socket of the process
-                    # (conversations/faults.py). In the same trip: what the reply needs (the model,
-                    # the history, its prompt).
-                    message, read = await database_sync_to_async(_prepare_and_read, thread_sensitive=False)(
-                        conversation, prepare, args
-                    )
-                except (actions.Busy, ValueError) as exc:
-                    raise _kept(ChatError(str(exc)), text) from None
             try:
-                await _generate(user, conversation, message, read, new_text)
+                await _generate(user, conversation, message, begun.read, text if prepare is None else None)
             except ChatError:
                 if _version_of(message) is not None and run_of(conversation.pk) is None:
                     # A regenerate the model could not take: the answer it replaced comes back.
@@ -378,13 +430,13 @@ async def _start(
                     )
                 raise
         except BaseException:
-            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+            await database_sync_to_async(begun.reservation.refund, thread_sensitive=False)()
             raise
         run = _runs.get(conversation.pk)
         if run is None:
-            await database_sync_to_async(reservation.refund, thread_sensitive=False)()
+            await database_sync_to_async(begun.reservation.refund, thread_sensitive=False)()
         else:
-            chat_limits.limits.settle_after(run, reservation)
+            chat_limits.limits.settle_after(run, begun.reservation)
     finally:
         _starting.discard(conversation.pk)
 
@@ -397,12 +449,16 @@ def _kept(exc: ChatError, text: str | None) -> ChatError:
     return exc
 
 
-async def send(user: AbstractBaseUser, conversation: Conversation, text: str) -> None:
-    await _start(user, conversation, None, text=text)
+async def send(
+    user: AbstractBaseUser, conversation: Conversation, text: str, access: Access | None = None
+) -> None:
+    await _start(user, conversation, None, text=text, access=access)
 
 
-async def regenerate(user: AbstractBaseUser, conversation: Conversation) -> None:
-    await _start(user, conversation, actions.prepare_regenerate)
+async def regenerate(
+    user: AbstractBaseUser, conversation: Conversation, access: Access | None = None
+) -> None:
+    await _start(user, conversation, actions.prepare_regenerate, access=access)
 
 
 async def select_version(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
@@ -415,12 +471,21 @@ async def select_version(user: AbstractBaseUser, conversation: Conversation, mes
         raise ChatError(str(exc)) from None
 
 
-async def retry(user: AbstractBaseUser, conversation: Conversation, message_id: int) -> None:
-    await _start(user, conversation, actions.prepare_retry, message_id)
+async def retry(
+    user: AbstractBaseUser, conversation: Conversation, message_id: int, access: Access | None = None
+) -> None:
+    await _start(user, conversation, actions.prepare_retry, message_id, access=access)
 
 
-async def edit(user: AbstractBaseUser, conversation: Conversation, message_id: int, text: str) -> None:
-    await _start(user, conversation, actions.edit_and_resend, message_id, text, user, text=text)
+async def edit(
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    message_id: int,
+    text: str,
+    access: Access | None = None,
+) -> None:
+    edit = actions.edit_and_resend
+    await _start(user, conversation, edit, message_id, text, user, text=text, access=access)
 
 
 def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:

@@ -261,6 +261,32 @@ async def test_it_closes_the_sockets_of_a_conversation_deleted_for_good(alice, b
     await removed.disconnect()
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"action": "send", "text": "after the change"},
+        {"action": "regenerate"},
+        {"action": "retry", "message_id": 1},
+        {"action": "edit", "message_id": 1, "text": "after the change"},
+    ],
+    ids=lambda frame: frame["action"],
+)
+async def test_an_action_after_a_change_no_signal_announced_closes_the_socket_and_writes_nothing(
+    alice, bob, chat, frame
+) -> None:
+    """A ``QuerySet.update()`` sends no signal: the socket finds out at its next action, which is
+    refused before anything is reserved or written (a reply's start checks access in its first
+    trip to a thread, conversations/live/replies.py)."""
+    await sync_to_async(actions.add_user_message)(chat, "before", author=alice)
+    _, removed = await socket_of(bob, chat.pk)
+    await sync_to_async(Conversation.objects.filter(pk=chat.pk).update)(visibility="private")
+    count = await chat.messages.acount()
+    await removed.send_to(text_data=json.dumps(frame))
+    await closed(removed)
+    assert await chat.messages.acount() == count
+    await removed.disconnect()
+
+
 # --- The team conversations a former member owned ------------------------------------------------
 
 

@@ -7,6 +7,8 @@ random. Generation lengths are fixed by banning the control tokens with logit_bi
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -255,6 +257,56 @@ def test_it_never_runs_more_threads_than_cores(make_model) -> None:
     assert all(r.reason == "length" for r in results)
     assert model.scheduler.budget.peak <= 2
     assert model.scheduler.budget.in_use == 0
+
+
+def test_a_held_job_waits_in_its_slot_until_released(make_model) -> None:
+    model = make_model()
+    job = model.scheduler.submit(prompt(model, "hello"), params(model, max_tokens=5), held=True)
+    started = threading.Event()
+    deltas: list[Delta] = []
+
+    def listener(event) -> None:
+        if isinstance(event, Started):
+            started.set()
+        elif isinstance(event, Delta):
+            deltas.append(event)
+
+    job.subscribe(listener)
+    assert started.wait(30)  # its slot has taken it, and holds it: nothing evaluated
+    assert job.wait(0.2) is None and deltas == [] and job.prefill_done_at is None
+    job.release()
+    finished = job.wait(30)
+    assert finished is not None and finished.reason == "length" and deltas
+    assert job.started_at <= job.released_at <= job.prefill_done_at  # the prefill timed from the release
+    assert finished.timings.prefill == pytest.approx(job.prefill_done_at - job.released_at)
+
+
+def test_a_held_job_cancelled_ends_without_evaluating_and_frees_its_slot(make_model) -> None:
+    model = make_model()
+    held = model.scheduler.submit(prompt(model, "hello"), params(model, max_tokens=5), held=True)
+    assert isinstance(next(e for e in held.events(timeout=30) if isinstance(e, Started)), Started)
+    held.cancel()
+    finished = held.wait(30)
+    assert finished is not None and finished.reason == "cancelled" and held.prefill_done_at is None
+    after = model.scheduler.submit(prompt(model, "next"), params(model, max_tokens=5))
+    assert after.wait(30).reason == "length"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have their own priority on Linux only")
+def test_the_models_threads_run_below_the_rest_of_the_process(make_model) -> None:
+    """The slot threads (and so the threads ggml starts from them for each evaluation, which
+    inherit it) run ``nice`` below the process, whose other threads keep their priority."""
+    ours = threading.get_native_id()
+    base = os.getpriority(os.PRIO_PROCESS, ours)
+    model = make_model(slots=2, nice=3)
+    jobs = [
+        model.scheduler.submit(prompt(model, f"job {i}"), params(model, max_tokens=20), user_key=str(i))
+        for i in range(2)
+    ]
+    assert [job.wait(30).reason for job in jobs] == ["length", "length"]  # each slot has run
+    for slot in model.scheduler.slots:
+        assert os.getpriority(os.PRIO_PROCESS, slot.thread.native_id) == min(19, base + 3)
+    assert os.getpriority(os.PRIO_PROCESS, ours) == base
 
 
 def test_it_gives_a_lone_slot_every_core_and_shares_them_between_slots() -> None:
