@@ -65,8 +65,7 @@ V1_PARTS = [
     ("usage limits reserved", "prompt", "reserved"),
     ("admission (scheduler submit)", "reserved", "admitted"),
     ("hand-off to the slot thread", "admitted", "slot"),
-    ("held until the rows are written (websocket)", "slot", "released"),
-    ("prefill (in the slot)", "released", "prefill"),
+    ("prefill (in the slot)", "slot", "prefill"),
     ("first sample", "prefill", "sample"),
     ("detokenize, first Delta emitted", "sample", "delta"),
     ("first Delta -> first SSE write", "delta", "first_write"),
@@ -82,15 +81,13 @@ WS_PARTS = [
     ("template + tokenization (+ grammar)", "history", "prompt"),
     ("admission (scheduler submit)", "prompt", "admitted"),
     ("hand-off to the slot thread", "admitted", "slot"),
-    ("held until the rows are written (websocket)", "slot", "released"),
-    ("prefill (in the slot)", "released", "prefill"),
+    ("prefill (in the slot)", "slot", "prefill"),
     ("first sample", "prefill", "sample"),
     ("detokenize, first Delta emitted", "sample", "delta"),
     ("first Delta -> first broadcast", "delta", "publish"),
     ("broadcast -> frame written", "publish", "first_write"),
     ("frame -> client", "first_write", "receive"),
 ]
-# The websocket's job is held (its slot waits) until these rows are written ("held ..." above).
 WS_SIDE = [("user message + reply row written (admitted -> logged)", "admitted", "logged")]
 
 

@@ -21,8 +21,7 @@ bench/ws_ttft.py). The marks, in path order (a mark is kept at its first setting
 - ``prompt``: the chat template is rendered and tokenized (with the tools/grammar plan);
 - ``reserved``: the usage limits took the request;
 - ``admitted``: the scheduler took the job(s);
-- ``slot``, ``released``, ``prefill``, ``sample``, ``delta``: in the slot thread: the job starts,
-  may be evaluated (a websocket reply's job is held until its rows are written), its prompt is
+- ``slot``, ``prefill``, ``sample``, ``delta``: in the slot thread: the job starts, its prompt is
   evaluated, the first token is sampled, its text is emitted;
 - ``logged``: the log rows are written (conversation, messages, streaming replies; on the
   websocket a new user message and its reply's row);
@@ -45,12 +44,7 @@ _current: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("ttft_tr
 _by_message: dict[int, tuple[Trace, Any]] = {}  # reply id → its trace and job (websocket replies)
 _write_lock = threading.Lock()
 
-JOB_MARKS = (
-    ("slot", "started_at"),
-    ("released", "released_at"),
-    ("prefill", "prefill_done_at"),
-    ("sample", "first_token_at"),
-)
+JOB_MARKS = (("slot", "started_at"), ("prefill", "prefill_done_at"), ("sample", "first_token_at"))
 
 
 class Trace:

@@ -62,12 +62,7 @@ class Backend(Protocol):
         self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
     ) -> list[Job]: ...
 
-    async def asubmit(
-        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
-    ) -> Job:
-        """``held``: the job's prompt is evaluated once the caller calls ``Job.release()`` (a
-        backend may start it at once)."""
-        ...
+    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job: ...
 
     async def asubmit_n(
         self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""

@@ -70,11 +70,6 @@ def run_job(
     ctx.truncate(cached)
     job.cached_tokens = cached
     job.emit(Started(cached_tokens=cached))
-    if job.held:
-        # The holder writes its log rows first (conversations/live/replies.py): beside the prefill
-        # they took the cores from it for longer than they take alone.
-        job.wait_released()
-    prefill_start = job.released_at = time.monotonic()
 
     generated: list[int] = []
     emitted: list[str] = []
@@ -85,7 +80,7 @@ def run_job(
     error: str | None = None
     cut_by_stop = False
     first_token_at: float | None = None
-    prefill_done = prefill_start
+    prefill_done = start
     try:
         rest = prompt[cached:]
         for i in range(0, len(rest), prefill_chunk):
@@ -155,7 +150,7 @@ def run_job(
         timings=Timings(
             queue_wait=start - job.submitted_at,
             ttft=(first_token_at - job.submitted_at) if first_token_at is not None else None,
-            prefill=prefill_done - prefill_start,
+            prefill=prefill_done - start,
             duration=end - job.submitted_at,
             cached_tokens=cached,
             evaluated_tokens=len(prompt) - cached,

@@ -114,12 +114,8 @@ class Job:
     # Unique across processes and restarts: an inference worker's ids are seen by every web process.
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at: float = field(default_factory=time.monotonic)
-    held: bool = False  # its slot waits for ``release()`` (or a cancel) before evaluating the prompt
 
     def __post_init__(self) -> None:
-        self._released = threading.Event()
-        if not self.held:
-            self._released.set()
         self._lock = threading.Lock()
         self._history: list[Event] = []
         self._listeners: list[Callable[[Event], None]] = []
@@ -129,7 +125,6 @@ class Job:
         self.result: Finished | None = None
         # time.monotonic() of the slot thread's steps to the first token (conversations/ttft.py).
         self.started_at: float | None = None
-        self.released_at: float | None = None  # its prompt's evaluation may start (``held``)
         self.prefill_done_at: float | None = None
         self.first_token_at: float | None = None
         self.first_delta_at: float | None = None
@@ -164,21 +159,12 @@ class Job:
         drops it from the queue, the worker client tells the worker)."""
         self._on_cancel = callback
 
-    def wait_released(self) -> None:
-        """In the slot thread: wait until the job's holder lets its prompt be evaluated."""
-        self._released.wait()
-
     # --- consumer side ---
-    def release(self) -> None:
-        """Let a job submitted ``held`` be evaluated (nothing for another job)."""
-        self._released.set()
-
     def cancel(self) -> None:
         """Ask the job to stop: at most one more token is produced after this call."""
         if self._done.is_set() or self._cancel.is_set():
             return
         self._cancel.set()
-        self._released.set()  # a held job ends at once
         if self._on_cancel is not None:
             self._on_cancel(self)
 

@@ -132,31 +132,17 @@ class Scheduler:
         """``submit_n`` for async callers (the same call here; a remote scheduler awaits the worker)."""
         return self.submit_n(prompt_ids, params, n, user_key=user_key)
 
-    async def asubmit(
-        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
-    ) -> Job:
-        return self.submit(prompt_ids, params, user_key=user_key, held=held)
+    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
+        return self.submit(prompt_ids, params, user_key=user_key)
 
-    def submit(
-        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
-    ) -> Job:
-        return self.submit_n(prompt_ids, params, 1, user_key=user_key, held=held)[0]
+    def submit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
+        return self.submit_n(prompt_ids, params, 1, user_key=user_key)[0]
 
     def submit_n(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        n: int,
-        *,
-        user_key: str = "",
-        held: bool = False,
+        self, prompt_ids: list[int], params: SamplingParams, n: int, *, user_key: str = ""
     ) -> list[Job]:
-        """Admit ``n`` jobs of one prompt (all or none: ``Overloaded``). ``held``: a slot that takes
-        one waits for ``Job.release()`` (or a cancel) before it evaluates the prompt."""
         max_tokens = self.resolve_max_tokens(len(prompt_ids), params.max_tokens)
-        jobs = [
-            Job(list(prompt_ids), params, user_key, max_tokens, seed_offset=i, held=held) for i in range(n)
-        ]
+        jobs = [Job(list(prompt_ids), params, user_key, max_tokens, seed_offset=i) for i in range(n)]
         with self._lock:
             if self._draining or self._closed:
                 raise Overloaded("the server is shutting down")

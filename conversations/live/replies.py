@@ -257,22 +257,9 @@ async def _generate(
     assert prompt is not None
     params = _sampling(conversation, prompt.max_tokens, grammar)
     ttft.mark("prompt")
-    record = {
-        "model": model.model_id,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-        "dropped_messages": prompt.dropped,
-    }
-    if (answer_format := json_answers.response_format(conversation)) is not None:
-        record["response_format"] = answer_format
     try:
         # Awaited: with several web processes the scheduler is the inference worker's, over Redis.
-        # Held: the slot evaluates the prompt once the rows below are written. Beside the prefill,
-        # the writes (and the broadcasts and renders they set off on the event loop) slowed it by
-        # more than they take alone: ggml's threads wait for each other, so one descheduled thread
-        # stalls both (bench/ttft.py; the README's benchmark section).
-        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}", held=True)
+        job = await model.scheduler.asubmit(prompt.ids, params, user_key=f"user-{user.pk}")
     except (Overloaded, ContextLengthExceeded) as exc:  # (the context can shrink after reading it)
         if new_text is not None:
             user_message = await write_first()
@@ -282,6 +269,15 @@ async def _generate(
         await _unanswered(user_message, reason)
         return
     ttft.mark("admitted")
+    record = {
+        "model": model.model_id,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "dropped_messages": prompt.dropped,
+    }
+    if (answer_format := json_answers.response_format(conversation)) is not None:
+        record["response_format"] = answer_format
     try:
         if new_text is not None:
             _, message = await database_sync_to_async(
@@ -309,8 +305,6 @@ async def _generate(
     except BaseException:
         job.cancel()
         raise
-    finally:
-        job.release()
     ttft.mark("logged")
     ttft.follow_message(message.pk, job)
     run = runner.start(conversation.pk, [job], [message])

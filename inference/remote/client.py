@@ -257,11 +257,7 @@ class RemoteScheduler:
         self.resolve_max_tokens(len(prompt_ids), params.max_tokens)  # refuse locally what cannot fit
         return await self.client.submit_n(prompt_ids, params, n, user_key=user_key)
 
-    async def asubmit(
-        self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "", held: bool = False
-    ) -> Job:
-        # ``held`` is not sent: the worker's slot starts at once (its cores are the worker's, and a
-        # release would be one more trip over the channel layer).
+    async def asubmit(self, prompt_ids: list[int], params: SamplingParams, *, user_key: str = "") -> Job:
         return (await self.asubmit_n(prompt_ids, params, 1, user_key=user_key))[0]
 
     def submit_n(

@@ -259,39 +259,6 @@ def test_it_never_runs_more_threads_than_cores(make_model) -> None:
     assert model.scheduler.budget.in_use == 0
 
 
-def test_a_held_job_waits_in_its_slot_until_released(make_model) -> None:
-    model = make_model()
-    job = model.scheduler.submit(prompt(model, "hello"), params(model, max_tokens=5), held=True)
-    started = threading.Event()
-    deltas: list[Delta] = []
-
-    def listener(event) -> None:
-        if isinstance(event, Started):
-            started.set()
-        elif isinstance(event, Delta):
-            deltas.append(event)
-
-    job.subscribe(listener)
-    assert started.wait(30)  # its slot has taken it, and holds it: nothing evaluated
-    assert job.wait(0.2) is None and deltas == [] and job.prefill_done_at is None
-    job.release()
-    finished = job.wait(30)
-    assert finished is not None and finished.reason == "length" and deltas
-    assert job.started_at <= job.released_at <= job.prefill_done_at  # the prefill timed from the release
-    assert finished.timings.prefill == pytest.approx(job.prefill_done_at - job.released_at)
-
-
-def test_a_held_job_cancelled_ends_without_evaluating_and_frees_its_slot(make_model) -> None:
-    model = make_model()
-    held = model.scheduler.submit(prompt(model, "hello"), params(model, max_tokens=5), held=True)
-    assert isinstance(next(e for e in held.events(timeout=30) if isinstance(e, Started)), Started)
-    held.cancel()
-    finished = held.wait(30)
-    assert finished is not None and finished.reason == "cancelled" and held.prefill_done_at is None
-    after = model.scheduler.submit(prompt(model, "next"), params(model, max_tokens=5))
-    assert after.wait(30).reason == "length"
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="threads have their own priority on Linux only")
 def test_the_models_threads_run_below_the_rest_of_the_process(make_model) -> None:
     """The slot threads (and so the threads ggml starts from them for each evaluation, which
