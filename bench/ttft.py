@@ -14,7 +14,8 @@ through ``/v1`` (SSE) and through the chat websocket:
 
 Once each reply has ended, the raw engine does the same work on the same ids in the server's own
 slot (``conversations.ttft.raw_engine_probe``, on with ``CHAT_TTFT_TRACE``): the slot's cache cut
-back to the prefix the reply found there, one ``eval`` of the rest (batch 64) and an argmax, timed:
+back to the prefix the reply found there, one ``eval`` of the rest (batch 64) and an argmax, timed
+three times (the median is the round's raw):
 the same process, threads and memory as the reply's prefill. The overhead is the server's TTFT (the
 client's send to its receipt of the first text) minus that. The bench process's own copy of the model
 does the same work too (``bench_raw_ms``), as earlier rounds measured it: two processes' copies of
@@ -224,12 +225,16 @@ def one(model: ChatModel, traces: Traces, kind: str, threads: int, request, *arg
     in_server = traces.new("raw", job=trace["job"])["raw_s"]  # the server's own slot, once it ended
     raw = raw_ttft(model, trace["prompt_ids"], trace["cached"] or 0, threads)
     table = (V1_PARTS + V1_SIDE) if kind == "v1" else (WS_PARTS + WS_SIDE)
+    marks = trace["marks"]
+    model_s = marks["sample"] - marks["slot"]  # the model's own time in the reply: prefill + first sample
     return {
         "ttft_ms": 1000 * (receive - send),
         "raw_ms": 1000 * in_server,
         "overhead_ms": 1000 * (receive - send - in_server),
         "bench_raw_ms": 1000 * raw,
         "bench_overhead_ms": 1000 * (receive - send - raw),
+        # The time outside the model (its slowdown by work beside it is not in this: a lower bound).
+        "outside_model_ms": 1000 * (receive - send - model_s),
         "prompt_tokens": len(trace["prompt_ids"]),
         "evaluated": len(trace["prompt_ids"]) - (trace["cached"] or 0),
         "parts_ms": parts(trace, send, receive, table),
@@ -245,6 +250,7 @@ def summary(rows: list[dict]) -> dict:
         "overhead_ms": statistics.median(r["overhead_ms"] for r in rows),
         "bench_raw_ms": statistics.median(r["bench_raw_ms"] for r in rows),
         "bench_overhead_ms": statistics.median(r["bench_overhead_ms"] for r in rows),
+        "outside_model_ms": statistics.median(r["outside_model_ms"] for r in rows),
         "prompt_tokens": statistics.median(r["prompt_tokens"] for r in rows),
         "evaluated": statistics.median(r["evaluated"] for r in rows),
         "parts_ms": {
@@ -376,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("overhead: server - raw", s["overhead_ms"]),
                 ("raw engine TTFT in the bench process", s["bench_raw_ms"]),
                 ("overhead against the bench process's raw", s["bench_overhead_ms"]),
+                ("time outside the model (TTFT - its prefill and sample)", s["outside_model_ms"]),
                 *s["parts_ms"].items(),
             ]
             width = max(len(label) for label, _ in rows)
