@@ -14,8 +14,7 @@ through ``/v1`` (SSE) and through the chat websocket:
 
 Once each reply has ended, the raw engine does the same work on the same ids in the server's own
 slot (``conversations.ttft.raw_engine_probe``, on with ``CHAT_TTFT_TRACE``): the slot's cache cut
-back to the prefix the reply found there, one ``eval`` of the rest (batch 64) and an argmax, timed
-three times (the median is the round's raw):
+back to the prefix the reply found there, one ``eval`` of the rest (batch 64) and an argmax, timed:
 the same process, threads and memory as the reply's prefill. The overhead is the server's TTFT (the
 client's send to its receipt of the first text) minus that. The bench process's own copy of the model
 does the same work too (``bench_raw_ms``), as earlier rounds measured it: two processes' copies of

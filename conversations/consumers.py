@@ -295,20 +295,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         removed from the team, logged out, changed password or been deactivated."""
         if self.access_lost:
             return False
-        allowed = await database_sync_to_async(live_access.check)(self.access, self.conversation.pk)
-        if allowed is None:
+        conversation = await database_sync_to_async(live_access.check)(self.access, self.conversation.pk)
+        if conversation is None:
             await self._lose_access()
             return False
-        self.user, self.conversation = allowed
+        self.conversation = conversation
         return True
 
     def _access_now(self) -> tuple[Any, Conversation]:
         """``_still_visible`` in a reply's first trip to a thread (``replies.Access``)."""
-        allowed = live_access.check(self.access, self.conversation.pk)
-        if allowed is None:
+        conversation = live_access.check(self.access, self.conversation.pk)
+        if conversation is None:
             raise replies.AccessLost
-        self.user, self.conversation = allowed
-        return allowed
+        self.conversation = conversation
+        return self.user, conversation
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:

@@ -142,9 +142,14 @@ def visible_conversations(user: AbstractBaseUser) -> QuerySet[Conversation]:
     Team conversations stay with the team: one shared with a team is visible only to the team's
     members, its owner included, so a member removed from the team loses the shared conversations
     he owned (the team and its reviewers keep them). His private conversations stay his."""
-    teams = Membership.objects.filter(user=user).values("team_id")
+    return visible_conversations_of(user.pk)
+
+
+def visible_conversations_of(user_id: int) -> QuerySet[Conversation]:
+    """``visible_conversations`` of the user with this id."""
+    teams = Membership.objects.filter(user_id=user_id).values("team_id")
     return Conversation.objects.filter(
-        Q(owner=user, visibility=Conversation.Visibility.PRIVATE)
+        Q(owner_id=user_id, visibility=Conversation.Visibility.PRIVATE)
         | Q(team__in=teams, visibility=Conversation.Visibility.TEAM),
         deleted_at__isnull=True,
     )

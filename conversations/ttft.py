@@ -98,32 +98,24 @@ def first_token_seconds(ctx: Any, ids: list[int], cached: int, *, threads: int, 
     return time.monotonic() - start
 
 
-def raw_engine_probe(threads: int, batch_size: int, settle: float = 0.3, repeats: int = 3) -> Any:
+def raw_engine_probe(threads: int, batch_size: int, settle: float = 0.3) -> Any:
     """A ``Scheduler.after_job`` that times the raw engine on the job's own slot, once the process
     has settled after the reply (``settle`` seconds: its last writes done): the same work as the
-    job's prefill after the prefix it found cached (``first_token_seconds``), ``repeats`` times.
-    Appends ``{"kind": "raw", "job": id, "raw_s": the median, "raw_all": [...], "cached": n}`` to
-    the trace file. The same process, threads and memory as the reply's own prefill: what the
-    server adds over its engine. (One timing moved by ±10% from one to the next on this machine's
-    2 shared cores: the median of three halves what that adds to a round's overhead.)"""
+    job's prefill after the prefix it found cached (``first_token_seconds``). Appends
+    ``{"kind": "raw", "job": id, "raw_s": seconds, "cached": n}`` to the trace file. The same
+    process, threads and memory as the reply's own prefill: what the server adds over its engine.
+
+    Timed once: like the reply's prefill, the first evaluation after the machine was idle. A
+    second and third right after it were 4-8% faster (15 rounds, 230-token context), so a median
+    of three understated the engine's own time for the reply by ~6-10 ms."""
 
     def probe(job: Any, ctx: Any) -> None:
         if job.prefill_done_at is None:  # cancelled or failed before its first token: nothing to time
             return
         time.sleep(settle)
         cached = job.cached_tokens or 0
-        times = sorted(
-            first_token_seconds(ctx, job.prompt_ids, cached, threads=threads, batch_size=batch_size)
-            for _ in range(repeats)
-        )
-        line = {
-            "kind": "raw",
-            "job": job.id,
-            "raw_s": times[len(times) // 2],
-            "raw_all": times,
-            "cached": cached,
-        }
-        line = json.dumps(line) + "\n"
+        elapsed = first_token_seconds(ctx, job.prompt_ids, cached, threads=threads, batch_size=batch_size)
+        line = json.dumps({"kind": "raw", "job": job.id, "raw_s": elapsed, "cached": cached}) + "\n"
         with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
             out.write(line)
 

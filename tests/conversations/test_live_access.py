@@ -328,3 +328,46 @@ async def test_it_keeps_a_former_members_team_conversations_with_the_team(alice,
     await refused.disconnect()
     kept = await open_socket(bobs_client, private.pk)
     await kept.disconnect()
+
+
+# --- The check itself ----------------------------------------------------------------------------
+
+
+def session_of(user) -> str:
+    client = logged_in(user)
+    return client.cookies["sessionid"].value
+
+
+@pytest.mark.parametrize("layer", ["memory"], indirect=True)
+async def test_the_check_gives_the_conversation_only_to_its_still_logged_in_active_user(
+    alice, bob, chat
+) -> None:
+    """``live_access.check`` in its one query: each condition alone refuses."""
+    await sync_to_async(check_each_condition)(alice, bob, chat)
+
+
+def check_each_condition(alice, bob, chat) -> None:
+    from datetime import timedelta
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from conversations.live_access import Credentials, check, session_digest
+
+    def credentials(user, key: str | None) -> Credentials:
+        return Credentials(user.pk, key, session_digest(key), user.get_session_auth_hash())
+
+    bobs = session_of(bob)
+    assert check(credentials(bob, bobs), chat.pk) == chat
+    assert check(credentials(bob, None), chat.pk) == chat  # a socket without a session
+    assert check(credentials(bob, session_of(alice)), chat.pk) is None  # someone else's session
+    assert check(credentials(bob, "no-such-session"), chat.pk) is None
+    stale = Credentials(bob.pk, bobs, session_digest(bobs), "0" * 64)
+    assert check(stale, chat.pk) is None  # the password changed since the socket opened
+    private = actions.start_conversation(alice, chat.team)
+    assert check(credentials(bob, bobs), private.pk) is None  # not visible to him
+    Session.objects.filter(session_key=bobs).update(expire_date=timezone.now() - timedelta(seconds=1))
+    assert check(credentials(bob, bobs), chat.pk) is None  # expired
+    fresh = session_of(bob)
+    get_user_model().objects.filter(pk=bob.pk).update(is_active=False)
+    assert check(credentials(bob, fresh), chat.pk) is None  # deactivated
