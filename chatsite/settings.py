@@ -232,9 +232,10 @@ CHAT_THREADS = env_int("CHAT_THREADS", CHAT_CORES, minimum=1, maximum=CHAT_CORES
 CHAT_QUEUE_MAX = env_int("CHAT_QUEUE_MAX", 32, minimum=0)
 CHAT_STOP_ON_DISCONNECT = env_bool("CHAT_STOP_ON_DISCONNECT", False)
 CHAT_PREFILL_CHUNK = env_int("CHAT_PREFILL_CHUNK", 64, minimum=1)
-# The model's threads run this much below the rest of the process (a higher nice value), so that
-# serving pages, sockets and the log's writes never waits on the model (inference/threads.py). 0: the same.
-CHAT_MODEL_NICE = env_int("CHAT_MODEL_NICE", 5, minimum=0, maximum=19)
+# The model's threads run this much below the rest of the process (a higher nice value): pages,
+# sockets and the log's writes then never wait behind the model, and the model decodes slower
+# while they run (inference/threads.py). 0 (the default): the same priority.
+CHAT_MODEL_NICE = env_int("CHAT_MODEL_NICE", 0, minimum=0, maximum=19)
 # With several web processes, the model runs in ONE `manage.py inferenceworker` per machine and
 # the web processes send it their jobs over the channel layer (REDIS_URL is then required).
 CHAT_INFERENCE_WORKER = env_bool("CHAT_INFERENCE_WORKER", False)

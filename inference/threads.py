@@ -17,13 +17,13 @@ def lower_this_threads_priority(nice: int) -> None:
 
     Linux schedules each thread on its own, and a thread starts with its creator's nice value: the
     threads ggml starts for every evaluation (ctransformers makes them per call) inherit the slot
-    thread's. With the model's threads below the rest of the process, the event loop and the
-    database writes of a reply (a few ms each) are run at once when they wake, instead of sharing a
-    core with a model thread while the other spins at ggml's barrier: measured on 2 cores, a
-    reply's row writes beside its prefill slowed the prefill by ~9 ms at the same priority and
-    ~3 ms with the model at nice 5, and the first token's frame took ~3.3 ms against ~1 ms to
-    reach the socket while the model went on decoding (bench/ttft.py). Nothing else is lower:
-    beside other busy processes at nice 0, the model gets a smaller share of the cores.
+    thread's. With the model's threads below the rest of the process, the event loop and a reply's
+    database writes run at once when they wake instead of waiting for a core. Measured on 2 cores
+    (2026-12-07, bench/ttft.py and bench/ws.py): at nice 5 a reply's first websocket frame left
+    ~1 ms after its broadcast instead of ~3 ms, but each wake-up then takes a core from one of
+    ggml's two threads while the other spins at its barrier, and decode watched by one websocket
+    viewer fell from 1.04-1.05x to 0.89-0.94x the raw loop. Hence ``CHAT_MODEL_NICE`` is 0 by
+    default. Beside other busy processes at nice 0, a niced model also gets a smaller share.
     """
     if nice <= 0 or sys.platform != "linux":
         return
