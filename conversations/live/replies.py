@@ -344,7 +344,7 @@ class AccessLost(Exception):
 
 
 # A check of the caller's access, run in the reply's first trip to a thread: the user and the
-# conversation as now stored, or ``AccessLost`` (conversations/consumers.py passes live_access's).
+# conversation (as now stored), or ``AccessLost`` (conversations/consumers.py passes live_access's).
 Access = Callable[[], tuple[AbstractBaseUser, Conversation]]
 
 
