@@ -302,13 +302,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.conversation = conversation
         return True
 
-    def _access_now(self) -> tuple[Any, Conversation]:
+    def _access_now(self) -> Conversation:
         """``_still_visible`` in a reply's first trip to a thread (``replies.Access``)."""
         conversation = live_access.check(self.access, self.conversation.pk)
         if conversation is None:
             raise replies.AccessLost
         self.conversation = conversation
-        return self.user, conversation
+        return conversation
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:

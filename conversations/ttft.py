@@ -77,9 +77,14 @@ class Trace:
         if self.written:
             return
         self.written = True
-        line = json.dumps({"kind": self.kind, "marks": self.marks, **self.info}) + "\n"
-        with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
-            out.write(line)
+        _append({"kind": self.kind, "marks": self.marks, **self.info})
+
+
+def _append(record: dict[str, Any]) -> None:
+    """One line of the trace file (``CHAT_TTFT_TRACE``)."""
+    line = json.dumps(record) + "\n"
+    with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
+        out.write(line)
 
 
 def first_token_seconds(ctx: Any, ids: list[int], cached: int, *, threads: int, batch_size: int) -> float:
@@ -115,9 +120,7 @@ def raw_engine_probe(threads: int, batch_size: int, settle: float = 0.3) -> Any:
         time.sleep(settle)
         cached = job.cached_tokens or 0
         elapsed = first_token_seconds(ctx, job.prompt_ids, cached, threads=threads, batch_size=batch_size)
-        line = json.dumps({"kind": "raw", "job": job.id, "raw_s": elapsed, "cached": cached}) + "\n"
-        with _write_lock, open(settings.CHAT_TTFT_TRACE, "a") as out:
-            out.write(line)
+        _append({"kind": "raw", "job": job.id, "raw_s": elapsed, "cached": cached})
 
     return probe
 

@@ -343,14 +343,13 @@ class AccessLost(Exception):
     conversation. Nothing was reserved or written."""
 
 
-# A check of the caller's access, run in the reply's first trip to a thread: the user and the
-# conversation (as now stored), or ``AccessLost`` (conversations/consumers.py passes live_access's).
-Access = Callable[[], tuple[AbstractBaseUser, Conversation]]
+# A check of the caller's access, run in the reply's first trip to a thread: the conversation as
+# now stored, or ``AccessLost`` (conversations/consumers.py passes live_access's).
+Access = Callable[[], Conversation]
 
 
 @dataclass
 class _Begun:
-    user: AbstractBaseUser
     conversation: Conversation
     reservation: Any
     message: Message | None
@@ -371,14 +370,14 @@ def _begin(
     reply's row) and what the reply reads (``_read_for_reply``). One trip, not one each: a trip is
     a thread hop on the way to the first token. Synchronous."""
     if access is not None:
-        user, conversation = access()
+        conversation = access()
     ttft.mark("auth")
     reservation = chat_limits.reserve_now(user, conversation, text, ChatError)
     ttft.mark("reserved")
     try:
         if prepare is None:  # a new message: read (with it) first, written with its reply
             read = _read_for_reply(conversation, get_runtime().model, text)
-            return _Begun(user, conversation, reservation, None, read)
+            return _Begun(conversation, reservation, None, read)
         try:
             # Writes run off the one thread that the consumers' thread-sensitive reads share: a
             # write waiting for the lock there would stall every socket of the process
@@ -389,7 +388,7 @@ def _begin(
     except BaseException:
         reservation.refund()
         raise
-    return _Begun(user, conversation, reservation, message, read)
+    return _Begun(conversation, reservation, message, read)
 
 
 async def _start(
@@ -412,7 +411,7 @@ async def _start(
         begun = await database_sync_to_async(_begin, thread_sensitive=False)(
             user, conversation, access, prepare, args, text
         )
-        user, conversation, message = begun.user, begun.conversation, begun.message
+        conversation, message = begun.conversation, begun.message
         try:
             try:
                 await _generate(user, conversation, message, begun.read, text if prepare is None else None)
