@@ -27,7 +27,7 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -441,9 +441,15 @@ class Outcome:
     error: str = ""
 
 
-def finish_assistant_message(message_id: int, outcome: Outcome) -> None:
-    """Write the final text, token ids, usage, timings and status in one transaction."""
+def finish_assistant_message(
+    message_id: int, outcome: Outcome, on_commit: Callable[[], None] | None = None
+) -> None:
+    """Write the final text, token ids, usage, timings and status in one transaction.
+
+    ``on_commit`` runs once it commits, before the viewers are told (``chat.finished``)."""
     with transaction.atomic():
+        if on_commit is not None:
+            transaction.on_commit(on_commit)  # (callbacks run in the order they were added)
         message = Message.objects.select_for_update().get(pk=message_id)
         message.status = outcome.status
         message.content = outcome.content

@@ -128,7 +128,7 @@ def is_running(conversation_id: int) -> bool:
     pages were told it ended) no longer counts, though it is forgotten a moment later: a message
     a page queued until then is taken at once."""
     run = _runs.get(conversation_id)
-    return conversation_id in _starting or (run is not None and not all(t.done() for t in run.tasks))
+    return conversation_id in _starting or (run is not None and not run.ended())
 
 
 @dataclass

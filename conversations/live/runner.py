@@ -135,6 +135,8 @@ class Run:
         self.cancel_status: str | None = None
         # Replies whose final state could not be written when they ended (saving.save_final).
         self.unsaved: set[int] = set()
+        # Replies whose final state is written (added by the writing thread, as it commits).
+        self.saved: set[int] = set()
         # Characters of each reply that reached its client, for a consumer that reports them (an
         # SSE stream): checkpoints then never save text the client has not seen. None: the
         # runner's own broadcasts are what clients see.
@@ -167,6 +169,11 @@ class Run:
             self.cancel_status = status
         for job in self.jobs:
             job.cancel()
+
+    def ended(self) -> bool:
+        """Every reply has its final state written (or its clients were told it could not be):
+        its viewers are told so from the writing thread, a moment before the tasks end."""
+        return all(t.done() for t in self.tasks) or self.saved | self.unsaved >= set(self.message_ids)
 
     async def wait(self) -> list[Finished]:
         """The jobs' Finished events, once every row has its final state written.
@@ -238,7 +245,8 @@ class Run:
             await self._publish(message_id, choice_index, unsent, stream)
         if checkpointing is not None:  # the last checkpoint first: no write of this reply outlives it
             await asyncio.wait([checkpointing])
-        if not await saving.save_final(message_id, outcome_for(finished, self.cancel_status)):
+        outcome = outcome_for(finished, self.cancel_status)
+        if not await saving.save_final(message_id, outcome, lambda: self.saved.add(message_id)):
             # The database cannot be written (full, locked): the clients are told in-band, and
             # the row is saved later or marked interrupted (conversations/live/saving.py).
             self.unsaved.add(message_id)

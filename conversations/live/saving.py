@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -31,12 +32,14 @@ LATER_FOR = 600.0  # for this long; after that the stale sweep marks the row int
 _later: set[asyncio.Task] = set()
 
 
-async def _attempt(message_id: int, outcome: actions.Outcome) -> bool | None:
+async def _attempt(
+    message_id: int, outcome: actions.Outcome, on_commit: Callable[[], None] | None = None
+) -> bool | None:
     """One write: True when written, False on an error a retry will not mend (logged), None when
     the database is unavailable for now (locked, full, unreachable)."""
     try:
         await database_sync_to_async(actions.finish_assistant_message, thread_sensitive=False)(
-            message_id, outcome
+            message_id, outcome, on_commit
         )
     except Exception as exc:
         if not is_database_unavailable(exc):
@@ -47,10 +50,14 @@ async def _attempt(message_id: int, outcome: actions.Outcome) -> bool | None:
     return True
 
 
-async def save_final(message_id: int, outcome: actions.Outcome) -> bool:
-    """Write the final state of ``message_id``; False if it could not be written (yet)."""
+async def save_final(
+    message_id: int, outcome: actions.Outcome, on_commit: Callable[[], None] | None = None
+) -> bool:
+    """Write the final state of ``message_id``; False if it could not be written (yet).
+
+    ``on_commit``: run in the writing thread when it commits, before the viewers are told."""
     for delay in (*RETRY_DELAYS, None):
-        written = await _attempt(message_id, outcome)
+        written = await _attempt(message_id, outcome, on_commit)
         if written is not None:
             return written
         if delay is not None:

@@ -208,6 +208,44 @@ async def test_it_runs_one_generation_at_a_time_and_stops_it(alice, chat, runtim
     await communicator.disconnect()
 
 
+async def test_a_message_sent_as_soon_as_the_page_hears_the_reply_ended_is_taken(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """The page sends a message it queued as soon as it is told the reply ended. That news goes out
+    when the reply's final row commits, in a database thread, a moment before the run's task ends
+    (on a busy machine, a long moment: refused as busy, the message went back to the box). Here the
+    thread is held after its commit until the next message has had its answer."""
+    saved, go = threading.Event(), threading.Event()
+    finish = actions.finish_assistant_message
+    calls = []
+
+    def finish_and_hold_the_first(*args, **kwargs) -> None:
+        finish(*args, **kwargs)
+        calls.append(args[0])
+        if len(calls) == 1:
+            saved.set()
+            go.wait(60)
+
+    monkeypatch.setattr(actions, "finish_assistant_message", finish_and_hold_the_first)
+    communicator, _, _ = await connect(alice, chat.pk)
+    try:
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
+        assert await asyncio.to_thread(saved.wait, 30)
+        await receive_until(communicator, "msg-assistant status-complete")  # what the page hears
+        await communicator.send_to(text_data=json.dumps({"action": "send", "text": "queued"}))
+        frame = ""
+        while "msg-user" not in frame and actions.BUSY_MESSAGE not in frame:
+            frame = await communicator.receive_from(timeout=10)
+        assert actions.BUSY_MESSAGE not in frame
+    finally:
+        go.set()
+    await finish_run(chat.pk, answers=2)
+    rows = await messages_of(chat.pk)
+    assert [(m.role, m.content) for m in rows if m.role == "user"] == [("user", "first"), ("user", "queued")]
+    assert [m.status for m in rows if m.role == "assistant"] == [Message.Status.COMPLETE] * 2
+    await communicator.disconnect()
+
+
 async def test_it_regenerates_the_last_answer_and_keeps_the_old_one_for_reviewers(
     alice, chat, runtime
 ) -> None:
