@@ -317,7 +317,9 @@ def test_it_answers_the_openai_sdk_for_an_upstream_model(site) -> None:
     import openai
 
     client = openai.OpenAI(api_key=site.keys["alice"], base_url=f"{site.url}/v1", max_retries=0)
-    completion = client.chat.completions.create(model="upstream-tiny", messages=HELLO, max_tokens=4)
+    completion = client.chat.completions.create(
+        model="upstream-tiny", messages=HELLO, max_tokens=4, logit_bias=NO_EOS
+    )
     assert completion.model == "upstream-tiny" and completion.choices[0].message.content
     assert completion.usage is not None and completion.usage.completion_tokens >= 1
 
