@@ -200,9 +200,16 @@ def test_it_admits_exactly_the_token_budget_and_settles_under_concurrency(
     set_limits_in(tmp_path, file_ids, member=True, tokens_per_day=1000)
     # Each admitted call reserves 100 and keeps 60 (40 given back at once): admissions stop when
     # fewer than 100 remain, i.e. after 16 (15 × 60 = 900 leaves exactly 100; 16 × 60 leaves 40).
-    admitted = hammer(ids["team"], ids["user"], 48, 100, 60, tmp_path)
-    assert admitted == 16
-    assert counter_value(tmp_path, file_ids, f"tok:member-{ids['team']}-{ids['user']}") == 960
+    # A round can admit fewer: an attempt made while others hold their 100 unsettled is refused,
+    # and the threads may have no attempt left once those settle (15 seen under CI). So rounds
+    # run until one admits nothing: never more than the budget, and each settle exact.
+    key, total, rounds = f"tok:member-{ids['team']}-{ids['user']}", 0, []
+    while not rounds or rounds[-1]:
+        rounds.append(hammer(ids["team"], ids["user"], 48, 100, 60, tmp_path))
+        total += rounds[-1]
+        assert total <= 16, rounds
+        assert counter_value(tmp_path, file_ids, key) == 60 * total, rounds
+    assert total == 16, rounds
 
 
 @pytest.mark.django_db(transaction=True)
