@@ -16,8 +16,9 @@ file a test's group is its module.
 After the heavy groups, the longest go first: each run records how long each module's tests took
 (set-up, call and teardown: the reports the controller gets) in pytest's cache, and the next run
 hands the groups out longest first, so that the end of the run is short groups on both workers
-rather than one long group on one while the other has finished. Only the order depends on it: a
-module the cache does not know goes after the known ones, as before.
+rather than one long group on one while the other has finished. A checkout with no cache (a fresh
+clone) takes the figures of tests/module_seconds.json, kept from a quiet run. Only the order
+depends on them: a module neither knows goes after the known ones, as before.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ HEAVY_MARKS = ("slow", "model", "browser")
 EXCLUSIVE_MARK = "cpu_exclusive"
 GROUPS_FILE = "xdist-groups.json"
 SECONDS_KEY = "chatsite/module-seconds"  # pytest's cache: {module: seconds its tests took}
+# The same figures from one quiet run (2026-12-07, SQLite, 3 workers), for a checkout with no cache
+# of its own (a fresh clone: CI's first run). Only the order depends on them; a stale figure
+# costs some balance, never a test.
+SEED_FILE = Path(__file__).with_name("module_seconds.json")
 
 
 def module_of(nodeid: str) -> str:
@@ -116,6 +121,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def recorded_seconds(config: pytest.Config) -> dict[str, float]:
+    """Each module's time in the runs this checkout made, else in SEED_FILE's."""
+    return {**seed_seconds(), **cached_seconds(config)}
+
+
+def seed_seconds() -> dict[str, float]:
+    try:
+        found = json.loads(SEED_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def cached_seconds(config: pytest.Config) -> dict[str, float]:
     cache = getattr(config, "cache", None)
     found = cache.get(SECONDS_KEY, {}) if cache is not None else {}
     return found if isinstance(found, dict) else {}
@@ -138,7 +156,7 @@ def record_seconds(session: pytest.Session, exitstatus: int) -> None:
     on_workers = not is_worker(config) and (config.getoption("numprocesses", None) or 0) != 0
     if cache is None or not on_workers or narrowed or not _seconds or exitstatus != pytest.ExitCode.OK:
         return
-    cache.set(SECONDS_KEY, {**recorded_seconds(config), **{m: round(s, 3) for m, s in _seconds.items()}})
+    cache.set(SECONDS_KEY, {**cached_seconds(config), **{m: round(s, 3) for m, s in _seconds.items()}})
 
 
 def _scheduler_class():

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -119,6 +120,7 @@ def test_each_module_runs_whole_on_one_worker_and_shared_servers_start_once(tmp_
 EXCLUSIVE = """
 import os, time
 from pathlib import Path
+from types import SimpleNamespace
 import pytest
 pytestmark = pytest.mark.slow  # handed out first
 
@@ -173,3 +175,16 @@ def test_waiting_for_an_exclusive_test_does_not_count_against_a_tests_timeout(tm
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "7 passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_checkout_with_no_cache_of_its_own_orders_by_the_kept_figures() -> None:
+    """A fresh clone (CI's first run) has no module times in pytest's cache: it takes those of
+    tests/module_seconds.json, so its longest modules still go first; a checkout's own times win."""
+    from tests import xdist_groups
+
+    kept = json.loads((ROOT / "tests" / "module_seconds.json").read_text())
+    assert kept and all(isinstance(seconds, float | int) for seconds in kept.values())
+    assert xdist_groups.recorded_seconds(SimpleNamespace(cache=None)) == kept
+    module = max(kept, key=kept.get)
+    own = SimpleNamespace(cache=SimpleNamespace(get=lambda key, default: {module: 0.5}))
+    assert xdist_groups.recorded_seconds(own) == {**kept, module: 0.5}
