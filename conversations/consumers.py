@@ -295,15 +295,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         removed from the team, logged out, changed password or been deactivated."""
         if self.access_lost:
             return False
-        conversation = await database_sync_to_async(live_access.check)(self.access, self.conversation.pk)
-        if conversation is None:
+        try:
+            await database_sync_to_async(self._access_now)()
+        except replies.AccessLost:
             await self._lose_access()
             return False
-        self.conversation = conversation
         return True
 
     def _access_now(self) -> Conversation:
-        """``_still_visible`` in a reply's first trip to a thread (``replies.Access``)."""
+        """The check itself, synchronous: also run in a reply's first trip to a thread
+        (``replies.Access``)."""
         conversation = live_access.check(self.access, self.conversation.pk)
         if conversation is None:
             raise replies.AccessLost

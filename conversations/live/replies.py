@@ -351,7 +351,7 @@ Access = Callable[[], Conversation]
 @dataclass
 class _Begun:
     conversation: Conversation
-    reservation: Any
+    reservation: chat_limits.limits.Reservation
     message: Message | None
     read: _Read | None
 
@@ -477,8 +477,8 @@ async def edit(
     text: str,
     access: Access | None = None,
 ) -> None:
-    edit = actions.edit_and_resend
-    await _start(user, conversation, edit, message_id, text, user, text=text, access=access)
+    prepare = actions.edit_and_resend
+    await _start(user, conversation, prepare, message_id, text, user, text=text, access=access)
 
 
 def stop(conversation_id: int, status: str = Message.Status.STOPPED) -> bool:
