@@ -186,15 +186,15 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     # A key is for one team: it stops with its user's membership, however that was removed.
     if revoked or not user_active or not user_in_team:
         return None
-    last_used_at = _from_db(ApiKey, "last_used_at", last_used_at)
+    last_used_at = from_db(ApiKey, "last_used_at", last_used_at)
     key = ApiKey(pk=pk, user_id=user_id, team_id=team_id, name=name, prefix=prefix, last_used_at=last_used_at)
     key._state.adding, key._state.db = False, connection.alias  # as if read by the ORM
-    models = _from_db(Team._meta.get_field("model_choice").related_model, "models", models)
+    models = from_db(Team._meta.get_field("model_choice").related_model, "models", models)
     key.allowed_models = None if models is None else list(models)
     return key
 
 
-def _from_db(model: Any, field_name: str, value: Any) -> Any:
+def from_db(model: Any, field_name: str, value: Any) -> Any:
     """A raw query's ``value`` of ``model.field_name`` as the ORM would give it: through the
     backend's and the field's own converters (SQLite's datetime text made aware, a JSON column's
     text decoded), the same ones Django's compiler applies."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
@@ -32,7 +33,8 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.models import Session
-from django.db.models import Subquery
+from django.db import connections, router
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest
 from django.utils import timezone
@@ -94,26 +96,22 @@ def ends_this_session(event: dict[str, Any], credentials: Credentials) -> bool:
 
 
 def check(credentials: Credentials, conversation_id: int) -> Conversation | None:
-    """The conversation as now stored, if the socket may still show it; else None.
+    """The conversation as now stored, if the socket may still show it; else None. The conversation
+    carries ``team_models``: the models its team may use (None: all), read in the same query.
 
     The user must still exist and be active, their password unchanged since the socket opened, the
     socket's session still logged in as them, and the conversation visible to them. One query when
-    sessions are in the database (the default): the user's password hash and the session's data
-    come with the conversation, as subqueries. It runs before every reply's start, on the way to
-    its first token: the three queries it was cost ~3-4.5 ms on PostgreSQL (bench/ttft.py)."""
-    User = get_user_model()
+    sessions are in the database (the default): the user's password hash, the session's data and
+    the team's models come with the conversation, as subqueries. It runs before every reply's
+    start, on the way to its first token: the query is the ORM's (``_query``), compiled once
+    (``_Statement``)."""
     user_id, key = credentials.user_id, credentials.session_key
-    user = User.objects.filter(pk=user_id, is_active=True)
-    found = queries.visible_conversations_of(user_id).filter(pk=conversation_id)
-    found = found.annotate(_password=Subquery(user.values("password")[:1]))
     in_database = settings.SESSION_ENGINE == DATABASE_SESSIONS
-    if key is not None and in_database:
-        session = Session.objects.filter(session_key=key, expire_date__gt=timezone.now())
-        found = found.annotate(_session=Subquery(session.values("session_data")[:1]))
-    conversation = found.first()
+    with_session = key is not None and in_database
+    conversation = _statement(with_session).run(user=user_id, conversation=conversation_id, key=key)
     if conversation is None or conversation._password is None:  # (None: no such active user)
         return None
-    stored = User(pk=user_id, password=conversation._password)  # what the auth hash is made of
+    stored = get_user_model()(pk=user_id, password=conversation._password)  # what the hash is made of
     if not constant_time_compare(stored.get_session_auth_hash(), credentials.auth_hash):
         return None
     if key is not None:
@@ -124,7 +122,117 @@ def check(credentials: Credentials, conversation_id: int) -> Conversation | None
             data = store(key).load()
         if str(data.get(SESSION_KEY, "")) != str(user_id):
             return None  # logged out, expired, or now another user's
+    models = actions.from_db(_team_models_model(), "models", conversation._models)
+    conversation.team_models = None if models is None else list(models)
     return conversation
+
+
+def _team_models_model() -> Any:
+    """``upstreams.TeamModels``, reached through ``Team.model_choice`` (this app imports no upstreams)."""
+    return Conversation._meta.get_field("team").related_model._meta.get_field("model_choice").related_model
+
+
+def _query(user_id: int, conversation_id: int, key: str | None, now: datetime) -> QuerySet[Conversation]:
+    """The check's one query: the conversation if ``user_id`` may see it (``queries``' own rule),
+    with the user's password hash if they are active, the data of session ``key`` if it has not
+    expired (with ``key``), and the team's models."""
+    User = get_user_model()
+    user = User.objects.filter(pk=user_id, is_active=True)
+    found = queries.visible_conversations_of(user_id).filter(pk=conversation_id)
+    team_models = _team_models_model().objects.filter(team_id=OuterRef("team_id"))
+    found = found.annotate(
+        _password=Subquery(user.values("password")[:1]),
+        _models=Subquery(team_models.values("models")[:1]),
+    )
+    if key is not None:
+        session = Session.objects.filter(session_key=key, expire_date__gt=now)
+        found = found.annotate(_session=Subquery(session.values("session_data")[:1]))
+    return found
+
+
+# Two sets of stand-ins for the values of one check, unlike any real one (negative ids, within the
+# integer columns' range: the ORM compiles a lookup of an out-of-range integer to no row at all).
+# The compiled query's parameters that equal them are where each check's own values go.
+_STAND_INS = [
+    {
+        "user": -1_999_999_901,
+        "conversation": -1_999_999_902,
+        "key": "stand-in-session-key-of-the-access-check-1",
+        "now": datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC),
+    },
+    {
+        "user": -1_999_999_903,
+        "conversation": -1_999_999_904,
+        "key": "stand-in-session-key-of-the-access-check-2",
+        "now": datetime(2002, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
+    },
+]
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """``_query`` compiled once by the ORM (building a query costs more than the database's answer
+    to it: ~1.3 of ~1.9 ms): its SQL, its parameters, and which of them take a check's values."""
+
+    sql: str
+    params: tuple[Any, ...]
+    slots: tuple[tuple[int, str], ...]  # (parameter index, "user" | "conversation" | "key" | "now")
+    alias: str
+
+    @classmethod
+    def compile(cls, with_session: bool) -> _Statement:
+        """Compiled with each set of stand-ins: the two must give the same SQL, with the stand-ins
+        in the same places and every other parameter the same, or the query depends on the values
+        in some other way and is not reused (RuntimeError)."""
+        alias = router.db_for_read(Conversation)
+        compiled = []
+        for stand_ins in _STAND_INS:
+            key = stand_ins["key"] if with_session else None
+            query = _query(stand_ins["user"], stand_ins["conversation"], key, stand_ins["now"])
+            sql, params = query.query.get_compiler(using=alias).as_sql()
+            values = {name: _prepared(name, value, alias) for name, value in stand_ins.items()}
+            slots = tuple(
+                (i, name)
+                for i, param in enumerate(params)
+                for name, value in values.items()
+                if type(param) is type(value) and param == value
+            )
+            rest = [param for i, param in enumerate(params) if i not in dict(slots)]
+            inlined = any(str(value) in sql for value in values.values())
+            compiled.append((sql, slots, rest, inlined, params))
+        (sql, slots, rest, inlined, params), other = compiled
+        expected = {"user", "conversation"} | ({"key", "now"} if with_session else set())
+        if inlined or other[:3] != (sql, slots, rest) or {name for _, name in slots} != expected:
+            raise RuntimeError(f"the access check's query cannot be compiled once: {sql!r} {params!r}")
+        return cls(sql, tuple(params), slots, alias)
+
+    def run(self, **values: Any) -> Conversation | None:
+        params = list(self.params)
+        prepared = {name: _prepared(name, value, self.alias) for name, value in values.items()}
+        prepared["now"] = _prepared("now", timezone.now(), self.alias)
+        for i, name in self.slots:
+            params[i] = prepared[name]
+        return next(iter(Conversation.objects.raw(self.sql, params).using(self.alias)), None)
+
+
+def _prepared(name: str, value: Any, alias: str) -> Any:
+    """``value`` as the ORM passes it to the database (a datetime: the backend's own form)."""
+    if name != "now":
+        return value
+    field = Session._meta.get_field("expire_date")
+    return field.get_db_prep_value(value, connections[alias], prepared=False)
+
+
+_statements: dict[tuple[str, bool], _Statement] = {}
+
+
+def _statement(with_session: bool) -> _Statement:
+    """The compiled check, with or without a session: once per database and shape."""
+    name = (router.db_for_read(Conversation), with_session)
+    statement = _statements.get(name)
+    if statement is None:
+        statement = _statements[name] = _Statement.compile(with_session)
+    return statement
 
 
 # --- The signals ---------------------------------------------------------------------------------

@@ -371,3 +371,64 @@ def check_each_condition(alice, bob, chat) -> None:
     fresh = session_of(bob)
     get_user_model().objects.filter(pk=bob.pk).update(is_active=False)
     assert check(credentials(bob, fresh), chat.pk) is None  # deactivated
+
+
+@pytest.mark.parametrize("layer", ["memory"], indirect=True)
+async def test_the_check_compiled_once_answers_as_the_rule_for_every_user_conversation_and_session(
+    alice, bob, charlie, alpha, chat
+) -> None:
+    """The check's query is compiled once, with stand-in values, and reused with each check's own:
+    every (user, conversation, session) gives what the rule itself says, read afresh with the
+    ORM; and the team's models come with it."""
+    await sync_to_async(compare_with_the_rule)(alice, bob, charlie, alpha, chat)
+
+
+def compare_with_the_rule(alice, bob, charlie, alpha, chat) -> None:
+    from django.contrib.sessions.models import Session
+
+    from conversations import queries
+    from conversations.live_access import Credentials, check, session_digest
+    from upstreams.models import TeamModels
+
+    beta = actions.create_team("beta", admin=charlie)
+    conversations = [
+        chat,  # alice's, shared with alpha
+        actions.start_conversation(alice, alpha),  # alice's, private
+        actions.start_conversation(bob, alpha, visibility="team"),
+        actions.start_conversation(charlie, beta, visibility="team"),
+        actions.start_conversation(charlie, beta),
+    ]
+    gone = actions.start_conversation(bob, alpha, visibility="team")
+    actions.soft_delete(gone)
+    conversations.append(gone)
+    TeamModels.objects.create(team=beta, models=["an-upstream-model"])
+    users = [alice, bob, charlie]
+    sessions = {user.pk: session_of(user) for user in users}
+    inactive = get_user_model().objects.create_user("dora", password="a-long-password-4")
+    actions.add_member(alpha, inactive)
+    sessions[inactive.pk] = session_of(inactive)
+    get_user_model().objects.filter(pk=inactive.pk).update(is_active=False)
+    users.append(get_user_model().objects.get(pk=inactive.pk))
+    keys = [*sessions.values(), None, "no-such-session"]
+    answered = 0
+    for user in users:
+        for key in keys:
+            for conversation in conversations:
+                credentials = Credentials(user.pk, key, session_digest(key), user.get_session_auth_hash())
+                found = check(credentials, conversation.pk)
+                visible = queries.visible_conversations_of(user.pk).filter(pk=conversation.pk).exists()
+                session_ok = key is None or (
+                    Session.objects.filter(session_key=key).exists()
+                    and str(Session.objects.get(session_key=key).get_decoded().get("_auth_user_id"))
+                    == str(user.pk)
+                )
+                expected = user.is_active and visible and session_ok
+                assert (found is not None) == expected, (user.username, key, conversation.pk)
+                if found is not None:
+                    answered += 1
+                    assert found.pk == conversation.pk and found.title == conversation.title
+                    models = TeamModels.objects.filter(team_id=conversation.team_id).first()
+                    assert found.team_models == (None if models is None else models.models)
+    # Each active user, with their own session or none, on what they may see: alice her private one
+    # and alpha's two live team ones, bob alpha's two, charlie his two.
+    assert answered == 2 * (3 + 2 + 2)
