@@ -66,6 +66,7 @@ _swept = False
 # Deltas are rendered here, off the event loop: a reply's renders one after another (its task awaits
 # each), the replies of a process side by side.
 _render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+FIRST_RENDER_INLINE = 200  # characters: a first delta up to this long is rendered on the event loop
 
 
 class Stream:
@@ -255,7 +256,12 @@ class Run:
 
     async def _publish(self, message_id: int, choice_index: int, texts: list[str], stream: Stream) -> None:
         text = "".join(texts)
-        step = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, stream, text)
+        if stream.seq == 0 and len(text) <= FIRST_RENDER_INLINE:
+            # The first delta, on the way to the first token: its render is a few words (~0.06
+            # ms), less than the hop to a render thread and back, which waits for the GIL.
+            step = _render(stream, text)
+        else:
+            step = await asyncio.get_running_loop().run_in_executor(_render_pool, _render, stream, text)
         event = {"type": "chat.delta", "message_id": message_id, "choice_index": choice_index, "text": text}
         await self._send(event | stream.delta(step))
         if stream.waiting:
