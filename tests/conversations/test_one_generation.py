@@ -106,6 +106,30 @@ def test_it_interrupts_a_dead_processs_stale_row_when_a_reply_starts(chat) -> No
     assert [m.pk for m in streaming_rows(chat)] == [new.pk]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_new_message_and_its_reply_are_written_in_seven_statements_and_a_stale_row_still_ends(
+    chat, alice
+) -> None:
+    """The write that runs beside the prompt's evaluation (a message admitted first): begin, the
+    lock, the busy check (which also finds stale rows), the two rows, the conversation's time,
+    commit; no savepoint, no query for stale rows when there are none (10 statements before).
+    With a dead process's row, that row is interrupted and the reply starts all the same."""
+    from django.test.utils import CaptureQueriesContext
+
+    actions.rename(chat, "Named")  # (a first message names the conversation: one more statement)
+    with CaptureQueriesContext(connection) as queries:
+        _, first = actions.post_user_message_with_reply(chat, "Hi", alice, params={}, prompt_tokens=3)
+    assert len(queries) == 7, [q["sql"][:60] for q in queries]
+    Message.objects.filter(pk=first.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    _, second = actions.post_user_message_with_reply(chat, "Again", alice, params={}, prompt_tokens=3)
+    first.refresh_from_db()
+    assert first.status == Message.Status.INTERRUPTED
+    assert [m.pk for m in streaming_rows(chat)] == [second.pk]
+    with pytest.raises(actions.Busy):  # a fresh row: busy, and nothing written
+        actions.post_user_message_with_reply(chat, "Third", alice, params={}, prompt_tokens=3)
+    assert chat.messages.filter(content="Third").count() == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     with tiny_chat_model(
