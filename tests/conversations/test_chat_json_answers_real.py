@@ -13,7 +13,7 @@ from conversations import actions
 from conversations.models import Message
 from inference.model import ChatModel
 from tests.chat_runtime import serving
-from tests.fixtures_model import default_model_path
+from tests.fixtures_model import default_model_cache, default_model_path
 from tests.ws_chat import connect, finish_run
 
 pytestmark = [pytest.mark.model, pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -31,8 +31,8 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def real_model(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("real-json-chat")
+def real_model():
+    cache = default_model_cache()
     loaded = ChatModel.load(default_model_path(), cache_dir=cache, threads=1, slots=1)
     yield loaded
     loaded.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from inference.jobs import Delta, Finished
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.fixtures_model import default_model_path
+from tests.fixtures_model import default_model_cache, default_model_path
 from tests.helpers import load_reference
 
 pytestmark = pytest.mark.model
@@ -19,8 +18,8 @@ GREEDY = load_reference("smollm2-chat-greedy.json")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
-    cache = Path(tmp_path_factory.getbasetemp()) / "model-cache"
+def model() -> Iterator[ChatModel]:
+    cache = default_model_cache()
     loaded = ChatModel.load(default_model_path(), cache_dir=cache, threads=1, slots=1)  # see LiveServer
     yield loaded
     loaded.close()

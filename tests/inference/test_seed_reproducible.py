@@ -4,7 +4,6 @@ holds and whatever runs beside it (the real default model: it is the one that sh
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from inference.jobs import Finished
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
-from tests.fixtures_model import default_model_path
+from tests.fixtures_model import default_model_cache, default_model_path
 
 # The model runs on two threads (the defaults): alone on the cores, or they crawl under xdist.
 pytestmark = [pytest.mark.model, pytest.mark.cpu_exclusive]
@@ -40,8 +39,8 @@ SEEDED = SamplingParams(temperature=1.0, top_p=1.0, seed=20240601, max_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
-    cache = Path(tmp_path_factory.getbasetemp()) / "model-cache"
+def model() -> Iterator[ChatModel]:
+    cache = default_model_cache()
     # The defaults: 2 slots sharing 2 threads (a lone evaluation gets both, two get one each).
     loaded = ChatModel.load(default_model_path(), cache_dir=cache, threads=2, slots=2)
     yield loaded

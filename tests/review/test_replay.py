@@ -113,10 +113,10 @@ def test_it_refuses_random_sampling_and_other_teams(tiny_models, root, alice, bo
 
 
 @pytest.mark.model
-def test_it_replays_a_seeded_answer_of_the_real_model(root, alice, alpha, tmp_path_factory) -> None:
-    from tests.fixtures_model import default_model_path
+def test_it_replays_a_seeded_answer_of_the_real_model(root, alice, alpha) -> None:
+    from tests.fixtures_model import default_model_cache, default_model_path
 
-    cache = tmp_path_factory.getbasetemp() / "model-cache"  # shared with tests/inference/test_model_real.py
+    cache = default_model_cache()
     # One thread: two spin-wait for each other and crawl on a busy machine (92 s measured at load 11).
     model = ChatModel.load(default_model_path(), cache_dir=cache, slots=1, threads=1, queue_max=2)
     _, raw = actions.create_api_key(alice, alpha)
