@@ -79,14 +79,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     model = resolve_model(body.model)
     ttft.mark("parsed")
     # Rendering and tokenizing up to a megabyte of text would stall the event loop: one trip to a
-    # worker thread (each trip costs a thread hop on the way to the first token).
-    plan, prompt, prompt_ids = await sync_to_async(_prompt, thread_sensitive=False)(body, model)
-    params = plan.apply(sampling_params(body, model, len(prompt_ids)))
-    ttft.mark("prompt")
-    n = body.n or 1
-    # The limits first (review/limits.py): a refused call does no work and writes nothing.
-    reservation = await ratelimits.reserve(key, len(prompt_ids) + params.max_tokens * n)
+    # worker thread, which also takes the usage limits' reservation (each trip costs a thread hop on
+    # the way to the first token).
+    plan, prompt, prompt_ids, params, reservation = await sync_to_async(
+        _prompt_and_reserve, thread_sensitive=False
+    )(body, model, key)
     ttft.mark("reserved")
+    n = body.n or 1
     try:
         jobs = await admit(model, prompt_ids, params, n, key)
     except BaseException:
@@ -146,6 +145,18 @@ def _prompt(body: ChatCompletionRequest, model: ChatModel) -> tuple[OutputPlan, 
     prompt); and the prompt's token ids."""
     plan, prompt = plan_output(body, model.tokenizer, model.template)
     return plan, prompt, model.prompt_ids(prompt.messages, prompt.tools)
+
+
+def _prompt_and_reserve(
+    body: ChatCompletionRequest, model: ChatModel, key: ApiKey
+) -> tuple[OutputPlan, PromptPlan, list[int], SamplingParams, ratelimits.limits.Reservation]:
+    """``_prompt``, the sampling, and the limits' reservation of the prompt and the most it may
+    generate (review/limits.py: a refused call does no work and writes nothing). Synchronous."""
+    plan, prompt, prompt_ids = _prompt(body, model)
+    params = plan.apply(sampling_params(body, model, len(prompt_ids)))
+    ttft.mark("prompt")
+    reservation = ratelimits.reserve_now(key, len(prompt_ids) + params.max_tokens * (body.n or 1))
+    return plan, prompt, prompt_ids, params, reservation
 
 
 def _log_call(

@@ -11,14 +11,10 @@ from conversations.models import ApiKey
 from review import limits
 
 
-async def reserve(key: ApiKey, tokens: int) -> limits.Reservation:
-    """Take one request and ``tokens`` (prompt + max_tokens × n) from the key's team, user, member
-    and key limits, or answer 429 (``type`` "requests" or "tokens") with ``Retry-After``."""
-    return await database_sync_to_async(reserve_now, thread_sensitive=False)(key, tokens)
-
-
 def reserve_now(key: ApiKey, tokens: int) -> limits.Reservation:
-    """``reserve`` from synchronous code (a thread that has more to do in the same trip)."""
+    """Take one request and ``tokens`` (prompt + max_tokens × n) from the key's team, user, member
+    and key limits, or answer 429 (``type`` "requests" or "tokens") with ``Retry-After``. Synchronous:
+    called in a thread that has more to do in the same trip."""
     try:
         return limits.reserve(team_id=key.team_id, user_id=key.user_id, key_id=key.pk, tokens=tokens)
     except limits.LimitReached as exc:

@@ -168,3 +168,45 @@ async def test_the_trace_records_the_path_when_it_is_on(alice, alpha, settings, 
 async def test_nothing_is_traced_when_it_is_off(settings) -> None:
     settings.CHAT_TTFT_TRACE = ""
     assert ttft.begin("v1") is None
+
+
+async def test_a_call_takes_two_trips_to_a_thread_before_its_jobs_are_submitted(
+    alice, alpha, runtime, monkeypatch
+) -> None:
+    """The key check, then the prompt (template and tokens) with the limits' reservation: each trip
+    to a thread is a hop on the way to the first token (three before: the reservation had its own)."""
+    from asgiref.sync import SyncToAsync
+    from django.test import AsyncClient
+
+    from conversations.api import completions
+
+    plain = await database_sync_to_async(new_key)(alice, alpha)
+    trips: list[str] = []
+    real_call = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", repr(self.func)))
+        return await real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    at_admission: list[list[str]] = []
+    real_admit = completions.admit
+
+    async def admit(*args, **kwargs):
+        at_admission.append(list(trips))
+        return await real_admit(*args, **kwargs)
+
+    monkeypatch.setattr(completions, "admit", admit)
+    at_view: list[int] = []  # the trips made before the view (the middleware's and Django's own)
+    real_begin = ttft.begin
+    monkeypatch.setattr(ttft, "begin", lambda *a: (at_view.append(len(trips)), real_begin(*a))[1])
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    response = await AsyncClient().post(
+        "/v1/chat/completions",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {plain}"},
+    )
+    assert response.status_code == 200, response.content
+    (before,) = at_view
+    assert [t[before:] for t in at_admission] == [["authenticate_api_key", "_prompt_and_reserve"]]
