@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
 
@@ -83,6 +86,31 @@ PURE_MIDDLEWARE = (
 )
 
 
+def _session_untouched(request: HttpRequest) -> bool:
+    """The request neither read nor changed its session: saving it does nothing (no I/O)."""
+    session = getattr(request, "session", None)
+    if session is None or settings.SESSION_SAVE_EVERY_REQUEST:
+        return False
+    return not session.accessed and not session.modified
+
+
+def _messages_untouched(request: HttpRequest) -> bool:
+    """No message was added or shown: storing them does nothing (no I/O)."""
+    storage = getattr(request, "_messages", None)
+    return storage is not None and not storage.used and not storage.added_new
+
+
+async def _inline_request_acall(self, request: HttpRequest) -> HttpResponseBase:
+    """``MiddlewareMixin.__acall__`` with ``process_request`` on the event loop (it builds lazy
+    objects, reading nothing) and ``process_response`` there too when it has nothing to save,
+    else in the sync thread as Django does (it may read and write the session in the database)."""
+    response = self.process_request(request)
+    response = response or await self.get_response(request)
+    if self.untouched(request):
+        return self.process_response(request, response)
+    return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+
+
 def run_pure_hooks_inline() -> None:
     """Under ASGI, ``MiddlewareMixin.__acall__`` runs every ``process_request`` and
     ``process_response`` in the one sync thread (``sync_to_async(thread_sensitive=True)``): two
@@ -90,7 +118,14 @@ def run_pure_hooks_inline() -> None:
     each waiting its turn behind whatever else holds that thread. Their hooks do no I/O, so they
     run on the event loop instead. Done on Django's classes themselves (at start-up, from
     ``ChatsiteConfig.ready``), so that ``MIDDLEWARE`` keeps naming them and the deployment checks
-    that look for them by name still see them. Sessions and messages keep their hops: their hooks
-    can read or write the session in the database."""
+    that look for them by name still see them. Sessions and messages build their lazy objects on the
+    event loop too, and keep the hop back only for a response that has something to save: their
+    hooks can read and write the session in the database then (``_inline_request_acall``)."""
     for cls in PURE_MIDDLEWARE:
         cls.__acall__ = _inline_acall  # type: ignore[method-assign]
+    for cls, untouched in (
+        (sessions_middleware.SessionMiddleware, _session_untouched),
+        (messages_middleware.MessageMiddleware, _messages_untouched),
+    ):
+        cls.untouched = staticmethod(untouched)  # type: ignore[attr-defined]
+        cls.__acall__ = _inline_request_acall  # type: ignore[method-assign]
