@@ -101,6 +101,8 @@ def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browse
         "SELECT status, completion_tokens, content FROM conversations_message ORDER BY id DESC LIMIT 1"
     )[0]
     assert row["status"] == "stopped" and 1 <= row["completion_tokens"] < 2000 and row["content"]
-    assert last_answer(bob).locator(".msg-body").inner_text().strip()  # the partial answer stays
+    # The partial answer stays. Not stripped: the tiny model's words can be control characters that
+    # Python counts as whitespace (CI saw an answer of 40 U+001F, shown on the page and stripped to "").
+    assert last_answer(bob).locator(".msg-body").inner_text()
     alice.context.close()
     bob.context.close()
