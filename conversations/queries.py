@@ -99,21 +99,22 @@ def prompt_messages(conversation: Conversation, new_user_text: str | None = None
     them first. An answer carries its generated ids (the KV cache is reused from them).
     ``new_user_text``: a user message not written yet, as if it were the last.
     """
-    rows = list(visible_messages(conversation))
+    # The four columns it needs, not whole rows: it runs on the way to every reply's first token.
+    rows = list(visible_messages(conversation).values_list("role", "content", "status", "token_ids"))
     if new_user_text is not None:
-        rows.append(Message(role=Message.Role.USER, content=new_user_text, status=Message.Status.COMPLETE))
+        rows.append((Message.Role.USER, new_user_text, Message.Status.COMPLETE, None))
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(rows):
-        if m.role == Message.Role.USER:
-            if m.status == Message.Status.UNANSWERED and i != len(rows) - 1:
+    for i, (role, content, status, token_ids) in enumerate(rows):
+        if role == Message.Role.USER:
+            if status == Message.Status.UNANSWERED and i != len(rows) - 1:
                 continue
-            out.append({"role": "user", "content": m.content})
-        elif m.role == Message.Role.SYSTEM:
-            out.append({"role": "system", "content": m.content})
-        elif m.role == Message.Role.ASSISTANT and m.content:
-            item: dict[str, Any] = {"role": "assistant", "content": m.content}
-            if m.status == Message.Status.COMPLETE and m.token_ids is not None:
-                item["token_ids"] = m.token_ids
+            out.append({"role": "user", "content": content})
+        elif role == Message.Role.SYSTEM:
+            out.append({"role": "system", "content": content})
+        elif role == Message.Role.ASSISTANT and content:
+            item: dict[str, Any] = {"role": "assistant", "content": content}
+            if status == Message.Status.COMPLETE and token_ids is not None:
+                item["token_ids"] = token_ids
             out.append(item)
     return out
 
