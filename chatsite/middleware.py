@@ -100,15 +100,20 @@ def _messages_untouched(request: HttpRequest) -> bool:
     return storage is not None and not storage.used and not storage.added_new
 
 
-async def _inline_request_acall(self, request: HttpRequest) -> HttpResponseBase:
+def _inline_request_acall(untouched: Callable[[HttpRequest], bool]) -> Callable:
     """``MiddlewareMixin.__acall__`` with ``process_request`` on the event loop (it builds lazy
-    objects, reading nothing) and ``process_response`` there too when it has nothing to save,
-    else in the sync thread as Django does (it may read and write the session in the database)."""
-    response = self.process_request(request)
-    response = response or await self.get_response(request)
-    if self.untouched(request):
-        return self.process_response(request, response)
-    return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+    objects, reading nothing) and ``process_response`` there too when ``untouched`` says it has
+    nothing to save, else in the sync thread as Django does (it may read and write the session in
+    the database)."""
+
+    async def acall(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if untouched(request):
+            return self.process_response(request, response)
+        return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+
+    return acall
 
 
 def run_pure_hooks_inline() -> None:
@@ -127,5 +132,4 @@ def run_pure_hooks_inline() -> None:
         (sessions_middleware.SessionMiddleware, _session_untouched),
         (messages_middleware.MessageMiddleware, _messages_untouched),
     ):
-        cls.untouched = staticmethod(untouched)  # type: ignore[attr-defined]
-        cls.__acall__ = _inline_request_acall  # type: ignore[method-assign]
+        cls.__acall__ = _inline_request_acall(untouched)  # type: ignore[method-assign]

@@ -189,9 +189,14 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     last_used_at = from_db(ApiKey, "last_used_at", last_used_at)
     key = ApiKey(pk=pk, user_id=user_id, team_id=team_id, name=name, prefix=prefix, last_used_at=last_used_at)
     key._state.adding, key._state.db = False, connection.alias  # as if read by the ORM
-    models = from_db(Team._meta.get_field("model_choice").related_model, "models", models)
+    models = from_db(team_models_model(), "models", models)
     key.allowed_models = None if models is None else list(models)
     return key
+
+
+def team_models_model() -> Any:
+    """``upstreams.TeamModels``, reached through ``Team.model_choice`` (this app imports no upstreams)."""
+    return Team._meta.get_field("model_choice").related_model
 
 
 def from_db(model: Any, field_name: str, value: Any) -> Any:
@@ -209,7 +214,7 @@ def _key_check_sql() -> str:
     def table(model: Any) -> str:
         return connection.ops.quote_name(model._meta.db_table)
 
-    team_models = Team._meta.get_field("model_choice").related_model
+    team_models = team_models_model()
     user_model = ApiKey._meta.get_field("user").related_model
     user_pk = connection.ops.quote_name(user_model._meta.pk.column)
     return (
@@ -315,15 +320,12 @@ def start_assistant_messages(
         # of its own inside the call's transaction (each costs two trips to the database).
         with transaction.atomic(savepoint=not new_conversation):
             if not new_conversation:
-                interrupt_stale_messages(
-                    timezone.now() - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk
-                )
+                _interrupt_stale_of(conversation)
             return _new_replies(
                 conversation, n, params, prompt_tokens, version_of, announce=not new_conversation
             )
-    except IntegrityError:
-        _raise_in_progress(conversation)
-        raise  # (not reached)
+    except IntegrityError as exc:
+        raise _in_progress(conversation, exc) from None
 
 
 def _new_replies(
@@ -358,12 +360,17 @@ def _new_replies(
     return messages
 
 
-def _raise_in_progress(conversation: Conversation) -> None:
-    """After an IntegrityError of a new reply's row (its transaction rolled back): a reply
-    already streams here (``ReplyInProgress``), unless the conversation is gone (the error then)."""
+def _in_progress(conversation: Conversation, error: IntegrityError) -> Exception:
+    """What an IntegrityError of a new reply's row means (its transaction rolled back): a reply
+    already streams here (``ReplyInProgress``), unless the conversation is gone (``error`` then)."""
     if not Conversation.objects.filter(pk=conversation.pk).exists():
-        raise
-    raise ReplyInProgress(BUSY_MESSAGE) from None
+        return error
+    return ReplyInProgress(BUSY_MESSAGE)
+
+
+def _interrupt_stale_of(conversation: Conversation) -> None:
+    """``interrupt_stale_messages`` of one conversation: its replies whose process died."""
+    interrupt_stale_messages(timezone.now() - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk)
 
 
 def _new_reply_event(conversation: Conversation, message: Message) -> dict[str, Any]:
@@ -744,13 +751,10 @@ def post_user_message_with_reply(
         with transaction.atomic():
             message, stale = _post_user_message(conversation, text, author)
             if stale:
-                interrupt_stale_messages(
-                    timezone.now() - timedelta(seconds=STALE_AFTER), conversation_id=conversation.pk
-                )
+                _interrupt_stale_of(conversation)
             (reply,) = _new_replies(conversation, 1, params, prompt_tokens, None, announce=True)
-    except IntegrityError:
-        _raise_in_progress(conversation)
-        raise  # (not reached)
+    except IntegrityError as exc:
+        raise _in_progress(conversation, exc) from None
     return message, reply
 
 

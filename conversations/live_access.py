@@ -122,14 +122,9 @@ def check(credentials: Credentials, conversation_id: int) -> Conversation | None
             data = store(key).load()
         if str(data.get(SESSION_KEY, "")) != str(user_id):
             return None  # logged out, expired, or now another user's
-    models = actions.from_db(_team_models_model(), "models", conversation._models)
+    models = actions.from_db(actions.team_models_model(), "models", conversation._models)
     conversation.team_models = None if models is None else list(models)
     return conversation
-
-
-def _team_models_model() -> Any:
-    """``upstreams.TeamModels``, reached through ``Team.model_choice`` (this app imports no upstreams)."""
-    return Conversation._meta.get_field("team").related_model._meta.get_field("model_choice").related_model
 
 
 def _query(user_id: int, conversation_id: int, key: str | None, now: datetime) -> QuerySet[Conversation]:
@@ -139,7 +134,7 @@ def _query(user_id: int, conversation_id: int, key: str | None, now: datetime) -
     User = get_user_model()
     user = User.objects.filter(pk=user_id, is_active=True)
     found = queries.visible_conversations_of(user_id).filter(pk=conversation_id)
-    team_models = _team_models_model().objects.filter(team_id=OuterRef("team_id"))
+    team_models = actions.team_models_model().objects.filter(team_id=OuterRef("team_id"))
     found = found.annotate(
         _password=Subquery(user.values("password")[:1]),
         _models=Subquery(team_models.values("models")[:1]),
@@ -190,7 +185,7 @@ class _Statement:
             key = stand_ins["key"] if with_session else None
             query = _query(stand_ins["user"], stand_ins["conversation"], key, stand_ins["now"])
             sql, params = query.query.get_compiler(using=alias).as_sql()
-            values = {name: _prepared(name, value, alias) for name, value in stand_ins.items()}
+            values = {**stand_ins, "now": _database_time(stand_ins["now"], alias)}
             slots = tuple(
                 (i, name)
                 for i, param in enumerate(params)
@@ -208,17 +203,14 @@ class _Statement:
 
     def run(self, **values: Any) -> Conversation | None:
         params = list(self.params)
-        prepared = {name: _prepared(name, value, self.alias) for name, value in values.items()}
-        prepared["now"] = _prepared("now", timezone.now(), self.alias)
+        values["now"] = _database_time(timezone.now(), self.alias)
         for i, name in self.slots:
-            params[i] = prepared[name]
+            params[i] = values[name]
         return next(iter(Conversation.objects.raw(self.sql, params).using(self.alias)), None)
 
 
-def _prepared(name: str, value: Any, alias: str) -> Any:
-    """``value`` as the ORM passes it to the database (a datetime: the backend's own form)."""
-    if name != "now":
-        return value
+def _database_time(value: datetime, alias: str) -> Any:
+    """A session's expiry time as the ORM passes it to the database (the backend's own form)."""
     field = Session._meta.get_field("expire_date")
     return field.get_db_prep_value(value, connections[alias], prepared=False)
 

@@ -23,9 +23,10 @@ def default_model_cache() -> Path:
     which the live servers share too (tests/live_server.py). Its conversion is content-addressed
     and written whole then renamed, so processes can share it: each converting its own copy cost
     ~3 CPU-s per test worker."""
-    cache = Path(__file__).resolve().parents[1] / ".data" / "models"
-    cache.mkdir(parents=True, exist_ok=True)
-    return cache
+    from tests.live_server import MODEL_CACHE
+
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    return MODEL_CACHE
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # as tests/fixtures_model.py
+# The default model's conversions, shared by the tests' servers and in-process loads (content-
+# addressed, written whole then renamed): the project's own cache.
+MODEL_CACHE = ROOT / ".data" / "models"
 
 SETUP = """
 import io, json, django
@@ -147,9 +150,8 @@ class LiveServer:
         model = env.get("CHAT_MODEL_PATH")
         shared = model is None or Path(model).name == DEFAULT_MODEL_FILE
         if shared and not (self.data_dir / "models").exists():
-            cache = ROOT / ".data" / "models"
-            cache.mkdir(parents=True, exist_ok=True)
-            (self.data_dir / "models").symlink_to(cache)
+            MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / "models").symlink_to(MODEL_CACHE)
         if "DATABASE_URL" in env or self.db_path != self.data_dir / "db.sqlite3":
             self.keys = run_setup(env)
             return

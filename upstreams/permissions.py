@@ -12,11 +12,14 @@ from conversations.api.protocol import MODEL_ALIASES, NotFound
 from conversations.models import ApiKey
 from upstreams.models import TeamModels
 
-_UNREAD: Any = object()
+UNREAD: Any = object()  # the team's models were not read with the row that names the team
 
 
-def allowed_models(team_id: int) -> list[str] | None:
-    """The ids the team may use, or None for all."""
+def allowed_models(team_id: int, read: Any = UNREAD) -> list[str] | None:
+    """The ids the team may use, or None for all. ``read``: what was read with the row that names
+    the team (an API key, a conversation's access check), if it was; no query then."""
+    if read is not UNREAD:
+        return read
     choice = TeamModels.objects.filter(team_id=team_id).first()
     return None if choice is None else list(choice.models)
 
@@ -46,8 +49,8 @@ def may_use(allowed: list[str] | None, model_id: str) -> bool:
 async def allowed_for(key: ApiKey) -> Any:
     """The models ``key``'s team may use: read with the key when it was authenticated
     (conversations/api/http.py), so no second trip; else from the database."""
-    allowed = getattr(key, "allowed_models", _UNREAD)
-    if allowed is _UNREAD:
+    allowed = getattr(key, "allowed_models", UNREAD)
+    if allowed is UNREAD:
         allowed = await database_sync_to_async(allowed_models)(key.team_id)
     return allowed
 

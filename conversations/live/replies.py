@@ -33,13 +33,12 @@ from inference.jobs import ContextLengthExceeded, Overloaded
 from inference.model import ChatModel
 from inference.sampling import SamplingParams
 from upstreams import choices, registry
-from upstreams.permissions import allowed_models
+from upstreams.permissions import UNREAD, allowed_models
 
 DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
-_UNREAD: Any = object()
 
 log = logging.getLogger(__name__)
 _runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
@@ -153,9 +152,8 @@ def _read_for_reply(
     """``_Read`` of ``conversation`` (``model``: the embedded model if it is loaded; ``new_text``: a
     user message not written yet, in the prompt as its last). Synchronous."""
     model_id = choices.model_for(conversation.model_id)
-    allowed = getattr(conversation, "team_models", _UNREAD)  # read by the access check, if it ran
-    if allowed is _UNREAD:
-        allowed = allowed_models(conversation.team_id)
+    # (Read by the socket's access check, if it ran: live_access.check.)
+    allowed = allowed_models(conversation.team_id, getattr(conversation, "team_models", UNREAD))
     if allowed is not None and model_id not in allowed:
         return _Read(
             model_id, f"Your team may not use the model '{model_id}'. Choose another in the settings."
