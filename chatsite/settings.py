@@ -258,6 +258,9 @@ CHAT_WS_MAX_MESSAGE_BYTES = env_int("CHAT_WS_MAX_MESSAGE_BYTES", 256 * 1024, min
 # --- The OpenAI-compatible API (/v1) ---------------------------------------------------------
 # Request bodies above this answer 413 (in OpenAI's error shape).
 CHAT_API_MAX_BODY = env_int("CHAT_API_MAX_BODY", 1024 * 1024, minimum=1024)
+# The longest reply (tokens) of a browser conversation that sets no max tokens of its own; the
+# settings form's bounds.
+CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 512, minimum=1, maximum=32768)
 # Test-only: caps every completion's max_tokens (the fuzzing run must not generate for minutes).
 CHAT_MAX_TOKENS_CAP = env_int("CHAT_MAX_TOKENS_CAP", None, minimum=1)
 # Test-only: "paced:<ms>" makes every generated token take at least <ms> milliseconds (inference/

@@ -19,7 +19,7 @@ def _estimate(conversation: Conversation, text: str | None) -> int:
     from conversations.live import replies
     from conversations.runtime import ModelNotReady, get_runtime
 
-    wanted = conversation.max_tokens or replies.DEFAULT_MAX_TOKENS
+    wanted = conversation.max_tokens or replies.default_max_tokens()
     history = queries.prompt_messages(conversation)
     if text is not None:
         history.append({"role": "user", "content": text})

@@ -35,10 +35,15 @@ from inference.sampling import SamplingParams
 from upstreams import choices, registry
 from upstreams.permissions import UNREAD, allowed_models
 
-DEFAULT_MAX_TOKENS = 512  # a conversation without its own max tokens
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 MIN_ROOM = 16  # the fewest tokens worth generating when the prompt alone nearly fills the context
+
+
+def default_max_tokens() -> int:
+    """The longest reply of a conversation without its own max tokens (CHAT_DEFAULT_MAX_TOKENS)."""
+    return settings.CHAT_DEFAULT_MAX_TOKENS
+
 
 log = logging.getLogger(__name__)
 _runs: dict[int, runner.Run] = {}  # conversation id → its running reply in this process
@@ -103,7 +108,7 @@ def _prompt_and_grammar(
     history = queries.prompt_messages(conversation, new_text)
     ttft.mark("history")
     prompt = build_prompt(
-        model, conversation.system_prompt, history, conversation.max_tokens or DEFAULT_MAX_TOKENS
+        model, conversation.system_prompt, history, conversation.max_tokens or default_max_tokens()
     )
     try:
         grammar = json_answers.grammar(conversation, model.tokenizer)
@@ -235,7 +240,7 @@ async def _generate(
             user,
             conversation,
             model_id,
-            _sampling(conversation, conversation.max_tokens or DEFAULT_MAX_TOKENS),
+            _sampling(conversation, conversation.max_tokens or default_max_tokens()),
             _track,
             version_of=_version_of(user_message),
         )

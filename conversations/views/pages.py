@@ -163,7 +163,7 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
             "defaults": {
                 "temperature": replies.DEFAULT_TEMPERATURE,
                 "top_p": replies.DEFAULT_TOP_P,
-                "max_tokens": replies.DEFAULT_MAX_TOKENS,
+                "max_tokens": replies.default_max_tokens(),
             },
             "rows": [message_context(m, conv, request.user, versions[m.pk]) for m in rows],
             "model_name": choices.model_for(conv.model_id) or get_runtime().model_id,
@@ -176,7 +176,7 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
                     "system_prompt": conv.system_prompt,
                     # The values in use: the conversation's own, else the defaults (not empty fields).
                     "temperature": replies.DEFAULT_TEMPERATURE if temperature is None else temperature,
-                    "max_tokens": conv.max_tokens or replies.DEFAULT_MAX_TOKENS,
+                    "max_tokens": conv.max_tokens or replies.default_max_tokens(),
                     "model_id": conv.model_id,
                     "json_answers": conv.json_answers,
                     "json_schema": "" if conv.json_schema is None else json.dumps(conv.json_schema, indent=2),
@@ -218,7 +218,7 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
         data = form.cleaned_data
         if conv.temperature is None and data["temperature"] == replies.DEFAULT_TEMPERATURE:
             data["temperature"] = None
-        if conv.max_tokens is None and data["max_tokens"] == replies.DEFAULT_MAX_TOKENS:
+        if conv.max_tokens is None and data["max_tokens"] == replies.default_max_tokens():
             data["max_tokens"] = None
         actions.update_settings(conv, **data)
         messages.success(request, "Settings saved.")

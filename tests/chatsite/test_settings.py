@@ -68,6 +68,8 @@ def production_env() -> dict[str, str]:
         ("CHAT_THREADS", str(len(os.sched_getaffinity(0)) + 1)),
         ("CHAT_CONTEXT_LENGTH", "32"),
         ("CHAT_QUEUE_MAX", "-1"),
+        ("CHAT_DEFAULT_MAX_TOKENS", "0"),
+        ("CHAT_DEFAULT_MAX_TOKENS", "32769"),
         ("DEBUG", "maybe"),
         ("CHAT_STOP_ON_DISCONNECT", "sometimes"),
         ("REDIS_URL", "http://localhost:6379"),

@@ -53,10 +53,16 @@ def django(server: LiveServer, code: str) -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("chat-ux")
     model = write_paced_model(root / "model")
-    # A faster pace than the other tests': most replies here run until the tiny model's end of text
-    # (often a few hundred tokens) and the tests wait for them; the long ones (2000 tokens, 16 s)
-    # are stopped by the tests, which act within seconds of their start.
-    env = {**paced_env(model, pace_ms=8), "CHAT_SLOTS": "1", "CHAT_QUEUE_MAX": "0"}
+    # A faster pace than the other tests': most replies here only have to end, and the tests wait
+    # for them, so they are 40 tokens at most (the site's default reply length: the tiny model's
+    # own end of text is often hundreds of tokens away, each a frame the page renders); the long
+    # ones (max tokens 2000, 16 s) are stopped by the tests, which act within seconds of their start.
+    env = {
+        **paced_env(model, pace_ms=8),
+        "CHAT_SLOTS": "1",
+        "CHAT_QUEUE_MAX": "0",
+        "CHAT_DEFAULT_MAX_TOKENS": "40",
+    }
     live = start_with_script(LiveServer(root / "site", env), SETUP + SETUP_MORE)
     try:
         yield live

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import Client
+from django.urls import reverse
 
 from chatsite.asgi import application
 from conversations import actions, render
@@ -313,6 +316,31 @@ async def test_it_finishes_the_answer_after_the_tab_closes(alice, chat, runtime)
     await finish_run(chat.pk)
     answer = (await messages_of(chat.pk))[-1]
     assert answer.status == Message.Status.COMPLETE and answer.completion_tokens
+
+
+async def test_a_conversation_without_its_own_max_tokens_gets_the_sites_default(
+    alice, chat, runtime, settings
+) -> None:
+    settings.CHAT_DEFAULT_MAX_TOKENS = 3
+    chat.temperature, chat.max_tokens = 0, None  # (this module's chat has its own: 6)
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "Hello"}))
+    await finish_run(chat.pk)
+    answer = (await messages_of(chat.pk))[-1]
+    assert answer.params["max_tokens"] == 3 and answer.completion_tokens <= 3
+    await communicator.disconnect()
+    # The settings form shows the default in use, and saving it unchanged keeps "the default".
+    client = Client()
+    await sync_to_async(client.force_login)(alice)
+    page = await sync_to_async(client.get)(reverse("chat:conversation", args=[chat.pk]))
+    assert re.search(r'name="max_tokens"[^>]*value="3"', page.content.decode())
+    saved = await sync_to_async(client.post)(
+        reverse("chat:settings", args=[chat.pk]), {"system_prompt": "", "temperature": "0", "max_tokens": "3"}
+    )
+    assert saved.status_code in (200, 302)
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.max_tokens is None
 
 
 async def test_it_stops_on_disconnect_when_the_site_says_so(alice, chat, runtime, settings) -> None:
