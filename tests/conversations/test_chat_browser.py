@@ -69,6 +69,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             "CHAT_MODEL_PATH": str(default_model_path()),
             "CHAT_SLOTS": "1",
             "CHAT_QUEUE_MAX": "4",
+            # The first answer's length (the site's default reply length): at the site's 512 the
+            # model wrote all 512, some 10 CPU-s of a busy run, where ~100 show it stream.
+            "CHAT_DEFAULT_MAX_TOKENS": "128",
             # The site's own settings, its password hasher included (tests/live_settings.py).
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         },
