@@ -232,33 +232,6 @@ def test_it_evaluates_only_the_new_tokens_of_the_next_turn(make_model) -> None:
     assert second.timings.evaluated_tokens <= len(new_turn) + 1
 
 
-@pytest.mark.cpu_exclusive  # two ggml threads
-def test_it_gives_a_job_to_the_slot_holding_its_prefix(make_model) -> None:
-    model = make_model(slots=2, threads=2)
-    a = prompt(model, "conversation A " * 10)
-    b = prompt(model, "conversation B " * 10)
-    p = params(model, max_tokens=2)
-    model.scheduler.submit(a, p).wait(30)
-    model.scheduler.submit(b, p).wait(30)
-    holders = {tuple(s.ctx.tokens[: len(a) - 1]) == tuple(a[:-1]): s.index for s in model.scheduler.slots}
-    assert True in holders
-    result = model.scheduler.submit(a + b[-5:], p).wait(30)
-    assert result.timings.cached_tokens >= len(a) - 1
-
-
-@pytest.mark.cpu_exclusive  # two ggml threads
-def test_it_never_runs_more_threads_than_cores(make_model) -> None:
-    model = make_model(slots=3, threads=2)
-    jobs = [
-        model.scheduler.submit(prompt(model, f"job {i}"), params(model, max_tokens=40), user_key=str(i))
-        for i in range(6)
-    ]
-    results = [j.wait(60) for j in jobs]
-    assert all(r.reason == "length" for r in results)
-    assert model.scheduler.budget.peak <= 2
-    assert model.scheduler.budget.in_use == 0
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="threads have their own priority on Linux only")
 def test_the_models_threads_run_below_the_rest_of_the_process(make_model) -> None:
     """The slot threads (and so the threads ggml starts from them for each evaluation, which
