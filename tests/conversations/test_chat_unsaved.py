@@ -24,16 +24,29 @@ def short_waits(monkeypatch):
     interval of the later attempts, all short: the test waits out every one of them.
 
     The busy timeout is read when a connection opens: the save's attempts run in the test's event
-    loop's own executor threads, whose connections open during the test."""
+    loop's own executor threads, whose connections open during the test. On PostgreSQL they come
+    from the process's pool, whose connections were opened with the site's timeout (5 s: the test
+    then took 26 s, not 4): the pool is closed, so that a new one opens them with the short one,
+    and closed again afterwards, so that the next tests get the site's."""
     from django.db import connections
 
-    options = connections["default"].settings_dict["OPTIONS"]
-    if connections["default"].vendor == "sqlite":  # as chatsite/settings.py sets them
+    connection = connections["default"]
+    options = connection.settings_dict["OPTIONS"]
+    if connection.vendor == "sqlite":  # as chatsite/settings.py sets them
         monkeypatch.setitem(options, "timeout", BUSY_TIMEOUT)
     else:
         monkeypatch.setitem(options, "options", f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}")
+        connection.close()
+        connection.close_pool()
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone()[0] == f"{int(BUSY_TIMEOUT * 1000)}ms"
     monkeypatch.setattr(saving, "RETRY_DELAYS", (0.05, 0.1, 0.2, 0.4))
     monkeypatch.setattr(saving, "LATER_INTERVAL", 0.5)
+    yield
+    if connection.vendor == "postgresql":
+        connection.close()
+        connection.close_pool()  # (the options are the site's again once monkeypatch undoes them)
 
 
 @pytest.mark.slow  # waits out five busy timeouts
