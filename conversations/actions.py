@@ -719,14 +719,26 @@ def post_user_message(conversation: Conversation, text: str, author: AbstractBas
 def _post_user_message(
     conversation: Conversation, text: str, author: AbstractBaseUser
 ) -> tuple[Message, list[int]]:
-    """``post_user_message``, and the conversation's stale streaming rows (``_check_not_busy``)."""
+    """``post_user_message``, and the conversation's stale streaming rows (``_check_not_busy``).
+
+    The conversation's row is updated once: its time, with the title from its first message and
+    the model its first reply was read for (``conversation.model_id``, set but not written by
+    ``replies._read_for_reply``, so that nothing is written before the reply's job is submitted)."""
     with transaction.atomic(savepoint=False):  # (add_user_message says why)
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         stale = _check_not_busy(locked)
-        message = add_user_message(locked, text, author=author)
+        message = add_message(locked, Message.Role.USER, text, author=author)
+        fields = []
         if not locked.title:
             locked.title = " ".join(text.split())[:TITLE_CHARS]
-            _changed(locked, ["title"])
+            fields.append("title")
+        if not locked.model_id and conversation.model_id:
+            locked.model_id = conversation.model_id
+            fields.append("model_id")
+        if "title" in fields:
+            _changed(locked, fields)  # (the pages open on it and the lists show the new title)
+        else:
+            locked.save(update_fields=[*fields, "updated"])
         conversation.title = locked.title
     return message, stale
 

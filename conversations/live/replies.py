@@ -164,8 +164,11 @@ def _read_for_reply(
             model_id, f"Your team may not use the model '{model_id}'. Choose another in the settings."
         )
     if not conversation.model_id:  # recorded at its first reply
-        Conversation.objects.filter(pk=conversation.pk, model_id="").update(model_id=model_id)
         conversation.model_id = model_id
+        # A new message records it with itself (actions._post_user_message), beside the prompt's
+        # evaluation: nothing is written on the way to the job's submission.
+        if new_text is None:
+            Conversation.objects.filter(pk=conversation.pk, model_id="").update(model_id=model_id)
     if model is None or model_id != choices.embedded_model_id():
         return _Read(model_id)
     try:

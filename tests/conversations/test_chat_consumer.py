@@ -20,7 +20,7 @@ from chatsite.asgi import application
 from conversations import actions, render
 from conversations.consumers import MAX_FRAME_BYTES
 from conversations.live import runner
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
 from tests.oob_dom import Page, normal
@@ -492,6 +492,31 @@ async def test_a_new_message_is_admitted_first_and_written_with_its_reply(
     )
     await sync_to_async(chat.refresh_from_db)()
     assert chat.title == "hello"
+    await communicator.disconnect()
+
+
+async def test_a_conversations_first_message_writes_nothing_before_its_job_is_submitted(
+    alice, chat, runtime, monkeypatch
+) -> None:
+    """The model a conversation's first reply is read for is recorded with the message and the
+    title, beside the prompt's evaluation, not on the way to the job's submission."""
+    assert chat.model_id == ""
+    stored_at_submit: list[str] = []
+    scheduler = runtime.model.scheduler
+    original = scheduler.asubmit
+
+    async def recording_submit(*args, **kwargs):
+        stored = await Conversation.objects.aget(pk=chat.pk)
+        stored_at_submit.append(stored.model_id)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "asubmit", recording_submit)
+    communicator, _, _ = await connect(alice, chat.pk)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "hello"}))
+    await finish_run(chat.pk)
+    assert stored_at_submit == [""]
+    stored = await Conversation.objects.aget(pk=chat.pk)
+    assert (stored.model_id, stored.title) == (runtime.model.model_id, "hello")
     await communicator.disconnect()
 
 

@@ -130,6 +130,27 @@ def test_a_new_message_and_its_reply_are_written_in_seven_statements_and_a_stale
     assert chat.messages.filter(content="Third").count() == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_first_message_updates_its_conversation_once_with_its_title_and_model(chat, alice) -> None:
+    """The reply's read names the model and writes nothing; the message's write records it with
+    the title and the time in one UPDATE (three before: the model, in series before the job was
+    submitted, then the time and the title)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations.live import replies
+
+    with CaptureQueriesContext(connection) as queries:
+        replies._read_for_reply(chat, None, "Hi")
+    named = chat.model_id
+    assert named and not [q for q in queries if not q["sql"].lstrip().upper().startswith("SELECT")]
+    with CaptureQueriesContext(connection) as queries:
+        actions.post_user_message_with_reply(chat, "Hi", alice, params={}, prompt_tokens=3)
+    updates = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "conversations_conversation"')]
+    assert len(updates) == 1, updates
+    chat.refresh_from_db()
+    assert (chat.title, chat.model_id) == ("Hi", named)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     with tiny_chat_model(
