@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import contextmanager
 
@@ -53,10 +54,15 @@ def hold_write_lock():
 
 @contextmanager
 def short_busy_timeout(seconds: float = 1.0):
-    """SQLite: every connection that opens a cursor meanwhile, in whichever thread, waits at most
+    """Every connection that opens a cursor meanwhile, in whichever thread, waits at most
     ``seconds`` for a lock (the site's busy timeout, CHAT_DB_BUSY_TIMEOUT, is 5 s), then has its
     own timeout back: for a test of a write that fails behind ``hold_write_lock``, without waiting
-    the whole production timeout. Elsewhere: nothing."""
+    the whole production timeout. SQLite: each connection's busy timeout; PostgreSQL: the lock
+    timeout of the pool's connections (``_pool_with_lock_timeout``)."""
+    if connection.vendor == "postgresql":
+        with _pool_with_lock_timeout(seconds):
+            yield
+        return
     if connection.vendor != "sqlite":
         yield
         return
@@ -83,6 +89,32 @@ def short_busy_timeout(seconds: float = 1.0):
                 raw.execute(f"PRAGMA busy_timeout = {restore_ms}")
             except sqlite3.ProgrammingError:  # closed meanwhile
                 pass
+
+
+@contextmanager
+def _pool_with_lock_timeout(seconds: float):
+    """PostgreSQL: the process's pooled connections were opened with the site's lock timeout. The
+    pool is closed, so that a new one opens them with ``seconds``, and closed again afterwards,
+    so that the next connections have the site's again."""
+    options = connection.settings_dict["OPTIONS"]
+    site = options["options"]
+    options["options"] = f"-c lock_timeout={round(seconds * 1000)}"
+    _new_pool()
+    try:
+        yield
+    finally:
+        _new_pool()
+        options["options"] = site
+
+
+def _new_pool() -> None:
+    """Close the pool (the next connection opens a new one), with this thread's connection, which
+    an async test's thread does not hold (its database work runs in other threads)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        connection.close()
+    connection.close_pool()
 
 
 def test_it_is_not_ready_while_another_connection_holds_the_write_lock(runtime) -> None:

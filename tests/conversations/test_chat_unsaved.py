@@ -10,7 +10,7 @@ import pytest
 
 from conversations.live import saving
 from conversations.models import Message
-from tests.chatsite.test_ready_probe import hold_write_lock
+from tests.chatsite.test_ready_probe import hold_write_lock, short_busy_timeout
 from tests.ws_chat import blocker, connect, finish_run, messages_of, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -20,33 +20,20 @@ BUSY_TIMEOUT = 0.5  # seconds; CHAT_DB_BUSY_TIMEOUT is 5 in production
 
 @pytest.fixture
 def short_waits(monkeypatch):
-    """The busy timeout that each save attempt waits out, the backoff between attempts and the
-    interval of the later attempts, all short: the test waits out every one of them.
+    """The busy timeout that each save attempt waits out (``short_busy_timeout``: the save's
+    attempts run in the test's event loop's own executor threads, and on PostgreSQL take pooled
+    connections, which had the site's 5 s: the test then took 26 s, not 4), the backoff between
+    attempts and the interval of the later attempts, all short: the test waits out every one."""
+    from django.db import connection
 
-    The busy timeout is read when a connection opens: the save's attempts run in the test's event
-    loop's own executor threads, whose connections open during the test. On PostgreSQL they come
-    from the process's pool, whose connections were opened with the site's timeout (5 s: the test
-    then took 26 s, not 4): the pool is closed, so that a new one opens them with the short one,
-    and closed again afterwards, so that the next tests get the site's."""
-    from django.db import connections
-
-    connection = connections["default"]
-    options = connection.settings_dict["OPTIONS"]
-    if connection.vendor == "sqlite":  # as chatsite/settings.py sets them
-        monkeypatch.setitem(options, "timeout", BUSY_TIMEOUT)
-    else:
-        monkeypatch.setitem(options, "options", f"-c lock_timeout={int(BUSY_TIMEOUT * 1000)}")
-        connection.close()
-        connection.close_pool()
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW lock_timeout")
-            assert cursor.fetchone()[0] == f"{int(BUSY_TIMEOUT * 1000)}ms"
-    monkeypatch.setattr(saving, "RETRY_DELAYS", (0.05, 0.1, 0.2, 0.4))
-    monkeypatch.setattr(saving, "LATER_INTERVAL", 0.5)
-    yield
-    if connection.vendor == "postgresql":
-        connection.close()
-        connection.close_pool()  # (the options are the site's again once monkeypatch undoes them)
+    with short_busy_timeout(BUSY_TIMEOUT):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW lock_timeout")
+                assert cursor.fetchone()[0] == f"{int(BUSY_TIMEOUT * 1000)}ms"
+        monkeypatch.setattr(saving, "RETRY_DELAYS", (0.05, 0.1, 0.2, 0.4))
+        monkeypatch.setattr(saving, "LATER_INTERVAL", 0.5)
+        yield
 
 
 @pytest.mark.slow  # waits out five busy timeouts
