@@ -303,6 +303,33 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+# --- The limits' clock ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def limits_clock(monkeypatch) -> float:
+    """The limits' clock (review/limits.py) stopped at the test's start, in this process: a test
+    that counts requests in a minute (or tokens in a day) is not undone by a new minute beginning
+    while it runs on a busy machine. Counters outlive their window by an hour in Redis, so a
+    stopped clock keeps finding them. Returns the stopped time."""
+    import time
+
+    from review import limits
+
+    stopped = time.time()
+
+    class StoppedClock:
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        @staticmethod
+        def time() -> float:
+            return stopped
+
+    monkeypatch.setattr(limits, "time", StoppedClock())
+    return stopped
+
+
 # --- The inference worker tests (tests/worker_process.py) ------------------------------------
 
 

@@ -16,7 +16,12 @@ from review.models import AuditEntry
 from tests.chat_runtime import serving, tiny_chat_model
 from tests.ws_chat import connect, finish_run, messages_of, receive_until
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+# A minute that ends mid-test would reset the per-minute counts the tests rely on.
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.usefixtures("limits_clock"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,12 @@ from tests.ws_chat import connect, finish_run, receive_until
 from upstreams import registry
 from upstreams import services as upstream_services
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+# A minute that ends mid-test would reset the per-minute counts the tests rely on.
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.usefixtures("limits_clock"),
+]
 
 
 @pytest.fixture(scope="module")
