@@ -4,6 +4,7 @@ processes.
 ``python -m tests.race_start setup``: migrate the database and print a new conversation's id.
 ``python -m tests.race_start race <conversation id>``: print ``ready``, wait for a line on stdin,
 then try to start a reply and print ``{"started": id}`` or ``{"refused": reason}``.
+``race-message``: the same with a new message written with its reply (``post_user_message_with_reply``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     try:
-        (message,) = actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
-    except actions.ReplyInProgress as exc:
+        if sys.argv[1] == "race-message":  # a message admitted first, written with its reply
+            author = conversation.owner
+            text = f"from process {os.getpid()}"
+            _, message = actions.post_user_message_with_reply(
+                conversation, text, author, params={}, prompt_tokens=3
+            )
+        else:
+            (message,) = actions.start_assistant_messages(conversation, 1, params={}, prompt_tokens=3)
+    except (actions.ReplyInProgress, actions.Busy) as exc:
         print(json.dumps({"refused": str(exc)}), flush=True)
     else:
         print(json.dumps({"started": message.pk}), flush=True)

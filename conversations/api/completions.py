@@ -17,7 +17,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from conversations import actions, faults, ttft
@@ -173,19 +172,16 @@ def _log_call(
     so that a reviewer can replay the answer (review/replay.py), and its tools or response_format
     (kept with the replies; their calls are added at the end)."""
     params = {**logged, **replay.logged_fingerprints(model, prompt_ids)}
-    with transaction.atomic():
-        call = actions.start_api_call(
-            key,
-            model_id=model.model_id,
-            messages=prompt.logged,
-            params=params,
-            n=body.n or 1,
-            prompt_tokens=len(prompt_ids),
-            request_user=body.user or "",
-        )
-        if plan.record:
-            actions.record_tools([r.pk for r in call.replies], plan.record)
-    return call
+    return actions.start_api_call(
+        key,
+        model_id=model.model_id,
+        messages=prompt.logged,
+        params=params,
+        n=body.n or 1,
+        prompt_tokens=len(prompt_ids),
+        request_user=body.user or "",
+        tools=plan.record or None,
+    )
 
 
 def sampling_params(body: ChatCompletionRequest, model: ChatModel, n_prompt: int) -> SamplingParams:

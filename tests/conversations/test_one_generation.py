@@ -5,6 +5,7 @@ both start one. A stale streaming row (its process died) does not block the conv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,11 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import connection
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import connection, transaction
 from django.utils import timezone
 
-from conversations import actions
+from conversations import actions, sidebar
 from conversations.live import replies
 from conversations.models import Conversation, Message
 from inference.sampling import SamplingParams
@@ -36,11 +37,11 @@ def streaming_rows(conversation: Conversation) -> list[Message]:
     return list(conversation.messages.filter(status=Message.Status.STREAMING))
 
 
-def race(conversation_id: int, env: dict[str, str]) -> list[dict[str, object]]:
+def race(conversation_id: int, env: dict[str, str], mode: str = "race") -> list[dict[str, object]]:
     """Two processes start a reply in the conversation at the same moment; their answers."""
     racers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.race_start", "race", str(conversation_id)],
+            [sys.executable, "-m", "tests.race_start", mode, str(conversation_id)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -64,9 +65,12 @@ def race(conversation_id: int, env: dict[str, str]) -> list[dict[str, object]]:
 
 @pytest.mark.slow  # two processes
 @pytest.mark.django_db(transaction=True)
-def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["race", "race-message"])
+def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp_path, mode) -> None:
     """Two web processes, each with its own database connection, start a reply in the same
-    conversation at once: one gets the streaming row, the other is told the conversation is busy."""
+    conversation at once: one gets the streaming row, the other is told the conversation is busy.
+    ``race-message``: each with a new message written with its reply (on PostgreSQL in one
+    statement): the other's message is not written either."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     db = connection.settings_dict
     if connection.vendor == "postgresql":  # the test database, which the test's data is in
@@ -78,13 +82,15 @@ def test_it_lets_one_of_two_processes_starting_at_once_write_the_reply(chat, tmp
         made = subprocess.run(setup, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         conversation_id = int(made.stdout)
-    answers = race(conversation_id, env)
+    answers = race(conversation_id, env, mode)
     started = [a["started"] for a in answers if "started" in a]
     refused = [a["refused"] for a in answers if "refused" in a]
     assert len(started) == 1 and len(refused) == 1, answers
     assert BUSY in refused[0]
     if connection.vendor == "postgresql":
         assert [m.pk for m in streaming_rows(chat)] == started
+        if mode == "race-message":
+            assert chat.messages.filter(role=Message.Role.USER).count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -107,19 +113,22 @@ def test_it_interrupts_a_dead_processs_stale_row_when_a_reply_starts(chat) -> No
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_new_message_and_its_reply_are_written_in_seven_statements_and_a_stale_row_still_ends(
+def test_a_new_message_and_its_reply_are_written_in_one_statement_on_postgresql_and_a_stale_row_still_ends(
     chat, alice
 ) -> None:
-    """The write that runs beside the prompt's evaluation (a message admitted first): begin, the
-    lock, the busy check (which also finds stale rows), the two rows, the conversation's time,
-    commit; no savepoint, no query for stale rows when there are none (10 statements before).
-    With a dead process's row, that row is interrupted and the reply starts all the same."""
+    """The write that runs beside the prompt's evaluation (a message admitted first). On
+    PostgreSQL one statement: the lock, the busy check, the two rows and the conversation's time
+    (7 statements before). On SQLite seven: begin, the lock, the busy check (which also finds
+    stale rows), the two rows, the conversation's time, commit; no savepoint, no query for stale
+    rows when there are none. With a dead process's row, that row is interrupted and the reply
+    starts all the same; with a live one, it is busy and nothing is written."""
     from django.test.utils import CaptureQueriesContext
 
     actions.rename(chat, "Named")  # (a first message names the conversation: one more statement)
     with CaptureQueriesContext(connection) as queries:
         _, first = actions.post_user_message_with_reply(chat, "Hi", alice, params={}, prompt_tokens=3)
-    assert len(queries) == 7, [q["sql"][:60] for q in queries]
+    expected = 1 if connection.vendor == "postgresql" else 7
+    assert len(queries) == expected, [q["sql"][:60] for q in queries]
     Message.objects.filter(pk=first.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     _, second = actions.post_user_message_with_reply(chat, "Again", alice, params={}, prompt_tokens=3)
     first.refresh_from_db()
@@ -128,6 +137,88 @@ def test_a_new_message_and_its_reply_are_written_in_seven_statements_and_a_stale
     with pytest.raises(actions.Busy):  # a fresh row: busy, and nothing written
         actions.post_user_message_with_reply(chat, "Third", alice, params={}, prompt_tokens=3)
     assert chat.messages.filter(content="Third").count() == 0
+    assert [m.content for m in chat.messages.order_by("pk")] == ["Hi", "", "Again", ""]
+
+
+ROW_FIELDS = [f.attname for f in Message._meta.concrete_fields if f.attname not in ("id", "conversation_id")]
+
+
+def written_rows(conversation: Conversation) -> list[dict[str, object]]:
+    """The conversation's rows as stored, without what differs between two writes of the same."""
+    rows = list(conversation.messages.order_by("pk").values(*ROW_FIELDS))
+    for row in rows:
+        assert row.pop("created") is not None
+        row["heartbeat_at"] = row["heartbeat_at"] is not None
+    return rows
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_statement_writes_and_announces_what_the_general_path_does(alice, alpha) -> None:
+    """The same message and reply written the two ways (on PostgreSQL outside a transaction, one
+    statement; inside one, the general path): the same rows, the same conversation row, the same
+    events in the same order to the conversation's page and to the lists."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    params = {"model": "tiny", "temperature": 0.5, "max_tokens": 9}
+
+    def written(inside_a_transaction: bool):
+        chat = actions.start_conversation(alice, alpha, visibility="team", model_id="")
+        chat.model_id = "tiny"  # as the reply's read sets it, unwritten
+
+        async def listen() -> str:
+            channel = await layer.new_channel()
+            for group in (
+                actions.group_name(chat.pk),
+                sidebar.user_group(alice.pk),
+                sidebar.team_group(alpha.pk),
+            ):
+                await layer.group_add(group, channel)
+            return channel
+
+        channel = async_to_sync(listen)()
+        if inside_a_transaction:
+            with transaction.atomic():
+                message, reply = actions.post_user_message_with_reply(
+                    chat, "  Hello   there ", alice, params=params, prompt_tokens=7
+                )
+        else:
+            message, reply = actions.post_user_message_with_reply(
+                chat, "  Hello   there ", alice, params=params, prompt_tokens=7
+            )
+        events = []
+        while True:
+            try:
+                event = async_to_sync(asyncio.wait_for)(layer.receive(channel), 0.05)
+            except TimeoutError:
+                break
+            events.append(
+                {
+                    k: (v - chat.pk if k == "conversation_id" else v)
+                    for k, v in event.items()
+                    if k not in ("message_id", "html")
+                }
+            )
+        stored = Conversation.objects.get(pk=chat.pk)
+        assert (message.pk, reply.pk) == tuple(chat.messages.order_by("pk").values_list("pk", flat=True))
+        assert chat.title == stored.title
+        return written_rows(chat), (stored.title, stored.model_id), events
+
+    one_way, other_way = written(False), written(True)
+    assert one_way == other_way
+    rows, conversation_row, events = one_way
+    assert [(r["role"], r["status"], r["content"]) for r in rows] == [
+        ("user", "complete", "  Hello   there "),
+        ("assistant", "streaming", ""),
+    ]
+    assert conversation_row == ("Hello there", "tiny")
+    assert [e["type"] for e in events] == [
+        "chat.message",
+        "chat.conversation",
+        "list.changed",
+        "list.changed",
+        "chat.message",
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -145,7 +236,8 @@ def test_a_first_message_updates_its_conversation_once_with_its_title_and_model(
     assert named and not [q for q in queries if not q["sql"].lstrip().upper().startswith("SELECT")]
     with CaptureQueriesContext(connection) as queries:
         actions.post_user_message_with_reply(chat, "Hi", alice, params={}, prompt_tokens=3)
-    updates = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "conversations_conversation"')]
+    # (On PostgreSQL the UPDATE is part of the write's one statement.)
+    updates = [q["sql"] for q in queries if 'UPDATE "conversations_conversation"' in q["sql"]]
     assert len(updates) == 1, updates
     chat.refresh_from_db()
     assert (chat.title, chat.model_id) == ("Hi", named)

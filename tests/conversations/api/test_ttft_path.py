@@ -210,3 +210,78 @@ async def test_a_call_takes_two_trips_to_a_thread_before_its_jobs_are_submitted(
     assert response.status_code == 200, response.content
     (before,) = at_view
     assert [t[before:] for t in at_admission] == [["authenticate_api_key", "_prompt_and_reserve"]]
+
+
+def logged_call(key: ApiKey, tools: dict | None, inside_a_transaction: bool) -> tuple[int, dict]:
+    """An API call logged the two ways; its statements and its rows as stored."""
+    from django.db import transaction
+
+    from conversations.models import Conversation
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "  What   is\nit? "},
+        {"role": "assistant", "content": "A test.", "name": "bot"},
+        {"role": "user", "content": "And now?"},
+    ]
+    params = {"temperature": 0.3, "max_tokens": 7, "n": 2}
+
+    def log():
+        return actions.start_api_call(
+            key,
+            model_id="tiny",
+            messages=messages,
+            params=params,
+            n=2,
+            prompt_tokens=11,
+            request_user="u-1",
+            tools=tools,
+        )
+
+    with CaptureQueriesContext(connection) as queries:
+        if inside_a_transaction:
+            with transaction.atomic():
+                call = log()
+        else:
+            call = log()
+    stored = Conversation.objects.get(pk=call.conversation.pk)
+    conversation = {
+        f.attname: getattr(stored, f.attname)
+        for f in Conversation._meta.concrete_fields
+        if f.attname not in ("id", "created", "updated")
+    }
+    rows = list(stored.messages.order_by("pk").values())
+    assert [r["id"] for r in rows[-2:]] == [r.pk for r in call.replies]
+    assert all(r.conversation_id == stored.pk for r in call.replies)
+    for row in rows:
+        del row["id"], row["conversation_id"], row["created"]
+        row["heartbeat_at"] = row["heartbeat_at"] is not None
+    return len(queries), {"conversation": conversation, "messages": rows}
+
+
+@database_sync_to_async
+def logged_both_ways(alice, alpha, tools: dict | None):
+    key, _ = actions.create_api_key(alice, alpha, name="both ways")
+    return logged_call(key, tools, False), logged_call(key, tools, True)
+
+
+@pytest.mark.parametrize("tools", [None, {"tools": [{"type": "function", "function": {"name": "f"}}]}])
+async def test_the_log_rows_are_one_statement_on_postgresql_and_the_same_either_way(
+    alice, alpha, tools
+) -> None:
+    """On PostgreSQL, outside a transaction, an admitted call's conversation, messages, replies
+    (and the tools asked for) are written in one statement (5 before, and 6 with tools); the rows
+    are those the general path writes, which SQLite and a caller's transaction use."""
+    (statements, rows), (general_statements, general_rows) = await logged_both_ways(alice, alpha, tools)
+    assert rows == general_rows
+    assert statements == (1 if connection.vendor == "postgresql" else general_statements)
+    assert [(m["role"], m["choice_index"], m["status"]) for m in rows["messages"]] == [
+        ("system", 0, "complete"),
+        ("user", 0, "complete"),
+        ("assistant", 0, "complete"),
+        ("user", 0, "complete"),
+        ("assistant", 0, "streaming"),
+        ("assistant", 1, "streaming"),
+    ]
+    assert [m["tools"] for m in rows["messages"]] == [None] * 4 + [tools] * 2
+    assert rows["conversation"]["title"] == "And now?" and rows["conversation"]["request_user"] == "u-1"
