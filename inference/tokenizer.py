@@ -28,6 +28,7 @@ user-defined tokens always.
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,6 +95,12 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SPM_SPACE = "\u2581"  # ▁
+# The runs of text whose ids ``encode`` keeps (the last ones used, up to this many of up to this many
+# characters each): a conversation's prompt is tokenized again at each turn, message by message (the
+# runs between special tokens are tokenized on their own), and all but the newest were seen before.
+# 1,300 tokens of history took 3.8 ms of the websocket's way to the first token on PostgreSQL.
+_CACHED_RUNS = 1024
+_CACHED_RUN_CHARS = 8192
 
 
 class Tokenizer:
@@ -133,6 +140,7 @@ class Tokenizer:
         # The texts of the special (control) tokens, longest first: what is removed from text that
         # a template writes as its own (inference/chat.py), so that it cannot become a control token.
         self.special_texts = [text for text, i, _ in parsed if i in self.special_ids]
+        self._cached_run = functools.lru_cache(maxsize=_CACHED_RUNS)(self._encode_run)
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> Tokenizer:
@@ -179,9 +187,14 @@ class Tokenizer:
                 if self.add_space_prefix and prev_special:
                     piece = " " + piece
                 piece = piece.replace(" ", _SPM_SPACE)
-            ids.extend(self._backend.encode(piece, add_special_tokens=False).ids)
+            cached = len(piece) <= _CACHED_RUN_CHARS
+            ids.extend(self._cached_run(piece) if cached else self._encode_run(piece))
             prev_special = False
         return ids
+
+    def _encode_run(self, text: str) -> tuple[int, ...]:
+        """The ids of a run of text without special tokens (as ``encode`` prepared it)."""
+        return tuple(self._backend.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Text of ``ids`` (invalid UTF-8 becomes U+FFFD).

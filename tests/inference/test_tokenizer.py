@@ -7,7 +7,7 @@ import pytest
 
 from inference.gguf import ModelFileError
 from inference.tokenizer import IncrementalDecoder, Tokenizer
-from tests.fixtures_model import default_model_info, default_tokenizer
+from tests.fixtures_model import default_chat_template, default_model_info, default_tokenizer
 from tests.helpers import case_id, load_reference
 
 REFERENCE = load_reference("smollm2-tokenization.json")["cases"]
@@ -135,3 +135,36 @@ def test_it_refuses_an_unknown_pre_tokenizer() -> None:
     info = dataclasses.replace(default_model_info(), tokenizer_pre="no-such-pre")
     with pytest.raises(ModelFileError, match="pre-tokenizer 'no-such-pre'"):
         Tokenizer.from_gguf(info)
+
+
+class CountingBackend:
+    """The tokenizers backend, counting the runs of text it is asked to tokenize (a spy: it
+    tokenizes them itself)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.runs = backend, []
+
+    def encode(self, text: str, **kwargs):
+        self.runs.append(text)
+        return self.backend.encode(text, **kwargs)
+
+
+def test_a_conversations_next_turn_tokenizes_only_its_new_text() -> None:
+    """A conversation's prompt is tokenized again at each turn, message by message; the runs of
+    text it held at the last turn are not tokenized again, and the ids are the same as those of a
+    tokenizer that sees them for the first time."""
+    from inference.chat import build_prompt_ids
+
+    template = default_chat_template()
+    tok = Tokenizer.from_gguf(default_model_info())  # its own cache
+    tok._backend = spy = CountingBackend(tok._backend)
+    history = [{"role": "system", "content": "Be brief."}]
+    for turn in range(12):
+        history.append({"role": "user", "content": f"Question {turn}: why is the sky blue? Answer briefly."})
+        history.append({"role": "assistant", "content": f"Answer {turn}: sunlight scatters off the air."})
+    build_prompt_ids(history, template, tok)
+    next_turn = [*history, {"role": "user", "content": "And at sunset, the red?"}]
+    spy.runs.clear()
+    ids = build_prompt_ids(next_turn, template, tok)
+    assert spy.runs == ["And at sunset, the red?"]  # (a byte-level BPE vocabulary: no space prefix)
+    assert ids == build_prompt_ids(next_turn, template, Tokenizer.from_gguf(default_model_info()))
