@@ -850,12 +850,12 @@ def _post_with_reply_at_once(
     reply streams, a dead process's row is to be interrupted, or the conversation is gone: the
     general path then finds out which, as before).
 
-    The seven statements of the general path took 4.2 ms of this thread's CPU and 1.4 ms of the
-    database's (6 ms of wall) on an idle machine, all of it taken from the prompt's evaluation on
-    the other core; this one takes 0.8 ms and 0.8 ms (1.8 ms of wall). It locks the conversation's
-    row as the general path does, inserts both rows only if none streams, and updates the row's
-    time (with its first title and model) only if they were inserted. A reply started by another
-    process after this statement's snapshot fails the unique constraint
+    ``bench/writes.py`` on an idle machine, events included: the seven statements of the general
+    path took 3.7 ms of this thread's CPU and 1.0 ms of the database's (6.2 ms of wall), all of it
+    taken from the prompt's evaluation on the other core; this one 1.5 and 0.7 ms (2.7 ms). It
+    locks the conversation's row as the general path does, inserts both rows only if none streams,
+    and updates the row's time (with its first title and model) only if they were inserted. A
+    reply started by another process after this statement's snapshot fails the unique constraint
     ``one_streaming_reply_per_choice``: the statement then writes nothing and the general path
     answers ``Busy``. The events go out together (``_sent_together``)."""
     message = Message(conversation=conversation, role=Message.Role.USER, content=text, author=author)
