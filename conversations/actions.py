@@ -779,6 +779,11 @@ def post_user_message(conversation: Conversation, text: str, author: AbstractBas
     return _post_user_message(conversation, text, author)[0]
 
 
+def first_title(text: str) -> str:
+    """A conversation's title, from its first message."""
+    return " ".join(text.split())[:TITLE_CHARS]
+
+
 def _post_user_message(
     conversation: Conversation, text: str, author: AbstractBaseUser
 ) -> tuple[Message, list[int]]:
@@ -793,7 +798,7 @@ def _post_user_message(
         message = add_message(locked, Message.Role.USER, text, author=author)
         fields = []
         if not locked.title:
-            locked.title = " ".join(text.split())[:TITLE_CHARS]
+            locked.title = first_title(text)
             fields.append("title")
         if not locked.model_id and conversation.model_id:
             locked.model_id = conversation.model_id
@@ -860,9 +865,35 @@ def _post_with_reply_at_once(
     answers ``Busy``. The events go out together (``_sent_together``)."""
     message = Message(conversation=conversation, role=Message.Role.USER, content=text, author=author)
     (reply,) = _streaming_replies(conversation, 1, params, prompt_tokens, None, None)
-    fields = _columns(Message, skip=())
+    fields = _columns(Message)
+    title = first_title(text)
+    args = [conversation.pk, *_prepared(fields, [message, reply]), conversation.pk, Message.Status.STREAMING]
+    args += [timezone.now(), title, conversation.model_id, Message.Role.USER, Message.Role.ASSISTANT]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_post_with_reply_sql(), args)
+            message.pk, reply.pk, old_title, visibility = cursor.fetchone()
+    except IntegrityError:
+        return None
+    if message.pk is None:
+        return None
+    _saved(message, reply)
+    conversation.visibility = visibility  # (as read under the lock: whose lists to tell)
+    conversation.title = old_title or title
+    with _sent_together():  # what the general path sends on its commit, in its order
+        broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})  # add_message's
+        if not old_title:
+            _announce_change(conversation, ["title"])
+        broadcast(conversation.pk, _new_reply_event(conversation, reply))
+    return message, reply
+
+
+@functools.cache
+def _post_with_reply_sql() -> str:
+    """``_post_with_reply_at_once``'s statement (made once)."""
+    fields = _columns(Message)
     messages, conversations = _table(Message), _table(Conversation)
-    sql = f"""
+    return f"""
         WITH locked AS (
             SELECT id, title, model_id, visibility FROM {conversations} WHERE id = %s FOR UPDATE
         ), added AS (
@@ -883,56 +914,41 @@ def _post_with_reply_at_once(
         SELECT (SELECT id FROM added WHERE role = %s), (SELECT id FROM added WHERE role = %s),
             (SELECT title FROM changed), (SELECT visibility FROM changed)
     """
-    title = " ".join(text.split())[:TITLE_CHARS]
-    args = [conversation.pk, *_prepared(fields, [message, reply]), conversation.pk, Message.Status.STREAMING]
-    args += [timezone.now(), title, conversation.model_id, Message.Role.USER, Message.Role.ASSISTANT]
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, args)
-            message.pk, reply.pk, old_title, visibility = cursor.fetchone()
-    except IntegrityError:
-        return None
-    if message.pk is None:
-        return None
-    _saved(message, reply)
-    conversation.visibility = visibility  # (as read under the lock: whose lists to tell)
-    conversation.title = old_title or title
-    with _sent_together():  # what the general path sends on its commit, in its order
-        broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})  # add_message's
-        if not old_title:
-            _announce_change(conversation, ["title"])
-        broadcast(conversation.pk, _new_reply_event(conversation, reply))
-    return message, reply
 
 
 def _insert_at_once(conversation: Conversation, messages: list[Message]) -> None:
     """PostgreSQL: insert a new conversation and its messages, in their order, in one statement
     (committed on its own; a failure writes nothing), and give them their ids."""
-    conversation_fields = _columns(Conversation, skip=())
-    fields = _columns(Message, skip=("conversation",))
+    conversation_fields, fields = _columns(Conversation), _columns(Message, skip=("conversation",))
+    args = _prepared(conversation_fields, [conversation])
+    for n, message in enumerate(messages):
+        args += [*_prepared(fields, [message]), n]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_at_once_sql(len(messages)), args)
+        conversation.pk, ids = cursor.fetchone()
+    for message, pk in zip(messages, ids, strict=True):
+        message.pk, message.conversation = pk, conversation
+    _saved(conversation, *messages)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_at_once_sql(rows: int) -> str:
+    """``_insert_at_once``'s statement for ``rows`` messages (made once per number)."""
+    conversation_fields, fields = _columns(Conversation), _columns(Message, skip=("conversation",))
     order = ", ".join(f"v.{connection.ops.quote_name(f.column)}" for f in fields)
-    sql = f"""
+    return f"""
         WITH made AS (
             INSERT INTO {_table(Conversation)} ({_names(conversation_fields)})
             VALUES {_values(conversation_fields, 1)} RETURNING id
         ), added AS (
             INSERT INTO {_table(Message)} (conversation_id, {_names(fields)})
             SELECT made.id, {order}
-            FROM made, (VALUES {_values(fields, len(messages), "%s::int")}) AS v ({_names(fields)}, n)
+            FROM made, (VALUES {_values(fields, rows, "%s::int")}) AS v ({_names(fields)}, n)
             ORDER BY v.n
             RETURNING id
         )
         SELECT (SELECT id FROM made), (SELECT array_agg(id ORDER BY id) FROM added)
     """
-    args = _prepared(conversation_fields, [conversation])
-    for n, message in enumerate(messages):
-        args += [*_prepared(fields, [message]), n]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, args)
-        conversation.pk, ids = cursor.fetchone()
-    for message, pk in zip(messages, ids, strict=True):
-        message.pk, message.conversation = pk, conversation
-    _saved(conversation, *messages)
 
 
 # One statement instead of several, for the writes on the way to a reply (PostgreSQL): each value
@@ -940,7 +956,8 @@ def _insert_at_once(conversation: Conversation, messages: list[Message]) -> None
 # type (a VALUES list's NULL would otherwise be text).
 
 
-def _columns(model: type[Any], skip: tuple[str, ...]) -> list[Any]:
+@functools.cache
+def _columns(model: type[Any], skip: tuple[str, ...] = ()) -> list[Any]:
     return [f for f in model._meta.concrete_fields if not f.primary_key and f.name not in skip]
 
 
