@@ -304,7 +304,10 @@ def add_message(
     *,
     name: str = "",
     author: AbstractBaseUser | None = None,
+    shown_to_author: bool = False,
 ) -> Message:
+    """``shown_to_author``: the event carries the message as its author's page shows it
+    (``_new_message_event``; not for a message that is to become a new version of another)."""
     message = Message.objects.create(
         conversation=conversation,
         role=role,
@@ -313,8 +316,21 @@ def add_message(
         author=author,
         status=Message.Status.COMPLETE,
     )
-    broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})
+    event = {"type": "chat.message", "message_id": message.pk}
+    broadcast(conversation.pk, _new_message_event(conversation, message) if shown_to_author else event)
     return message
+
+
+def _new_message_event(conversation: Conversation, message: Message) -> dict[str, Any]:
+    """The ``chat.message`` of a new user message, with its HTML as its author's page shows it
+    (with Edit), rendered once here. The author's socket forwards it instead of reading the row
+    and rendering it again while the slot evaluates the prompt; a teammate's socket still reads it
+    and renders it for its own viewer."""
+    event: dict[str, Any] = {"type": "chat.message", "message_id": message.pk}
+    if message.author_id is not None and message.version_of_id is None:
+        event["author_id"] = message.author_id
+        event["author_html"] = message_html(message, conversation, message.author, [message.pk])
+    return event
 
 
 def add_user_message(
@@ -795,7 +811,7 @@ def _post_user_message(
     with transaction.atomic(savepoint=False):  # (add_user_message says why)
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         stale = _check_not_busy(locked)
-        message = add_message(locked, Message.Role.USER, text, author=author)
+        message = add_message(locked, Message.Role.USER, text, author=author, shown_to_author=True)
         fields = []
         if not locked.title:
             locked.title = first_title(text)
@@ -881,7 +897,7 @@ def _post_with_reply_at_once(
     conversation.visibility = visibility  # (as read under the lock: whose lists to tell)
     conversation.title = old_title or title
     with _sent_together():  # what the general path sends on its commit, in its order
-        broadcast(conversation.pk, {"type": "chat.message", "message_id": message.pk})  # add_message's
+        broadcast(conversation.pk, _new_message_event(conversation, message))  # add_message's
         if not old_title:
             _announce_change(conversation, ["title"])
         broadcast(conversation.pk, _new_reply_event(conversation, reply))

@@ -313,8 +313,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- from the group --------------------------------------------------------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
-        html = event.get("html")
-        if html is not None:  # rendered once for every viewer (actions: a new streaming reply)
+        html = event.get("html")  # rendered once for every viewer (actions: a new streaming reply)
+        if html is None and event.get("author_id") == self.user.pk:
+            html = event.get("author_html")  # a new message, as its author sees it (actions)
+        if html is not None:
             mid = int(event["message_id"])
             append = mid not in self.known
             self.known.add(mid)

@@ -372,6 +372,47 @@ async def test_it_lets_people_edit_only_their_own_messages(alice, bob, chat, run
     await communicator.disconnect()
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first message", "later message"])
+async def test_a_new_message_reaches_its_authors_page_as_rendered_in_its_write(
+    alice, bob, chat, runtime, monkeypatch, first
+) -> None:
+    """The author's socket forwards the new message's HTML rendered once with its write (as a new
+    reply's is), instead of reading the row and rendering it again while the slot evaluates the
+    prompt; a teammate's socket reads and renders it for its own viewer (no Edit). Either way the
+    page gets what the stored row renders for that viewer."""
+    from conversations import consumers
+    from conversations.consumers import ChatConsumer, message_fragment
+
+    chat.temperature, chat.max_tokens = 0, 4
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    if not first:
+        await sync_to_async(actions.add_user_message)(chat, "an earlier message", author=alice)
+    read_for: list[tuple[int, int]] = []  # (viewer, message id) of each socket's read of a message
+    read = ChatConsumer.__dict__["_message_fragment"]  # (unbound: database_sync_to_async binds)
+
+    async def counted(self, message_id):
+        read_for.append((self.user.pk, int(message_id)))
+        return await read(self, message_id)
+
+    monkeypatch.setattr(consumers.ChatConsumer, "_message_fragment", counted)
+    author, _, _ = await connect(alice, chat.pk)
+    watcher, _, _ = await connect(bob, chat.pk)
+    await author.send_to(text_data=json.dumps({"action": "send", "text": "Hello *there*"}))
+    await finish_run(chat.pk)
+    stored = await sync_to_async(
+        lambda: Message.objects.select_related("author").get(conversation=chat, content="Hello *there*")
+    )()
+    frames = {alice.pk: await drain(author), bob.pk: await drain(watcher)}
+    for viewer in (alice, bob):
+        expected = await sync_to_async(message_fragment)(stored, chat, viewer, append=True)
+        assert expected in frames[viewer.pk], viewer.username
+    assert f'id="m-{stored.pk}-edit"' in "".join(frames[alice.pk])  # hers to edit
+    assert f'id="m-{stored.pk}-edit"' not in "".join(frames[bob.pk])
+    assert [v for v, m in read_for if m == stored.pk] == [bob.pk]  # the author's socket read nothing
+    await author.disconnect()
+    await watcher.disconnect()
+
+
 @pytest.mark.parametrize("viewers", [1, 4])
 async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
     alice, bob, chat, runtime, monkeypatch, viewers
