@@ -6,11 +6,13 @@ there is no existence oracle.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db import connections, router
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
@@ -99,8 +101,7 @@ def prompt_messages(conversation: Conversation, new_user_text: str | None = None
     them first. An answer carries its generated ids (the KV cache is reused from them).
     ``new_user_text``: a user message not written yet, as if it were the last.
     """
-    # The four columns it needs, not whole rows: it runs on the way to every reply's first token.
-    rows = list(visible_messages(conversation).values_list("role", "content", "status", "token_ids"))
+    rows = _history(conversation.pk)
     if new_user_text is not None:
         rows.append((Message.Role.USER, new_user_text, Message.Status.COMPLETE, None))
     out: list[dict[str, Any]] = []
@@ -117,6 +118,35 @@ def prompt_messages(conversation: Conversation, new_user_text: str | None = None
                 item["token_ids"] = token_ids
             out.append(item)
     return out
+
+
+# The four columns ``prompt_messages`` needs, not whole rows: it runs on the way to every reply's
+# first token. A stand-in conversation id, unlike any real one, marks where each read's id goes.
+_HISTORY_COLUMNS = ("role", "content", "status", "token_ids")
+_HISTORY_STAND_IN = -1_999_999_905
+
+
+def _history(conversation_id: int) -> list[tuple[Any, ...]]:
+    """``visible_messages(conversation).values_list(*_HISTORY_COLUMNS)``: the ORM's SQL, built once
+    per database (``_history_sql``), run with this conversation's id. Building the query cost more
+    than running it (on PostgreSQL, in-process: bench/writes.py's figures are in the README)."""
+    alias = router.db_for_read(Message)
+    token_ids = Message._meta.get_field("token_ids")
+    database = connections[alias]
+    with database.cursor() as cursor:
+        cursor.execute(_history_sql(alias), [conversation_id])
+        rows = cursor.fetchall()
+    return [(*row[:3], token_ids.from_db_value(row[3], None, database)) for row in rows]
+
+
+@functools.cache
+def _history_sql(alias: str) -> str:
+    found = Message.objects.filter(conversation_id=_HISTORY_STAND_IN, superseded_at__isnull=True)
+    query = found.order_by("id").values_list(*_HISTORY_COLUMNS).query
+    sql, params = query.get_compiler(using=alias).as_sql()
+    if list(params) != [_HISTORY_STAND_IN] or str(_HISTORY_STAND_IN) in sql:
+        raise RuntimeError(f"the history's query does not take the conversation as its one parameter: {sql}")
+    return sql
 
 
 # --- Teams, keys, conversations and messages a user may see (404 for the others) ----------------
