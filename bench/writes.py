@@ -5,7 +5,10 @@ database (made and dropped here), in this process, it writes ``--writes`` times 
 
 - a conversation's first message with its streaming reply (``post_user_message_with_reply``): the
   one statement and the general path (as SQLite's);
-- an API call's log rows (``start_api_call``, 2 messages, 1 reply), both ways.
+- an API call's log rows (``start_api_call``, 2 messages, 1 reply), both ways;
+- a new message's event at its author's socket: the row read and rendered, or the HTML the write
+  rendered forwarded (and that render's cost in the write);
+- the history read before a reply's admission: the ORM's query built each time, or built once.
 
 For each: the median wall time, the writing thread's CPU and the database backend's CPU (from
 ``/proc``), and the statements. These run on the other core while the model evaluates the prompt,
@@ -124,6 +127,109 @@ def measure(writes: int) -> dict[str, dict[str, float]]:
                 "database_cpu_ms": statistics.mean(database) * 1e3,  # (clock ticks: the mean)
                 "statements": statements,
             }
+    results.update(author_page(writes, new_conversation, backend))
+    results.update(history_read(writes, new_conversation, backend))
+    return results
+
+
+def history_read(writes: int, new_conversation, backend: int) -> dict[str, dict[str, float]]:
+    """The history a reply's prompt is built from (``queries.prompt_messages``' read, on the way
+    to the first token), 12 messages: the ORM's query built for each read (as before) or its SQL
+    built once (``queries._history``)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import actions, queries
+    from conversations.models import Message
+
+    chat = new_conversation()
+    user = get_user_model().objects.get(username="bench")
+    for i in range(6):
+        actions.add_user_message(chat, f"Question {i}: what is the sky made of?", author=user)
+        answer = Message(conversation=chat, role=Message.Role.ASSISTANT, content=f"Answer {i}: air.")
+        answer.token_ids = list(range(40))
+        answer.save()
+    columns = ("role", "content", "status", "token_ids")
+
+    def built_each_time() -> list:
+        return list(queries.visible_messages(chat).values_list(*columns))
+
+    def built_once() -> list:
+        return queries._history(chat.pk)
+
+    assert built_each_time() == built_once()
+    results = {}
+    for label, work in (
+        ("the history read: its query built each time", built_each_time),
+        ("the history read: its SQL built once", built_once),
+    ):
+        with CaptureQueriesContext(connection) as ran:
+            work()
+        walls, threads, database = [], [], []
+        for _ in range(writes):
+            b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
+            work()
+            walls.append(time.perf_counter() - t0)
+            threads.append(time.thread_time() - c0)
+            database.append(backend_seconds(backend) - b0)
+        results[label] = {
+            "wall_ms": statistics.median(walls) * 1e3,
+            "thread_cpu_ms": statistics.median(threads) * 1e3,
+            "database_cpu_ms": statistics.mean(database) * 1e3,
+            "statements": len(ran),
+        }
+    return results
+
+
+def author_page(writes: int, new_conversation, backend: int) -> dict[str, dict[str, float]]:
+    """What a new message's ``chat.message`` costs its author's socket, beside the prompt's
+    evaluation: read and rendered from the database (as every socket did before 6d3ee9c, and a
+    teammate's still does) or forwarded as rendered once in the write (and what that render adds
+    to the write)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import actions
+    from conversations.consumers import message_fragment, placed
+    from conversations.models import Message
+
+    chat = new_conversation()
+    user = get_user_model().objects.get(username="bench")
+    message, _ = actions.post_user_message_with_reply(chat, "Hello *there*", user, params={}, prompt_tokens=9)
+    event = actions._new_message_event(chat, message)
+
+    def read_and_render() -> str:
+        row = Message.objects.select_related("author").filter(pk=message.pk).first()  # the socket's read
+        return message_fragment(row, chat, user, append=True)
+
+    def forward() -> str:
+        return placed(event["author_html"], append=True)
+
+    assert read_and_render() == forward()  # the same fragment either way
+    ways = (
+        ("the author's page: the message read and rendered", read_and_render),
+        ("the author's page: the message forwarded", forward),
+        ("the write: the message rendered for its author", lambda: actions._new_message_event(chat, message)),
+    )
+    results = {}
+    for label, work in ways:
+        with CaptureQueriesContext(connection) as queries:
+            work()
+        walls, threads, database = [], [], []
+        for _ in range(writes):
+            b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
+            work()
+            walls.append(time.perf_counter() - t0)
+            threads.append(time.thread_time() - c0)
+            database.append(backend_seconds(backend) - b0)
+        results[label] = {
+            "wall_ms": statistics.median(walls) * 1e3,
+            "thread_cpu_ms": statistics.median(threads) * 1e3,
+            "database_cpu_ms": statistics.mean(database) * 1e3,
+            "statements": len(queries),
+        }
     return results
 
 
