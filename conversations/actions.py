@@ -720,8 +720,14 @@ def _changed(conversation: Conversation, fields: list[str]) -> None:
 
 
 def _announce_change(conversation: Conversation, fields: list[str]) -> None:
-    """Tell the pages open on ``conversation`` and, for what the lists show, the lists."""
-    broadcast(conversation.pk, {"type": "chat.conversation", "conversation_id": conversation.pk})
+    """Tell the pages open on ``conversation`` and, for what the lists show, the lists. A new title
+    (with the model a first reply names) comes with the event: it changes no one's access, and the
+    pages show it without checking theirs again. Other changes may take access away: each page
+    checks."""
+    event: dict[str, Any] = {"type": "chat.conversation", "conversation_id": conversation.pk}
+    if set(fields) <= {"title", "model_id"}:
+        event["title"] = conversation.title
+    broadcast(conversation.pk, event)
     if {"title", "visibility", "deleted_at"} & set(fields):
         notify_lists(conversation, fields)
 

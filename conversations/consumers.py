@@ -395,7 +395,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._refresh()
 
     async def chat_conversation(self, event: dict[str, Any]) -> None:
-        if not await self._still_visible():
+        if "title" in event:  # only the title changed, which changes no one's access (actions)
+            if self.access_lost:
+                return
+            self.conversation.title = event["title"]
+        elif not await self._still_visible():
             return
         html = await database_sync_to_async(render_to_string)(
             "chat/_title.html", {"conversation": self.conversation, "sidebar_oob": True}

@@ -15,7 +15,8 @@ review services, the admin and its bulk actions, a queryset delete, a cascade, t
 - a logout → their group, naming the ended session (the session is flushed *after* Django's
   ``user_logged_out`` signal, so the database would still show it);
 - a conversation deleted for good → its conversation's group. (Made private or soft-deleted:
-  ``actions`` broadcasts ``chat.conversation``, on which the socket checks again too.)
+  ``actions`` broadcasts ``chat.conversation``, on which the socket checks again too; not for
+  a new title, which carries the title and changes no one's access.)
 
 A ``QuerySet.update()`` on users or memberships sends no signal: such a change reaches open sockets
 at their next action, when access is checked again anyway.

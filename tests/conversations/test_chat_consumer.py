@@ -413,6 +413,40 @@ async def test_a_new_message_reaches_its_authors_page_as_rendered_in_its_write(
     await watcher.disconnect()
 
 
+async def test_a_new_title_reaches_every_page_without_checking_access_again(
+    alice, bob, chat, runtime, monkeypatch
+) -> None:
+    """A first message names the conversation: every page open on it shows the new title, and no
+    socket checks its access again for it (a title changes no one's access; the start of the reply
+    checks the sender's). A change that can take access away still makes every socket check."""
+    from conversations import consumers
+
+    chat.temperature, chat.max_tokens = 0, 4
+    await chat.asave(update_fields=["temperature", "max_tokens"])
+    checked: list[int] = []  # the user of each socket's access check
+    check = consumers.ChatConsumer._access_now
+
+    def counted(self):
+        checked.append(self.user.pk)
+        return check(self)
+
+    monkeypatch.setattr(consumers.ChatConsumer, "_access_now", counted)
+    author, _, _ = await connect(alice, chat.pk)
+    watcher, _, _ = await connect(bob, chat.pk)
+    await author.send_to(text_data=json.dumps({"action": "send", "text": "A <i>title</i>"}))
+    await finish_run(chat.pk)
+    for socket in (author, watcher):
+        frames = "".join(await drain(socket))
+        assert '<h1 hx-swap-oob="true" id="conv-title"' in frames
+        assert 'data-title="A &lt;i&gt;title&lt;/i&gt;"' in frames  # the new title, escaped
+    assert checked == [alice.pk]  # the reply's start, only
+    await sync_to_async(actions.set_visibility)(chat, Conversation.Visibility.PRIVATE)
+    assert (await watcher.receive_output(timeout=5))["type"] == "websocket.send"  # told, then closed
+    assert (await watcher.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
+    assert sorted(checked[1:]) == sorted([alice.pk, bob.pk])
+    await author.disconnect()
+
+
 @pytest.mark.parametrize("viewers", [1, 4])
 async def test_it_renders_each_delta_once_off_the_event_loop_whatever_the_viewers(
     alice, bob, chat, runtime, monkeypatch, viewers
