@@ -137,8 +137,6 @@ def history_read(writes: int, new_conversation, backend: int) -> dict[str, dict[
     to the first token), 12 messages: the ORM's query built for each read (as before) or its SQL
     built once (``queries._history``)."""
     from django.contrib.auth import get_user_model
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     from conversations import actions, queries
     from conversations.models import Message
@@ -159,27 +157,34 @@ def history_read(writes: int, new_conversation, backend: int) -> dict[str, dict[
         return queries._history(chat.pk)
 
     assert built_each_time() == built_once()
-    results = {}
-    for label, work in (
+    ways = (
         ("the history read: its query built each time", built_each_time),
         ("the history read: its SQL built once", built_once),
-    ):
-        with CaptureQueriesContext(connection) as ran:
-            work()
-        walls, threads, database = [], [], []
-        for _ in range(writes):
-            b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
-            work()
-            walls.append(time.perf_counter() - t0)
-            threads.append(time.thread_time() - c0)
-            database.append(backend_seconds(backend) - b0)
-        results[label] = {
-            "wall_ms": statistics.median(walls) * 1e3,
-            "thread_cpu_ms": statistics.median(threads) * 1e3,
-            "database_cpu_ms": statistics.mean(database) * 1e3,
-            "statements": len(ran),
-        }
-    return results
+    )
+    return {label: timed(work, writes, backend) for label, work in ways}
+
+
+def timed(work, times: int, backend: int) -> dict[str, float]:
+    """``work``'s statements (one call), then its medians over ``times`` calls: wall, this thread's
+    CPU, and the database backend's CPU (the mean: clock ticks)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ran:
+        work()
+    walls, threads, database = [], [], []
+    for _ in range(times):
+        b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
+        work()
+        walls.append(time.perf_counter() - t0)
+        threads.append(time.thread_time() - c0)
+        database.append(backend_seconds(backend) - b0)
+    return {
+        "wall_ms": statistics.median(walls) * 1e3,
+        "thread_cpu_ms": statistics.median(threads) * 1e3,
+        "database_cpu_ms": statistics.mean(database) * 1e3,
+        "statements": len(ran),
+    }
 
 
 def author_page(writes: int, new_conversation, backend: int) -> dict[str, dict[str, float]]:
@@ -188,8 +193,6 @@ def author_page(writes: int, new_conversation, backend: int) -> dict[str, dict[s
     teammate's still does) or forwarded as rendered once in the write (and what that render adds
     to the write)."""
     from django.contrib.auth import get_user_model
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     from conversations import actions
     from conversations.consumers import message_fragment, placed
@@ -213,24 +216,7 @@ def author_page(writes: int, new_conversation, backend: int) -> dict[str, dict[s
         ("the author's page: the message forwarded", forward),
         ("the write: the message rendered for its author", lambda: actions._new_message_event(chat, message)),
     )
-    results = {}
-    for label, work in ways:
-        with CaptureQueriesContext(connection) as queries:
-            work()
-        walls, threads, database = [], [], []
-        for _ in range(writes):
-            b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
-            work()
-            walls.append(time.perf_counter() - t0)
-            threads.append(time.thread_time() - c0)
-            database.append(backend_seconds(backend) - b0)
-        results[label] = {
-            "wall_ms": statistics.median(walls) * 1e3,
-            "thread_cpu_ms": statistics.median(threads) * 1e3,
-            "database_cpu_ms": statistics.mean(database) * 1e3,
-            "statements": len(queries),
-        }
-    return results
+    return {label: timed(work, writes, backend) for label, work in ways}
 
 
 def write_once(write, made, general: bool, transaction) -> int:
