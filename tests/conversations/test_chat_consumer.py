@@ -25,6 +25,7 @@ from conversations.render import StreamRender, render_markdown
 from inference.jobs import Overloaded
 from tests.oob_dom import Page, normal
 from tests.ws_chat import (
+    FIRST_FRAME,
     HOST,
     ORIGIN,
     blocker,
@@ -66,7 +67,7 @@ async def test_it_sends_the_current_conversation_on_connect(alice, chat) -> None
     )
     connected, _ = await communicator.connect()
     assert connected
-    frame = await communicator.receive_from()
+    frame = await communicator.receive_from(timeout=FIRST_FRAME)
     assert frame.startswith('<div id="messages" hx-swap-oob="innerHTML">')
     assert "sent before the socket opened" in frame
     await communicator.disconnect()

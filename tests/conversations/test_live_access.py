@@ -27,6 +27,7 @@ from conversations import actions
 from conversations.models import Conversation, Membership
 from review import access
 from review import services as review_services
+from tests.ws_chat import FIRST_FRAME
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -69,7 +70,7 @@ async def open_socket(client: Client, conversation_id: int) -> WebsocketCommunic
     communicator = WebsocketCommunicator(application, f"/ws/c/{conversation_id}/", headers=[*HEADERS, cookie])
     connected, code = await communicator.connect()
     assert connected, code
-    assert 'id="messages"' in await communicator.receive_from()  # the conversation as it is
+    assert 'id="messages"' in await communicator.receive_from(timeout=FIRST_FRAME)  # as it is now
     return communicator
 
 

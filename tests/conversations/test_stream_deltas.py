@@ -21,7 +21,7 @@ from conversations.render import StreamRender, render_markdown
 from inference.jobs import Delta, Finished, Job, Started, Timings, Usage
 from inference.sampling import SamplingParams
 from tests.oob_dom import Page, normal
-from tests.ws_chat import HOST, ORIGIN, cookie_for, finish_run
+from tests.ws_chat import FIRST_FRAME, HOST, ORIGIN, cookie_for, finish_run
 
 MID = 7
 BODY = f'<div id="m-{MID}-body" class="msg-body" hx-disable>{{}}</div>'
@@ -125,7 +125,7 @@ async def open_page(user, conversation_id: int) -> tuple[WebsocketCommunicator, 
     connected, _ = await communicator.connect()
     assert connected
     page = Page('<div id="messages"></div><div id="chat-error"></div>')
-    page.apply(await communicator.receive_from())
+    page.apply(await communicator.receive_from(timeout=FIRST_FRAME))
     return communicator, page
 
 

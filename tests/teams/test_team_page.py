@@ -18,6 +18,7 @@ from conversations.models import Membership
 from review.models import AuditEntry
 from teams import services as team_services
 from tests.review_data import logged_in
+from tests.ws_chat import FIRST_FRAME
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ async def test_removing_on_the_team_page_closes_the_members_socket_at_once(alice
     socket = WebsocketCommunicator(application, f"/ws/c/{chat.pk}/", headers=headers)
     connected, _ = await socket.connect()
     assert connected
-    assert 'id="messages"' in await socket.receive_from()
+    assert 'id="messages"' in await socket.receive_from(timeout=FIRST_FRAME)
     bob_in_alpha = await sync_to_async(Membership.objects.get)(team=alpha, user=bob)
     alice_client = await sync_to_async(logged_in)(alice)
     started = time.monotonic()
