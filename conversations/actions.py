@@ -316,18 +316,19 @@ def add_message(
         author=author,
         status=Message.Status.COMPLETE,
     )
-    event = {"type": "chat.message", "message_id": message.pk}
-    broadcast(conversation.pk, _new_message_event(conversation, message) if shown_to_author else event)
+    broadcast(conversation.pk, _new_message_event(conversation, message, shown_to_author=shown_to_author))
     return message
 
 
-def _new_message_event(conversation: Conversation, message: Message) -> dict[str, Any]:
-    """The ``chat.message`` of a new user message, with its HTML as its author's page shows it
-    (with Edit), rendered once here. The author's socket forwards it instead of reading the row
-    and rendering it again while the slot evaluates the prompt; a teammate's socket still reads it
-    and renders it for its own viewer."""
+def _new_message_event(
+    conversation: Conversation, message: Message, *, shown_to_author: bool = True
+) -> dict[str, Any]:
+    """The ``chat.message`` of a new message; with ``shown_to_author``, a user message's HTML as its
+    author's page shows it (with Edit), rendered once here. The author's socket forwards it instead
+    of reading the row and rendering it again while the slot evaluates the prompt; a teammate's
+    socket still reads it and renders it for its own viewer."""
     event: dict[str, Any] = {"type": "chat.message", "message_id": message.pk}
-    if message.author_id is not None and message.version_of_id is None:
+    if shown_to_author and message.author_id is not None and message.version_of_id is None:
         event["author_id"] = message.author_id
         event["author_html"] = message_html(message, conversation, message.author, [message.pk])
     return event

@@ -130,13 +130,13 @@ def _history(conversation_id: int) -> list[tuple[Any, ...]]:
     """``visible_messages(conversation).values_list(*_HISTORY_COLUMNS)``: the ORM's SQL, built once
     per database (``_history_sql``), run with this conversation's id. Building the query cost more
     than running it (on PostgreSQL, in-process: bench/writes.py's figures are in the README)."""
+    from conversations.actions import from_db  # (actions imports this module)
+
     alias = router.db_for_read(Message)
-    token_ids = Message._meta.get_field("token_ids")
-    database = connections[alias]
-    with database.cursor() as cursor:
+    with connections[alias].cursor() as cursor:
         cursor.execute(_history_sql(alias), [conversation_id])
         rows = cursor.fetchall()
-    return [(*row[:3], token_ids.from_db_value(row[3], None, database)) for row in rows]
+    return [(*row[:3], from_db(Message, "token_ids", row[3])) for row in rows]
 
 
 @functools.cache
