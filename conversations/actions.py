@@ -37,6 +37,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.apps import apps as django_apps
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
@@ -204,7 +205,9 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     """The active key whose plain text is ``raw``, or None. Reads only, in one indexed query (the
     key's prefix is unique): the key, whether its user is active and still in its team, and the
     models the team may use (``key.allowed_models``, None: all; ``upstreams.TeamModels``, reached
-    through ``Team.model_choice`` so that this app needs no import of upstreams). The key comes
+    through ``Team.model_choice`` so that this app needs no import of upstreams), and whether any
+    usage limit applies to its calls (``key.limits_apply``: when none does, the call's reservation
+    reads no limits, review/limits.py). The key comes
     back without its user and team loaded (``user_id`` and ``team_id`` are set): every one of
     these milliseconds is on the way to the first token."""
     if not raw.startswith(KEY_PREFIX):
@@ -219,7 +222,7 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     expected = row[1] if row is not None else "0" * 64
     if not secrets.compare_digest(hash_secret(secret), expected) or row is None:
         return None
-    pk, _, user_id, team_id, name, last_used_at, revoked, user_active, user_in_team, models = row
+    pk, _, user_id, team_id, name, last_used_at, revoked, user_active, user_in_team, models, limited = row
     # A key is for one team: it stops with its user's membership, however that was removed.
     if revoked or not user_active or not user_in_team:
         return None
@@ -228,6 +231,7 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     key._state.adding, key._state.db = False, connection.alias  # as if read by the ORM
     models = from_db(team_models_model(), "models", models)
     key.allowed_models = None if models is None else list(models)
+    key.limits_apply = bool(limited)
     return key
 
 
@@ -246,11 +250,28 @@ def from_db(model: Any, field_name: str, value: Any) -> Any:
     return value
 
 
+def limit_applies_sql(team: str, user: str, key: str) -> str:
+    """SQL: the row ``l`` of the usage limits' table (``review.Limit``) applies to a request of team
+    ``team``, user ``user`` and API key ``key`` (SQL expressions; a NULL matches nothing): the team's
+    own limit, the user's own (everywhere), the user's within that team, or the key's. The one
+    definition, for review/limits.py ``limits_for`` (which reads those limits) and for the API key
+    check (which tells whether there are any)."""
+    return (
+        f"(l.team_id = {team} AND l.user_id IS NULL AND l.api_key_id IS NULL)"
+        f" OR (l.user_id = {user} AND l.team_id IS NULL AND l.api_key_id IS NULL)"
+        f" OR (l.team_id = {team} AND l.user_id = {user})"
+        f" OR (l.api_key_id = {key})"
+    )
+
+
 @functools.cache
 def _key_check_sql() -> str:
     def table(model: Any) -> str:
         return connection.ops.quote_name(model._meta.db_table)
 
+    # review.Limit by name: review sits above this app (ARCHITECTURE.md), and a key whose team, user
+    # and key have no limit (most keys) spares the call the limits' own query.
+    limits_table = table(django_apps.get_model("review", "Limit"))
     team_models = team_models_model()
     user_model = ApiKey._meta.get_field("user").related_model
     user_pk = connection.ops.quote_name(user_model._meta.pk.column)
@@ -259,7 +280,9 @@ def _key_check_sql() -> str:
         " k.revoked_at IS NOT NULL, u.is_active,"
         f" EXISTS (SELECT 1 FROM {table(Membership)} m"
         " WHERE m.user_id = k.user_id AND m.team_id = k.team_id),"
-        " tm.models"
+        " tm.models,"
+        f" EXISTS (SELECT 1 FROM {limits_table} l"
+        f" WHERE {limit_applies_sql('k.team_id', 'k.user_id', 'k.id')})"
         f" FROM {table(ApiKey)} k JOIN {table(user_model)} u ON u.{user_pk} = k.user_id"
         f" LEFT JOIN {table(team_models)} tm ON tm.team_id = k.team_id"
         " WHERE k.prefix = %s"

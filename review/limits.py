@@ -33,6 +33,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Q, Sum
 
+from conversations import actions
 from conversations.models import ApiKey, Message, Team
 from review.limit_counters import Item, Refused, counters
 from review.models import AuditEntry, Limit
@@ -134,21 +135,10 @@ class LimitRow:
 
 def limits_for(team_id: int | None, user_id: int | None, key_id: int | None = None) -> list[LimitRow]:
     """The limits for a request of ``user_id`` in ``team_id`` (with ``key_id``): one query."""
-    where, params = [], []
-    if team_id is not None:
-        where.append("(l.team_id = %s AND l.user_id IS NULL AND l.api_key_id IS NULL)")
-        params.append(team_id)
-    if user_id is not None:
-        where.append("(l.user_id = %s AND l.team_id IS NULL AND l.api_key_id IS NULL)")
-        params.append(user_id)
-    if team_id is not None and user_id is not None:
-        where.append("(l.team_id = %s AND l.user_id = %s)")
-        params += [team_id, user_id]
-    if key_id is not None:
-        where.append("(l.api_key_id = %s)")
-        params.append(key_id)
-    if not where:
+    if team_id is None and user_id is None and key_id is None:
         return []
+    where = actions.limit_applies_sql("%s", "%s", "%s")  # placeholders: team, user, team, user, key
+    params = [team_id, user_id, team_id, user_id, key_id]
     User = get_user_model()
     users, name = User._meta.db_table, User._meta.get_field(User.USERNAME_FIELD).column
     sql = (
@@ -157,7 +147,7 @@ def limits_for(team_id: int | None, user_id: int | None, key_id: int | None = No
         f"LEFT JOIN {Team._meta.db_table} t ON t.id = l.team_id "
         f"LEFT JOIN {users} u ON u.id = l.user_id "
         f"LEFT JOIN {ApiKey._meta.db_table} k ON k.id = l.api_key_id "
-        f"WHERE {' OR '.join(where)}"
+        f"WHERE {where}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -15,8 +15,13 @@ def reserve_now(key: ApiKey, tokens: int) -> limits.Reservation:
     """Take one request and ``tokens`` (prompt + max_tokens × n) from the key's team, user, member
     and key limits, or answer 429 (``type`` "requests" or "tokens") with ``Retry-After``. Synchronous:
     called in a thread that has more to do in the same trip."""
+    # A key read by ``authenticate_api_key`` says whether any limit applies: none (most keys) means
+    # nothing to read or take. A key from elsewhere has not said: its limits are read.
+    applying = [] if getattr(key, "limits_apply", True) is False else None
     try:
-        return limits.reserve(team_id=key.team_id, user_id=key.user_id, key_id=key.pk, tokens=tokens)
+        return limits.reserve(
+            team_id=key.team_id, user_id=key.user_id, key_id=key.pk, tokens=tokens, applying=applying
+        )
     except limits.LimitReached as exc:
         error = RateLimited(str(exc), headers={"Retry-After": str(exc.retry_after), **exc.headers})
         error.type = exc.rule.kind  # OpenAI's "requests" or "tokens"

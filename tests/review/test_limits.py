@@ -131,6 +131,61 @@ async def test_it_sends_no_rate_limit_headers_when_no_limit_applies(runtime, key
     assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
 
 
+async def test_a_call_reads_the_limits_only_when_the_key_check_found_one_that_applies(
+    runtime, key, alpha, monkeypatch
+) -> None:
+    """The key check says whether any limit applies to the key's calls; a call of a key with none
+    (most keys) reads no limits: that query was ~1 ms of PostgreSQL on the way to the first token."""
+    api_key, raw = key
+    read: list[tuple] = []
+    real_limits_for = limits.limits_for
+    monkeypatch.setattr(limits, "limits_for", lambda *args: (read.append(args), real_limits_for(*args))[1])
+    response = await call(raw)
+    assert response.status_code == 200, response.content
+    assert read == [] and not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
+    await set_limits(team=alpha, requests_per_minute=2)  # counted from today's log: 1 used
+    response = await call(raw)
+    assert response.status_code == 200 and response["x-ratelimit-limit-requests"] == "2"
+    assert read == [(alpha.pk, api_key.user_id, api_key.pk)]
+    assert (await call(raw)).status_code == 429  # the limit holds, read again
+    assert len(read) == 2
+
+
+def limits_apply_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
+    """(scope, what the key check says, whether ``limits_for`` finds a limit) for one limit at a time."""
+    from review.models import Limit
+
+    key, raw = actions.create_api_key(alice, alpha, "scoped")
+    other_key, _ = actions.create_api_key(alice, alpha, "other")
+    scopes = {
+        "none": None,
+        "the key's team": {"team": alpha},
+        "another team": {"team": bravo},
+        "the key's user": {"user": alice},
+        "another user": {"user": bob},
+        "the user in the key's team": {"team": alpha, "user": alice},
+        "another member of the team": {"team": alpha, "user": bob},
+        "the user in another team": {"team": bravo, "user": alice},
+        "the key": {"api_key": key},
+        "another key of the user": {"api_key": other_key},
+    }
+    seen = []
+    for scope, fields in scopes.items():
+        Limit.objects.all().delete()
+        if fields is not None:
+            Limit.objects.create(requests_per_minute=5, **fields)
+        checked = actions.authenticate_api_key(raw)
+        assert checked is not None
+        seen.append((scope, checked.limits_apply, bool(limits.limits_for(alpha.pk, alice.pk, key.pk))))
+    return seen
+
+
+async def test_the_key_check_finds_a_limit_exactly_when_limits_for_does(alice, bob, alpha, bravo) -> None:
+    seen = await sync_to_async(limits_apply_for_each_scope)(alice, bob, alpha, bravo)
+    applies = {"the key's team", "the key's user", "the user in the key's team", "the key"}
+    assert seen == [(scope, scope in applies, scope in applies) for scope, _, _ in seen]
+
+
 async def test_it_refuses_a_browser_message_before_writing_and_keeps_the_text(runtime, alice, alpha) -> None:
     chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=6)
     await set_limits(team=alpha, user=alice, requests_per_minute=1)
