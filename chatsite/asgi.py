@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-# Set up Django before importing anything that may import models (consumers, auth).
-django_asgi_app = get_asgi_application()
+# Set up Django before importing anything that may import models (consumers, auth), as
+# django.core.asgi.get_asgi_application does; its handler, with request threads kept (threads.py).
+django.setup(set_prefix=False)
+
+from chatsite.threads import ASGIHandler  # noqa: E402
+
+django_asgi_app = ASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
