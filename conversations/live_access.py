@@ -30,12 +30,14 @@ from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.sessions.models import Session
 from django.db import connections, router
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import BooleanField, OuterRef, QuerySet, Subquery
+from django.db.models.expressions import RawSQL
 from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest
 from django.utils import timezone
@@ -102,8 +104,9 @@ def check(credentials: Credentials, conversation_id: int) -> Conversation | None
 
     The user must still exist and be active, their password unchanged since the socket opened, the
     socket's session still logged in as them, and the conversation visible to them. One query when
-    sessions are in the database (the default): the user's password hash, the session's data and
-    the team's models come with the conversation, as subqueries. It runs before every reply's
+    sessions are in the database (the default): the user's password hash, the session's data,
+    the team's models and whether any usage limit applies (``limits_apply``) come with the
+    conversation, as subqueries. It runs before every reply's
     start, on the way to its first token: the query is the ORM's (``_query``), compiled once
     (``_Statement``)."""
     user_id, key = credentials.user_id, credentials.session_key
@@ -125,6 +128,7 @@ def check(credentials: Credentials, conversation_id: int) -> Conversation | None
             return None  # logged out, expired, or now another user's
     models = actions.from_db(actions.team_models_model(), "models", conversation._models)
     conversation.team_models = None if models is None else list(models)
+    conversation.limits_apply = bool(conversation._limited)  # (conversations/chat_limits.py)
     return conversation
 
 
@@ -143,7 +147,20 @@ def _query(user_id: int, conversation_id: int, key: str | None, now: datetime) -
     if key is not None:
         session = Session.objects.filter(session_key=key, expire_date__gt=now)
         found = found.annotate(_session=Subquery(session.values("session_data")[:1]))
-    return found
+    return found.annotate(_limited=_limits_apply(user_id))
+
+
+def _limits_apply(user_id: int) -> RawSQL:
+    """Whether any usage limit applies to a reply of ``user_id`` in the conversation's team
+    (review/limits.py ``limits_for``'s condition, ``actions.limit_applies_sql``; review.Limit by
+    name, as the API key check does): when none does, the reply's reservation reads no limits."""
+    qn = connections[router.db_for_read(Conversation)].ops.quote_name
+    limits_table = qn(django_apps.get_model("review", "Limit")._meta.db_table)
+    team = f"{qn(Conversation._meta.db_table)}.{qn('team_id')}"
+    condition = actions.limit_applies_sql(team, "%s", "NULL")
+    return RawSQL(
+        f"EXISTS (SELECT 1 FROM {limits_table} l WHERE {condition})", (user_id, user_id), BooleanField()
+    )
 
 
 # Two sets of stand-ins for the values of one check, unlike any real one (negative ids, within the

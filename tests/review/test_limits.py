@@ -186,6 +186,66 @@ async def test_the_key_check_finds_a_limit_exactly_when_limits_for_does(alice, b
     assert seen == [(scope, scope in applies, scope in applies) for scope, _, _ in seen]
 
 
+async def test_a_browser_reply_reads_the_limits_only_when_the_access_check_found_one_that_applies(
+    runtime, alice, alpha, monkeypatch
+) -> None:
+    """The socket's access check (live_access.check) says whether any limit applies to the user's
+    replies in the conversation's team; a reply with none reads no limits (~0.5 ms of PostgreSQL)."""
+    chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=4)
+    read: list[tuple] = []
+    real_limits_for = limits.limits_for
+    monkeypatch.setattr(limits, "limits_for", lambda *args: (read.append(args), real_limits_for(*args))[1])
+    communicator, connected, _ = await connect(alice, chat.pk)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
+    await finish_run(chat.pk)
+    assert read == []
+    await set_limits(team=alpha, user=alice, tokens_per_day=100_000)
+    await communicator.send_to(text_data=json.dumps({"action": "send", "text": "second"}))
+    await finish_run(chat.pk, answers=2)
+    assert read == [(alpha.pk, alice.pk)]
+    await limits.wait_settled()
+    (rule,) = limits.rules_for(await sync_to_async(real_limits_for)(alpha.pk, alice.pk), limits.time.time())
+    assert (await sync_to_async(limits.read_used)([rule]))[0] > 0  # the second reply was counted
+    await communicator.disconnect()
+
+
+def access_check_limits_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
+    """(scope, what the socket's access check says, whether ``limits_for`` finds a limit) for a
+    conversation of alice's in alpha, one limit at a time."""
+    from conversations.live_access import Credentials, check
+    from review.models import Limit
+
+    chat = actions.start_conversation(alice, alpha)
+    key, _ = actions.create_api_key(alice, alpha, "not for the browser")
+    scopes = {
+        "none": None,
+        "the conversation's team": {"team": alpha},
+        "another team": {"team": bravo},
+        "the user": {"user": alice},
+        "another user": {"user": bob},
+        "the user in the conversation's team": {"team": alpha, "user": alice},
+        "another member of the team": {"team": alpha, "user": bob},
+        "the user in another team": {"team": bravo, "user": alice},
+        "an API key of the user": {"api_key": key},
+    }
+    seen = []
+    for scope, fields in scopes.items():
+        Limit.objects.all().delete()
+        if fields is not None:
+            Limit.objects.create(requests_per_minute=5, **fields)
+        conversation = check(Credentials(alice.pk, None, "", alice.get_session_auth_hash()), chat.pk)
+        assert conversation is not None
+        seen.append((scope, conversation.limits_apply, bool(limits.limits_for(alpha.pk, alice.pk))))
+    return seen
+
+
+async def test_the_access_check_finds_a_limit_exactly_when_limits_for_does(alice, bob, alpha, bravo) -> None:
+    seen = await sync_to_async(access_check_limits_for_each_scope)(alice, bob, alpha, bravo)
+    applies = {"the conversation's team", "the user", "the user in the conversation's team"}
+    assert seen == [(scope, scope in applies, scope in applies) for scope, _, _ in seen]
+
+
 async def test_it_refuses_a_browser_message_before_writing_and_keeps_the_text(runtime, alice, alpha) -> None:
     chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=6)
     await set_limits(team=alpha, user=alice, requests_per_minute=1)
