@@ -30,6 +30,9 @@ async def first_delta(job) -> None:
             return
 
 
+PACED = {"CHAT_TEST_ENGINE": f"paced:{PACE_MS}"}
+
+
 @pytest.mark.slow  # worker processes
 def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
     tiny, redis_url, prefix, tmp_path, monkeypatch
@@ -49,16 +52,18 @@ def test_it_keeps_a_restarted_workers_jobs_apart_from_the_old_ones(
             await first_delta(lost)
             old.kill()  # the worker dies in the middle of x's reply, and comes back
             old.wait(10)
-            new = await asyncio.to_thread(
-                start_worker, tiny, redis_url, prefix, tmp_path / "new", CHAT_SLOTS="2"
+            new = await asyncio.to_thread(  # paced: its replies last 480 x 20 ms (9.6 s)
+                start_worker, tiny, redis_url, prefix, tmp_path / "new", CHAT_SLOTS="2", **PACED
             )
             [theirs] = await y.submit_n(ids(tiny, "second"), no_eos(max_tokens=480), 1)
             [mine] = await x.submit_n(ids(tiny, "third"), no_eos(max_tokens=480), 1)
             await first_delta(theirs)
             lost.cancel()  # a Stop on x's old reply must not reach y's new one
-            # The old worker has now been silent for longer than this: x gives its old reply up at
-            # its watchdog's next look, whatever the new worker has sent x meanwhile.
-            monkeypatch.setattr(worker_module, "WORKER_SILENCE", 1.0)
+            # x gives its old reply up once the old worker has been silent for this long, while the
+            # new worker keeps talking to x (its replies last 9.6 s). Not 1 s, with unpaced replies:
+            # a 1 s stall of the new worker or of x's loop then also gave up x's new reply (once, in
+            # a quiet suite run).
+            monkeypatch.setattr(worker_module, "WORKER_SILENCE", 3.0)
             ends = await asyncio.gather(*(asyncio.to_thread(j.wait, 60) for j in (lost, theirs, mine)))
             return ends
 
