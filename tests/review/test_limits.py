@@ -4,6 +4,7 @@ application, the database's counters, a tiny random model."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -131,15 +132,22 @@ async def test_it_sends_no_rate_limit_headers_when_no_limit_applies(runtime, key
     assert not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
 
 
+@pytest.fixture
+def limits_read(monkeypatch) -> list[tuple]:
+    """The arguments of each ``limits_for`` call (the real one runs)."""
+    read: list[tuple] = []
+    real = limits.limits_for
+    monkeypatch.setattr(limits, "limits_for", lambda *args: (read.append(args), real(*args))[1])
+    return read
+
+
 async def test_a_call_reads_the_limits_only_when_the_key_check_found_one_that_applies(
-    runtime, key, alpha, monkeypatch
+    runtime, key, alpha, limits_read
 ) -> None:
     """The key check says whether any limit applies to the key's calls; a call of a key with none
     (most keys) reads no limits: that query was ~1 ms of PostgreSQL on the way to the first token."""
     api_key, raw = key
-    read: list[tuple] = []
-    real_limits_for = limits.limits_for
-    monkeypatch.setattr(limits, "limits_for", lambda *args: (read.append(args), real_limits_for(*args))[1])
+    read = limits_read
     response = await call(raw)
     assert response.status_code == 200, response.content
     assert read == [] and not [h for h in response.headers if h.lower().startswith("x-ratelimit")]
@@ -151,10 +159,23 @@ async def test_a_call_reads_the_limits_only_when_the_key_check_found_one_that_ap
     assert len(read) == 2
 
 
-def limits_apply_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
-    """(scope, what the key check says, whether ``limits_for`` finds a limit) for one limit at a time."""
+def one_limit_at_a_time(
+    scopes: dict[str, dict | None], said: Callable[[], bool], found: Callable[[], bool]
+) -> list[tuple[str, bool, bool]]:
+    """(scope, what a check ``said``, whether ``limits_for`` ``found`` a limit) for each scope's
+    limit alone (None: no limit at all)."""
     from review.models import Limit
 
+    seen = []
+    for scope, fields in scopes.items():
+        Limit.objects.all().delete()
+        if fields is not None:
+            Limit.objects.create(requests_per_minute=5, **fields)
+        seen.append((scope, said(), found()))
+    return seen
+
+
+def key_check_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
     key, raw = actions.create_api_key(alice, alpha, "scoped")
     other_key, _ = actions.create_api_key(alice, alpha, "other")
     scopes = {
@@ -169,32 +190,26 @@ def limits_apply_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, boo
         "the key": {"api_key": key},
         "another key of the user": {"api_key": other_key},
     }
-    seen = []
-    for scope, fields in scopes.items():
-        Limit.objects.all().delete()
-        if fields is not None:
-            Limit.objects.create(requests_per_minute=5, **fields)
-        checked = actions.authenticate_api_key(raw)
-        assert checked is not None
-        seen.append((scope, checked.limits_apply, bool(limits.limits_for(alpha.pk, alice.pk, key.pk))))
-    return seen
+    return one_limit_at_a_time(
+        scopes,
+        lambda: actions.authenticate_api_key(raw).limits_apply,  # type: ignore[union-attr]
+        lambda: bool(limits.limits_for(alpha.pk, alice.pk, key.pk)),
+    )
 
 
 async def test_the_key_check_finds_a_limit_exactly_when_limits_for_does(alice, bob, alpha, bravo) -> None:
-    seen = await sync_to_async(limits_apply_for_each_scope)(alice, bob, alpha, bravo)
+    seen = await sync_to_async(key_check_for_each_scope)(alice, bob, alpha, bravo)
     applies = {"the key's team", "the key's user", "the user in the key's team", "the key"}
     assert seen == [(scope, scope in applies, scope in applies) for scope, _, _ in seen]
 
 
 async def test_a_browser_reply_reads_the_limits_only_when_the_access_check_found_one_that_applies(
-    runtime, alice, alpha, monkeypatch
+    runtime, alice, alpha, limits_read
 ) -> None:
     """The socket's access check (live_access.check) says whether any limit applies to the user's
     replies in the conversation's team; a reply with none reads no limits (~0.5 ms of PostgreSQL)."""
     chat = await sync_to_async(actions.start_conversation)(alice, alpha, max_tokens=4)
-    read: list[tuple] = []
-    real_limits_for = limits.limits_for
-    monkeypatch.setattr(limits, "limits_for", lambda *args: (read.append(args), real_limits_for(*args))[1])
+    read = limits_read
     communicator, connected, _ = await connect(alice, chat.pk)
     assert connected
     await communicator.send_to(text_data=json.dumps({"action": "send", "text": "first"}))
@@ -205,19 +220,18 @@ async def test_a_browser_reply_reads_the_limits_only_when_the_access_check_found
     await finish_run(chat.pk, answers=2)
     assert read == [(alpha.pk, alice.pk)]
     await limits.wait_settled()
-    (rule,) = limits.rules_for(await sync_to_async(real_limits_for)(alpha.pk, alice.pk), limits.time.time())
+    (rule,) = limits.rules_for(await sync_to_async(limits.limits_for)(alpha.pk, alice.pk), limits.time.time())
     assert (await sync_to_async(limits.read_used)([rule]))[0] > 0  # the second reply was counted
     await communicator.disconnect()
 
 
-def access_check_limits_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
-    """(scope, what the socket's access check says, whether ``limits_for`` finds a limit) for a
-    conversation of alice's in alpha, one limit at a time."""
+def access_check_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[str, bool, bool]]:
+    """For a conversation of alice's in alpha, as its socket's access check reads it."""
     from conversations.live_access import Credentials, check
-    from review.models import Limit
 
     chat = actions.start_conversation(alice, alpha)
     key, _ = actions.create_api_key(alice, alpha, "not for the browser")
+    credentials = Credentials(alice.pk, None, "", alice.get_session_auth_hash())
     scopes = {
         "none": None,
         "the conversation's team": {"team": alpha},
@@ -229,19 +243,15 @@ def access_check_limits_for_each_scope(alice, bob, alpha, bravo) -> list[tuple[s
         "the user in another team": {"team": bravo, "user": alice},
         "an API key of the user": {"api_key": key},
     }
-    seen = []
-    for scope, fields in scopes.items():
-        Limit.objects.all().delete()
-        if fields is not None:
-            Limit.objects.create(requests_per_minute=5, **fields)
-        conversation = check(Credentials(alice.pk, None, "", alice.get_session_auth_hash()), chat.pk)
-        assert conversation is not None
-        seen.append((scope, conversation.limits_apply, bool(limits.limits_for(alpha.pk, alice.pk))))
-    return seen
+    return one_limit_at_a_time(
+        scopes,
+        lambda: check(credentials, chat.pk).limits_apply,  # type: ignore[union-attr]
+        lambda: bool(limits.limits_for(alpha.pk, alice.pk)),
+    )
 
 
 async def test_the_access_check_finds_a_limit_exactly_when_limits_for_does(alice, bob, alpha, bravo) -> None:
-    seen = await sync_to_async(access_check_limits_for_each_scope)(alice, bob, alpha, bravo)
+    seen = await sync_to_async(access_check_for_each_scope)(alice, bob, alpha, bravo)
     applies = {"the conversation's team", "the user", "the user in the conversation's team"}
     assert seen == [(scope, scope in applies, scope in applies) for scope, _, _ in seen]
 
