@@ -36,7 +36,9 @@ async def get(url: str) -> dict:
     from chatsite.asgi import application
 
     communicator = HttpCommunicator(application, "GET", url, headers=[(b"host", b"testserver")])
-    return await communicator.get_response(30)
+    response = await communicator.get_response(30)
+    await communicator.wait(30)  # the request's end: its thread is given back
+    return response
 
 
 # The kept threads keep their SQLite connections from test to test: these tests allow database access.

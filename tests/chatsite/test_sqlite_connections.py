@@ -57,6 +57,7 @@ async def test_requests_reuse_the_threads_connections(alice, alpha) -> None:
         for _ in range(10):
             communicator = HttpCommunicator(application, "GET", "/v1/models", headers=headers)
             response = await communicator.get_response(10)
+            await communicator.wait(10)
             assert response["status"] == 200, response["body"][:300]
     finally:
         connection_created.disconnect(count)
