@@ -264,14 +264,20 @@ def limit_applies_sql(team: str, user: str, key: str) -> str:
     )
 
 
+def any_limit_applies_sql(team: str, user: str, key: str, quote_name: Callable[[str], str]) -> str:
+    """SQL: whether any usage limit applies (``limit_applies_sql``), as one ``EXISTS``: for the API
+    key check and the websocket's access check, so that a request without a limit (most of them)
+    is spared the limits' own query. review.Limit by name: review sits above this app
+    (ARCHITECTURE.md)."""
+    table = quote_name(django_apps.get_model("review", "Limit")._meta.db_table)
+    return f"EXISTS (SELECT 1 FROM {table} l WHERE {limit_applies_sql(team, user, key)})"
+
+
 @functools.cache
 def _key_check_sql() -> str:
     def table(model: Any) -> str:
         return connection.ops.quote_name(model._meta.db_table)
 
-    # review.Limit by name: review sits above this app (ARCHITECTURE.md), and a key whose team, user
-    # and key have no limit (most keys) spares the call the limits' own query.
-    limits_table = table(django_apps.get_model("review", "Limit"))
     team_models = team_models_model()
     user_model = ApiKey._meta.get_field("user").related_model
     user_pk = connection.ops.quote_name(user_model._meta.pk.column)
@@ -281,8 +287,7 @@ def _key_check_sql() -> str:
         f" EXISTS (SELECT 1 FROM {table(Membership)} m"
         " WHERE m.user_id = k.user_id AND m.team_id = k.team_id),"
         " tm.models,"
-        f" EXISTS (SELECT 1 FROM {limits_table} l"
-        f" WHERE {limit_applies_sql('k.team_id', 'k.user_id', 'k.id')})"
+        f" {any_limit_applies_sql('k.team_id', 'k.user_id', 'k.id', connection.ops.quote_name)}"
         f" FROM {table(ApiKey)} k JOIN {table(user_model)} u ON u.{user_pk} = k.user_id"
         f" LEFT JOIN {table(team_models)} tm ON tm.team_id = k.team_id"
         " WHERE k.prefix = %s"

@@ -50,9 +50,8 @@ def _upstream_prompt_tokens(conversation: Conversation, history: list[dict]) -> 
 def _reserve(user: AbstractBaseUser, conversation: Conversation, text: str | None) -> limits.Reservation:
     # The socket's access check (live_access.check) says whether any limit applies: none (most
     # users) means nothing to read or take. A conversation read elsewhere has not said.
-    if getattr(conversation, "limits_apply", True) is False:
-        return limits.Reservation()
-    applying = limits.limits_for(conversation.team_id, user.pk)
+    known_none = getattr(conversation, "limits_apply", True) is False
+    applying = [] if known_none else limits.limits_for(conversation.team_id, user.pk)
     if not applying:
         return limits.Reservation()
     return limits.reserve(

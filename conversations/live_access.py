@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
-from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.contrib.auth.models import AbstractBaseUser
@@ -151,16 +150,12 @@ def _query(user_id: int, conversation_id: int, key: str | None, now: datetime) -
 
 
 def _limits_apply(user_id: int) -> RawSQL:
-    """Whether any usage limit applies to a reply of ``user_id`` in the conversation's team
-    (review/limits.py ``limits_for``'s condition, ``actions.limit_applies_sql``; review.Limit by
-    name, as the API key check does): when none does, the reply's reservation reads no limits."""
+    """Whether any usage limit applies to a reply of ``user_id`` in the conversation's team: when
+    none does, the reply's reservation reads no limits (conversations/chat_limits.py)."""
     qn = connections[router.db_for_read(Conversation)].ops.quote_name
-    limits_table = qn(django_apps.get_model("review", "Limit")._meta.db_table)
     team = f"{qn(Conversation._meta.db_table)}.{qn('team_id')}"
-    condition = actions.limit_applies_sql(team, "%s", "NULL")
-    return RawSQL(
-        f"EXISTS (SELECT 1 FROM {limits_table} l WHERE {condition})", (user_id, user_id), BooleanField()
-    )
+    exists = actions.any_limit_applies_sql(team, "%s", "NULL", qn)  # the user's id twice
+    return RawSQL(exists, (user_id, user_id), BooleanField())
 
 
 # Two sets of stand-ins for the values of one check, unlike any real one (negative ids, within the
