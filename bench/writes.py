@@ -72,7 +72,6 @@ def measure(writes: int) -> dict[str, dict[str, float]]:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection, transaction
-    from django.test.utils import CaptureQueriesContext
 
     from conversations import actions
     from conversations.models import Message
@@ -108,25 +107,14 @@ def measure(writes: int) -> dict[str, dict[str, float]]:
     )
     for label, prepare, write in kinds:
         for way in ("one statement", "general path"):
-            walls, threads, database = [], [], []
-            made = prepare()
-            with CaptureQueriesContext(connection) as queries:
-                write_once(write, made, way == "general path", transaction)
-            statements = len(queries)
-            for _ in range(writes):
-                made = prepare()
-                b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
-                reply = write_once(write, made, way == "general path", transaction)
-                walls.append(time.perf_counter() - t0)
-                threads.append(time.thread_time() - c0)
-                database.append(backend_seconds(backend) - b0)
-                Message.objects.filter(pk=reply).update(status=Message.Status.COMPLETE)
-            results[f"{label}, {way}"] = {
-                "wall_ms": statistics.median(walls) * 1e3,
-                "thread_cpu_ms": statistics.median(threads) * 1e3,
-                "database_cpu_ms": statistics.mean(database) * 1e3,  # (clock ticks: the mean)
-                "statements": statements,
-            }
+            general = way == "general path"
+            results[f"{label}, {way}"] = timed(
+                lambda made, write=write, general=general: write_once(write, made, general, transaction),
+                writes,
+                backend,
+                prepare=prepare,
+                after=lambda reply: Message.objects.filter(pk=reply).update(status=Message.Status.COMPLETE),
+            )
     results.update(author_page(writes, new_conversation, backend))
     results.update(history_read(writes, new_conversation, backend))
     return results
@@ -148,12 +136,11 @@ def history_read(writes: int, new_conversation, backend: int) -> dict[str, dict[
         answer = Message(conversation=chat, role=Message.Role.ASSISTANT, content=f"Answer {i}: air.")
         answer.token_ids = list(range(40))
         answer.save()
-    columns = ("role", "content", "status", "token_ids")
 
-    def built_each_time() -> list:
-        return list(queries.visible_messages(chat).values_list(*columns))
+    def built_each_time(_=None) -> list:
+        return list(queries.visible_messages(chat).values_list(*queries._HISTORY_COLUMNS))
 
-    def built_once() -> list:
+    def built_once(_=None) -> list:
         return queries._history(chat.pk)
 
     assert built_each_time() == built_once()
@@ -164,21 +151,27 @@ def history_read(writes: int, new_conversation, backend: int) -> dict[str, dict[
     return {label: timed(work, writes, backend) for label, work in ways}
 
 
-def timed(work, times: int, backend: int) -> dict[str, float]:
+def timed(
+    work, times: int, backend: int, prepare=lambda: None, after=lambda result: None
+) -> dict[str, float]:
     """``work``'s statements (one call), then its medians over ``times`` calls: wall, this thread's
-    CPU, and the database backend's CPU (the mean: clock ticks)."""
+    CPU, and the database backend's CPU (the mean: clock ticks). ``work`` is given what ``prepare``
+    made for it, and ``after`` what it returned, both untimed."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    made = prepare()
     with CaptureQueriesContext(connection) as ran:
-        work()
+        work(made)
     walls, threads, database = [], [], []
     for _ in range(times):
+        made = prepare()
         b0, t0, c0 = backend_seconds(backend), time.perf_counter(), time.thread_time()
-        work()
+        result = work(made)
         walls.append(time.perf_counter() - t0)
         threads.append(time.thread_time() - c0)
         database.append(backend_seconds(backend) - b0)
+        after(result)
     return {
         "wall_ms": statistics.median(walls) * 1e3,
         "thread_cpu_ms": statistics.median(threads) * 1e3,
@@ -203,18 +196,21 @@ def author_page(writes: int, new_conversation, backend: int) -> dict[str, dict[s
     message, _ = actions.post_user_message_with_reply(chat, "Hello *there*", user, params={}, prompt_tokens=9)
     event = actions._new_message_event(chat, message)
 
-    def read_and_render() -> str:
+    def read_and_render(_=None) -> str:
         row = Message.objects.select_related("author").filter(pk=message.pk).first()  # the socket's read
         return message_fragment(row, chat, user, append=True)
 
-    def forward() -> str:
+    def rendered(_=None) -> dict:
+        return actions._new_message_event(chat, message)
+
+    def forward(_=None) -> str:
         return placed(event["author_html"], append=True)
 
     assert read_and_render() == forward()  # the same fragment either way
     ways = (
         ("the author's page: the message read and rendered", read_and_render),
         ("the author's page: the message forwarded", forward),
-        ("the write: the message rendered for its author", lambda: actions._new_message_event(chat, message)),
+        ("the write: the message rendered for its author", rendered),
     )
     return {label: timed(work, writes, backend) for label, work in ways}
 
