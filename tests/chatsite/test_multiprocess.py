@@ -17,6 +17,7 @@ from tests.conversations.test_chat_browser import (
     LONG_PROMPT,
     SETUP,
     last_answer,
+    last_id,
     log_in,
     open_socket,
     send,
@@ -77,8 +78,11 @@ def test_it_streams_to_process_a_a_reply_started_on_b_and_stops_it_from_a(browse
     bob = log_in(browser, a, "bob")  # bob watches on process A
     bob.goto(a.url + path)
     open_socket(bob)
+    before = last_id(bob)
     send(alice, LONG_PROMPT)
-    bob.wait_for_selector("#messages .msg-assistant")
+    # The new answer, not the page's first (complete) one: CI once read that one before the new
+    # answer reached bob's page.
+    wait_last_answer(bob, "streaming", before)
     lengths: list[int] = []
     while len(set(lengths)) < 3:  # a few steps of growth, then Stop while it still streams
         lengths.append(len(last_answer(bob).locator(".msg-body").inner_text()))
