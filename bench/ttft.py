@@ -240,13 +240,27 @@ def one(model: ChatModel, traces: Traces, kind: str, threads: int, request, *arg
     }
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (both the one value when there is one)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 def summary(rows: list[dict]) -> dict:
     labels = list(rows[0]["parts_ms"]) if rows else []
+    ttft = statistics.median(r["ttft_ms"] for r in rows)
+    raw = statistics.median(r["raw_ms"] for r in rows)
     return {
         "n": len(rows),
-        "ttft_ms": statistics.median(r["ttft_ms"] for r in rows),
-        "raw_ms": statistics.median(r["raw_ms"] for r in rows),
+        "ttft_ms": ttft,
+        "raw_ms": raw,
         "overhead_ms": statistics.median(r["overhead_ms"] for r in rows),
+        # The per-round overhead is a difference of two noisy times: its spread, and the difference of
+        # the two medians, say how far its median can be trusted.
+        "overhead_quartiles_ms": quartiles([r["overhead_ms"] for r in rows]),
+        "overhead_of_medians_ms": ttft - raw,
         "bench_raw_ms": statistics.median(r["bench_raw_ms"] for r in rows),
         "bench_overhead_ms": statistics.median(r["bench_overhead_ms"] for r in rows),
         "outside_model_ms": statistics.median(r["outside_model_ms"] for r in rows),
@@ -379,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                 ("server TTFT (client send -> first text)", s["ttft_ms"]),
                 ("raw engine TTFT in the server's slot (eval + argmax)", s["raw_ms"]),
                 ("overhead: server - raw", s["overhead_ms"]),
+                ("  its first quartile", s["overhead_quartiles_ms"][0]),
+                ("  its third quartile", s["overhead_quartiles_ms"][1]),
+                ("  median server TTFT - median raw", s["overhead_of_medians_ms"]),
                 ("raw engine TTFT in the bench process", s["bench_raw_ms"]),
                 ("overhead against the bench process's raw", s["bench_overhead_ms"]),
                 ("time outside the model (TTFT - its prefill and sample)", s["outside_model_ms"]),
