@@ -108,6 +108,41 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 _exclusive_lock = None  # the exclusive lock's file, kept for the next test (above)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, which on PostgreSQL nothing holds open when it is dropped.
+
+    Django closes only its own thread's connection before the drop, and with psycopg's pool
+    (chatsite/settings.py) even that connection stays open, back in the pool. Threads that tests
+    ran database work in (asgiref's executors) keep theirs checked out. The drop then failed with
+    "is being accessed by other users", a warning, and left the test database behind. So the pool
+    is closed, and the sessions still on the test database are ended before pytest-django drops it.
+    """
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all(initialized_only=True):
+            if connection.vendor == "postgresql":
+                _end_sessions_on(connection)
+
+
+def _end_sessions_on(connection) -> None:
+    import time
+
+    name = connection.settings_dict["NAME"]
+    connection.close()
+    connection.close_pool()
+    others = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    with connection._nodb_cursor() as cursor:  # on the "postgres" database, outside the pool
+        cursor.execute(f"SELECT pg_terminate_backend(pid) {others}", [name])
+        for _ in range(100):  # a terminated backend takes a moment to exit
+            cursor.execute(f"SELECT count(*) {others}", [name])
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fast_password_hasher():
     """Password hashing is not under test here (nor in most live servers: tests/live_settings.py):
