@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -128,8 +129,6 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 
 def _end_sessions_on(connection) -> None:
-    import time
-
     name = connection.settings_dict["NAME"]
     connection.close()
     connection.close_pool()
@@ -347,8 +346,6 @@ def limits_clock(monkeypatch) -> float:
     that counts requests in a minute (or tokens in a day) is not undone by a new minute beginning
     while it runs on a busy machine. Counters outlive their window by an hour in Redis, so a
     stopped clock keeps finding them. Returns the stopped time."""
-    import time
-
     from review import limits
 
     stopped = time.time()
